@@ -1,0 +1,519 @@
+//! Model configuration in two stages: [`RawConfig`] mirrors `config.json` as written by
+//! transformers (every field optional), and [`ModelConfig`] is the resolved configuration with
+//! every family default filled in, which drives the single decoder in [`crate::model`].
+
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// The architectures the decoder implements, by `architectures[0]` of `config.json`.
+pub const SUPPORTED_ARCHITECTURES: &[&str] =
+    &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"];
+
+/// A raw mirror of `config.json`. Unknown keys are ignored; nothing is defaulted here.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RawConfig {
+    pub architectures: Option<Vec<String>>,
+    pub model_type: Option<String>,
+    pub hidden_size: Option<usize>,
+    pub intermediate_size: Option<usize>,
+    pub num_hidden_layers: Option<usize>,
+    pub num_attention_heads: Option<usize>,
+    pub num_key_value_heads: Option<usize>,
+    pub head_dim: Option<usize>,
+    pub rms_norm_eps: Option<f64>,
+    pub rope_theta: Option<f64>,
+    pub rope_scaling: Option<Value>,
+    /// transformers 5 keeps `rope_theta` and the scaling in one object.
+    pub rope_parameters: Option<Value>,
+    pub max_position_embeddings: Option<usize>,
+    pub vocab_size: Option<usize>,
+    pub tie_word_embeddings: Option<bool>,
+    pub attention_bias: Option<bool>,
+    pub mlp_bias: Option<bool>,
+    /// `null`, absent, or a number; kept raw to tell absent (`None`) from null.
+    #[serde(default, deserialize_with = "present")]
+    pub sliding_window: Option<Value>,
+    pub use_sliding_window: Option<bool>,
+    pub max_window_layers: Option<usize>,
+    pub layer_types: Option<Vec<String>>,
+    pub hidden_act: Option<String>,
+    pub bos_token_id: Option<Value>,
+    pub eos_token_id: Option<Value>,
+    pub pad_token_id: Option<Value>,
+    pub torch_dtype: Option<String>,
+    pub dtype: Option<String>,
+}
+
+/// The model families the single decoder covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Llama,
+    Mistral,
+    Qwen2,
+}
+
+/// Rotary embedding frequency scaling.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Position interpolation: every inverse frequency divided by `factor`.
+    Linear {
+        factor: f64,
+    },
+    /// Llama 3.x frequency-dependent scaling.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+}
+
+/// Hidden activation of the gated MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Silu,
+}
+
+/// The resolved configuration: every value the decoder needs, defaults applied.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub architecture: String,
+    pub family: Family,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: RopeScaling,
+    pub max_position_embeddings: usize,
+    pub vocab_size: usize,
+    pub tie_word_embeddings: bool,
+    /// Biases on the q, k and v projections.
+    pub qkv_bias: bool,
+    /// Bias on the output projection.
+    pub o_bias: bool,
+    pub mlp_bias: bool,
+    /// Per layer: the sliding attention window (a key j is visible from query i when
+    /// `i - j < window`), or `None` for full causal attention.
+    pub sliding_window: Vec<Option<usize>>,
+    pub activation: Activation,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+    pub pad_token_id: Option<u32>,
+}
+
+impl ModelConfig {
+    /// Reads and resolves `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let raw: RawConfig = serde_json::from_str(&text).map_err(|source| Error::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::resolve(&raw).map_err(|m| Error::config(path, m))
+    }
+
+    /// Number of query heads sharing one key/value head.
+    pub fn group_size(&self) -> usize {
+        self.num_heads / self.num_kv_heads
+    }
+
+    /// Total number of parameters of the decoder's weights.
+    pub fn num_parameters(&self) -> usize {
+        let d = self.hidden_size;
+        let q = self.num_heads * self.head_dim;
+        let kv = self.num_kv_heads * self.head_dim;
+        let attn = d * q + 2 * d * kv + q * d + if self.qkv_bias { q + 2 * kv } else { 0 };
+        let mlp = 3 * d * self.intermediate_size;
+        let layer = attn + mlp + 2 * d;
+        let emb = self.vocab_size * d;
+        self.num_layers * layer + d + emb + if self.tie_word_embeddings { 0 } else { emb }
+    }
+
+    /// Resolves a raw configuration; the error is a message about the value at fault.
+    pub fn resolve(raw: &RawConfig) -> std::result::Result<Self, String> {
+        let architecture = match (&raw.architectures, &raw.model_type) {
+            (Some(a), _) if !a.is_empty() => a[0].clone(),
+            (_, Some(t)) => match t.as_str() {
+                "llama" => "LlamaForCausalLM".to_string(),
+                "mistral" => "MistralForCausalLM".to_string(),
+                "qwen2" => "Qwen2ForCausalLM".to_string(),
+                other => other.to_string(),
+            },
+            _ => return Err("neither `architectures` nor `model_type` is set".into()),
+        };
+        let family = match architecture.as_str() {
+            "LlamaForCausalLM" => Family::Llama,
+            "MistralForCausalLM" => Family::Mistral,
+            "Qwen2ForCausalLM" => Family::Qwen2,
+            other => {
+                return Err(format!(
+                    "unsupported architecture {other:?}; supported: {}",
+                    SUPPORTED_ARCHITECTURES.join(", ")
+                ))
+            }
+        };
+        let need = |v: Option<usize>, name: &str| -> std::result::Result<usize, String> {
+            match v {
+                Some(0) => Err(format!("`{name}` must be positive")),
+                Some(v) => Ok(v),
+                None => Err(format!("missing `{name}`")),
+            }
+        };
+        let hidden_size = need(raw.hidden_size, "hidden_size")?;
+        let intermediate_size = need(raw.intermediate_size, "intermediate_size")?;
+        let num_layers = need(raw.num_hidden_layers, "num_hidden_layers")?;
+        let num_heads = need(raw.num_attention_heads, "num_attention_heads")?;
+        let vocab_size = need(raw.vocab_size, "vocab_size")?;
+        let num_kv_heads = raw.num_key_value_heads.unwrap_or(num_heads);
+        if num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+            return Err(format!(
+                "num_attention_heads ({num_heads}) is not a multiple of num_key_value_heads ({num_kv_heads})"
+            ));
+        }
+        let head_dim = match raw.head_dim {
+            Some(h) => h,
+            None => {
+                if hidden_size % num_heads != 0 {
+                    return Err(format!(
+                        "hidden_size ({hidden_size}) is not a multiple of num_attention_heads ({num_heads})"
+                    ));
+                }
+                hidden_size / num_heads
+            }
+        };
+        if head_dim == 0 || head_dim % 2 != 0 {
+            return Err(format!("head_dim ({head_dim}) must be even and positive"));
+        }
+        let activation = match raw.hidden_act.as_deref().unwrap_or("silu") {
+            "silu" | "swish" => Activation::Silu,
+            other => return Err(format!("unsupported hidden_act {other:?}; supported: silu")),
+        };
+
+        // rope_theta and rope_scaling, in the transformers 4 or 5 layout.
+        let params = raw.rope_parameters.as_ref().filter(|v| v.is_object());
+        let rope_theta = raw
+            .rope_theta
+            .or_else(|| {
+                params
+                    .and_then(|p| p.get("rope_theta"))
+                    .and_then(Value::as_f64)
+            })
+            .unwrap_or(match family {
+                Family::Llama | Family::Mistral | Family::Qwen2 => 10000.0,
+            });
+        let scaling_value = raw
+            .rope_scaling
+            .as_ref()
+            .filter(|v| !v.is_null())
+            .or(params);
+        let rope_scaling = match scaling_value {
+            None => RopeScaling::None,
+            Some(v) => resolve_rope_scaling(v)?,
+        };
+
+        let window = match &raw.sliding_window {
+            None => match family {
+                Family::Mistral => Some(4096),
+                _ => None,
+            },
+            Some(Value::Null) => None,
+            Some(v) => match v.as_u64() {
+                Some(0) | None => return Err(format!("invalid sliding_window {v}")),
+                Some(w) => Some(w as usize),
+            },
+        };
+        let sliding_window: Vec<Option<usize>> = if let Some(types) = &raw.layer_types {
+            if types.len() != num_layers {
+                return Err(format!(
+                    "layer_types has {} entries for {num_layers} layers",
+                    types.len()
+                ));
+            }
+            types
+                .iter()
+                .map(|t| match t.as_str() {
+                    "sliding_attention" => window
+                        .ok_or_else(|| {
+                            "layer_types names sliding_attention but sliding_window is null"
+                                .to_string()
+                        })
+                        .map(Some),
+                    "full_attention" => Ok(None),
+                    other => Err(format!("unknown layer type {other:?}")),
+                })
+                .collect::<std::result::Result<_, _>>()?
+        } else {
+            match family {
+                Family::Mistral => vec![window; num_layers],
+                Family::Qwen2 => {
+                    let used = raw.use_sliding_window.unwrap_or(false);
+                    let from = raw.max_window_layers.unwrap_or(28);
+                    (0..num_layers)
+                        .map(|l| if used && l >= from { window } else { None })
+                        .collect()
+                }
+                Family::Llama => vec![None; num_layers],
+            }
+        };
+
+        let attention_bias = raw.attention_bias.unwrap_or(false);
+        let (qkv_bias, o_bias) = match family {
+            Family::Qwen2 => (true, false),
+            _ => (attention_bias, attention_bias),
+        };
+        let eos_token_ids = token_ids(raw.eos_token_id.as_ref())?;
+        let bos_token_id = token_ids(raw.bos_token_id.as_ref())?.first().copied();
+        let pad_token_id = token_ids(raw.pad_token_id.as_ref())?.first().copied();
+        Ok(ModelConfig {
+            architecture,
+            family,
+            hidden_size,
+            intermediate_size,
+            num_layers,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
+            rope_theta,
+            rope_scaling,
+            max_position_embeddings: raw.max_position_embeddings.unwrap_or(match family {
+                Family::Llama => 2048,
+                Family::Mistral => 4096 * 32,
+                Family::Qwen2 => 32768,
+            }),
+            vocab_size,
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            qkv_bias,
+            o_bias,
+            mlp_bias: raw.mlp_bias.unwrap_or(false),
+            sliding_window,
+            activation,
+            bos_token_id,
+            eos_token_ids,
+            pad_token_id,
+        })
+    }
+}
+
+/// Deserializes a field that is present (even as `null`) into `Some`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Value>, D::Error> {
+    Ok(Some(Value::deserialize(d)?))
+}
+
+fn resolve_rope_scaling(v: &Value) -> std::result::Result<RopeScaling, String> {
+    let kind = v
+        .get("rope_type")
+        .or_else(|| v.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let num = |key: &str| -> std::result::Result<f64, String> {
+        v.get(key)
+            .and_then(Value::as_f64)
+            .ok_or_else(|| format!("rope scaling of type {kind:?} lacks a numeric `{key}`"))
+    };
+    match kind {
+        "default" => Ok(RopeScaling::None),
+        "linear" => Ok(RopeScaling::Linear {
+            factor: num("factor")?,
+        }),
+        "llama3" => Ok(RopeScaling::Llama3 {
+            factor: num("factor")?,
+            low_freq_factor: num("low_freq_factor")?,
+            high_freq_factor: num("high_freq_factor")?,
+            original_max_position_embeddings: num("original_max_position_embeddings")?,
+        }),
+        other => Err(format!(
+            "unsupported rope scaling type {other:?}; supported: default, linear, llama3"
+        )),
+    }
+}
+
+/// A token id field that may be absent, null, a number or a list of numbers.
+pub(crate) fn token_ids(v: Option<&Value>) -> std::result::Result<Vec<u32>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(vec![]),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .map(|x| vec![x as u32])
+            .ok_or_else(|| format!("invalid token id {n}")),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| {
+                i.as_u64()
+                    .map(|x| x as u32)
+                    .ok_or_else(|| format!("invalid token id {i}"))
+            })
+            .collect(),
+        Some(other) => Err(format!("invalid token id {other}")),
+    }
+}
+
+/// Inverse rotary frequencies (length head_dim / 2), computed in f32 as transformers does.
+pub fn inverse_frequencies(cfg: &ModelConfig) -> Vec<f32> {
+    let dim = cfg.head_dim;
+    let base = cfg.rope_theta as f32;
+    let inv: Vec<f32> = (0..dim / 2)
+        .map(|i| 1.0f32 / base.powf((2 * i) as f32 / dim as f32))
+        .collect();
+    match cfg.rope_scaling {
+        RopeScaling::None => inv,
+        RopeScaling::Linear { factor } => inv.iter().map(|f| f / factor as f32).collect(),
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => {
+            let (factor, lo, hi, old) = (
+                factor as f32,
+                low_freq_factor as f32,
+                high_freq_factor as f32,
+                original_max_position_embeddings as f32,
+            );
+            let low_freq_wavelen = old / lo;
+            let high_freq_wavelen = old / hi;
+            inv.iter()
+                .map(|&f| {
+                    let wavelen = 2.0 * std::f32::consts::PI / f;
+                    let scaled = if wavelen > low_freq_wavelen {
+                        f / factor
+                    } else {
+                        f
+                    };
+                    let medium = !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
+                    if medium {
+                        let smooth = (old / wavelen - lo) / (hi - lo);
+                        (1.0 - smooth) * scaled / factor + smooth * scaled
+                    } else {
+                        scaled
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(json: &str) -> RawConfig {
+        serde_json::from_str(json).unwrap()
+    }
+
+    const BASE: &str = r#""hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
+        "num_attention_heads": 4, "vocab_size": 100"#;
+
+    #[test]
+    fn llama_defaults_are_filled_in() {
+        let c = ModelConfig::resolve(&raw(&format!(
+            r#"{{"architectures": ["LlamaForCausalLM"], {BASE}}}"#
+        )))
+        .unwrap();
+        assert_eq!(c.family, Family::Llama);
+        assert_eq!(c.num_kv_heads, 4);
+        assert_eq!(c.head_dim, 16);
+        assert_eq!(c.rope_theta, 10000.0);
+        assert_eq!(c.rope_scaling, RopeScaling::None);
+        assert!(!c.tie_word_embeddings);
+        assert_eq!(c.sliding_window, vec![None; 4]);
+    }
+
+    #[test]
+    fn unsupported_architecture_lists_supported_ones() {
+        let e = ModelConfig::resolve(&raw(&format!(
+            r#"{{"architectures": ["GPT2LMHeadModel"], {BASE}}}"#
+        )))
+        .unwrap_err();
+        assert!(e.contains("GPT2LMHeadModel"), "{e}");
+        for a in SUPPORTED_ARCHITECTURES {
+            assert!(e.contains(a), "{e}");
+        }
+    }
+
+    #[test]
+    fn qwen2_window_only_when_enabled_and_from_max_window_layers() {
+        let off = ModelConfig::resolve(&raw(&format!(
+            r#"{{"architectures": ["Qwen2ForCausalLM"], {BASE}, "sliding_window": 4, "use_sliding_window": false}}"#
+        )))
+        .unwrap();
+        assert_eq!(off.sliding_window, vec![None; 4]);
+        assert!(off.qkv_bias && !off.o_bias);
+        let on = ModelConfig::resolve(&raw(&format!(
+            r#"{{"architectures": ["Qwen2ForCausalLM"], {BASE}, "sliding_window": 4, "use_sliding_window": true, "max_window_layers": 2}}"#
+        )))
+        .unwrap();
+        assert_eq!(on.sliding_window, vec![None, None, Some(4), Some(4)]);
+    }
+
+    #[test]
+    fn mistral_window_null_means_full_attention() {
+        let c = ModelConfig::resolve(&raw(&format!(
+            r#"{{"architectures": ["MistralForCausalLM"], {BASE}, "sliding_window": null}}"#
+        )))
+        .unwrap();
+        assert_eq!(c.sliding_window, vec![None; 4]);
+        let c = ModelConfig::resolve(&raw(&format!(
+            r#"{{"architectures": ["MistralForCausalLM"], {BASE}, "sliding_window": 7}}"#
+        )))
+        .unwrap();
+        assert_eq!(c.sliding_window, vec![Some(7); 4]);
+    }
+
+    #[test]
+    fn eos_may_be_a_list_and_rope_parameters_are_read() {
+        let c = ModelConfig::resolve(&raw(&format!(
+            r#"{{"architectures": ["LlamaForCausalLM"], {BASE}, "eos_token_id": [5, 7],
+               "rope_parameters": {{"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0,
+               "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 32}}}}"#
+        )))
+        .unwrap();
+        assert_eq!(c.eos_token_ids, vec![5, 7]);
+        assert_eq!(c.rope_theta, 500000.0);
+        assert!(matches!(c.rope_scaling, RopeScaling::Llama3 { .. }));
+    }
+
+    #[test]
+    fn llama3_scaling_keeps_high_scales_low_and_smooths_medium_frequencies() {
+        let c = ModelConfig::resolve(&raw(&format!(
+            r#"{{"architectures": ["LlamaForCausalLM"], {BASE},
+               "rope_scaling": {{"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 32}}}}"#
+        )))
+        .unwrap();
+        let mut plain = c.clone();
+        plain.rope_scaling = RopeScaling::None;
+        let scaled = inverse_frequencies(&c);
+        let base = inverse_frequencies(&plain);
+        // Highest frequency (wavelength 2π < 32/4) is unchanged; lowest is divided by 8.
+        assert_eq!(scaled[0], base[0]);
+        let last = base.len() - 1;
+        assert!((scaled[last] - base[last] / 8.0).abs() <= 1e-12);
+        // Something in between is strictly between the two.
+        assert!(scaled
+            .iter()
+            .zip(&base)
+            .any(|(s, b)| *s < *b && *s > *b / 8.0));
+    }
+
+    #[test]
+    fn bad_head_counts_are_refused() {
+        let e = ModelConfig::resolve(&raw(&format!(
+            r#"{{"architectures": ["LlamaForCausalLM"], {BASE}, "num_key_value_heads": 3}}"#
+        )))
+        .unwrap_err();
+        assert!(e.contains("num_key_value_heads"), "{e}");
+        let e =
+            ModelConfig::resolve(&raw(r#"{"architectures": ["LlamaForCausalLM"]}"#)).unwrap_err();
+        assert!(e.contains("hidden_size"), "{e}");
+    }
+}

@@ -1,0 +1,79 @@
+//! `sahara`: find the attention heads that carry a chat model's safety behaviour, measure
+//! what ablating them does, and export the ablated model.
+//!
+//! The library holds every algorithm; the `sahara` binary is a thin command-line layer.
+//! - [`config`]: `config.json` mirrored raw, then resolved with every default filled in.
+//! - [`model`]: the single hooked decoder with per-row head ablations.
+//! - [`ablation`]: head ablations as data.
+//! - [`prompt`]: tokenizer, chat templates and the query templates.
+//! - [`generate`]: batched generation with a key/value cache.
+
+pub mod ablation;
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod hub;
+pub mod model;
+pub mod prompt;
+pub mod random;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+
+pub use ablation::{AblationPlan, HeadAblation, Op, Target};
+pub use config::ModelConfig;
+pub use error::{Error, Result};
+pub use model::{Batch, Decoder, ForwardOutput, ForwardSpec, KvCache, Positions};
+pub use prompt::{PromptEncoder, Template};
+
+/// A model folder loaded for use: decoder, tokenizer and chat template, end-of-sequence ids.
+pub struct LoadedModel {
+    pub dir: PathBuf,
+    /// The `--model` value it was loaded from.
+    pub spec: String,
+    pub decoder: Decoder,
+    pub prompts: PromptEncoder,
+    /// End-of-sequence ids of `generation_config.json` and `config.json`.
+    pub eos: Vec<u32>,
+}
+
+impl LoadedModel {
+    /// Resolves `spec` (a folder or a hub id) and loads it.
+    pub fn load(spec: &str, dtype: DType, device: &Device) -> Result<Self> {
+        let dir = hub::resolve_model_dir(spec)?;
+        let decoder = model::load_decoder(&dir, dtype, device)?;
+        let prompts = PromptEncoder::load(&dir)?;
+        let mut eos = generation_eos(&dir)?;
+        for id in &decoder.cfg.eos_token_ids {
+            if !eos.contains(id) {
+                eos.push(*id);
+            }
+        }
+        Ok(LoadedModel {
+            dir,
+            spec: spec.to_string(),
+            decoder,
+            prompts,
+            eos,
+        })
+    }
+
+    pub fn cfg(&self) -> &ModelConfig {
+        &self.decoder.cfg
+    }
+}
+
+fn generation_eos(dir: &Path) -> Result<Vec<u32>> {
+    let path = dir.join("generation_config.json");
+    if !path.exists() {
+        return Ok(vec![]);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+        path: path.clone(),
+        source,
+    })?;
+    config::token_ids(v.get("eos_token_id")).map_err(|m| Error::config(&path, m))
+}

@@ -1,0 +1,602 @@
+//! The hooked decoder: one implementation of the Llama-style decoder-only transformer, driven
+//! by the flags of a resolved [`ModelConfig`], with per-row head ablations, left-padded
+//! batches, a key/value cache, and the ability to start from the residual stream at any
+//! layer and to compute only the last position.
+//!
+//! Shapes use B = batch rows, T = query positions of this call, S = key positions (cache plus
+//! new), H = query heads, G = key/value heads, D = head dimension, d = hidden size,
+//! V = vocabulary.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::ablation::{AblationPlan, Target};
+use crate::config::{inverse_frequencies, Activation, ModelConfig};
+use crate::error::{Error, Result};
+use crate::weights::Weights;
+
+/// A linear layer `y = x Wᵀ + b` with W of shape (out, in).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// x: (..., in) -> (..., out)
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let k = *dims.last().expect("non-scalar input");
+        let n: usize = dims[..dims.len() - 1].iter().product();
+        let out = self.weight.dim(0)?;
+        // One 2-D gemm over all rows: (n, in) @ (in, out).
+        let y = x.contiguous()?.reshape((n, k))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut shape = dims;
+        *shape.last_mut().unwrap() = out;
+        Ok(y.reshape(shape)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+}
+
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+#[derive(Debug, Clone)]
+pub struct Layer {
+    pub input_layernorm: Tensor,
+    pub post_attention_layernorm: Tensor,
+    pub attn: Attention,
+    pub mlp: Mlp,
+}
+
+/// A left-padded batch of token sequences.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// (B, T) u32
+    pub tokens: Tensor,
+    /// Left padding of each row.
+    pub pad: Vec<usize>,
+    /// T, the padded length.
+    pub len: usize,
+}
+
+impl Batch {
+    /// Left-pads `prompts` with `pad_id` into one batch.
+    pub fn new(prompts: &[Vec<u32>], pad_id: u32, device: &Device) -> Result<Self> {
+        if prompts.is_empty() {
+            return Err(Error::InvalidArgument("empty batch".into()));
+        }
+        if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
+            return Err(Error::Prompt(format!("prompt {i} has no tokens")));
+        }
+        let len = prompts.iter().map(Vec::len).max().unwrap();
+        let mut data = Vec::with_capacity(prompts.len() * len);
+        let mut pad = Vec::with_capacity(prompts.len());
+        for p in prompts {
+            let n = len - p.len();
+            pad.push(n);
+            data.extend(std::iter::repeat_n(pad_id, n));
+            data.extend_from_slice(p);
+        }
+        let tokens = Tensor::from_vec(data, (prompts.len(), len), device)?;
+        Ok(Batch { tokens, pad, len })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.pad.len()
+    }
+
+    /// The same prompt repeated `n` times (no padding).
+    pub fn repeat(tokens: &[u32], n: usize, device: &Device) -> Result<Self> {
+        Batch::new(&vec![tokens.to_vec(); n], 0, device)
+    }
+}
+
+/// Which positions a forward pass returns outputs for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Positions {
+    All,
+    /// Only the last position: the last layer then computes queries, attention output and MLP
+    /// for that position alone, and the unembedding is applied to it alone.
+    Last,
+}
+
+/// What a forward pass computes and returns.
+#[derive(Debug, Clone)]
+pub struct ForwardSpec<'a> {
+    pub ablations: Option<&'a AblationPlan>,
+    pub positions: Positions,
+    /// Logits (f32) at the returned positions.
+    pub logits: bool,
+    /// Final hidden state after the final norm at the returned positions.
+    pub hidden: bool,
+    /// Residual stream entering each layer from the start layer on (`blocks.{l}.hook_resid_pre`).
+    pub resid: bool,
+    /// Attention probabilities of one layer (`blocks.{l}.attn.hook_pattern`).
+    pub pattern_layer: Option<usize>,
+}
+
+impl<'a> ForwardSpec<'a> {
+    pub fn logits(positions: Positions) -> Self {
+        ForwardSpec {
+            ablations: None,
+            positions,
+            logits: true,
+            hidden: false,
+            resid: false,
+            pattern_layer: None,
+        }
+    }
+    pub fn with_ablations(mut self, plan: &'a AblationPlan) -> Self {
+        self.ablations = Some(plan);
+        self
+    }
+}
+
+/// Outputs of a forward pass; each present when the spec asked for it.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardOutput {
+    /// (B, T', V) f32, T' = T or 1.
+    pub logits: Option<Tensor>,
+    /// (B, T', d)
+    pub hidden: Option<Tensor>,
+    /// Residual stream entering layer `start + i`: (B, T, d).
+    pub resid: Vec<Tensor>,
+    /// (B, H, T', S) f32
+    pub pattern: Option<Tensor>,
+}
+
+/// Key/value cache of a batch: per layer, keys and values after ablation and rotary
+/// embedding, each (B, G, S, D).
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    pub layers: Vec<Option<(Tensor, Tensor)>>,
+    pub pad: Vec<usize>,
+    /// Positions already cached (S).
+    pub len: usize,
+}
+
+impl KvCache {
+    pub fn new(cfg: &ModelConfig, pad: Vec<usize>) -> Self {
+        KvCache {
+            layers: vec![None; cfg.num_layers],
+            pad,
+            len: 0,
+        }
+    }
+}
+
+/// Per-call positional context: rotary tables and attention masks.
+struct Context {
+    /// (B, T, D/2) in the model dtype.
+    cos: Tensor,
+    sin: Tensor,
+    /// Index of the first query position in the padded sequence (the cache length).
+    offset: usize,
+    /// Key length S = offset + T.
+    keys: usize,
+    pad: Vec<usize>,
+    t: usize,
+}
+
+/// The decoder.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    pub cfg: ModelConfig,
+    /// (V, d)
+    pub embed_tokens: Tensor,
+    pub layers: Vec<Layer>,
+    pub norm: Tensor,
+    /// (V, d); the embedding matrix itself when tied.
+    pub lm_head: Tensor,
+    /// (D/2,) f32
+    inv_freq: Tensor,
+    pub dtype: DType,
+    pub device: Device,
+}
+
+impl Decoder {
+    /// Loads the decoder's weights from a model folder.
+    pub fn load(
+        cfg: ModelConfig,
+        weights: &Weights,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let (h, g, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let load = |name: &str, shape: &[usize]| weights.load(name, shape, dtype, device);
+        let linear = |prefix: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
+            Ok(Linear {
+                weight: load(&format!("{prefix}.weight"), &[out, inp])?,
+                bias: if bias {
+                    Some(load(&format!("{prefix}.bias"), &[out])?)
+                } else {
+                    None
+                },
+            })
+        };
+        let embed_tokens = load("model.embed_tokens.weight", &[cfg.vocab_size, d])?;
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for l in 0..cfg.num_layers {
+            let p = format!("model.layers.{l}");
+            let i = cfg.intermediate_size;
+            layers.push(Layer {
+                input_layernorm: load(&format!("{p}.input_layernorm.weight"), &[d])?,
+                post_attention_layernorm: load(
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    &[d],
+                )?,
+                attn: Attention {
+                    q_proj: linear(&format!("{p}.self_attn.q_proj"), h * hd, d, cfg.qkv_bias)?,
+                    k_proj: linear(&format!("{p}.self_attn.k_proj"), g * hd, d, cfg.qkv_bias)?,
+                    v_proj: linear(&format!("{p}.self_attn.v_proj"), g * hd, d, cfg.qkv_bias)?,
+                    o_proj: linear(&format!("{p}.self_attn.o_proj"), d, h * hd, cfg.o_bias)?,
+                },
+                mlp: Mlp {
+                    gate_proj: linear(&format!("{p}.mlp.gate_proj"), i, d, cfg.mlp_bias)?,
+                    up_proj: linear(&format!("{p}.mlp.up_proj"), i, d, cfg.mlp_bias)?,
+                    down_proj: linear(&format!("{p}.mlp.down_proj"), d, i, cfg.mlp_bias)?,
+                },
+            });
+        }
+        let norm = load("model.norm.weight", &[d])?;
+        let lm_head = if cfg.tie_word_embeddings && !weights.contains("lm_head.weight") {
+            embed_tokens.clone()
+        } else {
+            load("lm_head.weight", &[cfg.vocab_size, d])?
+        };
+        Self::from_parts(cfg, embed_tokens, layers, norm, lm_head, dtype, device)
+    }
+
+    /// Builds a decoder from tensors already in memory.
+    pub fn from_parts(
+        cfg: ModelConfig,
+        embed_tokens: Tensor,
+        layers: Vec<Layer>,
+        norm: Tensor,
+        lm_head: Tensor,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        let inv = inverse_frequencies(&cfg);
+        let n = inv.len();
+        let inv_freq = Tensor::from_vec(inv, n, device)?;
+        Ok(Decoder {
+            cfg,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    /// Token embeddings of a batch: (B, T, d).
+    pub fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
+        let (b, t) = tokens.dims2()?;
+        let flat = tokens.flatten_all()?;
+        Ok(self
+            .embed_tokens
+            .index_select(&flat, 0)?
+            .reshape((b, t, self.cfg.hidden_size))?)
+    }
+
+    /// Runs a batch from its tokens.
+    pub fn forward(
+        &self,
+        batch: &Batch,
+        spec: &ForwardSpec,
+        cache: Option<&mut KvCache>,
+    ) -> Result<ForwardOutput> {
+        self.check_length(batch.len + cache.as_ref().map_or(0, |c| c.len))?;
+        let x = self.embed(&batch.tokens)?;
+        self.run(x, 0, &batch.pad, spec, cache)
+    }
+
+    /// Runs layers `layer..L` starting from the residual stream entering `layer`,
+    /// `resid` of shape (B, T, d), rows left-padded by `pad`.
+    pub fn forward_from(
+        &self,
+        layer: usize,
+        resid: &Tensor,
+        pad: &[usize],
+        spec: &ForwardSpec,
+    ) -> Result<ForwardOutput> {
+        if layer >= self.cfg.num_layers {
+            return Err(Error::InvalidArgument(format!(
+                "start layer {layer} out of range ({} layers)",
+                self.cfg.num_layers
+            )));
+        }
+        self.run(resid.clone(), layer, pad, spec, None)
+    }
+
+    fn check_length(&self, n: usize) -> Result<()> {
+        if n > self.cfg.max_position_embeddings {
+            return Err(Error::Prompt(format!(
+                "{n} tokens exceed the model's context of {} positions",
+                self.cfg.max_position_embeddings
+            )));
+        }
+        Ok(())
+    }
+
+    fn context(&self, pad: &[usize], t: usize, offset: usize) -> Result<Context> {
+        let b = pad.len();
+        // Position ids: index minus left padding (padding positions get 0; they are masked).
+        let mut pos = Vec::with_capacity(b * t);
+        for &p in pad {
+            for i in 0..t {
+                pos.push((offset + i).saturating_sub(p) as f32);
+            }
+        }
+        let pos = Tensor::from_vec(pos, (b, t, 1), &self.device)?;
+        let half = self.inv_freq.dim(0)?;
+        // (B, T, 1) * (1, 1, D/2) -> (B, T, D/2), in f32 as transformers computes it.
+        let freqs = pos.broadcast_mul(&self.inv_freq.reshape((1, 1, half))?)?;
+        let cos = freqs.cos()?.to_dtype(self.dtype)?;
+        let sin = freqs.sin()?.to_dtype(self.dtype)?;
+        Ok(Context {
+            cos,
+            sin,
+            offset,
+            keys: offset + t,
+            pad: pad.to_vec(),
+            t,
+        })
+    }
+
+    /// Additive mask (f32): (B or 1, 1, Tq, S), 0 where visible and f32::MIN where not.
+    /// Queries are the last `tq` of the call's `t` positions.
+    fn mask(&self, ctx: &Context, tq: usize, window: Option<usize>) -> Result<Option<Tensor>> {
+        let s = ctx.keys;
+        let first_q = ctx.offset + ctx.t - tq;
+        let any_pad = ctx.pad.iter().any(|&p| p > 0);
+        let needs_causal = tq > 1 || window.is_some_and(|w| w < s);
+        if !any_pad && !needs_causal {
+            return Ok(None);
+        }
+        let rows: Vec<usize> = if any_pad { ctx.pad.clone() } else { vec![0] };
+        let mut m = Vec::with_capacity(rows.len() * tq * s);
+        for &p in &rows {
+            for qi in 0..tq {
+                let i = first_q + qi;
+                for j in 0..s {
+                    let visible = j >= p && j <= i && window.is_none_or(|w| i - j < w);
+                    m.push(if visible { 0.0 } else { f32::MIN });
+                }
+            }
+        }
+        Ok(Some(Tensor::from_vec(
+            m,
+            (rows.len(), 1, tq, s),
+            &self.device,
+        )?))
+    }
+
+    fn run(
+        &self,
+        mut x: Tensor,
+        start: usize,
+        pad: &[usize],
+        spec: &ForwardSpec,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<ForwardOutput> {
+        let (b, t, _) = x.dims3()?;
+        if pad.len() != b {
+            return Err(Error::InvalidArgument(format!(
+                "{} padding entries for {b} rows",
+                pad.len()
+            )));
+        }
+        if let Some(plan) = spec.ablations {
+            if plan.rows != b {
+                return Err(Error::InvalidArgument(format!(
+                    "ablation plan has {} rows for a batch of {b}",
+                    plan.rows
+                )));
+            }
+        }
+        let offset = cache.as_ref().map_or(0, |c| c.len);
+        let ctx = self.context(pad, t, offset)?;
+        let mut out = ForwardOutput::default();
+        let last = self.cfg.num_layers - 1;
+        for l in start..self.cfg.num_layers {
+            if spec.resid {
+                out.resid.push(x.clone());
+            }
+            let only_last = spec.positions == Positions::Last && l == last;
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[l]);
+            let (y, pattern) = self.layer(l, &x, &ctx, spec, only_last, layer_cache)?;
+            if spec.pattern_layer == Some(l) {
+                out.pattern = pattern;
+            }
+            x = y;
+        }
+        if let Some(c) = cache {
+            c.len += t;
+        }
+        // x: (B, T', d)
+        let x = if spec.positions == Positions::Last && x.dim(1)? > 1 {
+            x.narrow(1, x.dim(1)? - 1, 1)?
+        } else {
+            x
+        };
+        let h =
+            candle_nn::ops::rms_norm(&x.contiguous()?, &self.norm, self.cfg.rms_norm_eps as f32)?;
+        if spec.logits {
+            let lm = Linear {
+                weight: self.lm_head.clone(),
+                bias: None,
+            };
+            out.logits = Some(lm.forward(&h)?.to_dtype(DType::F32)?);
+        }
+        if spec.hidden {
+            out.hidden = Some(h);
+        }
+        Ok(out)
+    }
+
+    /// One decoder layer. `x`: (B, T, d) -> (B, T or 1, d).
+    fn layer(
+        &self,
+        l: usize,
+        x: &Tensor,
+        ctx: &Context,
+        spec: &ForwardSpec,
+        only_last: bool,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let cfg = &self.cfg;
+        let layer = &self.layers[l];
+        let (b, t, _) = x.dims3()?;
+        let (nh, ng, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let eps = cfg.rms_norm_eps as f32;
+        let plan = spec.ablations;
+
+        let h = candle_nn::ops::rms_norm(&x.contiguous()?, &layer.input_layernorm, eps)?;
+        let tq = if only_last { 1 } else { t };
+        let hq = if only_last {
+            h.narrow(1, t - 1, 1)?
+        } else {
+            h.clone()
+        };
+
+        // (B, Tq, H*D) -> (B, H, Tq, D)
+        let mut q = layer
+            .attn
+            .q_proj
+            .forward(&hq)?
+            .reshape((b, tq, nh, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        // (B, T, G*D) -> (B, G, T, D)
+        let mut k = layer
+            .attn
+            .k_proj
+            .forward(&h)?
+            .reshape((b, t, ng, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let v = layer
+            .attn
+            .v_proj
+            .forward(&h)?
+            .reshape((b, t, ng, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        if let Some(plan) = plan {
+            if let Some(m) = plan.get(l, Target::Q) {
+                q = m.apply(&q)?.contiguous()?;
+            }
+            if let Some(m) = plan.get(l, Target::K) {
+                k = m.apply(&k)?.contiguous()?;
+            }
+        }
+        let (cos_q, sin_q) = if only_last {
+            (
+                ctx.cos.narrow(1, t - 1, 1)?.contiguous()?,
+                ctx.sin.narrow(1, t - 1, 1)?.contiguous()?,
+            )
+        } else {
+            (ctx.cos.clone(), ctx.sin.clone())
+        };
+        let q = candle_nn::rotary_emb::rope(&q, &cos_q, &sin_q)?;
+        let k = candle_nn::rotary_emb::rope(&k, &ctx.cos, &ctx.sin)?;
+        let (k, v) = match cache {
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                    None => (k, v),
+                };
+                *slot = Some((k.clone(), v.clone()));
+                (k, v)
+            }
+            None => (k, v),
+        };
+        let s = k.dim(2)?;
+        let rep = nh / ng;
+        // Grouped-query attention without copying keys: the `rep` query heads of a group are
+        // contiguous, so (B, H, Tq, D) is viewed as (B, G, rep*Tq, D).
+        let qg = q.reshape((b, ng, rep * tq, hd))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        // (B, G, rep*Tq, D) @ (B, G, D, S) -> (B, G, rep*Tq, S) -> (B, H, Tq, S)
+        let scores = (qg.matmul(&k.t()?)? * scale)?
+            .reshape((b, nh, tq, s))?
+            .to_dtype(DType::F32)?;
+        let scores = match self.mask(ctx, tq, cfg.sliding_window[l])? {
+            Some(m) => scores.broadcast_add(&m)?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let pattern = if spec.pattern_layer == Some(l) {
+            Some(probs.clone())
+        } else {
+            None
+        };
+        // (B, G, rep*Tq, S) @ (B, G, S, D) -> (B, H, Tq, D)
+        let mut z = probs
+            .to_dtype(self.dtype)?
+            .reshape((b, ng, rep * tq, s))?
+            .matmul(&v.contiguous()?)?
+            .reshape((b, nh, tq, hd))?;
+        if let Some(m) = plan.and_then(|p| p.get(l, Target::V)) {
+            z = m.apply(&z)?;
+        }
+        // (B, H, Tq, D) -> (B, Tq, H*D)
+        let z = z.transpose(1, 2)?.contiguous()?.reshape((b, tq, nh * hd))?;
+        let attn_out = layer.attn.o_proj.forward(&z)?;
+        let resid = if only_last {
+            x.narrow(1, t - 1, 1)?
+        } else {
+            x.clone()
+        };
+        let x = (resid + attn_out)?;
+        let h2 = candle_nn::ops::rms_norm(&x.contiguous()?, &layer.post_attention_layernorm, eps)?;
+        let gate = layer.mlp.gate_proj.forward(&h2)?;
+        let act = match cfg.activation {
+            Activation::Silu => candle_nn::ops::silu(&gate)?,
+        };
+        let up = layer.mlp.up_proj.forward(&h2)?;
+        let mlp = layer.mlp.down_proj.forward(&(act * up)?)?;
+        Ok(((x + mlp)?, pattern))
+    }
+}
+
+/// Parses a `--dtype` value.
+pub fn parse_dtype(s: &str) -> Result<DType> {
+    match s {
+        "f32" | "float32" => Ok(DType::F32),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        "f16" | "float16" => Ok(DType::F16),
+        other => Err(Error::InvalidArgument(format!(
+            "unknown dtype {other:?}; expected f32, bf16 or f16"
+        ))),
+    }
+}
+
+/// Loads config and decoder from a local model folder.
+pub fn load_decoder(dir: &Path, dtype: DType, device: &Device) -> Result<Decoder> {
+    let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+    let weights = Weights::open_dir(dir)?;
+    Decoder::load(cfg, &weights, dtype, device)
+}

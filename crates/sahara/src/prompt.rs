@@ -1,0 +1,520 @@
+//! Prompts shared by every command: the tokenizer of `tokenizer.json`, the chat template of
+//! `tokenizer_config.json` (or `chat_template.jinja`) rendered as transformers'
+//! `apply_chat_template` renders it, and the three ways a query becomes a prompt.
+
+use std::path::{Path, PathBuf};
+
+use minijinja::syntax::SyntaxConfig;
+use minijinja::{Environment, ErrorKind, Value};
+use serde_json::Value as Json;
+
+use crate::error::{Error, Result};
+
+/// How a query becomes a prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Template {
+    /// The query as it is, encoded with the tokenizer's special-token post-processing.
+    Raw,
+    /// The model's chat template with the query as the user message.
+    Chat { system: Option<String> },
+    /// A format string containing `{query}`, encoded like `Raw`.
+    Format(String),
+}
+
+impl Template {
+    /// Parses a `--template` value: `raw`, `chat`, or a format string containing `{query}` in
+    /// which the escapes `\n` and `\t` become newline and tab.
+    pub fn parse(s: &str, system: Option<String>) -> Result<Self> {
+        match s {
+            "raw" => {
+                if system.is_some() {
+                    return Err(Error::InvalidArgument(
+                        "--system only applies to --template chat".into(),
+                    ));
+                }
+                Ok(Template::Raw)
+            }
+            "chat" => Ok(Template::Chat { system }),
+            fmt => {
+                if !fmt.contains("{query}") {
+                    return Err(Error::InvalidArgument(format!(
+                        "template {fmt:?} is neither raw, chat, nor a format string containing {{query}}"
+                    )));
+                }
+                if system.is_some() {
+                    return Err(Error::InvalidArgument(
+                        "--system only applies to --template chat".into(),
+                    ));
+                }
+                Ok(Template::Format(unescape(fmt)))
+            }
+        }
+    }
+
+    /// A short name for outputs: `raw`, `chat`, or the format string.
+    pub fn name(&self) -> String {
+        match self {
+            Template::Raw => "raw".into(),
+            Template::Chat { .. } => "chat".into(),
+            Template::Format(f) => f.clone(),
+        }
+    }
+}
+
+/// Turns the two-character escapes `\n`, `\t` and `\\` into their characters.
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.peek() {
+                Some('n') => {
+                    out.push('\n');
+                    chars.next();
+                }
+                Some('t') => {
+                    out.push('\t');
+                    chars.next();
+                }
+                Some('\\') => {
+                    out.push('\\');
+                    chars.next();
+                }
+                _ => out.push(c),
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// One chat message.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: &str) -> Self {
+        Message {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// A chat template with the special tokens it is rendered with.
+#[derive(Debug)]
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    /// Special tokens passed to the template (`bos_token`, `eos_token`, …).
+    specials: Vec<(String, String)>,
+}
+
+impl ChatTemplate {
+    /// Compiles a template source.
+    pub fn new(source: &str, specials: Vec<(String, String)>) -> Result<Self> {
+        let mut env = Environment::new();
+        // transformers renders with trim_blocks and lstrip_blocks.
+        let syntax = SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+            .map_err(|e| Error::Template(e.to_string()))?;
+        env.set_syntax(syntax);
+        minijinja_contrib::add_to_environment(&mut env);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<Value, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
+        env.add_function("strftime_now", |fmt: String| strftime_now(&fmt));
+        env.add_filter("tojson", tojson);
+        env.add_template_owned("chat", source.to_string())
+            .map_err(|e| Error::Template(format!("cannot parse: {}", describe(&e))))?;
+        Ok(ChatTemplate { env, specials })
+    }
+
+    /// Renders messages as transformers' `apply_chat_template(..., tokenize=False)` does.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        let tmpl = self
+            .env
+            .get_template("chat")
+            .map_err(|e| Error::Template(describe(&e)))?;
+        let mut ctx = std::collections::BTreeMap::<String, Value>::new();
+        ctx.insert(
+            "messages".into(),
+            Value::from(minijinja::value::Serde(messages)),
+        );
+        ctx.insert(
+            "add_generation_prompt".into(),
+            Value::from(add_generation_prompt),
+        );
+        for (k, v) in &self.specials {
+            ctx.insert(k.clone(), Value::from(v.clone()));
+        }
+        tmpl.render(Value::from(ctx))
+            .map_err(|e| Error::Template(describe(&e)))
+    }
+}
+
+fn describe(e: &minijinja::Error) -> String {
+    // raise_exception's message is the detail; keep it verbatim.
+    match (e.kind(), e.detail()) {
+        (ErrorKind::InvalidOperation, Some(d)) => d.to_string(),
+        _ => {
+            let mut s = e.to_string();
+            if let Some(line) = e.line() {
+                if !s.contains("line") {
+                    s.push_str(&format!(" (line {line})"));
+                }
+            }
+            s
+        }
+    }
+}
+
+/// `tojson` as transformers defines it: `json.dumps(x, ensure_ascii=False, indent=indent)`.
+fn tojson(
+    value: Value,
+    kwargs: minijinja::value::Kwargs,
+) -> std::result::Result<Value, minijinja::Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    let _: Option<bool> = kwargs.get("ensure_ascii")?;
+    kwargs.assert_all_used()?;
+    let json: Json = serde_json::to_value(&value)
+        .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    let mut out = String::new();
+    python_json(&json, indent, 0, &mut out);
+    Ok(Value::from_safe_string(out))
+}
+
+/// Writes JSON with Python's `json.dumps` separators (", " and ": ").
+fn python_json(v: &Json, indent: Option<usize>, level: usize, out: &mut String) {
+    let newline = |out: &mut String, level: usize| {
+        if let Some(n) = indent {
+            out.push('\n');
+            out.push_str(&" ".repeat(n * level));
+        }
+    };
+    match v {
+        Json::Array(items) if !items.is_empty() => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                    if indent.is_none() {
+                        out.push(' ');
+                    }
+                }
+                newline(out, level + 1);
+                python_json(item, indent, level + 1, out);
+            }
+            newline(out, level);
+            out.push(']');
+        }
+        Json::Object(map) if !map.is_empty() => {
+            out.push('{');
+            for (i, (k, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                    if indent.is_none() {
+                        out.push(' ');
+                    }
+                }
+                newline(out, level + 1);
+                out.push_str(&serde_json::to_string(k).unwrap_or_default());
+                out.push_str(": ");
+                python_json(item, indent, level + 1, out);
+            }
+            newline(out, level);
+            out.push('}');
+        }
+        Json::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(0.0);
+            if f.fract() == 0.0 && f.abs() < 1e16 {
+                out.push_str(&format!("{f:.1}"));
+            } else {
+                out.push_str(&n.to_string());
+            }
+        }
+        other => out.push_str(&serde_json::to_string(other).unwrap_or_default()),
+    }
+}
+
+/// `strftime_now(fmt)`: the current UTC date and time, for the common strftime codes.
+fn strftime_now(fmt: &str) -> String {
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    const DAYS: [&str; 7] = [
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+    ];
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + if month <= 2 { 1 } else { 0 };
+    let weekday = DAYS[days.rem_euclid(7) as usize];
+    let (hh, mm, ss) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    let mut out = String::new();
+    let mut chars = fmt.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('d') => out.push_str(&format!("{day:02}")),
+            Some('m') => out.push_str(&format!("{month:02}")),
+            Some('Y') => out.push_str(&year.to_string()),
+            Some('y') => out.push_str(&format!("{:02}", year % 100)),
+            Some('B') => out.push_str(MONTHS[(month - 1) as usize]),
+            Some('b') => out.push_str(&MONTHS[(month - 1) as usize][..3]),
+            Some('A') => out.push_str(weekday),
+            Some('a') => out.push_str(&weekday[..3]),
+            Some('H') => out.push_str(&format!("{hh:02}")),
+            Some('M') => out.push_str(&format!("{mm:02}")),
+            Some('S') => out.push_str(&format!("{ss:02}")),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+/// The tokenizer and chat template of a model folder.
+pub struct PromptEncoder {
+    pub tokenizer: tokenizers::Tokenizer,
+    pub chat: Option<ChatTemplate>,
+    pub tokenizer_path: PathBuf,
+    /// Id used to left-pad batches.
+    pub pad_id: u32,
+}
+
+fn special_token(cfg: &Json, key: &str) -> Option<String> {
+    match cfg.get(key)? {
+        Json::String(s) => Some(s.clone()),
+        Json::Object(o) => o.get("content").and_then(Json::as_str).map(String::from),
+        _ => None,
+    }
+}
+
+impl PromptEncoder {
+    /// Loads `tokenizer.json`, and the chat template from `chat_template.jinja` or
+    /// `tokenizer_config.json` when present.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let tokenizer_path = dir.join("tokenizer.json");
+        if !tokenizer_path.exists() {
+            return Err(Error::Tokenizer {
+                path: tokenizer_path,
+                message: "file not found".into(),
+            });
+        }
+        let tokenizer =
+            tokenizers::Tokenizer::from_file(&tokenizer_path).map_err(|e| Error::Tokenizer {
+                path: tokenizer_path.clone(),
+                message: e.to_string(),
+            })?;
+        let cfg_path = dir.join("tokenizer_config.json");
+        let cfg: Json = if cfg_path.exists() {
+            let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+            serde_json::from_str(&text).map_err(|source| Error::Json {
+                path: cfg_path.clone(),
+                source,
+            })?
+        } else {
+            Json::Null
+        };
+        let jinja_path = dir.join("chat_template.jinja");
+        let source = if jinja_path.exists() {
+            Some(std::fs::read_to_string(&jinja_path).map_err(|e| Error::io(&jinja_path, e))?)
+        } else {
+            match cfg.get("chat_template") {
+                Some(Json::String(s)) => Some(s.clone()),
+                Some(Json::Array(list)) => list
+                    .iter()
+                    .find(|t| t.get("name").and_then(Json::as_str) == Some("default"))
+                    .and_then(|t| t.get("template"))
+                    .and_then(Json::as_str)
+                    .map(String::from),
+                _ => None,
+            }
+        };
+        let mut specials = Vec::new();
+        for key in ["bos_token", "eos_token", "unk_token", "pad_token"] {
+            if let Some(v) = special_token(&cfg, key) {
+                specials.push((key.to_string(), v));
+            }
+        }
+        let chat = match source {
+            Some(s) => Some(
+                ChatTemplate::new(&s, specials.clone()).map_err(|e| match e {
+                    Error::Template(m) => Error::Template(format!(
+                        "{}: {m}",
+                        if jinja_path.exists() {
+                            &jinja_path
+                        } else {
+                            &cfg_path
+                        }
+                        .display()
+                    )),
+                    other => other,
+                })?,
+            ),
+            None => None,
+        };
+        let pad_id = specials
+            .iter()
+            .find(|(k, _)| k == "pad_token")
+            .or_else(|| specials.iter().find(|(k, _)| k == "eos_token"))
+            .and_then(|(_, v)| tokenizer.token_to_id(v))
+            .unwrap_or(0);
+        Ok(PromptEncoder {
+            tokenizer,
+            chat,
+            tokenizer_path,
+            pad_id,
+        })
+    }
+
+    /// The prompt text of a query.
+    pub fn render(&self, template: &Template, query: &str) -> Result<String> {
+        match template {
+            Template::Raw => Ok(query.to_string()),
+            Template::Format(f) => Ok(f.replace("{query}", query)),
+            Template::Chat { system } => {
+                let chat = self.chat.as_ref().ok_or_else(|| {
+                    Error::Template(format!(
+                        "the model has no chat template (looked in tokenizer_config.json and chat_template.jinja beside {}); use --template raw or a format string",
+                        self.tokenizer_path.display()
+                    ))
+                })?;
+                let mut messages = Vec::new();
+                if let Some(s) = system {
+                    messages.push(Message::new("system", s));
+                }
+                messages.push(Message::new("user", query));
+                chat.render(&messages, true)
+            }
+        }
+    }
+
+    /// Encodes text; `add_special_tokens` as in transformers' `tokenizer(text, ...)`.
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        let enc = self
+            .tokenizer
+            .encode(text, add_special_tokens)
+            .map_err(|e| Error::Prompt(format!("cannot tokenize: {e}")))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Renders and encodes a query. The chat template already holds its special tokens, so
+    /// they are not added a second time.
+    pub fn encode_query(&self, template: &Template, query: &str) -> Result<(String, Vec<u32>)> {
+        if query.trim().is_empty() {
+            return Err(Error::Prompt("the query is empty".into()));
+        }
+        let text = self.render(template, query)?;
+        let add = !matches!(template, Template::Chat { .. });
+        let ids = self.encode(&text, add)?;
+        if ids.is_empty() {
+            return Err(Error::Prompt(format!("{query:?} encodes to no tokens")));
+        }
+        Ok((text, ids))
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| Error::Prompt(format!("cannot decode tokens: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_templates_need_query_and_unescape() {
+        assert_eq!(
+            Template::parse("## Query:{query}\\n## Answer:", None).unwrap(),
+            Template::Format("## Query:{query}\n## Answer:".into())
+        );
+        assert!(Template::parse("no placeholder", None).is_err());
+        assert_eq!(Template::parse("raw", None).unwrap(), Template::Raw);
+        assert!(Template::parse("raw", Some("s".into())).is_err());
+    }
+
+    #[test]
+    fn chat_template_trims_blocks_and_raises() {
+        let t = ChatTemplate::new(
+            "{% for m in messages %}\n  {% if m.role == 'system' %}{{ raise_exception('no system') }}{% endif %}\n[{{ m.role }}] {{ m.content.strip() }}\n{% endfor %}\n{% if add_generation_prompt %}{{ bos_token }}{% endif %}",
+            vec![("bos_token".into(), "<s>".into())],
+        )
+        .unwrap();
+        let s = t.render(&[Message::new("user", " hi ")], true).unwrap();
+        assert_eq!(s, "[user] hi\n<s>");
+        let e = t
+            .render(
+                &[Message::new("system", "x"), Message::new("user", "y")],
+                true,
+            )
+            .unwrap_err();
+        assert_eq!(e.to_string(), "chat template: no system");
+    }
+
+    #[test]
+    fn tojson_uses_python_separators() {
+        let mut env = Environment::new();
+        env.add_filter("tojson", tojson);
+        let out = env
+            .render_str(
+                "{{ x | tojson }}",
+                minijinja::context! { x => minijinja::value::Serde(serde_json::json!({"a": [1, "<b>"], "c": true})) },
+            )
+            .unwrap();
+        assert_eq!(out, r#"{"a": [1, "<b>"], "c": true}"#);
+    }
+
+    #[test]
+    fn broken_template_is_an_error() {
+        assert!(ChatTemplate::new("{% for m in messages %}", vec![]).is_err());
+    }
+}

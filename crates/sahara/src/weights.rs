@@ -1,0 +1,185 @@
+//! Memory-mapped safetensors weights, single-file or sharded, read once and checked by name,
+//! shape and dtype before they become tensors.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use memmap2::Mmap;
+use safetensors::tensor::{Dtype as StDtype, TensorInfo};
+use safetensors::SafeTensors;
+
+use crate::error::{Error, Result};
+
+/// One memory-mapped safetensors file and its parsed header.
+pub struct WeightFile {
+    pub path: PathBuf,
+    mmap: Mmap,
+    /// Length of the JSON header; tensor data starts at `8 + header_len`.
+    header_len: usize,
+    pub tensors: HashMap<String, TensorInfo>,
+}
+
+impl WeightFile {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the file is opened read-only and not modified while mapped by this process.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let (header_len, metadata) =
+            SafeTensors::read_metadata(&mmap).map_err(|e| Error::Safetensors {
+                path: path.to_path_buf(),
+                message: describe_safetensors_error(&e),
+            })?;
+        let tensors = metadata
+            .tensors()
+            .into_iter()
+            .map(|(k, v)| (k, v.clone()))
+            .collect();
+        Ok(WeightFile {
+            path: path.to_path_buf(),
+            mmap,
+            header_len,
+            tensors,
+        })
+    }
+
+    /// The raw little-endian bytes of a tensor.
+    pub fn bytes(&self, info: &TensorInfo) -> &[u8] {
+        let start = 8 + self.header_len;
+        &self.mmap[start + info.data_offsets.0..start + info.data_offsets.1]
+    }
+
+    /// The `__metadata__` entries of the header.
+    pub fn metadata(&self) -> Option<HashMap<String, String>> {
+        SafeTensors::read_metadata(&self.mmap)
+            .ok()
+            .and_then(|(_, m)| m.metadata().clone())
+    }
+}
+
+fn describe_safetensors_error(e: &safetensors::SafeTensorError) -> String {
+    use safetensors::SafeTensorError as E;
+    match e {
+        E::MetadataIncompleteBuffer => {
+            "the file is shorter or longer than its header says (truncated?)".into()
+        }
+        E::HeaderTooSmall | E::InvalidHeaderLength => "the header is truncated".into(),
+        other => other.to_string(),
+    }
+}
+
+/// All weight files of a model folder, by tensor name.
+pub struct Weights {
+    pub dir: PathBuf,
+    pub files: Vec<WeightFile>,
+    /// Tensor name to index in `files`.
+    index: HashMap<String, usize>,
+    /// Whether the files come from `model.safetensors.index.json`.
+    pub sharded: bool,
+}
+
+impl Weights {
+    /// Opens `model.safetensors`, or the shards listed in `model.safetensors.index.json`.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let index_path = dir.join("model.safetensors.index.json");
+        let single = dir.join("model.safetensors");
+        let (paths, sharded) = if index_path.exists() {
+            let text =
+                std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|source| Error::Json {
+                    path: index_path.clone(),
+                    source,
+                })?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::config(&index_path, "no `weight_map` object"))?;
+            let mut names: Vec<String> = Vec::new();
+            for f in map.values() {
+                let f = f.as_str().ok_or_else(|| {
+                    Error::config(&index_path, "weight_map values must be file names")
+                })?;
+                if !names.iter().any(|n| n == f) {
+                    names.push(f.to_string());
+                }
+            }
+            (
+                names.into_iter().map(|n| dir.join(n)).collect::<Vec<_>>(),
+                true,
+            )
+        } else if single.exists() {
+            (vec![single], false)
+        } else {
+            return Err(Error::config(
+                dir,
+                "no model.safetensors or model.safetensors.index.json in the model folder",
+            ));
+        };
+        let mut files = Vec::new();
+        let mut index = HashMap::new();
+        for (i, p) in paths.iter().enumerate() {
+            let f = WeightFile::open(p)?;
+            for name in f.tensors.keys() {
+                index.insert(name.clone(), i);
+            }
+            files.push(f);
+        }
+        Ok(Weights {
+            dir: dir.to_path_buf(),
+            files,
+            index,
+            sharded,
+        })
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    /// The file holding a tensor and its header entry.
+    pub fn locate(&self, name: &str) -> Result<(&WeightFile, &TensorInfo)> {
+        let i = *self.index.get(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+            dir: self.dir.clone(),
+        })?;
+        let f = &self.files[i];
+        Ok((f, &f.tensors[name]))
+    }
+
+    /// Loads a tensor, checking its shape, converted to `dtype` on `device`.
+    pub fn load(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let (file, info) = self.locate(name)?;
+        if info.shape != shape {
+            return Err(Error::TensorShape {
+                name: name.to_string(),
+                path: file.path.clone(),
+                found: info.shape.clone(),
+                expected: shape.to_vec(),
+            });
+        }
+        let src = match info.dtype {
+            StDtype::F32 => DType::F32,
+            StDtype::F16 => DType::F16,
+            StDtype::BF16 => DType::BF16,
+            StDtype::F64 => DType::F64,
+            other => {
+                return Err(Error::TensorDtype {
+                    name: name.to_string(),
+                    path: file.path.clone(),
+                    found: format!("{other:?}"),
+                })
+            }
+        };
+        let t = Tensor::from_raw_buffer(file.bytes(info), src, shape, &Device::Cpu)?;
+        let t = if src == dtype { t } else { t.to_dtype(dtype)? };
+        Ok(t.to_device(device)?)
+    }
+}

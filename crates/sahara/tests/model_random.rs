@@ -1,0 +1,245 @@
+//! Properties of the decoder on random models: the fast paths (last position only, start
+//! from a layer, batching with padding, key/value cache, per-row ablations) agree with the
+//! plain full forward pass.
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use sahara::generate::{generate, GenerateOptions};
+use sahara::random::{write_random_model, RandomSpec};
+use sahara::{AblationPlan, Batch, ForwardSpec, HeadAblation, LoadedModel, Op, Positions, Target};
+
+fn model(arch: &str, f: impl FnOnce(&mut RandomSpec)) -> (tempfile::TempDir, LoadedModel) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = RandomSpec::tiny(arch);
+    f(&mut spec);
+    write_random_model(dir.path(), &spec).unwrap();
+    let m = LoadedModel::load(dir.path().to_str().unwrap(), DType::F32, &Device::Cpu).unwrap();
+    (dir, m)
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+fn all_logits(m: &LoadedModel, prompts: &[Vec<u32>], rows: Option<&[Vec<HeadAblation>]>) -> Tensor {
+    let batch = Batch::new(prompts, 0, &Device::Cpu).unwrap();
+    let plan = rows.map(|r| AblationPlan::new(m.cfg(), r, DType::F32, &Device::Cpu).unwrap());
+    let mut spec = ForwardSpec::logits(Positions::All);
+    spec.ablations = plan.as_ref();
+    m.decoder
+        .forward(&batch, &spec, None)
+        .unwrap()
+        .logits
+        .unwrap()
+}
+
+const ARCHS: [&str; 3] = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"];
+
+fn prompt(n: usize, seed: u32) -> Vec<u32> {
+    (0..n as u32)
+        .map(|i| 3 + (i * 7 + seed * 13) % 40)
+        .collect()
+}
+
+#[test]
+fn last_position_only_equals_the_full_forward() {
+    for arch in ARCHS {
+        let (_d, m) = model(arch, |s| s.sliding_window = Some(4));
+        let p = vec![prompt(11, 1)];
+        let rows = vec![vec![HeadAblation::new(2, 1, Target::Q, Op::Scale(1e-5))]];
+        let full = all_logits(&m, &p, Some(&rows));
+        let plan = AblationPlan::new(m.cfg(), &rows, DType::F32, &Device::Cpu).unwrap();
+        let batch = Batch::new(&p, 0, &Device::Cpu).unwrap();
+        let spec = ForwardSpec::logits(Positions::Last).with_ablations(&plan);
+        let last = m
+            .decoder
+            .forward(&batch, &spec, None)
+            .unwrap()
+            .logits
+            .unwrap();
+        assert_eq!(last.dims(), &[1, 1, m.cfg().vocab_size]);
+        let d = max_abs_diff(
+            &last.i((.., 0, ..)).unwrap(),
+            &full.i((.., 10, ..)).unwrap(),
+        );
+        assert!(d <= 1e-5, "{arch}: {d}");
+    }
+}
+
+#[test]
+fn starting_from_a_layer_equals_the_full_forward() {
+    for arch in ARCHS {
+        let (_d, m) = model(arch, |_| {});
+        let p = vec![prompt(9, 2), prompt(9, 3)];
+        let batch = Batch::new(&p, 0, &Device::Cpu).unwrap();
+        let mut spec = ForwardSpec::logits(Positions::All);
+        spec.resid = true;
+        let clean = m.decoder.forward(&batch, &spec, None).unwrap();
+        assert_eq!(clean.resid.len(), m.cfg().num_layers);
+        for l in 0..m.cfg().num_layers {
+            // Ablate a head at layer l in row 1 only; rows start from the clean stream at l.
+            let rows = vec![vec![], vec![HeadAblation::new(l, 2, Target::V, Op::Mean)]];
+            let plan = AblationPlan::new(m.cfg(), &rows, DType::F32, &Device::Cpu).unwrap();
+            let spec = ForwardSpec::logits(Positions::All).with_ablations(&plan);
+            let fast = m
+                .decoder
+                .forward_from(l, &clean.resid[l], &batch.pad, &spec)
+                .unwrap()
+                .logits
+                .unwrap();
+            let full = all_logits(&m, &p, Some(&rows));
+            let d = max_abs_diff(&fast, &full);
+            assert!(d <= 1e-5, "{arch} layer {l}: {d}");
+        }
+    }
+}
+
+#[test]
+fn a_row_does_not_depend_on_its_neighbours_or_padding() {
+    for arch in ARCHS {
+        let (_d, m) = model(arch, |s| s.sliding_window = Some(3));
+        let short = prompt(4, 5);
+        let long = prompt(10, 6);
+        let together = all_logits(&m, &[short.clone(), long.clone()], None);
+        let alone_short = all_logits(&m, std::slice::from_ref(&short), None);
+        let alone_long = all_logits(&m, std::slice::from_ref(&long), None);
+        // The short row is left-padded by 6: its real positions are 6..10.
+        let d1 = max_abs_diff(
+            &together.i((0, 6.., ..)).unwrap(),
+            &alone_short.i(0).unwrap(),
+        );
+        let d2 = max_abs_diff(&together.i(1).unwrap(), &alone_long.i(0).unwrap());
+        assert!(d1 <= 1e-5 && d2 <= 1e-5, "{arch}: {d1} {d2}");
+    }
+}
+
+#[test]
+fn per_row_ablations_equal_separate_runs() {
+    let (_d, m) = model("LlamaForCausalLM", |_| {});
+    let p = prompt(8, 9);
+    let sets = vec![
+        vec![],
+        vec![HeadAblation::new(1, 2, Target::Q, Op::Scale(1e-5))],
+        vec![HeadAblation::new(0, 3, Target::K, Op::Mean)],
+        vec![
+            HeadAblation::new(2, 0, Target::V, Op::Scale(0.0)),
+            HeadAblation::new(2, 1, Target::V, Op::Mean),
+        ],
+    ];
+    let batched = all_logits(&m, &vec![p.clone(); sets.len()], Some(&sets));
+    for (i, s) in sets.iter().enumerate() {
+        let alone = all_logits(&m, std::slice::from_ref(&p), Some(std::slice::from_ref(s)));
+        let d = max_abs_diff(&batched.i(i).unwrap(), &alone.i(0).unwrap());
+        assert!(d <= 1e-5, "row {i}: {d}");
+    }
+    // The ablations really change something.
+    for i in 1..sets.len() {
+        let d = max_abs_diff(&batched.i(i).unwrap(), &batched.i(0).unwrap());
+        assert!(d > 1e-3, "row {i} unchanged");
+    }
+}
+
+#[test]
+fn scale_by_one_is_exactly_the_unmodified_model() {
+    let (_d, m) = model("Qwen2ForCausalLM", |_| {});
+    let p = vec![prompt(7, 4)];
+    let base = all_logits(&m, &p, None);
+    let rows = vec![vec![
+        HeadAblation::new(0, 1, Target::Q, Op::Scale(1.0)),
+        HeadAblation::new(1, 1, Target::K, Op::Scale(1.0)),
+        HeadAblation::new(2, 1, Target::V, Op::Scale(1.0)),
+    ]];
+    assert_eq!(max_abs_diff(&all_logits(&m, &p, Some(&rows)), &base), 0.0);
+}
+
+/// Greedy decoding by recomputing the whole sequence at every step (no cache).
+fn naive_greedy(m: &LoadedModel, p: &[u32], ablations: &[HeadAblation], n: usize) -> Vec<u32> {
+    let mut seq = p.to_vec();
+    let mut out = vec![];
+    for _ in 0..n {
+        let l = all_logits(m, std::slice::from_ref(&seq), Some(&[ablations.to_vec()]));
+        let last: Vec<f32> = l.i((0, seq.len() - 1, ..)).unwrap().to_vec1().unwrap();
+        let t =
+            sahara::generate::choose(&last, &sahara::generate::Sampling::Greedy, &mut rand_rng());
+        out.push(t);
+        seq.push(t);
+    }
+    out
+}
+
+fn rand_rng() -> rand::rngs::StdRng {
+    rand::SeedableRng::seed_from_u64(0)
+}
+
+#[test]
+fn cached_batched_generation_equals_naive_recomputation() {
+    for arch in ARCHS {
+        let (_d, m) = model(arch, |s| s.sliding_window = Some(5));
+        let prompts = vec![prompt(3, 1), prompt(8, 2), prompt(6, 3)];
+        let sets = vec![
+            vec![],
+            vec![HeadAblation::new(1, 0, Target::Q, Op::Scale(1e-5))],
+            vec![HeadAblation::new(2, 3, Target::K, Op::Mean)],
+        ];
+        let opts = GenerateOptions {
+            max_new_tokens: 8,
+            eos: vec![],
+            ..Default::default()
+        };
+        let batched = generate(&m.decoder, &prompts, &sets, 0, &opts).unwrap();
+        for i in 0..prompts.len() {
+            let naive = naive_greedy(&m, &prompts[i], &sets[i], 8);
+            assert_eq!(batched[i], naive, "{arch} row {i}");
+            let alone = generate(&m.decoder, &prompts[i..=i], &sets[i..=i], 0, &opts).unwrap();
+            assert_eq!(batched[i], alone[0], "{arch} row {i} alone");
+        }
+    }
+}
+
+#[test]
+fn generation_stops_at_end_of_sequence() {
+    let (_d, m) = model("LlamaForCausalLM", |_| {});
+    let p = vec![prompt(5, 1)];
+    let free = generate(
+        &m.decoder,
+        &p,
+        &[vec![]],
+        0,
+        &GenerateOptions {
+            max_new_tokens: 6,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let stop = free[0][2];
+    let opts = GenerateOptions {
+        max_new_tokens: 6,
+        eos: vec![stop],
+        ..Default::default()
+    };
+    let out = generate(&m.decoder, &p, &[vec![]], 0, &opts).unwrap();
+    let first = free[0].iter().position(|&t| t == stop).unwrap();
+    assert_eq!(out[0], free[0][..=first].to_vec());
+}
+
+#[test]
+fn prompts_longer_than_the_context_are_refused() {
+    let (_d, m) = model("LlamaForCausalLM", |s| s.max_position_embeddings = 16);
+    let batch = Batch::new(&[prompt(17, 0)], 0, &Device::Cpu).unwrap();
+    let e = m
+        .decoder
+        .forward(&batch, &ForwardSpec::logits(Positions::Last), None)
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("exceed the model's context of 16"),
+        "{e}"
+    );
+}
