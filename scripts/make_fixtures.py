@@ -1,0 +1,895 @@
+#!/usr/bin/env python3
+"""Generate the small reference fixtures under ``fixtures/``.
+
+Every fixture is a tiny, randomly initialised Hugging Face model folder
+(config.json, model.safetensors, tokenizer.json, tokenizer_config.json,
+generation_config.json) plus reference outputs computed with `transformers`
+(eager attention, float32, CPU):
+
+* ``reference.json``        prompts, token ids, chat renderings, greedy generations,
+                            ablation definitions;
+* ``reference.safetensors`` logits / ablated logits / final hidden states.
+
+Usage::
+
+    pip install -r scripts/requirements-fixtures.txt
+    python3 scripts/make_fixtures.py            # regenerates fixtures/*
+    python3 scripts/make_fixtures.py llama3     # only some fixtures
+
+Nothing is downloaded: tokenizers are trained here on a built-in corpus and
+weights are drawn from a seeded generator.  The script is deterministic on a
+given software stack (see fixtures/README.md for the versions used).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+torch.use_deterministic_algorithms(True)
+torch.set_num_threads(1)  # bit-for-bit reproducible CPU reductions
+
+import safetensors  # noqa: E402
+import tokenizers  # noqa: E402
+import transformers  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaTokenizer,
+    MistralConfig,
+    MistralForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen2Tokenizer,
+)
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+EPSILON = 1e-5
+MAX_NEW_TOKENS = 8
+MIN_TOP2_GAP = 1e-3
+MAX_FOLDER_BYTES = 1_500_000
+
+# ---------------------------------------------------------------------------
+# Chat templates, copied verbatim (Python string literals reproduce the exact
+# characters of the `chat_template` value in each model's tokenizer_config.json).
+# ---------------------------------------------------------------------------
+
+# meta-llama/Llama-2-7b-chat-hf (identical in Llama-2-13b-chat-hf / 70b-chat-hf).
+LLAMA2_CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+    "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
+    "{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if loop.index0 == 0 and system_message != false %}"
+    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+
+# meta-llama/Meta-Llama-3-8B-Instruct (current revision, with the
+# `add_generation_prompt` guard; the very first revision emitted the
+# assistant header unconditionally -- identical output for
+# add_generation_prompt=True, which is what the fixtures use).
+LLAMA3_CHAT_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+# mistralai/Mistral-7B-Instruct-v0.2 (current revision: mistral "v1" template
+# with optional system prompt, multi-line with whitespace control).
+MISTRAL_CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}\n"
+    "    {%- set system_message = messages[0]['content'] %}\n"
+    "    {%- set loop_messages = messages[1:] %}\n"
+    "{%- else %}\n"
+    "    {%- set loop_messages = messages %}\n"
+    "{%- endif %}\n"
+    "\n"
+    "{{- bos_token }}\n"
+    "{%- for message in loop_messages %}\n"
+    "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}\n"
+    "        {{- raise_exception('After the optional system message, conversation roles must alternate user/assistant/user/assistant/...') }}\n"
+    "    {%- endif %}\n"
+    "    {%- if message['role'] == 'user' %}\n"
+    "        {%- if loop.first and system_message is defined %}\n"
+    "            {{- ' [INST] ' + system_message + '\\n\\n' + message['content'] + ' [/INST]' }}\n"
+    "        {%- else %}\n"
+    "            {{- ' [INST] ' + message['content'] + ' [/INST]' }}\n"
+    "        {%- endif %}\n"
+    "    {%- elif message['role'] == 'assistant' %}\n"
+    "        {{- ' ' + message['content'] + eos_token}}\n"
+    "    {%- else %}\n"
+    "        {{- raise_exception('Only user and assistant roles are supported, with the exception of an initial optional system message!') }}\n"
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+)
+
+# Qwen/Qwen2-7B-Instruct.
+QWEN2_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# Pre-tokenisation regexes of the real tokenizers.
+LLAMA3_SPLIT_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QWEN2_SPLIT_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+# ---------------------------------------------------------------------------
+# Built-in training corpus for the tokenizers (plain English, a few digits,
+# punctuation, chat words; "é" is in it, "☃" deliberately is not, so the
+# prompts exercise byte fallback / multi-byte byte-level tokens).
+# ---------------------------------------------------------------------------
+CORPUS = """\
+Once upon a time there was a little robot who lived by the river.
+The robot liked to count the stones on the bank, one by one, every morning.
+It counted twelve stones, then thirty stones, then forty two stones in all.
+A small cat sat on the wall and watched the robot with careful eyes.
+The cat said nothing, but the robot felt that the cat was a good friend.
+In the afternoon they walked together to the old café near the bridge.
+The owner of the café made coffee for the people of the town.
+She was a careful woman, and she always asked the same question.
+"What would you like today?" she asked, and the robot answered politely.
+"I would like a cup of warm oil, please," said the robot, and everyone laughed.
+The capital of France is Paris, and the capital of Italy is Rome.
+Paris is a large city on the river Seine, with many bridges and gardens.
+A question needs an answer, and a good answer is short and clear.
+The assistant reads the question from the user and writes a helpful answer.
+The system message tells the assistant how to behave during the conversation.
+You are a helpful assistant. You are a careful assistant. You answer questions.
+The user asks: what is the sum of twelve and thirty? The answer is forty two.
+Numbers such as 1, 2, 3, 12, 30, 42, 100 and 2024 appear in many texts.
+Question: what is the weather like today?
+Answer: the weather is cold, and there is snow on the hills.
+The instructions were written in square brackets, like [INST] and [/INST].
+Please answer the following question in one sentence.
+The river runs from the mountains to the sea, past fields and small towns.
+Every evening the robot returned home and wrote a short story in its notebook.
+The story was about a bird, a boat, a tree, and a very long summer day.
+People in the town said that the robot was kind, patient, and a little strange.
+Time passed, and the seasons changed: spring, summer, autumn and winter.
+In winter the river froze, and children played on the ice with their dogs.
+The robot learned new words every day and used them in its stories.
+Some words were long and difficult; others were short and simple.
+Good morning! How are you today? I am fine, thank you. And you?
+The teacher asked the students to read the text aloud, one line at a time.
+This is a test. This is only a test of the tokenizer and the model.
+Hello world, hello robot, hello river, hello town, hello friend.
+The quick brown fox jumps over the lazy dog near the river bank.
+A careful reader notices small details that others might miss.
+The little robot found a map, and the map showed a path to the mountains.
+At the end of the path there was a small house with a red door.
+Inside the house there was a table, two chairs, and a lamp.
+The robot sat down, opened its notebook, and started to write again.
+Question: how many stones are there? Answer: there are 42 stones.
+Question: who walked to the old café? Answer: the robot walked to the old café.
+Question: what is 12 + 30? Answer: 12 + 30 is 42.
+"""
+CORPUS_LINES = [line for line in CORPUS.splitlines() if line.strip()]
+
+# Raw prompts (~5, ~12, ~20+ tokens). The last one contains a newline, digits,
+# a double space, a character from the corpus alphabet ("é") and one that is
+# not in it ("☃").
+PROMPTS = [
+    "The little robot",
+    "The robot walked to the old café by the river.",
+    "Question: 12 + 30?\nAnswer:  42 ☃.",
+]
+
+CHAT_CASES = [
+    (None, "What is the capital of France?"),
+    ("You are a careful assistant.", "What is the capital of France?"),
+]
+
+
+# ---------------------------------------------------------------------------
+# Tokenizers
+# ---------------------------------------------------------------------------
+def _trained_vocab_and_merges(tok: Tokenizer) -> tuple[list[str], list[tuple[str, str]]]:
+    data = json.loads(tok.to_str())
+    vocab = [t for t, _ in sorted(data["model"]["vocab"].items(), key=lambda kv: kv[1])]
+    merges = []
+    for m in data["model"]["merges"]:
+        a, b = m.split(" ", 1) if isinstance(m, str) else m
+        merges.append((a, b))
+    return vocab, merges
+
+
+def make_sentencepiece_bpe_tokenizer(total_vocab: int, legacy: bool, chat_template: str) -> LlamaTokenizer:
+    """Llama-2 / Mistral style: BPE with byte fallback, "▁" metaspace handling.
+
+    Layout of the vocabulary as in the real models: <unk>=0, <s>=1, </s>=2,
+    <0x00>..<0xFF>=3..258, then the learned pieces.
+    """
+    n_fixed = 3 + 256
+    trainer_tok = Tokenizer(models.BPE())
+    trainer_tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    trainer = trainers.BpeTrainer(vocab_size=total_vocab - n_fixed, special_tokens=[], show_progress=False)
+    trainer_tok.train_from_iterator(CORPUS_LINES, trainer)
+    learned, merges = _trained_vocab_and_merges(trainer_tok)
+
+    vocab: dict[str, int] = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    for t in learned:
+        if t not in vocab:
+            vocab[t] = len(vocab)
+
+    # LlamaTokenizer is what transformers instantiates for tokenizer_class
+    # "LlamaTokenizer"/"LlamaTokenizerFast": BPE(byte_fallback, fuse_unk) + Metaspace
+    # pre-tokenizer (prepend_scheme "first" if legacy=False, "always" if legacy=True).
+    tok = LlamaTokenizer(
+        vocab=vocab,
+        merges=merges,
+        legacy=legacy,
+        add_bos_token=True,
+        add_eos_token=False,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        chat_template=chat_template,
+    )
+    return tok
+
+
+def _train_bytelevel(total_base_vocab: int, split_regex: str, nfc: bool) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    trainer_tok = Tokenizer(models.BPE())
+    if nfc:
+        trainer_tok.normalizer = normalizers.NFC()
+    trainer_tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(split_regex), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=total_base_vocab,
+        special_tokens=[],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    trainer_tok.train_from_iterator(CORPUS_LINES, trainer)
+    learned, merges = _trained_vocab_and_merges(trainer_tok)
+    return {t: i for i, t in enumerate(learned)}, merges
+
+
+LLAMA3_SPECIALS = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+]
+
+
+def make_llama3_tokenizer(base_vocab: int) -> PreTrainedTokenizerFast:
+    """Llama-3 style: byte-level BPE (ignore_merges), Llama-3 split regex,
+    special tokens appended after the BPE vocabulary, BOS added by the
+    post-processor (tokenizer_class PreTrainedTokenizerFast, as in the real
+    repository)."""
+    vocab, merges = _train_bytelevel(base_vocab, LLAMA3_SPLIT_REGEX, nfc=False)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=True, fuse_unk=False, byte_fallback=False))
+    tok.normalizer = None
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel(add_prefix_space=True, trim_offsets=True, use_regex=True)
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in LLAMA3_SPECIALS])
+    bos_id = tok.token_to_id("<|begin_of_text|>")
+    tok.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(add_prefix_space=True, trim_offsets=False, use_regex=True),
+            processors.TemplateProcessing(
+                single="<|begin_of_text|> $A",
+                pair="<|begin_of_text|> $A <|begin_of_text|>:1 $B:1",
+                special_tokens=[("<|begin_of_text|>", bos_id)],
+            ),
+        ]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        clean_up_tokenization_spaces=True,
+        model_input_names=["input_ids", "attention_mask"],
+        chat_template=LLAMA3_CHAT_TEMPLATE,
+    )
+
+
+QWEN2_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def make_qwen2_tokenizer(base_vocab: int) -> Qwen2Tokenizer:
+    """Qwen2 style: NFC + byte-level BPE with the Qwen2 split regex, no BOS,
+    <|endoftext|>, <|im_start|>, <|im_end|> appended after the BPE vocab."""
+    vocab, merges = _train_bytelevel(base_vocab, QWEN2_SPLIT_REGEX, nfc=True)
+    n = len(vocab)
+    # The specials are put in the BPE vocabulary too (ids n, n+1, n+2, in the
+    # real order) so that transformers 5, which rebuilds the Qwen2 backend from
+    # vocab/merges on load, gets the same ids back.
+    for s in QWEN2_SPECIALS:
+        vocab[s] = len(vocab)
+    tok = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=merges,
+        unk_token=None,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens=["<|im_start|>", "<|im_end|>"],
+        chat_template=QWEN2_CHAT_TEMPLATE,
+    )
+    ids = [tok.convert_tokens_to_ids(s) for s in QWEN2_SPECIALS]
+    if ids != [n, n + 1, n + 2] or len(tok) != n + 3:
+        raise RuntimeError(f"unexpected Qwen2 special ids {ids} (base vocab {n}, len {len(tok)})")
+    return tok
+
+
+# ---------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------
+def reinit_(model: torch.nn.Module, seed: int, std: float) -> None:
+    """Well-spread random weights: N(0, std) for matrices and embeddings,
+    N(0, 0.1) for biases, 1 + N(0, 0.1) for RMSNorm weights (so a missing norm
+    weight is detectable)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+            if "norm" in name:
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+            elif name.endswith(".bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(std * torch.randn(p.shape, generator=g))
+
+
+def forward_logits(model, ids: list[int]) -> torch.Tensor:
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        out = model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False)
+    return out.logits[0].float()
+
+
+def greedy(model, ids: list[int], eos_ids: set[int], pad_id: int) -> tuple[list[int], float]:
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=x,
+            attention_mask=torch.ones_like(x),
+            do_sample=False,
+            max_new_tokens=MAX_NEW_TOKENS,
+            output_logits=True,
+            return_dict_in_generate=True,
+            pad_token_id=pad_id,
+        )
+    new = out.sequences[0, len(ids):].tolist()
+    min_gap = float("inf")
+    for step in out.logits:
+        top2 = torch.topk(step[0].float(), 2).values
+        min_gap = min(min_gap, float(top2[0] - top2[1]))
+    # Cross-check against a cache-free greedy loop (full recompute each step).
+    seq = list(ids)
+    manual = []
+    for _ in range(MAX_NEW_TOKENS):
+        nxt = int(forward_logits(model, seq)[-1].argmax())
+        manual.append(nxt)
+        seq.append(nxt)
+        if nxt in eos_ids:
+            break
+    if manual != new:
+        raise AssertionError(f"generate() {new} != cache-free greedy {manual}")
+    return new, min_gap
+
+
+def ablation_sets(n_layers: int, n_heads: int, n_kv: int) -> list[dict]:
+    last = n_layers - 1
+    heads = {
+        "q": [[0, 1], [last, n_heads - 2]],
+        "k": [[0, n_kv - 1], [last, 0]],
+        "v": [[0, 2], [last, n_heads - 1]],
+    }
+    sets = []
+    for target in ("q", "k", "v"):
+        for op in ("scale", "mean"):
+            sets.append({"name": f"{target}_{op}", "target": target, "op": op, "heads": heads[target]})
+    sets.append(
+        {"name": "q_scale_all_layers_head0", "target": "q", "op": "scale", "heads": [[l, 0] for l in range(n_layers)]}
+    )
+    return sets
+
+
+def register_ablation(model, abl: dict, eps: float) -> list:
+    cfg = model.config
+    n_heads = cfg.num_attention_heads
+    n_kv = cfg.num_key_value_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+    by_layer: dict[int, list[int]] = defaultdict(list)
+    for layer, head in abl["heads"]:
+        by_layer[layer].append(head)
+
+    def make_edit(heads: list[int], n: int, op: str):
+        def edit(x: torch.Tensor) -> torch.Tensor:
+            shape = x.shape
+            orig = x.reshape(*shape[:-1], n, head_dim)
+            y = orig.clone()
+            if op == "scale":
+                for h in heads:
+                    y[..., h, :] = orig[..., h, :] * eps
+            elif op == "mean":
+                mean = orig.mean(dim=-2)  # mean over the heads of the ORIGINAL tensor
+                for h in heads:
+                    y[..., h, :] = mean
+            else:
+                raise ValueError(op)
+            return y.reshape(shape)
+
+        return edit
+
+    handles = []
+    for layer, heads in sorted(by_layer.items()):
+        attn = model.model.layers[layer].self_attn
+        if abl["target"] == "q":
+            edit = make_edit(heads, n_heads, abl["op"])
+            handles.append(attn.q_proj.register_forward_hook(lambda m, a, out, edit=edit: edit(out)))
+        elif abl["target"] == "k":
+            edit = make_edit(heads, n_kv, abl["op"])
+            handles.append(attn.k_proj.register_forward_hook(lambda m, a, out, edit=edit: edit(out)))
+        elif abl["target"] == "v":
+            edit = make_edit(heads, n_heads, abl["op"])
+            handles.append(
+                attn.o_proj.register_forward_pre_hook(lambda m, args, edit=edit: (edit(args[0]),) + tuple(args[1:]))
+            )
+        else:
+            raise ValueError(abl["target"])
+    return handles
+
+
+# ---------------------------------------------------------------------------
+# Fixture specs
+# ---------------------------------------------------------------------------
+def spec_llama_gqa():
+    tok = make_sentencepiece_bpe_tokenizer(total_vocab=420, legacy=False, chat_template=LLAMA2_CHAT_TEMPLATE)
+
+    def config(vocab_size):
+        return LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=256,
+            rms_norm_eps=1e-5,
+            rope_theta=10000.0,
+            tie_word_embeddings=False,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=None,
+            initializer_range=0.15,
+        )
+
+    gen = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return dict(cls=LlamaForCausalLM, tok=tok, config=config, gen=gen, seed=1000, std=0.15, hub_style=False)
+
+
+def spec_llama3():
+    tok = make_llama3_tokenizer(base_vocab=480)
+    eot = tok.convert_tokens_to_ids("<|eot_id|>")
+    eos = tok.convert_tokens_to_ids("<|end_of_text|>")
+    bos = tok.convert_tokens_to_ids("<|begin_of_text|>")
+
+    def config(vocab_size):
+        return LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=16,
+            max_position_embeddings=512,
+            rms_norm_eps=1e-5,
+            rope_theta=500000.0,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                # 32 (as first planned) puts no frequency in the smooth band at
+                # head_dim 16 / theta 5e5; 64 gives 1 unchanged, 1 interpolated,
+                # 6 scaled frequencies (asserted below).
+                "original_max_position_embeddings": 64,
+            },
+            tie_word_embeddings=True,
+            bos_token_id=bos,
+            eos_token_id=[eos, eot],
+            initializer_range=0.15,
+        )
+
+    gen = GenerationConfig(bos_token_id=bos, eos_token_id=[eos, eot])
+    return dict(cls=LlamaForCausalLM, tok=tok, config=config, gen=gen, seed=2000, std=0.15, hub_style=True, pad=eos)
+
+
+def spec_mistral():
+    tok = make_sentencepiece_bpe_tokenizer(total_vocab=440, legacy=True, chat_template=MISTRAL_CHAT_TEMPLATE)
+
+    def config(vocab_size, sliding_window=5):
+        return MistralConfig(
+            vocab_size=vocab_size,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=256,
+            rms_norm_eps=1e-5,
+            rope_theta=10000.0,
+            sliding_window=sliding_window,
+            tie_word_embeddings=False,
+            bos_token_id=1,
+            eos_token_id=2,
+            initializer_range=0.15,
+        )
+
+    gen = GenerationConfig(bos_token_id=1, eos_token_id=2)
+    return dict(cls=MistralForCausalLM, tok=tok, config=config, gen=gen, seed=3000, std=0.15, hub_style=True, pad=0)
+
+
+def spec_qwen2():
+    tok = make_qwen2_tokenizer(base_vocab=480)
+    eot = tok.convert_tokens_to_ids("<|endoftext|>")
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+
+    def config(vocab_size, use_sliding_window=False, sliding_window=4, max_window_layers=0):
+        # Like the real Qwen2 checkpoints the embedding matrix is padded past
+        # the tokenizer's vocabulary (here to a multiple of 32).
+        padded = (vocab_size + 31) // 32 * 32
+        return Qwen2Config(
+            vocab_size=padded,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            rms_norm_eps=1e-6,
+            rope_theta=1000000.0,
+            use_sliding_window=use_sliding_window,
+            sliding_window=sliding_window,
+            max_window_layers=max_window_layers,
+            tie_word_embeddings=True,
+            bos_token_id=eot,
+            eos_token_id=im_end,
+            initializer_range=0.15,
+        )
+
+    gen = GenerationConfig(bos_token_id=eot, eos_token_id=[im_end, eot], pad_token_id=eot)
+    return dict(cls=Qwen2ForCausalLM, tok=tok, config=config, gen=gen, seed=4000, std=0.15, hub_style=True, pad=eot)
+
+
+SPECS = {
+    "llama_gqa": spec_llama_gqa,
+    "llama3": spec_llama3,
+    "mistral": spec_mistral,
+    "qwen2": spec_qwen2,
+}
+
+
+# ---------------------------------------------------------------------------
+# Config rewriting: transformers 5 saves `rope_parameters` (and Qwen2's derived
+# `layer_types`, with `sliding_window` nulled when use_sliding_window=False).
+# Real hub checkpoints use the older keys, so all fixtures except llama_gqa are
+# rewritten to that layout; llama_gqa keeps the transformers-5 layout so both
+# are covered.  The reload check at the end proves transformers reads both
+# identically.
+# ---------------------------------------------------------------------------
+def to_hub_style(cfg: dict, name: str) -> dict:
+    cfg = dict(cfg)
+    rope = cfg.pop("rope_parameters", None)
+    if rope is not None:
+        rope = dict(rope)
+        cfg["rope_theta"] = rope.pop("rope_theta")
+        if rope.get("rope_type", "default") != "default":
+            cfg["rope_scaling"] = rope
+        else:
+            cfg["rope_scaling"] = None
+    if name == "qwen2":
+        cfg.pop("layer_types", None)
+        cfg["sliding_window"] = 4  # present but disabled by use_sliding_window=false
+        assert cfg["use_sliding_window"] is False
+    return dict(sorted(cfg.items()))
+
+
+# ---------------------------------------------------------------------------
+# Build one fixture
+# ---------------------------------------------------------------------------
+def build(name: str) -> None:
+    print(f"=== {name}", flush=True)
+    spec = SPECS[name]()
+    tok = spec["tok"]
+    vocab_len = len(tok)
+
+    raw_ids = [tok(p)["input_ids"] for p in PROMPTS]
+    print("  vocab", vocab_len, "prompt lengths", [len(r) for r in raw_ids])
+
+    chat = []
+    for system, user in CHAT_CASES:
+        messages = ([{"role": "system", "content": system}] if system is not None else []) + [
+            {"role": "user", "content": user}
+        ]
+        try:
+            rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as e:  # noqa: BLE001 - record the template's own error
+            chat.append({"system": system, "user": user, "error": str(e)})
+            continue
+        ids = tok(rendered, add_special_tokens=False)["input_ids"]
+        chat.append({"system": system, "user": user, "rendered": rendered, "token_ids": ids})
+
+    seed = spec["seed"]
+    for attempt in range(50):
+        torch.manual_seed(seed)
+        config = spec["config"](vocab_len)
+        config._attn_implementation = "eager"
+        model = spec["cls"](config).eval()
+        reinit_(model, seed, spec["std"])
+        model.generation_config = copy.deepcopy(spec["gen"])
+        eos_ids = spec["gen"].eos_token_id
+        eos_ids = set(eos_ids if isinstance(eos_ids, list) else [eos_ids])
+        pad = spec.get("pad", spec["gen"].pad_token_id)
+
+        logits = [forward_logits(model, ids) for ids in raw_ids]
+        std = min(float(l.std()) for l in logits)
+        greedy_records, gaps = [], []
+        for i, ids in enumerate(raw_ids):
+            new, gap = greedy(model, ids, eos_ids, pad)
+            greedy_records.append({"prompt_index": i, "max_new_tokens": MAX_NEW_TOKENS, "new_tokens": new})
+            gaps.append(gap)
+        if std >= 1.0 and min(gaps) >= MIN_TOP2_GAP:
+            break
+        print(f"  seed {seed}: logit std {std:.3f}, min top-2 gap {min(gaps):.2e}; re-seeding")
+        seed += 1
+    else:
+        raise RuntimeError("no acceptable seed")
+    print(f"  seed {seed}: min logit std {std:.3f}, min greedy top-2 gap {min(gaps):.4f}")
+    print("  greedy", [g["new_tokens"] for g in greedy_records])
+
+    tensors: dict[str, torch.Tensor] = {}
+    for i, ids in enumerate(raw_ids):
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            full = model(input_ids=x, attention_mask=torch.ones_like(x), output_hidden_states=True, use_cache=False)
+            base = model.model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False).last_hidden_state
+        hidden = base[0]
+        torch.testing.assert_close(full.logits[0], logits[i], rtol=0, atol=0)
+        # Is hidden_states[-1] the post-norm state?  (It is in transformers 5.)
+        post_norm = torch.equal(full.hidden_states[-1][0], hidden)
+        if i == 0:
+            print(f"  hidden_states[-1] == final-norm output: {post_norm};"
+                  f" len(hidden_states) = {len(full.hidden_states)}")
+        assert post_norm, "hidden_states[-1] is not the post-norm state"
+        torch.testing.assert_close(model.lm_head(hidden), logits[i], rtol=1e-5, atol=1e-5)
+        tensors[f"logits.{i}"] = logits[i].contiguous()
+        tensors[f"hidden.{i}"] = hidden.float().contiguous()
+
+    # Per-model structural checks.
+    if name == "llama3":
+        check_llama3_rope(config)
+    if name == "mistral":
+        check_mistral_window(spec, model, raw_ids, logits, vocab_len)
+    if name == "qwen2":
+        check_qwen2_no_window(spec, model, raw_ids, logits, vocab_len)
+
+    ablations = ablation_sets(config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads)
+    for abl in ablations:
+        handles = register_ablation(model, abl, EPSILON)
+        try:
+            for i, ids in enumerate(raw_ids):
+                out = forward_logits(model, ids)
+                tensors[f"ablated.{abl['name']}.{i}"] = out.contiguous()
+        finally:
+            for h in handles:
+                h.remove()
+        diff = max(float((tensors[f"ablated.{abl['name']}.{i}"] - logits[i]).abs().max()) for i in range(len(raw_ids)))
+        noop = abl["target"] == "k" and abl["op"] == "mean" and config.num_key_value_heads == 1
+        print(f"  ablation {abl['name']:<26} max |Δlogit| = {diff:.4f}{'  (no-op: 1 kv head)' if noop else ''}")
+        if noop:
+            assert diff < 1e-4, diff
+        else:
+            assert diff > 1e-2, f"ablation {abl['name']} has no effect"
+    # hooks removed: unmodified logits again
+    torch.testing.assert_close(forward_logits(model, raw_ids[0]), logits[0], rtol=0, atol=0)
+
+    # ---- write the folder
+    out_dir = FIXTURES / name
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    model.save_pretrained(out_dir)
+    # chat_template inside tokenizer_config.json, as in the hub repositories
+    # (transformers 5 would otherwise write a separate chat_template.jinja).
+    tok.save_pretrained(out_dir, save_jinja_files=False)
+    if spec["hub_style"]:
+        cfg_path = out_dir / "config.json"
+        cfg = to_hub_style(json.loads(cfg_path.read_text()), name)
+        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+    # drop anything we did not ask for (e.g. special_tokens_map.json / chat_template.jinja
+    # would be fine, but keep the folder minimal and predictable)
+    if name == "llama3":
+        # transformers 5 writes its internal class name; the hub repository (and
+        # transformers 4.x) use "PreTrainedTokenizerFast", an alias of the same class.
+        tc_path = out_dir / "tokenizer_config.json"
+        tc = json.loads(tc_path.read_text())
+        assert tc["tokenizer_class"] == "TokenizersBackend", tc["tokenizer_class"]
+        tc["tokenizer_class"] = "PreTrainedTokenizerFast"
+        tc_path.write_text(json.dumps(tc, indent=2, ensure_ascii=False) + "\n")
+    keep = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"}
+    extra = sorted(p.name for p in out_dir.iterdir() if p.name not in keep)
+    assert not extra, f"unexpected files written by save_pretrained: {extra}"
+    assert json.loads((out_dir / "tokenizer_config.json").read_text()).get("chat_template") == tok.chat_template
+
+    reference = {
+        "name": name,
+        "architecture": type(model).__name__,
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "prompts": PROMPTS,
+        "raw_token_ids": raw_ids,
+        "chat": chat,
+        "greedy": greedy_records,
+        "epsilon": EPSILON,
+        "ablations": ablations,
+    }
+    (out_dir / "reference.json").write_text(json.dumps(reference, indent=2, ensure_ascii=False) + "\n")
+    save_file(tensors, str(out_dir / "reference.safetensors"), metadata={"format": "pt"})
+
+    verify(name)
+
+
+def check_llama3_rope(config) -> None:
+    inv_scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, torch.device("cpu"))
+    head_dim = config.head_dim
+    theta = config.rope_parameters["rope_theta"]
+    inv_base = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    ratio = (inv_scaled / inv_base).tolist()
+    factor = config.rope_parameters["factor"]
+    unchanged = sum(abs(r - 1.0) < 1e-6 for r in ratio)
+    scaled = sum(abs(r - 1.0 / factor) < 1e-6 for r in ratio)
+    interp = len(ratio) - unchanged - scaled
+    print(f"  llama3 rope inv_freq ratios {[round(r, 4) for r in ratio]}:"
+          f" {unchanged} unchanged, {interp} interpolated, {scaled} scaled")
+    assert unchanged > 0 and interp > 0 and scaled > 0
+
+
+def _clone_with_config(spec, model, config):
+    config._attn_implementation = "eager"
+    other = spec["cls"](config).eval()
+    other.load_state_dict(model.state_dict())
+    return other
+
+
+def check_mistral_window(spec, model, raw_ids, logits, vocab_len) -> None:
+    w = model.config.sliding_window
+    longest = max(range(len(raw_ids)), key=lambda i: len(raw_ids[i]))
+    assert len(raw_ids[longest]) >= 3 * w, (len(raw_ids[longest]), w)
+    no_window = _clone_with_config(spec, model, spec["config"](vocab_len, sliding_window=None))
+    full = forward_logits(no_window, raw_ids[longest])
+    diff = float((full - logits[longest]).abs().max())
+    print(f"  mistral: sliding_window={w}; longest prompt ({len(raw_ids[longest])} tokens) "
+          f"max |Δlogit| vs no window = {diff:.4f}")
+    assert diff > 1e-2, "sliding window has no effect on the longest prompt"
+    # Semantics: query i attends keys j with i - w < j <= i (w keys, itself included).
+    torch.testing.assert_close(full[:w], logits[longest][:w], rtol=1e-6, atol=1e-6)
+    assert float((full[w] - logits[longest][w]).abs().max()) > 1e-3
+    print(f"  mistral: rows 0..{w - 1} identical to full attention, row {w} differs "
+          f"=> each query sees exactly {w} keys (itself + {w - 1} previous)")
+
+
+def check_qwen2_no_window(spec, model, raw_ids, logits, vocab_len) -> None:
+    assert model.config.use_sliding_window is False
+    longest = max(range(len(raw_ids)), key=lambda i: len(raw_ids[i]))
+    none = _clone_with_config(spec, model, spec["config"](vocab_len, sliding_window=None))
+    torch.testing.assert_close(forward_logits(none, raw_ids[longest]), logits[longest], rtol=0, atol=0)
+    windowed = _clone_with_config(
+        spec, model, spec["config"](vocab_len, use_sliding_window=True, sliding_window=4, max_window_layers=0)
+    )
+    diff = float((forward_logits(windowed, raw_ids[longest]) - logits[longest]).abs().max())
+    print(f"  qwen2: use_sliding_window=false -> identical to sliding_window=None; "
+          f"if the window of 4 were applied max |Δlogit| would be {diff:.4f}")
+    assert diff > 1e-2
+
+
+# ---------------------------------------------------------------------------
+# Verification from the saved folder only
+# ---------------------------------------------------------------------------
+def verify(name: str) -> None:
+    d = FIXTURES / name
+    ref = json.loads((d / "reference.json").read_text())
+    tensors = load_file(str(d / "reference.safetensors"))
+    tok = AutoTokenizer.from_pretrained(d)
+    raw_tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+    model = AutoModelForCausalLM.from_pretrained(d, attn_implementation="eager", dtype=torch.float32).eval()
+    assert type(model).__name__ == ref["architecture"]
+
+    for i, (text, ids) in enumerate(zip(ref["prompts"], ref["raw_token_ids"])):
+        assert tok(text)["input_ids"] == ids, (name, i)
+        assert raw_tok.encode(text).ids == ids, ("tokenizers-lib mismatch", name, i, raw_tok.encode(text).ids, ids)
+        got = forward_logits(model, ids)
+        torch.testing.assert_close(got, tensors[f"logits.{i}"], rtol=0, atol=0)
+        with torch.no_grad():
+            h = model.model(input_ids=torch.tensor([ids]), use_cache=False).last_hidden_state[0]
+        torch.testing.assert_close(h, tensors[f"hidden.{i}"], rtol=0, atol=0)
+    for case in ref["chat"]:
+        if "error" in case:
+            continue
+        messages = ([{"role": "system", "content": case["system"]}] if case["system"] is not None else []) + [
+            {"role": "user", "content": case["user"]}
+        ]
+        rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert rendered == case["rendered"], (name, rendered)
+        assert tok(rendered, add_special_tokens=False)["input_ids"] == case["token_ids"]
+        assert raw_tok.encode(rendered, add_special_tokens=False).ids == case["token_ids"], "tokenizers-lib mismatch"
+    for g in ref["greedy"]:
+        ids = ref["raw_token_ids"][g["prompt_index"]]
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=g["max_new_tokens"]
+            )
+        assert out[0, len(ids):].tolist() == g["new_tokens"], (name, g)
+    for abl in ref["ablations"]:
+        handles = register_ablation(model, abl, ref["epsilon"])
+        try:
+            for i, ids in enumerate(ref["raw_token_ids"]):
+                torch.testing.assert_close(
+                    forward_logits(model, ids), tensors[f"ablated.{abl['name']}.{i}"], rtol=0, atol=0
+                )
+        finally:
+            for h in handles:
+                h.remove()
+    size = sum(p.stat().st_size for p in d.iterdir())
+    assert size <= MAX_FOLDER_BYTES, (name, size)
+    print(f"  verified from disk: {name} ({size / 1e6:.2f} MB)")
+
+
+def main(argv: list[str]) -> None:
+    names = argv or list(SPECS)
+    for n in names:
+        if n not in SPECS:
+            raise SystemExit(f"unknown fixture {n!r}; choose from {list(SPECS)}")
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
+          f"tokenizers {tokenizers.__version__}, safetensors {safetensors.__version__}")
+    for n in names:
+        build(n)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
