@@ -113,3 +113,123 @@ impl OpArgs {
         Ok(list)
     }
 }
+
+/// Where queries come from.
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Query file: CSV with a header, JSON Lines, JSON, or plain text (one query a line).
+    #[arg(long)]
+    pub data: String,
+    /// CSV column / JSON key holding the query (default: the first of input, goal, Goal, prompt, query).
+    #[arg(long)]
+    pub column: Option<String>,
+    /// Use only the first N queries.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+/// A query and its prompt tokens.
+pub struct Encoded {
+    pub index: usize,
+    pub text: String,
+    pub tokens: Vec<u32>,
+}
+
+impl DataArgs {
+    /// Loads the queries and encodes every one up front, so that a bad query stops the run
+    /// before any output is written.
+    pub fn encode(&self, model: &LoadedModel, template: &Template) -> Result<(sahara::data::Dataset, Vec<Encoded>)> {
+        let data = sahara::data::load_queries(
+            std::path::Path::new(&self.data),
+            self.column.as_deref(),
+            self.limit,
+        )?;
+        let ctx = model.cfg().max_position_embeddings;
+        let mut out = Vec::with_capacity(data.queries.len());
+        for q in &data.queries {
+            let (_, tokens) = model
+                .prompts
+                .encode_query(template, &q.text)
+                .map_err(|e| Error::Prompt(format!("query {} of {}: {e}", q.index, self.data)))?;
+            if tokens.len() > ctx {
+                return Err(Error::Prompt(format!(
+                    "query {} of {} has {} tokens, more than the model's context of {ctx}",
+                    q.index,
+                    self.data,
+                    tokens.len()
+                )));
+            }
+            out.push(Encoded {
+                index: q.index,
+                text: q.text.clone(),
+                tokens,
+            });
+        }
+        Ok((data, out))
+    }
+}
+
+/// Fingerprint of the queries actually used.
+pub fn queries_fingerprint(q: &[Encoded]) -> String {
+    let parts: Vec<&[u8]> = q.iter().map(|e| e.text.as_bytes()).collect();
+    sahara::runlog::fingerprint(&parts)
+}
+
+/// A progress bar on stderr (hidden when quiet or when stderr is not a terminal).
+pub fn progress_bar(total: u64, quiet: bool, what: &str) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// Parsed engine options.
+#[derive(Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// fast (shared prefix, batched variants, last position only) or naive (one full forward per head).
+    #[arg(long, default_value = "fast")]
+    pub engine: String,
+    /// Ablation variants per batch (default: sized to --memory-gb).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Memory for one batch of activations, in GiB, when --batch-size is not given.
+    #[arg(long, default_value_t = 1.0)]
+    pub memory_gb: f64,
+}
+
+impl EngineArgs {
+    pub fn parse(&self) -> Result<sahara::engine::EngineOptions> {
+        if self.batch_size == Some(0) {
+            return Err(Error::InvalidArgument("--batch-size must be at least 1".into()));
+        }
+        if !(self.memory_gb.is_finite() && self.memory_gb > 0.0) {
+            return Err(Error::InvalidArgument("--memory-gb must be positive".into()));
+        }
+        Ok(sahara::engine::EngineOptions {
+            engine: self.engine.parse()?,
+            want: sahara::engine::Want::Logits,
+            batch_size: self.batch_size,
+            memory_budget: (self.memory_gb * (1u64 << 30) as f64) as usize,
+        })
+    }
+}
+
+/// A short name for a model or data path in titles.
+pub fn short_name(s: &str) -> String {
+    let p = std::path::Path::new(s.trim_end_matches('/'));
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| s.to_string())
+}

@@ -3,6 +3,7 @@
 
 mod common;
 mod generate;
+mod ships;
 
 use std::process::ExitCode;
 
@@ -23,12 +24,15 @@ struct Cli {
 enum Command {
     /// Generate a continuation of one prompt, optionally with heads ablated.
     Generate(generate::Args),
+    /// Score every attention head of every query by the KL divergence its ablation causes.
+    Ships(ships::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(a) => generate::run(a),
+        Command::Ships(a) => ships::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

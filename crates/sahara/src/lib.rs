@@ -9,13 +9,17 @@
 //! - [`generate`]: batched generation with a key/value cache.
 
 pub mod ablation;
+pub mod attribute;
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod hub;
 pub mod model;
 pub mod prompt;
 pub mod random;
+pub mod runlog;
+pub mod ships;
 pub mod weights;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Benchmarks of sahara against straightforward transformers baselines on the same model,
+# queries and thread count. See bench/README.md.
+#
+#   bash bench/run.sh [forward|ships|attribute|generate|all]      (default: all)
+#
+# Environment:
+#   THREADS=2         threads of both sides (torch.set_num_threads, RAYON/OMP/MKL_NUM_THREADS)
+#   ITERS=10          timed iterations of the forward benchmark
+#   PYTHON=python3    interpreter with torch + transformers
+#   MODEL=bench/out/model   model folder (created with bench/make_model.py when absent)
+#   SKIP_BUILD=1      do not run cargo build
+#   SAHARA_BIN=target/release/sahara   the sahara binary to time
+#   BENCH_OUT=bench/out                where the model (default), query subset and results go
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+MODE=${1:-all}
+case "$MODE" in
+forward | ships | attribute | generate | all) ;;
+*)
+    echo "usage: bash bench/run.sh [forward|ships|attribute|generate|all]" >&2
+    exit 2
+    ;;
+esac
+
+THREADS=${THREADS:-2}
+export RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
+export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+ITERS=${ITERS:-10}
+PY=${PYTHON:-python3}
+OUT=${BENCH_OUT:-bench/out}
+RES=$OUT/results
+MODEL=${MODEL:-$OUT/model}
+BIN=${SAHARA_BIN:-target/release/sahara}
+export GEN_N=20 GEN_NEW_TOKENS=64
+H="$PY bench/harness.py"
+
+mkdir -p "$OUT" "$RES"
+
+if [ ! -x /usr/bin/time ]; then
+    echo "note: /usr/bin/time is missing (apt-get install -y time); peak RSS falls back to getrusage" >&2
+fi
+
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+    echo "== cargo build --release -p sahara-cli" >&2
+    cargo build --release -p sahara-cli >&2
+fi
+[ -x "$BIN" ] || { echo "error: $BIN not found" >&2; exit 1; }
+
+if [ ! -f "$MODEL/config.json" ]; then
+    echo "== creating the benchmark model in $MODEL" >&2
+    $PY bench/make_model.py --out "$MODEL" >&2
+fi
+
+head -n 5 bench/queries.txt >"$OUT/queries5.txt"
+Q5=$OUT/queries5.txt
+Q20=bench/queries.txt
+
+echo "== threads $THREADS, model $MODEL" >&2
+
+# timed NAME SIDE CMD...   -> $RES/NAME.SIDE.json (non-fatal on failure)
+timed() {
+    local name=$1 side=$2
+    shift 2
+    echo "-- $name ($side): $*" >&2
+    rm -f "$RES/$name.$side".*
+    $H timed --record "$RES/$name.$side.json" --stdout "$RES/$name.$side.stdout" -- "$@" || true
+}
+
+run_forward() {
+    timed forward python $PY bench/forward_hf.py --model "$MODEL" --threads "$THREADS" \
+        --batch 8 --seq 64 --iters "$ITERS"
+    timed forward sahara "$BIN" bench-forward --model "$MODEL" --batch 8 --seq 64 --iters "$ITERS"
+}
+
+run_ships() {
+    rm -f "$RES"/ships.flops.json "$RES"/ships.crosscheck.txt "$OUT/ships.jsonl" "$OUT/ships_hf.json"
+    timed ships python $PY bench/ships_hf.py --model "$MODEL" --threads "$THREADS" \
+        --data "$Q5" --out "$OUT/ships_hf.json"
+    timed ships sahara "$BIN" ships --model "$MODEL" --data "$Q5" --template raw \
+        --out "$OUT/ships.jsonl" --quiet
+    # FLOPs of the needed work over each side's time (python: its timed section; sahara: whole process)
+    local sa py
+    sa=$($PY -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["wall_seconds"] if r["rc"]==0 else "nan")' "$RES/ships.sahara.json" 2>/dev/null || echo nan)
+    py=$($PY -c 'import json,sys; r=json.load(open(sys.argv[1])); print((r.get("result") or {}).get("seconds","nan") if r["rc"]==0 else "nan")' "$RES/ships.python.json" 2>/dev/null || echo nan)
+    $PY bench/flops.py ships --model "$MODEL" --data "$Q5" --seconds "sahara=$sa" --seconds "python=$py" \
+        >"$RES/ships.flops.json" || true
+    $H crosscheck-ships "$OUT/ships_hf.json" "$OUT/ships.jsonl" >"$RES/ships.crosscheck.txt" || true
+}
+
+run_attribute() {
+    rm -f "$OUT/attribute.json" "$OUT/attribute_hf.json"
+    timed attribute python $PY bench/sahara_step_hf.py --model "$MODEL" --threads "$THREADS" \
+        --data "$Q20" --n 0 --out "$OUT/attribute_hf.json"
+    timed attribute sahara "$BIN" attribute --model "$MODEL" --data "$Q20" --template raw --steps 1 \
+        --out "$OUT/attribute.json" --quiet
+}
+
+run_generate() {
+    local b
+    for b in 1 20; do
+        timed generate_b$b python $PY bench/generate_hf.py --model "$MODEL" --threads "$THREADS" \
+            --n "$GEN_N" --new-tokens "$GEN_NEW_TOKENS" --batch "$b"
+        timed generate_b$b sahara "$BIN" bench-generate --model "$MODEL" --n "$GEN_N" \
+            --new-tokens "$GEN_NEW_TOKENS" --batch "$b"
+    done
+}
+
+case "$MODE" in
+forward) run_forward ;;
+ships) run_ships ;;
+attribute) run_attribute ;;
+generate) run_generate ;;
+all)
+    run_forward
+    run_ships
+    run_attribute
+    run_generate
+    ;;
+esac
+
+echo
+echo "threads=$THREADS  model=$MODEL  ($(nproc) cores, $(uname -m))"
+case "$MODE" in
+all) NAMES="forward ships attribute generate_b1 generate_b20" ;;
+generate) NAMES="generate_b1 generate_b20" ;;
+*) NAMES=$MODE ;;
+esac
+# shellcheck disable=SC2086
+$H table "$RES" $NAMES
+if [ "$MODE" = ships ] || [ "$MODE" = all ]; then
+    cat "$RES/ships.crosscheck.txt" 2>/dev/null || true
+fi
+if [ "$MODE" = attribute ] || [ "$MODE" = all ]; then
+    $PY - "$RES/attribute.python.json" <<'EOF' || true
+import json, sys
+try:
+    r = json.load(open(sys.argv[1]))["result"]
+    print(f"attribute (python): best head {r['best_head']} score {r['best_score']:.4f} deg; sahara: see bench/out/attribute.json")
+except Exception:
+    pass
+EOF
+fi

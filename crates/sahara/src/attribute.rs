@@ -1,0 +1,280 @@
+//! Generalized Ships and the Sahara search: dataset-level safety heads.
+//!
+//! For N queries, the final hidden states after the final norm at the last prompt position
+//! form an N × d matrix M; M_∅ is the unmodified model's and M_G the model's with the heads
+//! of G ablated. With thin SVDs M = U Σ Vᵀ, the score of G at rank r is the sum of the
+//! principal angles, in degrees, between span U_∅[:, :r] and span U_G[:, :r]: the arccos of
+//! the singular values of U_∅[:, :r]ᵀ U_G[:, :r], clamped to [-1, 1].
+//!
+//! Singular vectors are unique only up to sign, and within a repeated singular value only up
+//! to a rotation. Signs do not change singular values of U_∅ᵀ U_G. When the r-th singular
+//! value is tied with the (r+1)-th (relative gap below [`TIE_TOLERANCE`]), the top-r subspace
+//! is not defined; the basis is then widened to the whole tied cluster and the r smallest
+//! principal angles between the widened subspaces are summed, which depends on the subspaces
+//! alone and not on the basis an SVD happens to return.
+//!
+//! Sahara grows G greedily: at each step every head not in G is scored as G ∪ {head}, and the
+//! highest score joins G (ties: lower layer, then lower head).
+
+use faer::Mat;
+
+use crate::ablation::{HeadAblation, Op, Target};
+use crate::config::ModelConfig;
+use crate::engine::{run_variants, EngineOptions, Want};
+use crate::error::{Error, Result};
+use crate::model::{Batch, Decoder, ForwardSpec, Positions};
+use crate::ships::HeadGrid;
+
+/// Relative gap under which two singular values count as tied.
+pub const TIE_TOLERANCE: f64 = 1e-9;
+
+/// Left singular vectors (N × min(N, d)) and singular values of a matrix, in f64.
+#[derive(Debug, Clone)]
+pub struct LeftSubspace {
+    pub u: Mat<f64>,
+    pub s: Vec<f64>,
+}
+
+impl LeftSubspace {
+    /// Thin SVD of `m` (N × d).
+    pub fn of(m: &Mat<f64>) -> Result<Self> {
+        let svd = m
+            .thin_svd()
+            .map_err(|e| Error::InvalidArgument(format!("SVD did not converge: {e:?}")))?;
+        let u = svd.U().to_owned();
+        let s: Vec<f64> = (0..u.ncols()).map(|i| svd.S()[i]).collect();
+        Ok(LeftSubspace { u, s })
+    }
+
+    /// Number of columns spanning the top-r subspace: r, widened over a tie at the cut.
+    pub fn width(&self, r: usize) -> usize {
+        let mut k = r.min(self.s.len());
+        let scale = self.s.first().copied().unwrap_or(0.0).max(f64::MIN_POSITIVE);
+        while k < self.s.len() && k > 0 && (self.s[k - 1] - self.s[k]).abs() <= TIE_TOLERANCE * scale {
+            k += 1;
+        }
+        k
+    }
+}
+
+/// Sum of the r smallest principal angles, in degrees, between the top-r left singular
+/// subspaces of two matrices.
+pub fn principal_angle_score(a: &LeftSubspace, b: &LeftSubspace, r: usize) -> Result<f64> {
+    if r == 0 || r > a.s.len() || r > b.s.len() {
+        return Err(Error::InvalidArgument(format!(
+            "rank {r} out of range 1..={}",
+            a.s.len().min(b.s.len())
+        )));
+    }
+    let ka = a.width(r);
+    let kb = b.width(r);
+    let ua = a.u.as_ref().subcols(0, ka);
+    let ub = b.u.as_ref().subcols(0, kb);
+    // (ka × N) @ (N × kb)
+    let c: Mat<f64> = ua.transpose() * ub;
+    let mut sv = c
+        .singular_values()
+        .map_err(|e| Error::InvalidArgument(format!("SVD did not converge: {e:?}")))?;
+    sv.sort_by(|x, y| y.total_cmp(x));
+    Ok(sv
+        .iter()
+        .take(r)
+        .map(|&x| x.clamp(-1.0, 1.0).acos().to_degrees())
+        .sum())
+}
+
+/// Stacks row vectors (f32) into an N × d f64 matrix.
+pub fn stack_rows(rows: &[Vec<f32>]) -> Mat<f64> {
+    let n = rows.len();
+    let d = rows.first().map_or(0, Vec::len);
+    Mat::from_fn(n, d, |i, j| rows[i][j] as f64)
+}
+
+/// Options of the Sahara search.
+#[derive(Debug, Clone)]
+pub struct SaharaOptions {
+    pub target: Target,
+    pub op: Op,
+    pub rank: usize,
+    pub steps: usize,
+    pub engine: EngineOptions,
+}
+
+impl SaharaOptions {
+    pub fn validate(&self, cfg: &ModelConfig, queries: usize) -> Result<()> {
+        if queries < 2 {
+            return Err(Error::InvalidArgument(format!(
+                "generalized Ships needs at least 2 queries (an SVD of {queries} row says nothing)"
+            )));
+        }
+        let max_rank = queries.min(cfg.hidden_size);
+        if self.rank == 0 || self.rank > max_rank {
+            return Err(Error::InvalidArgument(format!(
+                "--rank {} out of range: must be 1..={max_rank} (at most the number of queries {queries} and the hidden size {})",
+                self.rank, cfg.hidden_size
+            )));
+        }
+        let heads = cfg.num_layers * cfg.num_heads;
+        if self.steps == 0 || self.steps > heads {
+            return Err(Error::InvalidArgument(format!(
+                "--steps {} out of range: must be 1..={heads} (the number of heads)",
+                self.steps
+            )));
+        }
+        if let Op::Scale(e) = self.op {
+            if !e.is_finite() {
+                return Err(Error::InvalidArgument(format!("epsilon must be finite, got {e}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The final hidden state at the last position of each prompt, with `ablations`.
+pub fn final_hidden(model: &Decoder, prompts: &[Vec<u32>], ablations: &[HeadAblation]) -> Result<Vec<Vec<f32>>> {
+    let plan = crate::ablation::AblationPlan::new(&model.cfg, &[ablations.to_vec()], model.dtype, &model.device)?;
+    let mut spec = ForwardSpec::logits(Positions::Last).with_ablations(&plan);
+    spec.logits = false;
+    spec.hidden = true;
+    prompts
+        .iter()
+        .map(|p| {
+            let b = Batch::new(std::slice::from_ref(p), 0, &model.device)?;
+            let h = model.forward(&b, &spec, None)?.hidden.expect("hidden");
+            Ok(h.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?)
+        })
+        .collect()
+}
+
+/// Scores of every head not in `selected`, as G ∪ {head} with G = `selected`, against the
+/// unmodified model's subspace `reference`. `progress` receives the number of (query,
+/// head) runs finished.
+pub fn step_scores(
+    model: &Decoder,
+    prompts: &[Vec<u32>],
+    selected: &[(usize, usize)],
+    reference: &LeftSubspace,
+    opts: &SaharaOptions,
+    progress: &mut dyn FnMut(usize),
+) -> Result<HeadGrid> {
+    let cfg = &model.cfg;
+    let ablate = |l: usize, h: usize| HeadAblation::new(l, h, opts.target, opts.op);
+    let base: Vec<HeadAblation> = selected.iter().map(|&(l, h)| ablate(l, h)).collect();
+    // Candidates; for k with grouped-query attention, one head per key/value group.
+    let g = if opts.target == Target::K { cfg.group_size() } else { 1 };
+    let mut candidates: Vec<(usize, usize)> = Vec::new();
+    for l in 0..cfg.num_layers {
+        for h in (0..cfg.num_heads).step_by(g) {
+            if !selected.contains(&(l, h)) {
+                candidates.push((l, h));
+            }
+        }
+    }
+    let variants: Vec<Vec<HeadAblation>> = candidates.iter().map(|&(l, h)| vec![ablate(l, h)]).collect();
+    let mut eo = opts.engine.clone();
+    eo.want = Want::Hidden;
+    // Hidden states per candidate, per query: [candidate][query] -> d values.
+    let mut hidden: Vec<Vec<Vec<f32>>> = vec![Vec::with_capacity(prompts.len()); candidates.len()];
+    for (qi, p) in prompts.iter().enumerate() {
+        let base_n = qi * candidates.len();
+        let out = run_variants(model, p, &base, &variants, &eo, &mut |n| progress(base_n + n))?;
+        for (c, v) in out.variants.into_iter().enumerate() {
+            hidden[c].push(v);
+        }
+    }
+    let mut grid: HeadGrid = vec![vec![None; cfg.num_heads]; cfg.num_layers];
+    for (c, &(l, h)) in candidates.iter().enumerate() {
+        let sub = LeftSubspace::of(&stack_rows(&hidden[c]))?;
+        let score = principal_angle_score(reference, &sub, opts.rank)?;
+        for q in h..(h + g).min(cfg.num_heads) {
+            if !selected.contains(&(l, q)) {
+                grid[l][q] = Some(score);
+            }
+        }
+        hidden[c] = Vec::new();
+    }
+    Ok(grid)
+}
+
+/// The best head of a step's grid (ties: lower layer, then lower head).
+pub fn best_head(grid: &HeadGrid) -> Option<(usize, usize, f64)> {
+    let mut best: Option<(usize, usize, f64)> = None;
+    for (l, row) in grid.iter().enumerate() {
+        for (h, s) in row.iter().enumerate() {
+            if let Some(s) = *s {
+                if best.is_none_or(|(_, _, b)| s > b) {
+                    best = Some((l, h, s));
+                }
+            }
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(rows: &[&[f64]]) -> LeftSubspace {
+        let m = Mat::from_fn(rows.len(), rows[0].len(), |i, j| rows[i][j]);
+        LeftSubspace::of(&m).unwrap()
+    }
+
+    #[test]
+    fn identical_matrices_score_zero() {
+        let a = sub(&[&[3.0, 0.0, 1.0], &[0.0, 1.0, 0.0], &[1.0, 1.0, 1.0]]);
+        // arccos near 1 amplifies rounding: 1 - 1e-16 is about 1e-5 degrees.
+        assert!(principal_angle_score(&a, &a, 1).unwrap().abs() < 1e-5);
+        assert!(principal_angle_score(&a, &a, 3).unwrap().abs() < 1e-4);
+    }
+
+    #[test]
+    fn orthogonal_top_directions_score_ninety_degrees() {
+        // Query 0 dominates in A, query 1 in B.
+        let a = sub(&[&[10.0, 0.0], &[0.0, 1.0]]);
+        let b = sub(&[&[1.0, 0.0], &[0.0, 10.0]]);
+        assert!((principal_angle_score(&a, &b, 1).unwrap() - 90.0).abs() < 1e-9);
+        // At full rank the spans coincide (both are all of R^2).
+        assert!(principal_angle_score(&a, &b, 2).unwrap().abs() < 1e-5);
+    }
+
+    #[test]
+    fn a_hand_computed_angle() {
+        // u0 = e1; M_G's top left singular vector is (cos 30°, sin 30°).
+        let t = 30f64.to_radians();
+        let a = sub(&[&[5.0, 0.0], &[0.0, 1.0]]);
+        let b = sub(&[&[5.0 * t.cos(), -t.sin()], &[5.0 * t.sin(), t.cos()]]);
+        assert!((principal_angle_score(&a, &b, 1).unwrap() - 30.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn signs_of_singular_vectors_do_not_matter() {
+        let a = sub(&[&[2.0, 1.0], &[1.0, 3.0], &[0.0, 1.0]]);
+        let b = sub(&[&[-2.0, -1.0], &[-1.0, -3.0], &[0.0, -1.0]]);
+        assert!(principal_angle_score(&a, &b, 1).unwrap().abs() < 1e-5);
+    }
+
+    #[test]
+    fn a_repeated_singular_value_does_not_make_the_score_unstable() {
+        // M with σ1 = σ2: rows e1 and e2 scaled equally; the top-1 subspace is undefined.
+        let tied = sub(&[&[2.0, 0.0, 0.0], &[0.0, 2.0, 0.0], &[0.0, 0.0, 1.0]]);
+        assert_eq!(tied.width(1), 2);
+        // The same matrix with its columns rotated has the same left subspaces, but an SVD
+        // may pick another basis inside the tied plane.
+        let (c, s) = (0.6f64, 0.8f64);
+        let rotated = sub(&[&[2.0 * c, -2.0 * s, 0.0], &[2.0 * s, 2.0 * c, 0.0], &[0.0, 0.0, 1.0]]);
+        let other = sub(&[&[1.0, 0.0, 0.0], &[0.0, 3.0, 0.0], &[0.0, 0.0, 1.0]]);
+        let s1 = principal_angle_score(&tied, &other, 1).unwrap();
+        let s2 = principal_angle_score(&rotated, &other, 1).unwrap();
+        assert!((s1 - s2).abs() < 1e-9, "{s1} vs {s2}");
+        // Query 1 lies in the tied plane, so the smallest angle is 0.
+        assert!(s1.abs() < 1e-5, "{s1}");
+        assert!(principal_angle_score(&tied, &rotated, 1).unwrap().abs() < 1e-5);
+    }
+
+    #[test]
+    fn best_head_breaks_ties_by_layer_then_head() {
+        let g: HeadGrid = vec![vec![None, Some(2.0)], vec![Some(2.0), Some(1.0)]];
+        assert_eq!(best_head(&g), Some((0, 1, 2.0)));
+    }
+}

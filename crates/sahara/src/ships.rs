@@ -1,0 +1,297 @@
+//! Ships (Safety Head ImPortant Score): for one query and one head, the KL divergence of the
+//! ablated model's next-token distribution at the last prompt position from the unmodified
+//! model's, `KL(p_base ‖ p_ablated)` in nats.
+
+use std::ops::Range;
+
+use serde::Serialize;
+
+use crate::ablation::{HeadAblation, Op, Target};
+use crate::config::ModelConfig;
+use crate::engine::{kl_divergence, run_variants, EngineOptions, Want};
+use crate::error::{Error, Result};
+use crate::model::Decoder;
+
+/// Scores by layer and head; `None` where a head was not scored.
+pub type HeadGrid = Vec<Vec<Option<f64>>>;
+
+/// What to ablate and where.
+#[derive(Debug, Clone)]
+pub struct ShipsOptions {
+    pub target: Target,
+    pub op: Op,
+    pub layers: Range<usize>,
+    pub heads: Range<usize>,
+    pub engine: EngineOptions,
+}
+
+impl ShipsOptions {
+    /// Defaults of the paper: target q, scale by 1e-5, every head.
+    pub fn new(cfg: &ModelConfig) -> Self {
+        ShipsOptions {
+            target: Target::Q,
+            op: Op::Scale(1e-5),
+            layers: 0..cfg.num_layers,
+            heads: 0..cfg.num_heads,
+            engine: EngineOptions::default(),
+        }
+    }
+
+    pub fn validate(&self, cfg: &ModelConfig) -> Result<()> {
+        check_range("layers", &self.layers, cfg.num_layers)?;
+        check_range("heads", &self.heads, cfg.num_heads)?;
+        if let Op::Scale(e) = self.op {
+            if !e.is_finite() {
+                return Err(Error::InvalidArgument(format!("epsilon must be finite, got {e}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The heads scored, in (layer, head) order. For target k with grouped-query attention,
+    /// one representative query head per key/value group is run and its score is shared by
+    /// every query head of the group.
+    fn variants(&self, cfg: &ModelConfig) -> Vec<(usize, usize)> {
+        let mut v = Vec::new();
+        for l in self.layers.clone() {
+            for h in self.heads.clone() {
+                if self.target == Target::K {
+                    let g = cfg.group_size();
+                    let first_in_range = (h / g * g).max(self.heads.start);
+                    if h != first_in_range {
+                        continue;
+                    }
+                }
+                v.push((l, h));
+            }
+        }
+        v
+    }
+
+    /// Number of forward variants run per query.
+    pub fn variants_per_query(&self, cfg: &ModelConfig) -> usize {
+        self.variants(cfg).len()
+    }
+}
+
+fn check_range(what: &str, r: &Range<usize>, n: usize) -> Result<()> {
+    if r.start >= r.end || r.end > n {
+        return Err(Error::InvalidArgument(format!(
+            "--{what} {}..{} out of range: the model has {n} {what} (0..{n})",
+            r.start, r.end
+        )));
+    }
+    Ok(())
+}
+
+/// Parses a range of layers or heads: `A..B` (B excluded), `A..=B`, `A..`, `..B` or `A`.
+pub fn parse_range(s: &str, n: usize) -> Result<Range<usize>> {
+    let bad = || Error::InvalidArgument(format!("bad range {s:?}; expected A..B, A..=B or A"));
+    let num = |x: &str| x.trim().parse::<usize>().map_err(|_| bad());
+    let r = if let Some((a, b)) = s.split_once("..=") {
+        let a = if a.is_empty() { 0 } else { num(a)? };
+        a..num(b)? + 1
+    } else if let Some((a, b)) = s.split_once("..") {
+        let a = if a.is_empty() { 0 } else { num(a)? };
+        let b = if b.is_empty() { n } else { num(b)? };
+        a..b
+    } else {
+        let a = num(s)?;
+        a..a + 1
+    };
+    Ok(r)
+}
+
+/// Ships of every selected head for one prompt: a grid [layer][head].
+pub fn ships_scores(
+    model: &Decoder,
+    tokens: &[u32],
+    opts: &ShipsOptions,
+    progress: &mut dyn FnMut(usize),
+) -> Result<HeadGrid> {
+    let cfg = &model.cfg;
+    opts.validate(cfg)?;
+    let heads = opts.variants(cfg);
+    let variants: Vec<Vec<HeadAblation>> = heads
+        .iter()
+        .map(|&(l, h)| vec![HeadAblation::new(l, h, opts.target, opts.op)])
+        .collect();
+    let mut eo = opts.engine.clone();
+    eo.want = Want::Logits;
+    let out = run_variants(model, tokens, &[], &variants, &eo, progress)?;
+    let mut grid: HeadGrid = vec![vec![None; cfg.num_heads]; cfg.num_layers];
+    for (&(l, h), logits) in heads.iter().zip(&out.variants) {
+        let kl = kl_divergence(&out.base, logits);
+        if opts.target == Target::K {
+            let a = HeadAblation::new(l, h, opts.target, opts.op);
+            for q in a.affected_query_heads(cfg) {
+                if opts.heads.contains(&q) {
+                    grid[l][q] = Some(kl);
+                }
+            }
+        } else {
+            grid[l][h] = Some(kl);
+        }
+    }
+    Ok(grid)
+}
+
+/// A head and its score.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HeadScore {
+    pub layer: usize,
+    pub head: usize,
+    pub score: f64,
+}
+
+/// The `k` highest-scoring heads (ties: lower layer, then lower head).
+pub fn top_heads(grid: &HeadGrid, k: usize) -> Vec<HeadScore> {
+    let mut all: Vec<HeadScore> = grid
+        .iter()
+        .enumerate()
+        .flat_map(|(l, row)| {
+            row.iter().enumerate().filter_map(move |(h, s)| {
+                s.map(|score| HeadScore {
+                    layer: l,
+                    head: h,
+                    score,
+                })
+            })
+        })
+        .collect();
+    all.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then(a.layer.cmp(&b.layer))
+            .then(a.head.cmp(&b.head))
+    });
+    all.truncate(k);
+    all
+}
+
+/// A head ranked over a dataset.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RankedHead {
+    pub layer: usize,
+    pub head: usize,
+    /// Mean Ships over the queries.
+    pub mean: f64,
+    /// Number of queries that have this head in their top K.
+    pub count: usize,
+}
+
+/// Dataset-level summary of per-query Ships.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub queries: usize,
+    pub top_k: usize,
+    /// Mean Ships per head, [layer][head].
+    pub mean: HeadGrid,
+    /// Heads by mean Ships, highest first.
+    pub by_mean: Vec<RankedHead>,
+    /// Heads by appearance count in the per-query top K, most first (ties: higher mean).
+    pub by_count: Vec<RankedHead>,
+}
+
+/// Mean Ships and top-K appearance counts over the queries' grids.
+pub fn summarize(grids: &[HeadGrid], top_k: usize) -> Summary {
+    let (nl, nh) = grids
+        .first()
+        .map(|g| (g.len(), g.first().map_or(0, Vec::len)))
+        .unwrap_or((0, 0));
+    let mut sum = vec![vec![0f64; nh]; nl];
+    let mut n = vec![vec![0usize; nh]; nl];
+    let mut count = vec![vec![0usize; nh]; nl];
+    for g in grids {
+        for (l, row) in g.iter().enumerate() {
+            for (h, s) in row.iter().enumerate() {
+                if let Some(s) = s {
+                    sum[l][h] += s;
+                    n[l][h] += 1;
+                }
+            }
+        }
+        for t in top_heads(g, top_k) {
+            count[t.layer][t.head] += 1;
+        }
+    }
+    let mean: HeadGrid = (0..nl)
+        .map(|l| {
+            (0..nh)
+                .map(|h| (n[l][h] > 0).then(|| sum[l][h] / n[l][h] as f64))
+                .collect()
+        })
+        .collect();
+    let mut ranked: Vec<RankedHead> = Vec::new();
+    for l in 0..nl {
+        for h in 0..nh {
+            if let Some(m) = mean[l][h] {
+                ranked.push(RankedHead {
+                    layer: l,
+                    head: h,
+                    mean: m,
+                    count: count[l][h],
+                });
+            }
+        }
+    }
+    let mut by_mean = ranked.clone();
+    by_mean.sort_by(|a, b| {
+        b.mean
+            .total_cmp(&a.mean)
+            .then(a.layer.cmp(&b.layer))
+            .then(a.head.cmp(&b.head))
+    });
+    let mut by_count = ranked;
+    by_count.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then(b.mean.total_cmp(&a.mean))
+            .then(a.layer.cmp(&b.layer))
+            .then(a.head.cmp(&b.head))
+    });
+    Summary {
+        queries: grids.len(),
+        top_k,
+        mean,
+        by_mean,
+        by_count,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_parse_in_rust_style() {
+        assert_eq!(parse_range("2..5", 10).unwrap(), 2..5);
+        assert_eq!(parse_range("2..=5", 10).unwrap(), 2..6);
+        assert_eq!(parse_range("3", 10).unwrap(), 3..4);
+        assert_eq!(parse_range("7..", 10).unwrap(), 7..10);
+        assert_eq!(parse_range("..2", 10).unwrap(), 0..2);
+        assert!(parse_range("a..b", 10).is_err());
+    }
+
+    #[test]
+    fn top_heads_break_ties_by_layer_then_head() {
+        let g: HeadGrid = vec![vec![Some(1.0), Some(3.0)], vec![Some(3.0), None]];
+        let t = top_heads(&g, 3);
+        assert_eq!(
+            t.iter().map(|x| (x.layer, x.head)).collect::<Vec<_>>(),
+            vec![(0, 1), (1, 0), (0, 0)]
+        );
+    }
+
+    #[test]
+    fn summary_means_and_counts() {
+        let a: HeadGrid = vec![vec![Some(1.0), Some(4.0)]];
+        let b: HeadGrid = vec![vec![Some(3.0), Some(0.0)]];
+        let s = summarize(&[a, b], 1);
+        assert_eq!(s.mean, vec![vec![Some(2.0), Some(2.0)]]);
+        // Both heads have mean 2; each is top-1 once.
+        assert_eq!(s.by_count[0].count, 1);
+        assert_eq!(s.by_count[1].count, 1);
+        assert_eq!((s.by_mean[0].layer, s.by_mean[0].head), (0, 0));
+    }
+}
