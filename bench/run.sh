@@ -123,7 +123,7 @@ all)
 esac
 
 echo
-echo "threads=$THREADS  model=$MODEL  ($(nproc) cores, $(uname -m))"
+echo "threads=$THREADS  model=$MODEL  ($(getconf _NPROCESSORS_ONLN) cores, $(uname -m))"
 case "$MODE" in
 all) NAMES="forward ships attribute generate_b1 generate_b20" ;;
 generate) NAMES="generate_b1 generate_b20" ;;
@@ -135,11 +135,11 @@ if [ "$MODE" = ships ] || [ "$MODE" = all ]; then
     cat "$RES/ships.crosscheck.txt" 2>/dev/null || true
 fi
 if [ "$MODE" = attribute ] || [ "$MODE" = all ]; then
-    $PY - "$RES/attribute.python.json" <<'EOF' || true
+    $PY - "$RES/attribute.python.json" "$OUT/attribute.json" <<'EOF' || true
 import json, sys
 try:
     r = json.load(open(sys.argv[1]))["result"]
-    print(f"attribute (python): best head {r['best_head']} score {r['best_score']:.4f} deg; sahara: see bench/out/attribute.json")
+    print(f"attribute (python): best head {r['best_head']} score {r['best_score']:.4f} deg; sahara: see {sys.argv[2]}")
 except Exception:
     pass
 EOF

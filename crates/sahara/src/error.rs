@@ -57,6 +57,10 @@ pub enum Error {
     Ablation(String),
     #[error("model {id:?} not found: {message}")]
     ModelNotFound { id: String, message: String },
+    #[error("{path}: {message}")]
+    Data { path: PathBuf, message: String },
+    #[error("cannot draw {path}: {message}")]
+    Plot { path: PathBuf, message: String },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     #[error("tensor computation failed: {0}")]
@@ -68,6 +72,18 @@ impl Error {
         Error::Io {
             path: path.into(),
             source,
+        }
+    }
+    pub(crate) fn data(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::Data {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+    pub(crate) fn plot(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::Plot {
+            path: path.into(),
+            message: message.into(),
         }
     }
     pub(crate) fn config(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {

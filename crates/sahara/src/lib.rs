@@ -7,15 +7,19 @@
 //! - [`ablation`]: head ablations as data.
 //! - [`prompt`]: tokenizer, chat templates and the query templates.
 //! - [`generate`]: batched generation with a key/value cache.
+//! - [`data`]: query files (CSV, JSON Lines, JSON, text).
+//! - [`plot`]: layer × head heatmaps (PNG, SVG).
 
 pub mod ablation;
 pub mod attribute;
 pub mod config;
 pub mod engine;
+pub mod data;
 pub mod error;
 pub mod generate;
 pub mod hub;
 pub mod model;
+pub mod plot;
 pub mod prompt;
 pub mod random;
 pub mod runlog;
