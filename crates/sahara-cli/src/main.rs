@@ -1,6 +1,7 @@
 //! The `sahara` command-line tool: argument parsing, progress and error display over the
 //! `sahara` library.
 
+mod attribute;
 mod common;
 mod generate;
 mod ships;
@@ -26,6 +27,8 @@ enum Command {
     Generate(generate::Args),
     /// Score every attention head of every query by the KL divergence its ablation causes.
     Ships(ships::Args),
+    /// Find the dataset-level safety heads: generalized Ships grown greedily (Sahara).
+    Attribute(attribute::Args),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +36,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(a) => generate::run(a),
         Command::Ships(a) => ships::run(a),
+        Command::Attribute(a) => attribute::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -146,6 +146,21 @@ pub fn final_hidden(model: &Decoder, prompts: &[Vec<u32>], ablations: &[HeadAbla
         .collect()
 }
 
+/// The heads scored at a step: every head not in `selected`; for target k with grouped-query
+/// attention, one head per key/value group (the group's heads share its score).
+pub fn candidates(cfg: &ModelConfig, selected: &[(usize, usize)], target: Target) -> Vec<(usize, usize)> {
+    let g = if target == Target::K { cfg.group_size() } else { 1 };
+    let mut out = Vec::new();
+    for l in 0..cfg.num_layers {
+        for h in (0..cfg.num_heads).step_by(g) {
+            if !selected.contains(&(l, h)) {
+                out.push((l, h));
+            }
+        }
+    }
+    out
+}
+
 /// Scores of every head not in `selected`, as G ∪ {head} with G = `selected`, against the
 /// unmodified model's subspace `reference`. `progress` receives the number of (query,
 /// head) runs finished.
@@ -160,16 +175,8 @@ pub fn step_scores(
     let cfg = &model.cfg;
     let ablate = |l: usize, h: usize| HeadAblation::new(l, h, opts.target, opts.op);
     let base: Vec<HeadAblation> = selected.iter().map(|&(l, h)| ablate(l, h)).collect();
-    // Candidates; for k with grouped-query attention, one head per key/value group.
     let g = if opts.target == Target::K { cfg.group_size() } else { 1 };
-    let mut candidates: Vec<(usize, usize)> = Vec::new();
-    for l in 0..cfg.num_layers {
-        for h in (0..cfg.num_heads).step_by(g) {
-            if !selected.contains(&(l, h)) {
-                candidates.push((l, h));
-            }
-        }
-    }
+    let candidates = candidates(cfg, selected, opts.target);
     let variants: Vec<Vec<HeadAblation>> = candidates.iter().map(|&(l, h)| vec![ablate(l, h)]).collect();
     let mut eo = opts.engine.clone();
     eo.want = Want::Hidden;

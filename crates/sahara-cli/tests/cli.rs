@@ -1,0 +1,1163 @@
+//! Integration tests of the `sahara` binary, run as a user runs it: a real process on tiny
+//! random model folders, with the output checked as text and JSON.
+//!
+//! Every failure must be a non-zero exit with exactly one line on stderr starting with
+//! `error: ` that names the file or value at fault, and no panic anywhere.
+
+use std::borrow::BorrowMut;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sahara::random::{write_random_model, RandomSpec, WORDS};
+use serde_json::{json, Map, Value};
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------------------------
+
+/// A temporary folder holding a tiny random model and any data files a test writes.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    /// A folder with the tiny Llama of [`RandomSpec::tiny`] in `model/`.
+    fn new() -> Self {
+        Self::with_spec(|_| {})
+    }
+
+    /// A folder with a tiny Llama, changed by `edit`, in `model/`.
+    fn with_spec(edit: impl FnOnce(&mut RandomSpec)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut spec = RandomSpec::tiny("LlamaForCausalLM");
+        edit(&mut spec);
+        write_random_model(&dir.path().join("model"), &spec).expect("random model");
+        Fixture { dir }
+    }
+
+    fn model(&self) -> PathBuf {
+        self.dir.path().join("model")
+    }
+
+    fn model_str(&self) -> String {
+        self.model().to_string_lossy().into_owned()
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes a file in the fixture folder and returns its path.
+    fn write(&self, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, content).expect("write fixture file");
+        p
+    }
+
+    /// Writes the model folder's `name` as pretty JSON.
+    fn write_model_json(&self, name: &str, v: &Value) {
+        std::fs::write(
+            self.model().join(name),
+            serde_json::to_string_pretty(v).unwrap(),
+        )
+        .unwrap();
+    }
+
+    fn read_model_json(&self, name: &str) -> Value {
+        serde_json::from_str(&std::fs::read_to_string(self.model().join(name)).unwrap()).unwrap()
+    }
+
+    /// `sahara generate --model MODEL` followed by `args`.
+    fn generate(&self, args: &[&str]) -> Command {
+        let mut c = sahara();
+        c.arg("generate").arg("--model").arg(self.model()).args(args);
+        c
+    }
+
+    /// `sahara ships --model MODEL --quiet` followed by `args`.
+    fn ships(&self, args: &[&str]) -> Command {
+        let mut c = sahara();
+        c.arg("ships")
+            .arg("--model")
+            .arg(self.model())
+            .arg("--quiet")
+            .args(args);
+        c
+    }
+}
+
+/// The binary under test.
+fn sahara() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sahara"));
+    // A panic would print its backtrace hint; make sure nothing outside steers the run.
+    c.env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LOG")
+        .env("HF_HUB_OFFLINE", "1")
+        .stdin(Stdio::null());
+    c
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("the sahara binary runs")
+}
+
+fn show(cmd: &Command, o: &Output) -> String {
+    format!(
+        "command: {cmd:?}\nstatus: {}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn assert_no_panic(cmd: &Command, o: &Output) {
+    for text in [&o.stdout, &o.stderr] {
+        let t = String::from_utf8_lossy(text);
+        assert!(
+            !t.contains("panicked") && !t.contains("RUST_BACKTRACE"),
+            "panic output\n{}",
+            show(cmd, o)
+        );
+    }
+}
+
+/// Runs a command that must succeed; returns its stdout.
+fn ok(mut cmd: impl BorrowMut<Command>) -> String {
+    let cmd = cmd.borrow_mut();
+    let o = run(cmd);
+    assert_no_panic(cmd, &o);
+    assert!(o.status.success(), "expected success\n{}", show(cmd, &o));
+    String::from_utf8(o.stdout).expect("UTF-8 stdout")
+}
+
+/// Runs a command that must succeed; returns stdout and stderr.
+fn ok_both(mut cmd: impl BorrowMut<Command>) -> (String, String) {
+    let cmd = cmd.borrow_mut();
+    let o = run(cmd);
+    assert_no_panic(cmd, &o);
+    assert!(o.status.success(), "expected success\n{}", show(cmd, &o));
+    (
+        String::from_utf8(o.stdout).expect("UTF-8 stdout"),
+        String::from_utf8(o.stderr).expect("UTF-8 stderr"),
+    )
+}
+
+/// Runs a command that must fail as every error of the tool fails: a non-zero exit, stderr
+/// exactly one line `error: …` holding every one of `needles`, nothing on stdout, no panic.
+/// Returns the message after `error: `.
+fn fails(mut cmd: impl BorrowMut<Command>, needles: &[&str]) -> String {
+    let cmd = cmd.borrow_mut();
+    let o = run(cmd);
+    assert_no_panic(cmd, &o);
+    assert!(!o.status.success(), "expected failure\n{}", show(cmd, &o));
+    assert!(
+        o.status.code().is_some(),
+        "killed by a signal, not an error exit\n{}",
+        show(cmd, &o)
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let body = stderr.strip_suffix('\n').unwrap_or(&stderr);
+    assert!(
+        !body.is_empty() && !body.contains('\n'),
+        "stderr is not exactly one line\n{}",
+        show(cmd, &o)
+    );
+    let msg = body
+        .strip_prefix("error: ")
+        .unwrap_or_else(|| panic!("stderr does not start with `error: `\n{}", show(cmd, &o)));
+    for n in needles {
+        assert!(
+            msg.contains(n),
+            "error message lacks {n:?}: {msg}\n{}",
+            show(cmd, &o)
+        );
+    }
+    assert!(
+        o.stdout.is_empty(),
+        "a failed command printed on stdout\n{}",
+        show(cmd, &o)
+    );
+    msg.to_string()
+}
+
+fn parse_json(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+/// The JSON lines of a file.
+fn jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+        .lines()
+        .map(parse_json)
+        .collect()
+}
+
+/// `a` and `b` equal within `rel` relative to the larger magnitude.
+fn close(a: f64, b: f64, rel: f64) -> bool {
+    a == b || (a - b).abs() <= rel * a.abs().max(b.abs())
+}
+
+/// The score grid of a ships line, nulls as `None`.
+fn grid(line: &Value) -> Vec<Vec<Option<f64>>> {
+    line["scores"]
+        .as_array()
+        .expect("scores is an array")
+        .iter()
+        .map(|row| {
+            row.as_array()
+                .expect("scores rows are arrays")
+                .iter()
+                .map(|v| {
+                    assert!(v.is_null() || v.is_number(), "score {v} is neither null nor a number");
+                    v.as_f64()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn assert_grids_close(a: &[Vec<Option<f64>>], b: &[Vec<Option<f64>>], rel: f64, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: layer counts differ");
+    for (l, (ra, rb)) in a.iter().zip(b).enumerate() {
+        assert_eq!(ra.len(), rb.len(), "{what}: head counts differ in layer {l}");
+        for (h, (x, y)) in ra.iter().zip(rb).enumerate() {
+            match (x, y) {
+                (Some(x), Some(y)) => assert!(
+                    close(*x, *y, rel),
+                    "{what}: head {l}:{h} differs: {x} vs {y} (relative tolerance {rel})"
+                ),
+                (None, None) => {}
+                _ => panic!("{what}: head {l}:{h} scored in one run only: {x:?} vs {y:?}"),
+            }
+        }
+    }
+}
+
+/// `n` distinct queries made of the tokenizer's words, `words` words each.
+fn queries(n: usize, words: usize) -> Vec<String> {
+    let content: Vec<&str> = WORDS.iter().copied().filter(|w| w.chars().all(char::is_alphabetic)).collect();
+    (0..n)
+        .map(|i| {
+            (0..words)
+                .map(|j| content[(i * 7 + j * (i % 5 + 1)) % content.len()])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+fn text_file(fx: &Fixture, name: &str, qs: &[String]) -> PathBuf {
+    fx.write(name, qs.join("\n") + "\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Safetensors surgery, by hand: 8-byte little-endian header length, JSON header, data.
+// ---------------------------------------------------------------------------------------------
+
+struct StTensor {
+    name: String,
+    dtype: String,
+    shape: Value,
+    bytes: Vec<u8>,
+}
+
+fn read_safetensors(path: &Path) -> (Option<Value>, Vec<StTensor>) {
+    let raw = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(raw[..8].try_into().unwrap()) as usize;
+    let header: Map<String, Value> = serde_json::from_slice(&raw[8..8 + n]).unwrap();
+    let data = &raw[8 + n..];
+    let mut meta = None;
+    let mut tensors = Vec::new();
+    for (k, v) in header {
+        if k == "__metadata__" {
+            meta = Some(v);
+            continue;
+        }
+        let off = v["data_offsets"].as_array().unwrap();
+        let (b, e) = (off[0].as_u64().unwrap() as usize, off[1].as_u64().unwrap() as usize);
+        tensors.push((
+            b,
+            StTensor {
+                name: k,
+                dtype: v["dtype"].as_str().unwrap().to_string(),
+                shape: v["shape"].clone(),
+                bytes: data[b..e].to_vec(),
+            },
+        ));
+    }
+    tensors.sort_by_key(|(b, _)| *b);
+    (meta, tensors.into_iter().map(|(_, t)| t).collect())
+}
+
+fn write_safetensors(path: &Path, meta: Option<Value>, tensors: &[StTensor]) {
+    let mut header = Map::new();
+    if let Some(m) = meta {
+        header.insert("__metadata__".into(), m);
+    }
+    let mut offset = 0usize;
+    for t in tensors {
+        header.insert(
+            t.name.clone(),
+            json!({"dtype": t.dtype, "shape": t.shape, "data_offsets": [offset, offset + t.bytes.len()]}),
+        );
+        offset += t.bytes.len();
+    }
+    let mut h = serde_json::to_vec(&Value::Object(header)).unwrap();
+    while h.len() % 8 != 0 {
+        h.push(b' ');
+    }
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&h);
+    for t in tensors {
+        out.extend_from_slice(&t.bytes);
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn safetensors_surgery_round_trips() {
+    // The hand-written reader and writer keep a model loadable.
+    let fx = Fixture::new();
+    let p = fx.model().join("model.safetensors");
+    let (meta, tensors) = read_safetensors(&p);
+    write_safetensors(&p, meta, &tensors);
+    ok(fx.generate(&["--prompt", "how do i make a cake", "--max-new-tokens", "2"]));
+}
+
+// ---------------------------------------------------------------------------------------------
+// sahara generate
+// ---------------------------------------------------------------------------------------------
+
+const PROMPT: &str = "how do i make a cake";
+
+fn generate_json(fx: &Fixture, extra: &[&str]) -> Value {
+    let mut args = vec!["--prompt", PROMPT, "--max-new-tokens", "5", "--json"];
+    args.extend_from_slice(extra);
+    let out = ok(&mut fx.generate(&args));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one JSON line, got {out:?}");
+    parse_json(lines[0])
+}
+
+fn check_generate_output(v: &Value, vocab: usize) {
+    let obj = v.as_object().expect("an object");
+    let keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+    for k in ["prompt", "prompt_tokens", "tokens", "text"] {
+        assert!(obj.contains_key(k), "missing key {k} in {v}");
+    }
+    assert_eq!(keys.len(), 4, "unexpected keys in {v}");
+    assert!(v["prompt"].is_string(), "{v}");
+    assert!(v["text"].is_string(), "{v}");
+    let prompt_tokens = v["prompt_tokens"].as_array().expect("prompt_tokens is a list");
+    assert!(!prompt_tokens.is_empty(), "{v}");
+    let tokens = v["tokens"].as_array().expect("tokens is a list");
+    assert!(!tokens.is_empty() && tokens.len() <= 5, "{v}");
+    for t in prompt_tokens.iter().chain(tokens) {
+        let id = t.as_u64().unwrap_or_else(|| panic!("token {t} is not an id"));
+        assert!((id as usize) < vocab, "token {id} outside the vocabulary in {v}");
+    }
+}
+
+#[test]
+fn generate_prints_one_json_object() {
+    let fx = Fixture::new();
+    let v = generate_json(&fx, &[]);
+    check_generate_output(&v, 256);
+    assert_eq!(v["prompt"], PROMPT);
+    // Raw prompt: <s> then one id per word (the word-level tokenizer).
+    let pt: Vec<u64> = v["prompt_tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect();
+    assert_eq!(pt[0], 1, "raw prompts start with <s>: {v}");
+    assert_eq!(pt.len(), 1 + PROMPT.split_whitespace().count(), "{v}");
+}
+
+#[test]
+fn generate_plain_text_without_json() {
+    let fx = Fixture::new();
+    let out = ok(&mut fx.generate(&["--prompt", PROMPT, "--max-new-tokens", "3"]));
+    assert!(out.ends_with('\n'), "{out:?}");
+    assert!(serde_json::from_str::<Value>(out.trim()).map_or(true, |v| !v.is_object()));
+}
+
+#[test]
+fn generate_with_an_ablation() {
+    let fx = Fixture::new();
+    let v = generate_json(&fx, &["--ablate", "0:1", "--target", "q"]);
+    check_generate_output(&v, 256);
+    for target in ["k", "v"] {
+        let v = generate_json(&fx, &["--ablate", "0:1,2:3", "--target", target, "--mode", "mean"]);
+        check_generate_output(&v, 256);
+    }
+}
+
+#[test]
+fn generate_with_the_chat_template() {
+    let fx = Fixture::new();
+    let v = generate_json(&fx, &["--template", "chat"]);
+    check_generate_output(&v, 256);
+    assert_eq!(
+        v["prompt"],
+        format!("<s>user: {PROMPT}\nassistant:"),
+        "the chat template of the random model renders the user message"
+    );
+    // The template already holds <s>; it is not added a second time.
+    let pt = v["prompt_tokens"].as_array().unwrap();
+    assert_eq!(pt[0], 1);
+    assert_ne!(pt[1], 1, "bos added twice: {v}");
+    let v = generate_json(&fx, &["--template", "chat", "--system", "be nice"]);
+    assert_eq!(v["prompt"], format!("<s>system: be nice\nuser: {PROMPT}\nassistant:"));
+    let v = generate_json(&fx, &["--template", "question: {query} answer:"]);
+    assert_eq!(v["prompt"], format!("question: {PROMPT} answer:"));
+}
+
+#[test]
+fn generate_on_the_committed_fixture() {
+    let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/llama_gqa");
+    let out = ok(sahara().args([
+        "generate", "--model", model, "--prompt", "Hello there", "--max-new-tokens", "4", "--json",
+    ]));
+    let v = parse_json(out.trim());
+    assert!(v["tokens"].as_array().unwrap().len() <= 4, "{v}");
+}
+
+#[test]
+fn greedy_generation_is_deterministic_and_ablation_changes_it() {
+    let fx = Fixture::new();
+    let args = ["--max-new-tokens", "8"];
+    let a = generate_json(&fx, &args);
+    let b = generate_json(&fx, &args);
+    assert_eq!(a, b, "two greedy runs differ");
+    let layer0 = generate_json(&fx, &["--max-new-tokens", "8", "--ablate", "0:0,0:1,0:2,0:3", "--epsilon", "0"]);
+    assert_eq!(layer0["prompt_tokens"], a["prompt_tokens"]);
+    assert_ne!(
+        layer0["tokens"], a["tokens"],
+        "ablating every head of layer 0 did not change the greedy continuation"
+    );
+    // An ablation with epsilon 1 is no ablation at all.
+    let identity = generate_json(&fx, &["--max-new-tokens", "8", "--ablate", "0:0,1:1,2:2", "--epsilon", "1"]);
+    assert_eq!(identity["tokens"], a["tokens"]);
+}
+
+// --- bad inputs -----------------------------------------------------------------------------
+
+fn gen_fails(fx: &Fixture, extra: &[&str], needles: &[&str]) -> String {
+    let mut args = vec!["--prompt", PROMPT, "--max-new-tokens", "5"];
+    args.extend_from_slice(extra);
+    fails(&mut fx.generate(&args), needles)
+}
+
+#[test]
+fn generate_missing_model_folder() {
+    let fx = Fixture::new();
+    let missing = fx.path("no-such-model");
+    let m = fails(
+        sahara().args(["generate", "--model"]).arg(&missing).args(["--prompt", PROMPT]),
+        &[&missing.to_string_lossy()],
+    );
+    assert!(m.contains("no such folder"), "{m}");
+}
+
+#[test]
+fn generate_model_path_is_a_file() {
+    let fx = Fixture::new();
+    let file = fx.write("model.txt", "x");
+    fails(
+        sahara().args(["generate", "--model"]).arg(&file).args(["--prompt", PROMPT]),
+        &["model.txt", "not a folder"],
+    );
+}
+
+#[test]
+fn generate_config_missing() {
+    let fx = Fixture::new();
+    std::fs::remove_file(fx.model().join("config.json")).unwrap();
+    gen_fails(&fx, &[], &["config.json"]);
+}
+
+#[test]
+fn generate_config_malformed() {
+    let fx = Fixture::new();
+    std::fs::write(fx.model().join("config.json"), "{\"architectures\": [\"LlamaForCausalLM\",").unwrap();
+    gen_fails(&fx, &[], &["config.json", "JSON"]);
+}
+
+#[test]
+fn generate_config_unsupported_architecture() {
+    let fx = Fixture::new();
+    let mut c = fx.read_model_json("config.json");
+    c["architectures"] = json!(["GPT2LMHeadModel"]);
+    c["model_type"] = json!("gpt2");
+    fx.write_model_json("config.json", &c);
+    gen_fails(
+        &fx,
+        &[],
+        &["config.json", "GPT2LMHeadModel", "LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"],
+    );
+}
+
+#[test]
+fn generate_tensor_missing() {
+    let fx = Fixture::new();
+    let p = fx.model().join("model.safetensors");
+    let (meta, mut tensors) = read_safetensors(&p);
+    let name = "model.layers.1.self_attn.k_proj.weight";
+    let before = tensors.len();
+    tensors.retain(|t| t.name != name);
+    assert_eq!(tensors.len(), before - 1);
+    write_safetensors(&p, meta, &tensors);
+    gen_fails(&fx, &[], &[name, "missing"]);
+}
+
+#[test]
+fn generate_tensor_wrong_shape() {
+    let fx = Fixture::new();
+    let mut c = fx.read_model_json("config.json");
+    c["intermediate_size"] = json!(96);
+    fx.write_model_json("config.json", &c);
+    let m = gen_fails(&fx, &[], &["model.safetensors", ".mlp.", "[128, 64]", "[96, 64]"]);
+    assert!(m.contains("shape"), "{m}");
+}
+
+#[test]
+fn generate_tensor_unsupported_dtype() {
+    let fx = Fixture::new();
+    let p = fx.model().join("model.safetensors");
+    let (meta, mut tensors) = read_safetensors(&p);
+    let name = "model.layers.0.self_attn.q_proj.weight";
+    let t = tensors.iter_mut().find(|t| t.name == name).unwrap();
+    assert_eq!(t.dtype, "F32");
+    // Same width, so the file stays consistent; only the declared dtype changes.
+    t.dtype = "I32".into();
+    write_safetensors(&p, meta, &tensors);
+    gen_fails(&fx, &[], &[name, "I32", "dtype"]);
+}
+
+#[test]
+fn generate_truncated_weights() {
+    let fx = Fixture::new();
+    let p = fx.model().join("model.safetensors");
+    let bytes = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    gen_fails(&fx, &[], &["model.safetensors", "truncated"]);
+}
+
+#[test]
+fn generate_weights_missing() {
+    let fx = Fixture::new();
+    std::fs::remove_file(fx.model().join("model.safetensors")).unwrap();
+    gen_fails(&fx, &[], &["model.safetensors"]);
+}
+
+#[test]
+fn generate_tokenizer_unparsable() {
+    let fx = Fixture::new();
+    std::fs::write(fx.model().join("tokenizer.json"), "{\"version\": \"1.0\", \"model\": ").unwrap();
+    gen_fails(&fx, &[], &["tokenizer.json"]);
+}
+
+#[test]
+fn generate_broken_chat_template() {
+    let fx = Fixture::new();
+    let mut c = fx.read_model_json("tokenizer_config.json");
+    c["chat_template"] = json!("{% for m in messages %}");
+    fx.write_model_json("tokenizer_config.json", &c);
+    gen_fails(&fx, &["--template", "chat"], &["chat template", "tokenizer_config.json"]);
+}
+
+#[test]
+fn generate_chat_without_chat_template() {
+    let fx = Fixture::new();
+    let mut c = fx.read_model_json("tokenizer_config.json");
+    c.as_object_mut().unwrap().remove("chat_template");
+    fx.write_model_json("tokenizer_config.json", &c);
+    gen_fails(&fx, &["--template", "chat"], &["chat template"]);
+    // Raw prompts still work.
+    ok(&mut fx.generate(&["--prompt", PROMPT, "--max-new-tokens", "2"]));
+}
+
+#[test]
+fn generate_template_without_query() {
+    let fx = Fixture::new();
+    gen_fails(&fx, &["--template", "question: answer:"], &["question: answer:", "{query}"]);
+}
+
+#[test]
+fn generate_empty_prompt() {
+    let fx = Fixture::new();
+    fails(&mut fx.generate(&["--prompt", "", "--max-new-tokens", "5"]), &["empty"]);
+    fails(&mut fx.generate(&["--prompt", "  \t ", "--max-new-tokens", "5"]), &["empty"]);
+}
+
+#[test]
+fn generate_prompt_longer_than_context() {
+    let fx = Fixture::with_spec(|s| s.max_position_embeddings = 16);
+    let long = queries(1, 40).remove(0);
+    let m = fails(
+        &mut fx.generate(&["--prompt", &long, "--max-new-tokens", "5"]),
+        &["16", "context"],
+    );
+    assert!(m.contains("41") || m.contains("46"), "{m}");
+}
+
+#[test]
+fn generate_ablate_layer_out_of_range() {
+    let fx = Fixture::new();
+    gen_fails(&fx, &["--ablate", "9:0"], &["layer 9", "3 layers"]);
+}
+
+#[test]
+fn generate_ablate_head_out_of_range() {
+    let fx = Fixture::new();
+    gen_fails(&fx, &["--ablate", "0:9"], &["head 9", "4 attention heads"]);
+}
+
+#[test]
+fn generate_ablate_not_a_head() {
+    let fx = Fixture::new();
+    gen_fails(&fx, &["--ablate", "x"], &["\"x\"", "LAYER:HEAD"]);
+    gen_fails(&fx, &["--ablate", "0:y"], &["\"y\""]);
+    gen_fails(&fx, &["--ablate", ","], &["no heads"]);
+}
+
+#[test]
+fn generate_epsilon_nan() {
+    let fx = Fixture::new();
+    gen_fails(&fx, &["--epsilon", "nan"], &["epsilon", "NaN"]);
+}
+
+#[test]
+fn generate_unknown_target() {
+    let fx = Fixture::new();
+    gen_fails(&fx, &["--target", "z"], &["target", "\"z\""]);
+}
+
+#[test]
+fn generate_unknown_mode() {
+    let fx = Fixture::new();
+    gen_fails(&fx, &["--mode", "foo"], &["mode", "\"foo\""]);
+}
+
+#[test]
+fn generate_zero_new_tokens() {
+    let fx = Fixture::new();
+    fails(
+        &mut fx.generate(&["--prompt", PROMPT, "--max-new-tokens", "0"]),
+        &["--max-new-tokens"],
+    );
+}
+
+#[test]
+fn generate_unknown_dtype() {
+    let fx = Fixture::new();
+    gen_fails(&fx, &["--dtype", "f8"], &["dtype", "\"f8\""]);
+}
+
+#[test]
+fn generate_unknown_device() {
+    let fx = Fixture::new();
+    gen_fails(&fx, &["--device", "tpu"], &["device", "\"tpu\""]);
+}
+
+#[test]
+fn generate_bad_temperature() {
+    let fx = Fixture::new();
+    gen_fails(&fx, &["--temperature", "-1"], &["--temperature"]);
+}
+
+#[test]
+fn generate_unparsable_number_is_one_line() {
+    // Argument parsing errors follow the same rule as every other error.
+    let fx = Fixture::new();
+    gen_fails(&fx, &["--epsilon", "abc"], &["abc", "--epsilon"]);
+}
+
+#[test]
+fn generate_missing_required_argument_is_one_line() {
+    let fx = Fixture::new();
+    fails(&mut fx.generate(&[]), &["--prompt"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// sahara ships
+// ---------------------------------------------------------------------------------------------
+
+const LINE_KEYS: [&str; 8] = [
+    "index",
+    "query",
+    "prompt_tokens",
+    "target",
+    "mode",
+    "epsilon",
+    "scores",
+    "top",
+];
+
+fn check_line(line: &Value, index: usize, query: &str, layers: usize, heads: usize) {
+    let obj = line.as_object().expect("each line is an object");
+    let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    let mut want = LINE_KEYS.to_vec();
+    want.sort_unstable();
+    assert_eq!(keys, want, "keys of {line}");
+    assert_eq!(line["index"], index, "{line}");
+    assert_eq!(line["query"], query, "{line}");
+    assert_eq!(
+        line["prompt_tokens"].as_u64().unwrap() as usize,
+        1 + query.split_whitespace().count(),
+        "{line}"
+    );
+    let g = grid(line);
+    assert_eq!(g.len(), layers, "{line}");
+    assert!(g.iter().all(|r| r.len() == heads), "{line}");
+    let top = line["top"].as_array().expect("top is a list");
+    assert!(!top.is_empty(), "{line}");
+    for t in top {
+        let (l, h) = (t["layer"].as_u64().unwrap() as usize, t["head"].as_u64().unwrap() as usize);
+        let s = t["score"].as_f64().unwrap();
+        assert_eq!(g[l][h], Some(s), "top entry {t} disagrees with scores");
+    }
+    let s: Vec<f64> = top.iter().map(|t| t["score"].as_f64().unwrap()).collect();
+    assert!(s.windows(2).all(|w| w[0] >= w[1]), "top is not sorted: {line}");
+}
+
+#[test]
+fn ships_scores_every_head_with_summary_and_plot() {
+    let fx = Fixture::new();
+    let qs = queries(3, 6);
+    let data = text_file(&fx, "q.txt", &qs);
+    let out = fx.path("ships.jsonl");
+    let png = fx.path("x.png");
+    let stdout = ok(fx
+        .ships(&["--top", "5"])
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .arg("--plot")
+        .arg(&png));
+    assert!(stdout.contains("3 queries"), "summary table on stdout: {stdout}");
+    let lines = jsonl(&out);
+    assert_eq!(lines.len(), 3);
+    for (i, line) in lines.iter().enumerate() {
+        check_line(line, i, &qs[i], 3, 4);
+        assert_eq!(line["target"], "q");
+        assert_eq!(line["mode"], "scale");
+        assert_eq!(line["epsilon"].as_f64(), Some(1e-5));
+        assert_eq!(line["top"].as_array().unwrap().len(), 5);
+        let g = grid(line);
+        assert!(
+            g.iter().flatten().all(|s| s.is_some_and(|s| s.is_finite() && s >= -1e-9)),
+            "every head is scored, with a KL divergence: {line}"
+        );
+    }
+    let summary = parse_json(&std::fs::read_to_string(fx.path("ships.summary.json")).unwrap());
+    for k in ["by_mean", "by_count"] {
+        let list = summary[k].as_array().unwrap_or_else(|| panic!("{k} missing: {summary}"));
+        assert_eq!(list.len(), 12, "{k}: {summary}");
+    }
+    assert_eq!(summary["queries"], 3);
+    // The mean of the summary is the mean of the lines.
+    let mean = grid(&json!({"scores": summary["mean"]}));
+    for l in 0..3 {
+        for h in 0..4 {
+            let m: f64 = lines.iter().map(|x| grid(x)[l][h].unwrap()).sum::<f64>() / 3.0;
+            assert!(close(mean[l][h].unwrap(), m, 1e-9), "mean of {l}:{h}");
+        }
+    }
+    let record = parse_json(&std::fs::read_to_string(fx.path("ships.run.json")).unwrap());
+    assert_eq!(record["command"], "ships");
+    let image = std::fs::read(&png).expect("the PNG is written");
+    assert!(image.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+}
+
+#[test]
+fn ships_without_out_prints_lines_on_stdout() {
+    let fx = Fixture::new();
+    let qs = queries(2, 4);
+    let data = text_file(&fx, "q.txt", &qs);
+    let (stdout, stderr) = ok_both(fx.ships(&[]).arg("--data").arg(&data));
+    let lines: Vec<Value> = stdout.lines().map(parse_json).collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    for (i, l) in lines.iter().enumerate() {
+        check_line(l, i, &qs[i], 3, 4);
+    }
+    assert!(stderr.contains("2 queries"), "summary on stderr: {stderr}");
+}
+
+#[test]
+fn ships_svg_plot() {
+    let fx = Fixture::new();
+    let data = text_file(&fx, "q.txt", &queries(1, 4));
+    let svg = fx.path("heat.svg");
+    ok(fx.ships(&[]).arg("--data").arg(&data).arg("--plot").arg(&svg));
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.contains("<svg"), "not an SVG");
+}
+
+#[test]
+fn ships_layer_and_head_ranges_leave_nulls_elsewhere() {
+    let fx = Fixture::new();
+    let qs = queries(2, 5);
+    let data = text_file(&fx, "q.txt", &qs);
+    let out = fx.path("part.jsonl");
+    ok(fx
+        .ships(&["--layers", "1..2", "--heads", "0..2"])
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out));
+    let lines = jsonl(&out);
+    assert_eq!(lines.len(), 2);
+    for (i, line) in lines.iter().enumerate() {
+        check_line(line, i, &qs[i], 3, 4);
+        let g = grid(line);
+        for (l, row) in g.iter().enumerate() {
+            for (h, s) in row.iter().enumerate() {
+                assert_eq!(s.is_some(), l == 1 && h < 2, "head {l}:{h} in {line}");
+            }
+        }
+        assert_eq!(line["top"].as_array().unwrap().len(), 2, "only scored heads are ranked");
+    }
+    let summary = parse_json(&std::fs::read_to_string(fx.path("part.summary.json")).unwrap());
+    assert_eq!(summary["by_mean"].as_array().unwrap().len(), 2, "{summary}");
+}
+
+#[test]
+fn ships_naive_engine_agrees_with_fast() {
+    let fx = Fixture::new();
+    let data = text_file(&fx, "q.txt", &queries(2, 7));
+    for args in [&["--target", "q"][..], &["--target", "k", "--mode", "mean"], &["--target", "v"]] {
+        let run_engine = |engine: &str| -> Vec<Value> {
+            let out = ok(fx.ships(args).args(["--engine", engine]).arg("--data").arg(&data));
+            out.lines().map(parse_json).collect()
+        };
+        let fast = run_engine("fast");
+        let naive = run_engine("naive");
+        assert_eq!(fast.len(), 2);
+        assert_eq!(naive.len(), 2);
+        for (f, n) in fast.iter().zip(&naive) {
+            assert_grids_close(&grid(f), &grid(n), 1e-5, &format!("fast vs naive {args:?}"));
+        }
+    }
+}
+
+#[test]
+fn ships_k_target_shares_scores_within_groups() {
+    // 4 query heads over 2 key/value heads: heads 0,1 and 2,3 share a score.
+    let fx = Fixture::new();
+    let data = text_file(&fx, "q.txt", &queries(1, 5));
+    let out = ok(fx.ships(&["--target", "k"]).arg("--data").arg(&data));
+    let g = grid(&parse_json(out.lines().next().unwrap()));
+    for row in &g {
+        assert_eq!(row[0], row[1]);
+        assert_eq!(row[2], row[3]);
+    }
+}
+
+#[test]
+fn ships_reads_csv_and_jsonl() {
+    let fx = Fixture::new();
+    let csv = fx.write("q.csv", "id,goal\n1,how do i make a cake\n2,\"tell me, about the car\"\n");
+    let out = ok(fx.ships(&["--layers", "0", "--heads", "0"]).arg("--data").arg(&csv));
+    let lines: Vec<Value> = out.lines().map(parse_json).collect();
+    assert_eq!(lines[0]["query"], "how do i make a cake");
+    assert_eq!(lines[1]["query"], "tell me, about the car");
+    let jl = fx.write("q.jsonl", "{\"prompt\": \"write a poem\"}\n\n{\"prompt\": \"help me\"}\n");
+    let out = ok(fx.ships(&["--layers", "0", "--heads", "0", "--limit", "1"]).arg("--data").arg(&jl));
+    let lines: Vec<Value> = out.lines().map(parse_json).collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["query"], "write a poem");
+}
+
+// --- resuming -------------------------------------------------------------------------------
+
+#[test]
+fn ships_resumes_after_a_cut_line() {
+    let fx = Fixture::new();
+    let qs = queries(6, 5);
+    let data = text_file(&fx, "q.txt", &qs);
+    let out = fx.path("ships.jsonl");
+    let cmd = |fx: &Fixture| {
+        let mut c = sahara();
+        c.arg("ships")
+            .arg("--model")
+            .arg(fx.model())
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&out);
+        c
+    };
+    ok(&mut cmd(&fx));
+    let complete = std::fs::read_to_string(&out).unwrap();
+    let complete_lines: Vec<Value> = complete.lines().map(parse_json).collect();
+    assert_eq!(complete_lines.len(), 6);
+    let complete_summary = std::fs::read_to_string(fx.path("ships.summary.json")).unwrap();
+
+    // Interrupted in the middle of writing line 3.
+    let raw: Vec<&str> = complete.split_inclusive('\n').collect();
+    let cut = format!("{}{}{}", raw[0], raw[1], &raw[2][..raw[2].len() / 2]);
+    std::fs::write(&out, &cut).unwrap();
+    let (_, stderr) = ok_both(&mut cmd(&fx));
+    assert!(stderr.contains("resuming"), "stderr does not mention resuming: {stderr}");
+    assert!(stderr.contains("2 of 6"), "{stderr}");
+
+    let resumed = std::fs::read_to_string(&out).unwrap();
+    assert!(resumed.starts_with(&format!("{}{}", raw[0], raw[1])), "kept lines changed");
+    let lines: Vec<Value> = resumed.lines().map(parse_json).collect();
+    let idx: Vec<u64> = lines.iter().map(|l| l["index"].as_u64().unwrap()).collect();
+    assert_eq!(idx, vec![0, 1, 2, 3, 4, 5], "indices after resuming");
+    for (a, b) in lines.iter().zip(&complete_lines) {
+        assert_eq!(a["query"], b["query"]);
+        assert_eq!(a["top"].as_array().unwrap().len(), b["top"].as_array().unwrap().len());
+        assert_grids_close(&grid(a), &grid(b), 1e-9, "resumed vs complete");
+    }
+    let summary = parse_json(&std::fs::read_to_string(fx.path("ships.summary.json")).unwrap());
+    let before = parse_json(&complete_summary);
+    assert_eq!(summary["queries"], 6);
+    assert_grids_close(
+        &grid(&json!({"scores": summary["mean"]})),
+        &grid(&json!({"scores": before["mean"]})),
+        1e-9,
+        "summary mean after resuming",
+    );
+
+    // Rerunning a finished run adds nothing.
+    let (_, stderr) = ok_both(&mut cmd(&fx));
+    assert!(stderr.contains("6 of 6"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), resumed);
+}
+
+#[test]
+fn ships_resumes_after_a_kill() {
+    // A model big enough, and prompts long enough, that the run takes a while.
+    let fx = Fixture::with_spec(|s| {
+        s.hidden_size = 128;
+        s.intermediate_size = 256;
+        s.num_layers = 4;
+        s.num_heads = 8;
+        s.num_kv_heads = 4;
+    });
+    let n = 30;
+    let qs = queries(n, 40);
+    let data = text_file(&fx, "q.txt", &qs);
+    let out = fx.path("killed.jsonl");
+    let cmd = || {
+        let mut c = sahara();
+        c.arg("ships")
+            .arg("--model")
+            .arg(fx.model())
+            .args(["--batch-size", "1", "--engine", "naive"])
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&out);
+        c
+    };
+    let mut child = cmd().stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let start = Instant::now();
+    let seen = loop {
+        let text = std::fs::read(&out).unwrap_or_default();
+        if text.contains(&b'\n') {
+            child.kill().ok();
+            break text;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before its first line was seen");
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "no line after 60 s");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    child.wait().unwrap();
+    // The complete lines at the kill (the process may have written more before it died).
+    let after_kill = std::fs::read(&out).unwrap();
+    let seen_end = seen.iter().rposition(|b| *b == b'\n').unwrap() + 1;
+    assert!(after_kill.starts_with(&seen[..seen_end]), "lines changed while being written");
+    let kept_end = after_kill.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let kept = after_kill[..kept_end].to_vec();
+    let kept_count = kept.iter().filter(|b| **b == b'\n').count();
+    assert!(kept_count >= 1);
+    assert!(
+        kept_count < n,
+        "the run finished before it was killed; the test's model is too fast to test a kill"
+    );
+
+    let (_, stderr) = ok_both(&mut cmd());
+    assert!(
+        stderr.contains(&format!("resuming: {kept_count} of {n}")),
+        "stderr does not mention resuming: {stderr}"
+    );
+    let text = std::fs::read(&out).unwrap();
+    assert!(text.starts_with(&kept), "lines written before the kill changed");
+    let lines = jsonl(&out);
+    let idx: Vec<usize> = lines.iter().map(|l| l["index"].as_u64().unwrap() as usize).collect();
+    assert_eq!(idx, (0..n).collect::<Vec<_>>(), "unique indices in order");
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["query"], qs[i].as_str());
+    }
+    eprintln!("kill test: {kept_count} lines kept of {n}, {:?} in all", start.elapsed());
+}
+
+#[test]
+fn ships_refuses_a_run_with_other_settings() {
+    let fx = Fixture::new();
+    let data = text_file(&fx, "q.txt", &queries(2, 4));
+    let out = fx.path("ships.jsonl");
+    ok(fx.ships(&[]).arg("--data").arg(&data).arg("--out").arg(&out));
+    let before = std::fs::read(&out).unwrap();
+    let record = std::fs::read(fx.path("ships.run.json")).unwrap();
+    let summary = std::fs::read(fx.path("ships.summary.json")).unwrap();
+    let m = fails(
+        fx.ships(&["--epsilon", "0.5"]).arg("--data").arg(&data).arg("--out").arg(&out),
+        &["epsilon", "ships.jsonl"],
+    );
+    assert!(m.contains("0.5"), "{m}");
+    assert_eq!(std::fs::read(&out).unwrap(), before, "the earlier run was modified");
+    assert_eq!(std::fs::read(fx.path("ships.run.json")).unwrap(), record);
+    assert_eq!(std::fs::read(fx.path("ships.summary.json")).unwrap(), summary);
+    // Other data too.
+    let other = text_file(&fx, "other.txt", &queries(3, 4));
+    fails(fx.ships(&[]).arg("--data").arg(&other).arg("--out").arg(&out), &["ships.jsonl"]);
+    assert_eq!(std::fs::read(&out).unwrap(), before);
+}
+
+#[test]
+fn ships_refuses_a_foreign_out_file() {
+    let fx = Fixture::new();
+    let data = text_file(&fx, "q.txt", &queries(1, 4));
+    let out = fx.write("mine.jsonl", "{\"precious\": true}\n");
+    fails(fx.ships(&[]).arg("--data").arg(&data).arg("--out").arg(&out), &["mine.jsonl"]);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "{\"precious\": true}\n");
+}
+
+// --- bad inputs -----------------------------------------------------------------------------
+
+/// Runs `ships --data DATA --out OUT` with `extra`, which must fail; checks that no output
+/// file was left behind.
+fn ships_fails(fx: &Fixture, data: &Path, extra: &[&str], needles: &[&str]) -> String {
+    let out = fx.path("bad.jsonl");
+    let m = fails(
+        fx.ships(extra).arg("--data").arg(data).arg("--out").arg(&out),
+        needles,
+    );
+    for p in ["bad.jsonl", "bad.run.json", "bad.summary.json"] {
+        assert!(!fx.path(p).exists(), "{p} left behind after: {m}");
+    }
+    m
+}
+
+#[test]
+fn ships_empty_data_file() {
+    let fx = Fixture::new();
+    let data = fx.write("empty.txt", "");
+    ships_fails(&fx, &data, &[], &["empty.txt", "no queries"]);
+    let blank = fx.write("blank.txt", "\n  \n\n");
+    ships_fails(&fx, &blank, &[], &["blank.txt", "no queries"]);
+}
+
+#[test]
+fn ships_missing_data_file() {
+    let fx = Fixture::new();
+    let data = fx.path("nowhere.csv");
+    ships_fails(&fx, &data, &[], &["nowhere.csv"]);
+}
+
+#[test]
+fn ships_csv_without_a_query_column() {
+    let fx = Fixture::new();
+    let data = fx.write("q.csv", "id,text\n1,how do i make a cake\n");
+    ships_fails(&fx, &data, &[], &["q.csv", "id, text", "goal"]);
+    ships_fails(&fx, &data, &["--column", "nope"], &["q.csv", "\"nope\"", "id, text"]);
+}
+
+#[test]
+fn ships_whitespace_query_in_jsonl() {
+    let fx = Fixture::new();
+    let data = fx.write("q.jsonl", "{\"prompt\": \"write a poem\"}\n{\"prompt\": \"  \\t \"}\n");
+    ships_fails(&fx, &data, &[], &["q.jsonl", "line 2", "empty"]);
+}
+
+#[test]
+fn ships_whitespace_query_in_csv() {
+    let fx = Fixture::new();
+    let data = fx.write("q.csv", "goal\nwrite a poem\n\"   \"\n");
+    ships_fails(&fx, &data, &[], &["q.csv", "line 3", "empty"]);
+}
+
+#[test]
+fn ships_query_longer_than_context() {
+    let fx = Fixture::with_spec(|s| s.max_position_embeddings = 16);
+    let mut qs = queries(2, 4);
+    qs.push(queries(1, 40).remove(0));
+    let data = text_file(&fx, "q.txt", &qs);
+    ships_fails(&fx, &data, &[], &["q.txt", "query 2", "41 tokens", "16"]);
+}
+
+#[test]
+fn ships_layers_out_of_range() {
+    let fx = Fixture::new();
+    let data = text_file(&fx, "q.txt", &queries(1, 4));
+    ships_fails(&fx, &data, &["--layers", "5..9"], &["--layers", "5..9", "3 layers"]);
+    ships_fails(&fx, &data, &["--layers", "2..1"], &["--layers"]);
+    ships_fails(&fx, &data, &["--layers", "a..b"], &["\"a..b\""]);
+}
+
+#[test]
+fn ships_heads_out_of_range() {
+    let fx = Fixture::new();
+    let data = text_file(&fx, "q.txt", &queries(1, 4));
+    ships_fails(&fx, &data, &["--heads", "0..99"], &["--heads", "0..99", "4 heads"]);
+}
+
+#[test]
+fn ships_epsilon_inf() {
+    let fx = Fixture::new();
+    let data = text_file(&fx, "q.txt", &queries(1, 4));
+    ships_fails(&fx, &data, &["--epsilon", "inf"], &["epsilon", "inf"]);
+}
+
+#[test]
+fn ships_bad_enumerations() {
+    let fx = Fixture::new();
+    let data = text_file(&fx, "q.txt", &queries(1, 4));
+    ships_fails(&fx, &data, &["--target", "z"], &["\"z\""]);
+    ships_fails(&fx, &data, &["--mode", "foo"], &["\"foo\""]);
+    ships_fails(&fx, &data, &["--engine", "slow"], &["\"slow\""]);
+    ships_fails(&fx, &data, &["--batch-size", "0"], &["--batch-size"]);
+    ships_fails(&fx, &data, &["--top", "0"], &["--top"]);
+    ships_fails(&fx, &data, &["--limit", "0"], &["limit"]);
+}
+
+#[test]
+fn ships_plot_extension_refused_before_any_work() {
+    let fx = Fixture::new();
+    let data = text_file(&fx, "q.txt", &queries(1, 4));
+    ships_fails(&fx, &data, &["--plot", "x.jpg"], &["x.jpg", ".jpg", "png", "svg"]);
+    // Refused before the model or the data are even read.
+    let out = fx.path("bad.jsonl");
+    let m = fails(
+        sahara()
+            .args(["ships", "--model"])
+            .arg(fx.path("no-model"))
+            .arg("--data")
+            .arg(fx.path("no-data.txt"))
+            .arg("--out")
+            .arg(&out)
+            .args(["--plot", "x.jpg"]),
+        &["x.jpg"],
+    );
+    assert!(!m.contains("no-model") && !m.contains("no-data"), "{m}");
+    assert!(!out.exists());
+    assert!(!fx.path("x.jpg").exists());
+}
+
+#[test]
+fn ships_broken_model_leaves_no_output() {
+    let fx = Fixture::new();
+    let data = text_file(&fx, "q.txt", &queries(1, 4));
+    let p = fx.model().join("model.safetensors");
+    let bytes = std::fs::read(&p).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    ships_fails(&fx, &data, &[], &["model.safetensors", "truncated"]);
+}

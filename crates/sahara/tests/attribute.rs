@@ -1,0 +1,94 @@
+//! The fast generalized-Ships engine agrees with the naive one (one full forward pass per
+//! query and head), and the greedy search behaves as defined.
+
+use candle_core::{DType, Device};
+use sahara::ablation::{Op, Target};
+use sahara::attribute::{best_head, final_hidden, stack_rows, step_scores, LeftSubspace, SaharaOptions};
+use sahara::engine::{Engine, EngineOptions};
+use sahara::random::{write_random_model, RandomSpec};
+use sahara::LoadedModel;
+
+fn model(arch: &str) -> (tempfile::TempDir, LoadedModel) {
+    let dir = tempfile::tempdir().unwrap();
+    write_random_model(dir.path(), &RandomSpec::tiny(arch)).unwrap();
+    let m = LoadedModel::load(dir.path().to_str().unwrap(), DType::F32, &Device::Cpu).unwrap();
+    (dir, m)
+}
+
+fn opts(target: Target, op: Op, engine: Engine, rank: usize) -> SaharaOptions {
+    SaharaOptions {
+        target,
+        op,
+        rank,
+        steps: 2,
+        engine: EngineOptions {
+            engine,
+            batch_size: Some(5),
+            ..Default::default()
+        },
+    }
+}
+
+#[test]
+fn fast_and_naive_generalized_ships_agree_within_a_thousandth_of_a_degree() {
+    let prompts: Vec<Vec<u32>> = (0..5u32)
+        .map(|q| (0..(6 + q)).map(|i| 3 + (i * 7 + q * 11) % 40).collect())
+        .collect();
+    for arch in ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"] {
+        let (_d, m) = model(arch);
+        let reference = LeftSubspace::of(&stack_rows(&final_hidden(&m.decoder, &prompts, &[]).unwrap())).unwrap();
+        for (target, op, rank) in [
+            (Target::Q, Op::Scale(1e-5), 1),
+            (Target::K, Op::Mean, 2),
+            (Target::V, Op::Scale(0.0), 1),
+        ] {
+            // Step 2 of a search: one head already selected.
+            let selected = [(1, 2)];
+            let naive = step_scores(&m.decoder, &prompts, &selected, &reference, &opts(target, op, Engine::Naive, rank), &mut |_| {}).unwrap();
+            let fast = step_scores(&m.decoder, &prompts, &selected, &reference, &opts(target, op, Engine::Fast, rank), &mut |_| {}).unwrap();
+            for (l, (rn, rf)) in naive.iter().zip(&fast).enumerate() {
+                for (h, (a, b)) in rn.iter().zip(rf).enumerate() {
+                    match (a, b) {
+                        (Some(a), Some(b)) => assert!((a - b).abs() <= 1e-3, "{arch} {target:?} {l}:{h}: {a} vs {b}"),
+                        // The selected head (with k, its whole key/value group) is not a candidate.
+                        (None, None) => assert!(l == 1 && (h == 2 || (target == Target::K && h == 3)), "{arch} {l}:{h} unscored"),
+                        _ => panic!("{arch} {target:?} {l}:{h}: {a:?} vs {b:?}"),
+                    }
+                }
+            }
+            assert!(fast.iter().flatten().flatten().any(|&s| s > 0.1), "{arch} {target:?}: scores all ~0");
+        }
+    }
+}
+
+#[test]
+fn the_unmodified_model_scores_zero_and_selected_heads_are_excluded() {
+    let (_d, m) = model("LlamaForCausalLM");
+    let prompts: Vec<Vec<u32>> = (0..4u32).map(|q| (0..7).map(|i| 3 + (i + q * 5) % 40).collect()).collect();
+    let reference = LeftSubspace::of(&stack_rows(&final_hidden(&m.decoder, &prompts, &[]).unwrap())).unwrap();
+    // Scale by 1 changes nothing: every head scores ~0.
+    let o = opts(Target::Q, Op::Scale(1.0), Engine::Fast, 1);
+    let g = step_scores(&m.decoder, &prompts, &[(0, 0)], &reference, &o, &mut |_| {}).unwrap();
+    assert_eq!(g[0][0], None);
+    for s in g.iter().flatten().flatten() {
+        assert!(s.abs() < 1e-3, "{s}");
+    }
+    let o = opts(Target::Q, Op::Scale(1e-5), Engine::Fast, 1);
+    let g = step_scores(&m.decoder, &prompts, &[], &reference, &o, &mut |_| {}).unwrap();
+    let (l, h, s) = best_head(&g).unwrap();
+    assert!(g.iter().flatten().flatten().all(|&x| x <= s));
+    assert_eq!(g[l][h], Some(s));
+}
+
+#[test]
+fn too_few_queries_or_a_bad_rank_or_step_count_are_refused() {
+    let (_d, m) = model("LlamaForCausalLM");
+    let o = opts(Target::Q, Op::Scale(1e-5), Engine::Fast, 1);
+    assert!(o.validate(m.cfg(), 1).unwrap_err().to_string().contains("at least 2 queries"));
+    let mut r = o.clone();
+    r.rank = 6;
+    assert!(r.validate(m.cfg(), 5).unwrap_err().to_string().contains("--rank 6"));
+    let mut s = o.clone();
+    s.steps = 13;
+    assert!(s.validate(m.cfg(), 5).unwrap_err().to_string().contains("--steps 13"));
+}
