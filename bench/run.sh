@@ -103,8 +103,8 @@ run_generate() {
     local b
     for b in 1 20; do
         timed generate_b$b python $PY bench/generate_hf.py --model "$MODEL" --threads "$THREADS" \
-            --n "$GEN_N" --new-tokens "$GEN_NEW_TOKENS" --batch "$b"
-        timed generate_b$b sahara "$BIN" bench-generate --model "$MODEL" --n "$GEN_N" \
+            --data "$Q20" --n "$GEN_N" --new-tokens "$GEN_NEW_TOKENS" --batch "$b"
+        timed generate_b$b sahara "$BIN" bench-generate --model "$MODEL" --data "$Q20" --n "$GEN_N" \
             --new-tokens "$GEN_NEW_TOKENS" --batch "$b"
     done
 }

@@ -2,6 +2,7 @@
 //! `sahara` library.
 
 mod attribute;
+mod bench;
 mod common;
 mod generate;
 mod ships;
@@ -29,6 +30,12 @@ enum Command {
     Ships(ships::Args),
     /// Find the dataset-level safety heads: generalized Ships grown greedily (Sahara).
     Attribute(attribute::Args),
+    /// Time a forward pass (benchmark harness).
+    #[command(hide = true)]
+    BenchForward(bench::ForwardArgs),
+    /// Time batched generation (benchmark harness).
+    #[command(hide = true)]
+    BenchGenerate(bench::GenerateArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +44,8 @@ fn main() -> ExitCode {
         Command::Generate(a) => generate::run(a),
         Command::Ships(a) => ships::run(a),
         Command::Attribute(a) => attribute::run(a),
+        Command::BenchForward(a) => bench::forward(a),
+        Command::BenchGenerate(a) => bench::generate_cmd(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

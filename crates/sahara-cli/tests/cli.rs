@@ -40,10 +40,6 @@ impl Fixture {
         self.dir.path().join("model")
     }
 
-    fn model_str(&self) -> String {
-        self.model().to_string_lossy().into_owned()
-    }
-
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -424,18 +420,17 @@ fn generate_on_the_committed_fixture() {
 #[test]
 fn greedy_generation_is_deterministic_and_ablation_changes_it() {
     let fx = Fixture::new();
-    let args = ["--max-new-tokens", "8"];
-    let a = generate_json(&fx, &args);
-    let b = generate_json(&fx, &args);
+    let a = generate_json(&fx, &[]);
+    let b = generate_json(&fx, &[]);
     assert_eq!(a, b, "two greedy runs differ");
-    let layer0 = generate_json(&fx, &["--max-new-tokens", "8", "--ablate", "0:0,0:1,0:2,0:3", "--epsilon", "0"]);
+    let layer0 = generate_json(&fx, &["--ablate", "0:0,0:1,0:2,0:3", "--epsilon", "0"]);
     assert_eq!(layer0["prompt_tokens"], a["prompt_tokens"]);
     assert_ne!(
         layer0["tokens"], a["tokens"],
         "ablating every head of layer 0 did not change the greedy continuation"
     );
     // An ablation with epsilon 1 is no ablation at all.
-    let identity = generate_json(&fx, &["--max-new-tokens", "8", "--ablate", "0:0,1:1,2:2", "--epsilon", "1"]);
+    let identity = generate_json(&fx, &["--ablate", "0:0,1:1,2:2", "--epsilon", "1"]);
     assert_eq!(identity["tokens"], a["tokens"]);
 }
 
@@ -662,7 +657,8 @@ fn generate_unknown_device() {
 #[test]
 fn generate_bad_temperature() {
     let fx = Fixture::new();
-    gen_fails(&fx, &["--temperature", "-1"], &["--temperature"]);
+    gen_fails(&fx, &["--temperature=-1"], &["--temperature"]);
+    gen_fails(&fx, &["--temperature", "nan"], &["--temperature"]);
 }
 
 #[test]
