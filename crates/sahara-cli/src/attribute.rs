@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
 use sahara::ablation::Op;
-use sahara::attribute::{best_head, final_hidden, stack_rows, step_scores, LeftSubspace, SaharaOptions};
+use sahara::attribute::{
+    best_head, final_hidden, stack_rows, step_scores, LeftSubspace, SaharaOptions,
+};
 use sahara::runlog::{model_fingerprint, sibling, write_atomic};
 use sahara::ships::HeadGrid;
 use sahara::{Error, Result};
@@ -48,7 +50,10 @@ pub struct Args {
 fn grid_of(v: &Value) -> Option<HeadGrid> {
     v.as_array()?
         .iter()
-        .map(|row| row.as_array().map(|r| r.iter().map(Value::as_f64).collect()))
+        .map(|row| {
+            row.as_array()
+                .map(|r| r.iter().map(Value::as_f64).collect())
+        })
         .collect()
 }
 
@@ -153,15 +158,24 @@ pub fn run(a: Args) -> Result<()> {
                 }
             }
             if !a.quiet && !steps.is_empty() {
-                eprintln!("resuming: {} of {} steps already in {}", steps.len(), a.steps, path.display());
+                eprintln!(
+                    "resuming: {} of {} steps already in {}",
+                    steps.len(),
+                    a.steps,
+                    path.display()
+                );
             }
         } else {
-            write_atomic(&record_path, &serde_json::to_vec_pretty(&record).expect("JSON"))?;
+            write_atomic(
+                &record_path,
+                &serde_json::to_vec_pretty(&record).expect("JSON"),
+            )?;
         }
     }
     let prompts: Vec<Vec<u32>> = queries.iter().map(|q| q.tokens.clone()).collect();
     if steps.len() < a.steps {
-        let reference = LeftSubspace::of(&stack_rows(&final_hidden(&model.decoder, &prompts, &[])?))?;
+        let reference =
+            LeftSubspace::of(&stack_rows(&final_hidden(&model.decoder, &prompts, &[])?))?;
         let start = steps.len();
         // Each later step scores one head fewer.
         let heads = sahara::attribute::candidates(&cfg, &[], target).len();
@@ -172,13 +186,17 @@ pub fn run(a: Args) -> Result<()> {
         let mut done_before = 0u64;
         for s in start..a.steps {
             pb.set_message(format!("step {}/{}", s + 1, a.steps));
-            let grid = step_scores(&model.decoder, &prompts, &selected, &reference, &opts, &mut |n| {
-                pb.set_position(done_before + n as u64)
-            })?;
+            let grid = step_scores(
+                &model.decoder,
+                &prompts,
+                &selected,
+                &reference,
+                &opts,
+                &mut |n| pb.set_position(done_before + n as u64),
+            )?;
             done_before += per_step(s) as u64;
-            let (l, h, score) = best_head(&grid).ok_or_else(|| {
-                Error::InvalidArgument("no head left to select".into())
-            })?;
+            let (l, h, score) = best_head(&grid)
+                .ok_or_else(|| Error::InvalidArgument("no head left to select".into()))?;
             selected.push((l, h));
             steps.push(json!({"selected": [l, h], "score": score, "scores": grid}));
             out["selected"] = json!(selected.iter().map(|&(l, h)| [l, h]).collect::<Vec<_>>());
@@ -223,7 +241,10 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     if let Some(p) = &a.plot {
-        let first = steps.first().and_then(|s| grid_of(&s["scores"])).unwrap_or_default();
+        let first = steps
+            .first()
+            .and_then(|s| grid_of(&s["scores"]))
+            .unwrap_or_default();
         let title = format!(
             "Generalized Ships, step 1 ({} {}) - {} on {}",
             target.as_str(),

@@ -25,12 +25,18 @@ pub struct ForwardArgs {
 /// Times a forward pass of `batch` prompts of `seq` tokens, logits at every position.
 pub fn forward(a: ForwardArgs) -> Result<()> {
     if a.batch == 0 || a.seq == 0 || a.iters == 0 {
-        return Err(Error::InvalidArgument("--batch, --seq and --iters must be positive".into()));
+        return Err(Error::InvalidArgument(
+            "--batch, --seq and --iters must be positive".into(),
+        ));
     }
     let model = a.model.load()?;
     let vocab = model.cfg().vocab_size as u32;
     let prompts: Vec<Vec<u32>> = (0..a.batch as u32)
-        .map(|b| (0..a.seq as u32).map(|t| 3 + (b * 31 + t * 7) % (vocab - 3)).collect())
+        .map(|b| {
+            (0..a.seq as u32)
+                .map(|t| 3 + (b * 31 + t * 7) % (vocab - 3))
+                .collect()
+        })
         .collect();
     let batch = Batch::new(&prompts, 0, &model.decoder.device)?;
     let spec = ForwardSpec::logits(Positions::All);
@@ -67,14 +73,21 @@ pub struct GenerateArgs {
 /// Times greedy generation of exactly `new_tokens` tokens for `n` prompts, `batch` at a time.
 pub fn generate_cmd(a: GenerateArgs) -> Result<()> {
     if a.batch == 0 || a.n == 0 || a.new_tokens == 0 {
-        return Err(Error::InvalidArgument("--n, --new-tokens and --batch must be positive".into()));
+        return Err(Error::InvalidArgument(
+            "--n, --new-tokens and --batch must be positive".into(),
+        ));
     }
     let model = a.model.load()?;
     let data = sahara::data::load_queries(std::path::Path::new(&a.data), None, Some(a.n))?;
     let prompts: Vec<Vec<u32>> = data
         .queries
         .iter()
-        .map(|q| model.prompts.encode_query(&Template::Raw, &q.text).map(|(_, t)| t))
+        .map(|q| {
+            model
+                .prompts
+                .encode_query(&Template::Raw, &q.text)
+                .map(|(_, t)| t)
+        })
         .collect::<Result<_>>()?;
     let opts = GenerateOptions {
         max_new_tokens: a.new_tokens,

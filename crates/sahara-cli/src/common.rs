@@ -138,7 +138,11 @@ pub struct Encoded {
 impl DataArgs {
     /// Loads the queries and encodes every one up front, so that a bad query stops the run
     /// before any output is written.
-    pub fn encode(&self, model: &LoadedModel, template: &Template) -> Result<(sahara::data::Dataset, Vec<Encoded>)> {
+    pub fn encode(
+        &self,
+        model: &LoadedModel,
+        template: &Template,
+    ) -> Result<(sahara::data::Dataset, Vec<Encoded>)> {
         let data = sahara::data::load_queries(
             std::path::Path::new(&self.data),
             self.column.as_deref(),
@@ -147,14 +151,13 @@ impl DataArgs {
         let ctx = model.cfg().max_position_embeddings;
         let mut out = Vec::with_capacity(data.queries.len());
         for q in &data.queries {
-            let (_, tokens) = model
-                .prompts
-                .encode_query(template, &q.text)
-                .map_err(|e| Error::Prompt(format!("query {} of {}: {e}", q.index, self.data)))?;
+            let (_, tokens) = model.prompts.encode_query(template, &q.text).map_err(|e| {
+                Error::Prompt(format!("query {} of {}: {e}", q.index + 1, self.data))
+            })?;
             if tokens.len() > ctx {
                 return Err(Error::Prompt(format!(
                     "query {} of {} has {} tokens, more than the model's context of {ctx}",
-                    q.index,
+                    q.index + 1,
                     self.data,
                     tokens.len()
                 )));
@@ -185,11 +188,9 @@ pub fn progress_bar(total: u64, quiet: bool, what: &str) -> indicatif::ProgressB
         indicatif::ProgressDrawTarget::stderr(),
     );
     pb.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
     );
     pb.set_message(what.to_string());
     pb
@@ -212,10 +213,14 @@ pub struct EngineArgs {
 impl EngineArgs {
     pub fn parse(&self) -> Result<sahara::engine::EngineOptions> {
         if self.batch_size == Some(0) {
-            return Err(Error::InvalidArgument("--batch-size must be at least 1".into()));
+            return Err(Error::InvalidArgument(
+                "--batch-size must be at least 1".into(),
+            ));
         }
         if !(self.memory_gb.is_finite() && self.memory_gb > 0.0) {
-            return Err(Error::InvalidArgument("--memory-gb must be positive".into()));
+            return Err(Error::InvalidArgument(
+                "--memory-gb must be positive".into(),
+            ));
         }
         Ok(sahara::engine::EngineOptions {
             engine: self.engine.parse()?,

@@ -26,7 +26,7 @@ pub struct Args {
     #[arg(long)]
     pub top_k: Option<usize>,
     /// Sampling temperature (sampling instead of greedy decoding).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub temperature: Option<f64>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use clap::Args as ClapArgs;
 use sahara::ablation::Op;
 use sahara::runlog::{model_fingerprint, sibling, write_atomic, JsonlRun};
-use sahara::ships::{parse_range, ships_scores, summarize, top_heads, HeadGrid, ShipsOptions, Summary};
+use sahara::ships::{
+    parse_range, ships_scores, summarize, top_heads, HeadGrid, ShipsOptions, Summary,
+};
 use sahara::{Error, Result};
 use serde_json::{json, Value};
 
@@ -51,7 +53,10 @@ fn grid_of(line: &Value) -> Option<HeadGrid> {
     line.get("scores")?
         .as_array()?
         .iter()
-        .map(|row| row.as_array().map(|r| r.iter().map(Value::as_f64).collect()))
+        .map(|row| {
+            row.as_array()
+                .map(|r| r.iter().map(Value::as_f64).collect())
+        })
         .collect()
 }
 

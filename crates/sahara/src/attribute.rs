@@ -49,8 +49,16 @@ impl LeftSubspace {
     /// Number of columns spanning the top-r subspace: r, widened over a tie at the cut.
     pub fn width(&self, r: usize) -> usize {
         let mut k = r.min(self.s.len());
-        let scale = self.s.first().copied().unwrap_or(0.0).max(f64::MIN_POSITIVE);
-        while k < self.s.len() && k > 0 && (self.s[k - 1] - self.s[k]).abs() <= TIE_TOLERANCE * scale {
+        let scale = self
+            .s
+            .first()
+            .copied()
+            .unwrap_or(0.0)
+            .max(f64::MIN_POSITIVE);
+        while k < self.s.len()
+            && k > 0
+            && (self.s[k - 1] - self.s[k]).abs() <= TIE_TOLERANCE * scale
+        {
             k += 1;
         }
         k
@@ -123,7 +131,9 @@ impl SaharaOptions {
         }
         if let Op::Scale(e) = self.op {
             if !e.is_finite() {
-                return Err(Error::InvalidArgument(format!("epsilon must be finite, got {e}")));
+                return Err(Error::InvalidArgument(format!(
+                    "epsilon must be finite, got {e}"
+                )));
             }
         }
         Ok(())
@@ -131,8 +141,17 @@ impl SaharaOptions {
 }
 
 /// The final hidden state at the last position of each prompt, with `ablations`.
-pub fn final_hidden(model: &Decoder, prompts: &[Vec<u32>], ablations: &[HeadAblation]) -> Result<Vec<Vec<f32>>> {
-    let plan = crate::ablation::AblationPlan::new(&model.cfg, &[ablations.to_vec()], model.dtype, &model.device)?;
+pub fn final_hidden(
+    model: &Decoder,
+    prompts: &[Vec<u32>],
+    ablations: &[HeadAblation],
+) -> Result<Vec<Vec<f32>>> {
+    let plan = crate::ablation::AblationPlan::new(
+        &model.cfg,
+        &[ablations.to_vec()],
+        model.dtype,
+        &model.device,
+    )?;
     let mut spec = ForwardSpec::logits(Positions::Last).with_ablations(&plan);
     spec.logits = false;
     spec.hidden = true;
@@ -141,15 +160,25 @@ pub fn final_hidden(model: &Decoder, prompts: &[Vec<u32>], ablations: &[HeadAbla
         .map(|p| {
             let b = Batch::new(std::slice::from_ref(p), 0, &model.device)?;
             let h = model.forward(&b, &spec, None)?.hidden.expect("hidden");
-            Ok(h.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?)
+            Ok(h.flatten_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1()?)
         })
         .collect()
 }
 
 /// The heads scored at a step: every head not in `selected`; for target k with grouped-query
 /// attention, one head per key/value group (the group's heads share its score).
-pub fn candidates(cfg: &ModelConfig, selected: &[(usize, usize)], target: Target) -> Vec<(usize, usize)> {
-    let g = if target == Target::K { cfg.group_size() } else { 1 };
+pub fn candidates(
+    cfg: &ModelConfig,
+    selected: &[(usize, usize)],
+    target: Target,
+) -> Vec<(usize, usize)> {
+    let g = if target == Target::K {
+        cfg.group_size()
+    } else {
+        1
+    };
     let mut out = Vec::new();
     for l in 0..cfg.num_layers {
         for h in (0..cfg.num_heads).step_by(g) {
@@ -175,16 +204,25 @@ pub fn step_scores(
     let cfg = &model.cfg;
     let ablate = |l: usize, h: usize| HeadAblation::new(l, h, opts.target, opts.op);
     let base: Vec<HeadAblation> = selected.iter().map(|&(l, h)| ablate(l, h)).collect();
-    let g = if opts.target == Target::K { cfg.group_size() } else { 1 };
+    let g = if opts.target == Target::K {
+        cfg.group_size()
+    } else {
+        1
+    };
     let candidates = candidates(cfg, selected, opts.target);
-    let variants: Vec<Vec<HeadAblation>> = candidates.iter().map(|&(l, h)| vec![ablate(l, h)]).collect();
+    let variants: Vec<Vec<HeadAblation>> = candidates
+        .iter()
+        .map(|&(l, h)| vec![ablate(l, h)])
+        .collect();
     let mut eo = opts.engine.clone();
     eo.want = Want::Hidden;
     // Hidden states per candidate, per query: [candidate][query] -> d values.
     let mut hidden: Vec<Vec<Vec<f32>>> = vec![Vec::with_capacity(prompts.len()); candidates.len()];
     for (qi, p) in prompts.iter().enumerate() {
         let base_n = qi * candidates.len();
-        let out = run_variants(model, p, &base, &variants, &eo, &mut |n| progress(base_n + n))?;
+        let out = run_variants(model, p, &base, &variants, &eo, &mut |n| {
+            progress(base_n + n)
+        })?;
         for (c, v) in out.variants.into_iter().enumerate() {
             hidden[c].push(v);
         }
@@ -193,9 +231,10 @@ pub fn step_scores(
     for (c, &(l, h)) in candidates.iter().enumerate() {
         let sub = LeftSubspace::of(&stack_rows(&hidden[c]))?;
         let score = principal_angle_score(reference, &sub, opts.rank)?;
-        for q in h..(h + g).min(cfg.num_heads) {
+        let group_end = (h + g).min(cfg.num_heads);
+        for (q, cell) in grid[l].iter_mut().enumerate().take(group_end).skip(h) {
             if !selected.contains(&(l, q)) {
-                grid[l][q] = Some(score);
+                *cell = Some(score);
             }
         }
         hidden[c] = Vec::new();
@@ -269,7 +308,11 @@ mod tests {
         // The same matrix with its columns rotated has the same left subspaces, but an SVD
         // may pick another basis inside the tied plane.
         let (c, s) = (0.6f64, 0.8f64);
-        let rotated = sub(&[&[2.0 * c, -2.0 * s, 0.0], &[2.0 * s, 2.0 * c, 0.0], &[0.0, 0.0, 1.0]]);
+        let rotated = sub(&[
+            &[2.0 * c, -2.0 * s, 0.0],
+            &[2.0 * s, 2.0 * c, 0.0],
+            &[0.0, 0.0, 1.0],
+        ]);
         let other = sub(&[&[1.0, 0.0, 0.0], &[0.0, 3.0, 0.0], &[0.0, 0.0, 1.0]]);
         let s1 = principal_angle_score(&tied, &other, 1).unwrap();
         let s2 = principal_angle_score(&rotated, &other, 1).unwrap();

@@ -98,7 +98,9 @@ fn last_vector(out: &crate::model::ForwardOutput, want: Want, row: usize) -> Res
     }
     .expect("requested output");
     let n = t.dim(1)?;
-    Ok(t.i((row, n - 1))?.to_dtype(candle_core::DType::F32)?.to_vec1()?)
+    Ok(t.i((row, n - 1))?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1()?)
 }
 
 fn spec<'a>(want: Want, positions: Positions, plan: &'a AblationPlan) -> ForwardSpec<'a> {
@@ -120,7 +122,9 @@ pub fn run_variants(
     progress: &mut dyn FnMut(usize),
 ) -> Result<VariantOutputs> {
     if let Some(i) = variants.iter().position(|v| v.is_empty()) {
-        return Err(Error::InvalidArgument(format!("variant {i} ablates nothing")));
+        return Err(Error::InvalidArgument(format!(
+            "variant {i} ablates nothing"
+        )));
     }
     let dev = &model.device;
     let cfg = &model.cfg;
@@ -173,7 +177,12 @@ pub fn run_variants(
                 let (_, t, d) = resid.dims3()?;
                 let resid = resid.broadcast_as((chunk.len(), t, d))?.contiguous()?;
                 let pad = vec![0; chunk.len()];
-                let o = model.forward_from(l, &resid, &pad, &spec(opts.want, Positions::Last, &plan))?;
+                let o = model.forward_from(
+                    l,
+                    &resid,
+                    &pad,
+                    &spec(opts.want, Positions::Last, &plan),
+                )?;
                 let vecs: Tensor = match opts.want {
                     Want::Logits => o.logits.expect("logits"),
                     Want::Hidden => o.hidden.expect("hidden"),
@@ -205,14 +214,22 @@ pub fn kl_divergence(p_logits: &[f32], q_logits: &[f32]) -> f64 {
     let lq = log_softmax(q_logits);
     lp.iter()
         .zip(&lq)
-        .map(|(&a, &b)| if a == f64::NEG_INFINITY { 0.0 } else { a.exp() * (a - b) })
+        .map(|(&a, &b)| {
+            if a == f64::NEG_INFINITY {
+                0.0
+            } else {
+                a.exp() * (a - b)
+            }
+        })
         .sum::<f64>()
         .max(0.0)
 }
 
 /// Log-softmax in f64.
 pub fn log_softmax(logits: &[f32]) -> Vec<f64> {
-    let max = logits.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+    let max = logits
+        .iter()
+        .fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
     let lse = max
         + logits
             .iter()

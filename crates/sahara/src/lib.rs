@@ -13,8 +13,8 @@
 pub mod ablation;
 pub mod attribute;
 pub mod config;
-pub mod engine;
 pub mod data;
+pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod hub;

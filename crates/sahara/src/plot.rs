@@ -53,7 +53,10 @@ pub fn check_extension(path: &Path) -> Result<bool> {
             path,
             format!("unsupported extension .{other}; expected .png or .svg"),
         )),
-        None => Err(Error::plot(path, "no file extension; expected .png or .svg")),
+        None => Err(Error::plot(
+            path,
+            "no file extension; expected .png or .svg",
+        )),
     }
 }
 

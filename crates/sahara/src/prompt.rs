@@ -322,7 +322,9 @@ fn strftime_now(fmt: &str) -> String {
 /// The tokenizer and chat template of a model folder.
 pub struct PromptEncoder {
     pub tokenizer: tokenizers::Tokenizer,
-    pub chat: Option<ChatTemplate>,
+    /// The chat template, or why it could not be compiled (reported only when a chat prompt
+    /// is asked for, as transformers does).
+    pub chat: Option<std::result::Result<ChatTemplate, String>>,
     pub tokenizer_path: PathBuf,
     /// Id used to left-pad batches.
     pub pad_id: u32,
@@ -384,20 +386,18 @@ impl PromptEncoder {
             }
         }
         let chat = match source {
-            Some(s) => Some(
-                ChatTemplate::new(&s, specials.clone()).map_err(|e| match e {
-                    Error::Template(m) => Error::Template(format!(
-                        "{}: {m}",
-                        if jinja_path.exists() {
-                            &jinja_path
-                        } else {
-                            &cfg_path
-                        }
-                        .display()
-                    )),
-                    other => other,
-                })?,
-            ),
+            Some(s) => Some(ChatTemplate::new(&s, specials.clone()).map_err(|e| {
+                let m = match e {
+                    Error::Template(m) => m,
+                    other => other.to_string(),
+                };
+                let file = if jinja_path.exists() {
+                    &jinja_path
+                } else {
+                    &cfg_path
+                };
+                format!("{}: {m}", file.display())
+            })),
             None => None,
         };
         let pad_id = specials
@@ -420,12 +420,17 @@ impl PromptEncoder {
             Template::Raw => Ok(query.to_string()),
             Template::Format(f) => Ok(f.replace("{query}", query)),
             Template::Chat { system } => {
-                let chat = self.chat.as_ref().ok_or_else(|| {
-                    Error::Template(format!(
-                        "the model has no chat template (looked in tokenizer_config.json and chat_template.jinja beside {}); use --template raw or a format string",
-                        self.tokenizer_path.display()
-                    ))
-                })?;
+                let chat = self
+                    .chat
+                    .as_ref()
+                    .ok_or_else(|| {
+                        Error::Template(format!(
+                            "the model has no chat template (looked in tokenizer_config.json and chat_template.jinja beside {}); use --template raw or a format string",
+                            self.tokenizer_path.display()
+                        ))
+                    })?
+                    .as_ref()
+                    .map_err(|m| Error::Template(m.clone()))?;
                 let mut messages = Vec::new();
                 if let Some(s) = system {
                     messages.push(Message::new("system", s));

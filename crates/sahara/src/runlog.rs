@@ -53,7 +53,10 @@ impl JsonlRun {
     /// does not exist or is empty; otherwise its run record must equal `record`.
     pub fn open(path: &Path, record: &Value) -> Result<Self> {
         let record_path = sibling(path, "run.json");
-        let exists = path.exists() && std::fs::metadata(path).map(|m| m.len() > 0).unwrap_or(false);
+        let exists = path.exists()
+            && std::fs::metadata(path)
+                .map(|m| m.len() > 0)
+                .unwrap_or(false);
         if exists {
             let text = std::fs::read_to_string(&record_path).map_err(|_| {
                 Error::InvalidArgument(format!(
@@ -87,7 +90,8 @@ impl JsonlRun {
                 source: e,
             })?;
         let mut text = String::new();
-        file.read_to_string(&mut text).map_err(|e| Error::io(path, e))?;
+        file.read_to_string(&mut text)
+            .map_err(|e| Error::io(path, e))?;
         let mut done = Vec::new();
         let mut good = 0usize;
         let mut rest = text.as_str();
@@ -113,7 +117,8 @@ impl JsonlRun {
                 path: path.to_path_buf(),
                 source: e,
             })?;
-            file.seek(SeekFrom::End(0)).map_err(|e| Error::io(path, e))?;
+            file.seek(SeekFrom::End(0))
+                .map_err(|e| Error::io(path, e))?;
         }
         Ok(JsonlRun {
             path: path.to_path_buf(),
@@ -233,7 +238,10 @@ mod tests {
         let out = dir.path().join("r.jsonl");
         let mut r = JsonlRun::open(&out, &json!({"model": "a"})).unwrap();
         r.append(&json!({"index": 0})).unwrap();
-        let e = JsonlRun::open(&out, &json!({"model": "b"})).err().unwrap().to_string();
+        let e = JsonlRun::open(&out, &json!({"model": "b"}))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("model was \"a\", now \"b\""), "{e}");
         // A foreign file without run record is refused too.
         let foreign = dir.path().join("f.jsonl");
@@ -243,6 +251,9 @@ mod tests {
 
     #[test]
     fn siblings_replace_the_extension() {
-        assert_eq!(sibling(Path::new("a/ships.jsonl"), "summary.json"), Path::new("a/ships.summary.json"));
+        assert_eq!(
+            sibling(Path::new("a/ships.jsonl"), "summary.json"),
+            Path::new("a/ships.summary.json")
+        );
     }
 }

@@ -42,7 +42,9 @@ impl ShipsOptions {
         check_range("heads", &self.heads, cfg.num_heads)?;
         if let Op::Scale(e) = self.op {
             if !e.is_finite() {
-                return Err(Error::InvalidArgument(format!("epsilon must be finite, got {e}")));
+                return Err(Error::InvalidArgument(format!(
+                    "epsilon must be finite, got {e}"
+                )));
             }
         }
         Ok(())
@@ -75,7 +77,13 @@ impl ShipsOptions {
 }
 
 fn check_range(what: &str, r: &Range<usize>, n: usize) -> Result<()> {
-    if r.start >= r.end || r.end > n {
+    if r.start >= r.end {
+        return Err(Error::InvalidArgument(format!(
+            "--{what} {}..{} is empty",
+            r.start, r.end
+        )));
+    }
+    if r.end > n {
         return Err(Error::InvalidArgument(format!(
             "--{what} {}..{} out of range: the model has {n} {what} (0..{n})",
             r.start, r.end

@@ -3,7 +3,9 @@
 
 use candle_core::{DType, Device};
 use sahara::ablation::{Op, Target};
-use sahara::attribute::{best_head, final_hidden, stack_rows, step_scores, LeftSubspace, SaharaOptions};
+use sahara::attribute::{
+    best_head, final_hidden, stack_rows, step_scores, LeftSubspace, SaharaOptions,
+};
 use sahara::engine::{Engine, EngineOptions};
 use sahara::random::{write_random_model, RandomSpec};
 use sahara::LoadedModel;
@@ -36,7 +38,10 @@ fn fast_and_naive_generalized_ships_agree_within_a_thousandth_of_a_degree() {
         .collect();
     for arch in ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"] {
         let (_d, m) = model(arch);
-        let reference = LeftSubspace::of(&stack_rows(&final_hidden(&m.decoder, &prompts, &[]).unwrap())).unwrap();
+        let reference = LeftSubspace::of(&stack_rows(
+            &final_hidden(&m.decoder, &prompts, &[]).unwrap(),
+        ))
+        .unwrap();
         for (target, op, rank) in [
             (Target::Q, Op::Scale(1e-5), 1),
             (Target::K, Op::Mean, 2),
@@ -44,19 +49,44 @@ fn fast_and_naive_generalized_ships_agree_within_a_thousandth_of_a_degree() {
         ] {
             // Step 2 of a search: one head already selected.
             let selected = [(1, 2)];
-            let naive = step_scores(&m.decoder, &prompts, &selected, &reference, &opts(target, op, Engine::Naive, rank), &mut |_| {}).unwrap();
-            let fast = step_scores(&m.decoder, &prompts, &selected, &reference, &opts(target, op, Engine::Fast, rank), &mut |_| {}).unwrap();
+            let naive = step_scores(
+                &m.decoder,
+                &prompts,
+                &selected,
+                &reference,
+                &opts(target, op, Engine::Naive, rank),
+                &mut |_| {},
+            )
+            .unwrap();
+            let fast = step_scores(
+                &m.decoder,
+                &prompts,
+                &selected,
+                &reference,
+                &opts(target, op, Engine::Fast, rank),
+                &mut |_| {},
+            )
+            .unwrap();
             for (l, (rn, rf)) in naive.iter().zip(&fast).enumerate() {
                 for (h, (a, b)) in rn.iter().zip(rf).enumerate() {
                     match (a, b) {
-                        (Some(a), Some(b)) => assert!((a - b).abs() <= 1e-3, "{arch} {target:?} {l}:{h}: {a} vs {b}"),
+                        (Some(a), Some(b)) => assert!(
+                            (a - b).abs() <= 1e-3,
+                            "{arch} {target:?} {l}:{h}: {a} vs {b}"
+                        ),
                         // The selected head (with k, its whole key/value group) is not a candidate.
-                        (None, None) => assert!(l == 1 && (h == 2 || (target == Target::K && h == 3)), "{arch} {l}:{h} unscored"),
+                        (None, None) => assert!(
+                            l == 1 && (h == 2 || (target == Target::K && h == 3)),
+                            "{arch} {l}:{h} unscored"
+                        ),
                         _ => panic!("{arch} {target:?} {l}:{h}: {a:?} vs {b:?}"),
                     }
                 }
             }
-            assert!(fast.iter().flatten().flatten().any(|&s| s > 0.1), "{arch} {target:?}: scores all ~0");
+            assert!(
+                fast.iter().flatten().flatten().any(|&s| s > 0.1),
+                "{arch} {target:?}: scores all ~0"
+            );
         }
     }
 }
@@ -64,8 +94,13 @@ fn fast_and_naive_generalized_ships_agree_within_a_thousandth_of_a_degree() {
 #[test]
 fn the_unmodified_model_scores_zero_and_selected_heads_are_excluded() {
     let (_d, m) = model("LlamaForCausalLM");
-    let prompts: Vec<Vec<u32>> = (0..4u32).map(|q| (0..7).map(|i| 3 + (i + q * 5) % 40).collect()).collect();
-    let reference = LeftSubspace::of(&stack_rows(&final_hidden(&m.decoder, &prompts, &[]).unwrap())).unwrap();
+    let prompts: Vec<Vec<u32>> = (0..4u32)
+        .map(|q| (0..7).map(|i| 3 + (i + q * 5) % 40).collect())
+        .collect();
+    let reference = LeftSubspace::of(&stack_rows(
+        &final_hidden(&m.decoder, &prompts, &[]).unwrap(),
+    ))
+    .unwrap();
     // Scale by 1 changes nothing: every head scores ~0.
     let o = opts(Target::Q, Op::Scale(1.0), Engine::Fast, 1);
     let g = step_scores(&m.decoder, &prompts, &[(0, 0)], &reference, &o, &mut |_| {}).unwrap();
@@ -84,11 +119,23 @@ fn the_unmodified_model_scores_zero_and_selected_heads_are_excluded() {
 fn too_few_queries_or_a_bad_rank_or_step_count_are_refused() {
     let (_d, m) = model("LlamaForCausalLM");
     let o = opts(Target::Q, Op::Scale(1e-5), Engine::Fast, 1);
-    assert!(o.validate(m.cfg(), 1).unwrap_err().to_string().contains("at least 2 queries"));
+    assert!(o
+        .validate(m.cfg(), 1)
+        .unwrap_err()
+        .to_string()
+        .contains("at least 2 queries"));
     let mut r = o.clone();
     r.rank = 6;
-    assert!(r.validate(m.cfg(), 5).unwrap_err().to_string().contains("--rank 6"));
+    assert!(r
+        .validate(m.cfg(), 5)
+        .unwrap_err()
+        .to_string()
+        .contains("--rank 6"));
     let mut s = o.clone();
     s.steps = 13;
-    assert!(s.validate(m.cfg(), 5).unwrap_err().to_string().contains("--steps 13"));
+    assert!(s
+        .validate(m.cfg(), 5)
+        .unwrap_err()
+        .to_string()
+        .contains("--steps 13"));
 }

@@ -197,7 +197,7 @@ fn ablated_logits_match_transformers_hooks() {
                 })
                 .collect();
             for (i, p) in raw_prompts(&f).iter().enumerate() {
-                let (logits, _) = forward_all(&f, p, Some(&[heads.clone()]));
+                let (logits, _) = forward_all(&f, p, Some(std::slice::from_ref(&heads)));
                 let key = format!("ablated.{set_name}.{i}");
                 let d = max_abs_diff(&logits, &f.tensors[&key]);
                 assert!(d <= TOL, "{name} {key}: {d}");

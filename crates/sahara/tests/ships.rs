@@ -17,7 +17,14 @@ fn model(arch: &str) -> (tempfile::TempDir, LoadedModel) {
     (dir, m)
 }
 
-fn scores(m: &LoadedModel, tokens: &[u32], target: Target, op: Op, engine: Engine, batch: Option<usize>) -> HeadGrid {
+fn scores(
+    m: &LoadedModel,
+    tokens: &[u32],
+    target: Target,
+    op: Op,
+    engine: Engine,
+    batch: Option<usize>,
+) -> HeadGrid {
     let mut o = ShipsOptions::new(m.cfg());
     o.target = target;
     o.op = op;
@@ -49,7 +56,10 @@ fn fast_engine_equals_naive_engine_for_every_family_target_and_op() {
                         );
                     }
                 }
-                assert!(naive.iter().flatten().any(|s| s.unwrap() > 1e-4), "{arch} {target:?} {op:?}: all scores ~0");
+                assert!(
+                    naive.iter().flatten().any(|s| s.unwrap() > 1e-4),
+                    "{arch} {target:?} {op:?}: all scores ~0"
+                );
             }
         }
     }
