@@ -1402,7 +1402,7 @@ fn ships_query_longer_than_context() {
     let mut qs = queries(2, 4);
     qs.push(queries(1, 40).remove(0));
     let data = text_file(&fx, "q.txt", &qs);
-    ships_fails(&fx, &data, &[], &["q.txt", "query 2", "41 tokens", "16"]);
+    ships_fails(&fx, &data, &[], &["q.txt", "query 3", "41 tokens", "16"]);
 }
 
 #[test]
