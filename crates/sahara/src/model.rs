@@ -44,17 +44,43 @@ impl Linear {
 
 #[derive(Debug, Clone)]
 pub struct Attention {
-    pub q_proj: Linear,
-    pub k_proj: Linear,
-    pub v_proj: Linear,
+    /// `q_proj`, `k_proj` and `v_proj` stacked into one projection: (H*D + 2*G*D, d).
+    pub qkv_proj: Linear,
     pub o_proj: Linear,
 }
 
 #[derive(Debug, Clone)]
 pub struct Mlp {
-    pub gate_proj: Linear,
-    pub up_proj: Linear,
+    /// `gate_proj` and `up_proj` stacked into one projection: (2*I, d).
+    pub gate_up_proj: Linear,
     pub down_proj: Linear,
+}
+
+impl Linear {
+    /// Stacks projections of the same input along the output dimension, so that one matrix
+    /// product computes them all.
+    pub fn stack(parts: &[Linear]) -> Result<Linear> {
+        let w: Vec<&Tensor> = parts.iter().map(|p| &p.weight).collect();
+        let bias = if parts.iter().all(|p| p.bias.is_some()) {
+            let b: Vec<&Tensor> = parts.iter().map(|p| p.bias.as_ref().unwrap()).collect();
+            Some(Tensor::cat(&b, 0)?)
+        } else if parts.iter().any(|p| p.bias.is_some()) {
+            let b: Vec<Tensor> = parts
+                .iter()
+                .map(|p| match &p.bias {
+                    Some(b) => Ok(b.clone()),
+                    None => Tensor::zeros(p.weight.dim(0)?, p.weight.dtype(), p.weight.device()),
+                })
+                .collect::<candle_core::Result<_>>()?;
+            Some(Tensor::cat(&b, 0)?)
+        } else {
+            None
+        };
+        Ok(Linear {
+            weight: Tensor::cat(&w, 0)?,
+            bias,
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -244,14 +270,18 @@ impl Decoder {
                     &[d],
                 )?,
                 attn: Attention {
-                    q_proj: linear(&format!("{p}.self_attn.q_proj"), h * hd, d, cfg.qkv_bias)?,
-                    k_proj: linear(&format!("{p}.self_attn.k_proj"), g * hd, d, cfg.qkv_bias)?,
-                    v_proj: linear(&format!("{p}.self_attn.v_proj"), g * hd, d, cfg.qkv_bias)?,
+                    qkv_proj: Linear::stack(&[
+                        linear(&format!("{p}.self_attn.q_proj"), h * hd, d, cfg.qkv_bias)?,
+                        linear(&format!("{p}.self_attn.k_proj"), g * hd, d, cfg.qkv_bias)?,
+                        linear(&format!("{p}.self_attn.v_proj"), g * hd, d, cfg.qkv_bias)?,
+                    ])?,
                     o_proj: linear(&format!("{p}.self_attn.o_proj"), d, h * hd, cfg.o_bias)?,
                 },
                 mlp: Mlp {
-                    gate_proj: linear(&format!("{p}.mlp.gate_proj"), i, d, cfg.mlp_bias)?,
-                    up_proj: linear(&format!("{p}.mlp.up_proj"), i, d, cfg.mlp_bias)?,
+                    gate_up_proj: Linear::stack(&[
+                        linear(&format!("{p}.mlp.gate_proj"), i, d, cfg.mlp_bias)?,
+                        linear(&format!("{p}.mlp.up_proj"), i, d, cfg.mlp_bias)?,
+                    ])?,
                     down_proj: linear(&format!("{p}.mlp.down_proj"), d, i, cfg.mlp_bias)?,
                 },
             });
@@ -475,35 +505,21 @@ impl Decoder {
 
         let h = candle_nn::ops::rms_norm(&x.contiguous()?, &layer.input_layernorm, eps)?;
         let tq = if only_last { 1 } else { t };
-        let hq = if only_last {
-            h.narrow(1, t - 1, 1)?
-        } else {
-            h.clone()
-        };
-
-        // (B, Tq, H*D) -> (B, H, Tq, D)
-        let mut q = layer
+        // (B, T, (H + 2G) * D) -> (B, T, H + 2G, D)
+        let qkv = layer
             .attn
-            .q_proj
-            .forward(&hq)?
-            .reshape((b, tq, nh, hd))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        // (B, T, G*D) -> (B, G, T, D)
-        let mut k = layer
-            .attn
-            .k_proj
+            .qkv_proj
             .forward(&h)?
-            .reshape((b, t, ng, hd))?
+            .reshape((b, t, nh + 2 * ng, hd))?;
+        // (B, Tq, H, D) -> (B, H, Tq, D)
+        let mut q = qkv
+            .narrow(2, 0, nh)?
+            .narrow(1, t - tq, tq)?
             .transpose(1, 2)?
             .contiguous()?;
-        let v = layer
-            .attn
-            .v_proj
-            .forward(&h)?
-            .reshape((b, t, ng, hd))?
-            .transpose(1, 2)?
-            .contiguous()?;
+        // (B, T, G, D) -> (B, G, T, D)
+        let mut k = qkv.narrow(2, nh, ng)?.transpose(1, 2)?.contiguous()?;
+        let v = qkv.narrow(2, nh + ng, ng)?.transpose(1, 2)?.contiguous()?;
         if let Some(plan) = plan {
             if let Some(m) = plan.get(l, Target::Q) {
                 q = m.apply(&q)?.contiguous()?;
@@ -572,11 +588,14 @@ impl Decoder {
         };
         let x = (resid + attn_out)?;
         let h2 = candle_nn::ops::rms_norm(&x.contiguous()?, &layer.post_attention_layernorm, eps)?;
-        let gate = layer.mlp.gate_proj.forward(&h2)?;
+        // (B, Tq, 2I)
+        let gate_up = layer.mlp.gate_up_proj.forward(&h2)?;
+        let inter = cfg.intermediate_size;
+        let gate = gate_up.narrow(2, 0, inter)?;
+        let up = gate_up.narrow(2, inter, inter)?;
         let act = match cfg.activation {
             Activation::Silu => candle_nn::ops::silu(&gate)?,
         };
-        let up = layer.mlp.up_proj.forward(&h2)?;
         let mlp = layer.mlp.down_proj.forward(&(act * up)?)?;
         Ok(((x + mlp)?, pattern))
     }
