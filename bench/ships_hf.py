@@ -7,8 +7,8 @@ For each query (raw encoding, batch size 1):
     multiplies the output columns h*head_dim:(h+1)*head_dim by epsilon (1e-5), one full
     forward at batch size 1, score = KL(p || p_ablated) at the last position
     (log_softmax in float32, the sum in float64).
-Forwards use `logits_to_keep=1` (the unembedding only at the last position, a standard
-transformers argument) and no key/value cache. One warm-up (a clean forward of the first
+Forwards compute logits at every position, as the paper's code does (`--logits-to-keep 1`
+restricts the unembedding to the last position, a stronger baseline), with no key/value cache. One warm-up (a clean forward of the first
 query) precedes the timing. Prints one JSON line:
 
   {"name": "ships_hf", "seconds": total, "seconds_per_query": ..., "forwards": count,
@@ -26,8 +26,11 @@ import torch
 import _hf_common as C
 
 
+LOGITS_TO_KEEP = 0  # 0: every position (the paper's code)
+
+
 def last_logprobs(model, ids: torch.Tensor) -> torch.Tensor:
-    logits = model(input_ids=ids, use_cache=False, logits_to_keep=1).logits[0, -1]
+    logits = model(input_ids=ids, use_cache=False, logits_to_keep=LOGITS_TO_KEEP).logits[0, -1]
     return torch.log_softmax(logits.float(), dim=-1)
 
 
@@ -41,8 +44,12 @@ def main() -> None:
     p = C.base_parser(__doc__)
     p.add_argument("--n", type=int, default=None, help="number of queries (default: all of --data, or the 5 built-in)")
     p.add_argument("--epsilon", type=float, default=1e-5)
+    p.add_argument("--logits-to-keep", type=int, default=0,
+                   help="0 (default): logits at every position, as the paper's code; 1: last position only")
     p.add_argument("--out", help="write all scores [query][layer][head] to this JSON file")
     a = p.parse_args()
+    global LOGITS_TO_KEEP
+    LOGITS_TO_KEEP = a.logits_to_keep
     C.setup(a.threads)
     queries = C.load_queries(a.data, a.n)
     with torch.no_grad():

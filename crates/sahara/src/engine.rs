@@ -155,49 +155,65 @@ pub fn run_variants(
             s.resid = true;
             let base_out = model.forward(&batch, &s, None)?;
             let base_vec = last_vector(&base_out, opts.want, 0)?;
-            // Variants grouped by the first layer they change.
+            // Variants sorted by the first layer they change, in groups of at most `rows`.
+            // Each group runs as a staircase: at layer l the variants that start at l join
+            // the batch from the base residual stream entering l, so later layers run on
+            // ever larger batches.
             let start = |v: &Vec<HeadAblation>| v.iter().map(|a| a.layer).min().unwrap_or(0);
             let mut order: Vec<usize> = (0..variants.len()).collect();
             order.sort_by_key(|&i| (start(&variants[i]), i));
             let rows = batch_rows(model, tokens.len(), opts);
+            let last = cfg.num_layers - 1;
             let mut done = 0;
-            let mut i = 0;
-            while i < order.len() {
-                let l = start(&variants[order[i]]);
-                let mut j = i;
-                while j < order.len() && j - i < rows && start(&variants[order[j]]) == l {
-                    j += 1;
+            for group in order.chunks(rows) {
+                let mut x: Option<Tensor> = None;
+                let mut active: Vec<usize> = Vec::new();
+                let mut plan: Option<AblationPlan> = None;
+                let mut next = 0;
+                for l in start(&variants[group[0]])..cfg.num_layers {
+                    let joining = group[next..]
+                        .iter()
+                        .take_while(|&&k| start(&variants[k]) == l)
+                        .count();
+                    if joining > 0 {
+                        // (1, T, d) -> (joining, T, d)
+                        let resid = &base_out.resid[l];
+                        let (_, t, d) = resid.dims3()?;
+                        let fresh = resid.broadcast_as((joining, t, d))?.contiguous()?;
+                        x = Some(match x {
+                            Some(prev) => Tensor::cat(&[&prev, &fresh], 0)?,
+                            None => fresh,
+                        });
+                        active.extend_from_slice(&group[next..next + joining]);
+                        next += joining;
+                        let sets: Vec<Vec<HeadAblation>> =
+                            active.iter().map(|&k| with_base(&variants[k])).collect();
+                        plan = Some(AblationPlan::new(cfg, &sets, model.dtype, dev)?);
+                    }
+                    let xs = x.as_ref().expect("the first layer of a group has rows");
+                    x = Some(model.layer_forward(l, xs, plan.as_ref(), l == last)?);
                 }
-                let chunk = &order[i..j];
-                let sets: Vec<Vec<HeadAblation>> =
-                    chunk.iter().map(|&k| with_base(&variants[k])).collect();
-                let plan = AblationPlan::new(cfg, &sets, model.dtype, dev)?;
-                // (1, T, d) -> (B, T, d)
-                let resid = &base_out.resid[l];
-                let (_, t, d) = resid.dims3()?;
-                let resid = resid.broadcast_as((chunk.len(), t, d))?.contiguous()?;
-                let pad = vec![0; chunk.len()];
-                let o = model.forward_from(
-                    l,
-                    &resid,
-                    &pad,
-                    &spec(opts.want, Positions::Last, &plan),
+                let x = x.expect("a group has rows");
+                let (logits, hidden) = model.head(
+                    &x,
+                    Positions::Last,
+                    opts.want == Want::Logits,
+                    opts.want == Want::Hidden,
                 )?;
-                let vecs: Tensor = match opts.want {
-                    Want::Logits => o.logits.expect("logits"),
-                    Want::Hidden => o.hidden.expect("hidden"),
+                let vecs = match opts.want {
+                    Want::Logits => logits.expect("logits"),
+                    Want::Hidden => hidden.expect("hidden"),
                 };
                 // (B, 1, n) -> B vectors
                 let vecs: Vec<Vec<f32>> = vecs
                     .i((.., 0, ..))?
                     .to_dtype(candle_core::DType::F32)?
                     .to_vec2()?;
-                for (&k, v) in chunk.iter().zip(vecs) {
+                for (&k, v) in active.iter().zip(vecs) {
                     out[k] = v;
                 }
-                done += chunk.len();
+                done += group.len();
                 progress(done);
-                i = j;
             }
             Ok(VariantOutputs {
                 base: base_vec,

@@ -465,25 +465,55 @@ impl Decoder {
         if let Some(c) = cache {
             c.len += t;
         }
-        // x: (B, T', d)
-        let x = if spec.positions == Positions::Last && x.dim(1)? > 1 {
-            x.narrow(1, x.dim(1)? - 1, 1)?
+        let (logits, hidden) = self.head(&x, spec.positions, spec.logits, spec.hidden)?;
+        out.logits = logits;
+        out.hidden = hidden;
+        Ok(out)
+    }
+
+    /// Final norm and unembedding of the residual stream leaving the last layer, x: (B, T, d),
+    /// at every position or the last one: (logits (B, T', V) f32, hidden (B, T', d)).
+    pub fn head(
+        &self,
+        x: &Tensor,
+        positions: Positions,
+        logits: bool,
+        hidden: bool,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let n = x.dim(1)?;
+        let x = if positions == Positions::Last && n > 1 {
+            x.narrow(1, n - 1, 1)?
         } else {
-            x
+            x.clone()
         };
         let h =
             candle_nn::ops::rms_norm(&x.contiguous()?, &self.norm, self.cfg.rms_norm_eps as f32)?;
-        if spec.logits {
+        let l = if logits {
             let lm = Linear {
                 weight: self.lm_head.clone(),
                 bias: None,
             };
-            out.logits = Some(lm.forward(&h)?.to_dtype(DType::F32)?);
-        }
-        if spec.hidden {
-            out.hidden = Some(h);
-        }
-        Ok(out)
+            Some(lm.forward(&h)?.to_dtype(DType::F32)?)
+        } else {
+            None
+        };
+        Ok((l, hidden.then_some(h)))
+    }
+
+    /// Runs layer `l` alone on unpadded rows without a cache, x: (B, T, d) -> (B, T, d), or
+    /// (B, 1, d) with `only_last` (queries, attention output and MLP at the last position).
+    pub fn layer_forward(
+        &self,
+        l: usize,
+        x: &Tensor,
+        plan: Option<&AblationPlan>,
+        only_last: bool,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let ctx = self.context(&vec![0; b], t, 0)?;
+        let mut spec = ForwardSpec::logits(Positions::All);
+        spec.ablations = plan;
+        Ok(self.layer(l, x, &ctx, &spec, only_last, None)?.0)
     }
 
     /// One decoder layer. `x`: (B, T, d) -> (B, T or 1, d).

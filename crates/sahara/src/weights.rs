@@ -50,6 +50,26 @@ impl WeightFile {
         &self.mmap[start + info.data_offsets.0..start + info.data_offsets.1]
     }
 
+    /// Tells the kernel that a tensor's pages will not be read again soon, so that a model
+    /// copied into owned memory does not also stay resident through the mapping (peak
+    /// memory stays near one copy of the weights).
+    pub fn release(&self, info: &TensorInfo) {
+        #[cfg(unix)]
+        {
+            let start = 8 + self.header_len + info.data_offsets.0;
+            let page = 4096;
+            let aligned = start / page * page;
+            let len = 8 + self.header_len + info.data_offsets.1 - aligned;
+            // SAFETY: the mapping is private and read-only; no slice of this range is alive
+            // (the caller has finished copying it), and later reads fault the pages back in
+            // from the file.
+            let _ = unsafe {
+                self.mmap
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, aligned, len)
+            };
+        }
+    }
+
     /// The `__metadata__` entries of the header.
     pub fn metadata(&self) -> Option<HashMap<String, String>> {
         SafeTensors::read_metadata(&self.mmap)
@@ -179,6 +199,7 @@ impl Weights {
             }
         };
         let t = Tensor::from_raw_buffer(file.bytes(info), src, shape, &Device::Cpu)?;
+        file.release(info);
         let t = if src == dtype { t } else { t.to_dtype(dtype)? };
         Ok(t.to_device(device)?)
     }
