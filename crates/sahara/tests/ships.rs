@@ -44,6 +44,8 @@ fn fast_engine_equals_naive_engine_for_every_family_target_and_op() {
         for target in [Target::Q, Target::K, Target::V] {
             for op in [Op::Scale(1e-5), Op::Mean] {
                 let naive = scores(&m, &tokens, target, op, Engine::Naive, None);
+                // Relative 1e-5, with an absolute floor of 1e-8 nats: f32 rounding of the logits
+                // (~1e-6, from different batch shapes) moves a KL of ~1e-4 by ~1e-9.
                 // Batches of 3 rows split layers unevenly: exercises chunking too.
                 let fast = scores(&m, &tokens, target, op, Engine::Fast, Some(3));
                 for (l, (rn, rf)) in naive.iter().zip(&fast).enumerate() {
@@ -51,7 +53,7 @@ fn fast_engine_equals_naive_engine_for_every_family_target_and_op() {
                         let (a, b) = (a.unwrap(), b.unwrap());
                         let rel = (a - b).abs() / a.abs().max(b.abs()).max(1e-12);
                         assert!(
-                            rel <= 1e-5 || (a - b).abs() <= 1e-9,
+                            rel <= 1e-5 || (a - b).abs() <= 1e-8,
                             "{arch} {target:?} {op:?} head {l}:{h}: naive {a} fast {b} (rel {rel})"
                         );
                     }
