@@ -618,17 +618,45 @@ impl Decoder {
         };
         let x = (resid + attn_out)?;
         let h2 = candle_nn::ops::rms_norm(&x.contiguous()?, &layer.post_attention_layernorm, eps)?;
-        // (B, Tq, 2I)
+        // (B, Tq, 2I) -> (B, Tq, I)
         let gate_up = layer.mlp.gate_up_proj.forward(&h2)?;
-        let inter = cfg.intermediate_size;
-        let gate = gate_up.narrow(2, 0, inter)?;
-        let up = gate_up.narrow(2, inter, inter)?;
-        let act = match cfg.activation {
-            Activation::Silu => candle_nn::ops::silu(&gate)?,
+        let act_up = match cfg.activation {
+            Activation::Silu => swiglu(&gate_up, cfg.intermediate_size)?,
         };
-        let mlp = layer.mlp.down_proj.forward(&(act * up)?)?;
+        let mlp = layer.mlp.down_proj.forward(&act_up)?;
         Ok(((x + mlp)?, pattern))
     }
+}
+
+/// `silu(gate) * up` where `x` (..., 2I) holds `[gate | up]` in its last dimension:
+/// (..., 2I) -> (..., I). One pass over contiguous f32 CPU memory; other devices and dtypes
+/// use candle's ops.
+pub fn swiglu(x: &Tensor, inter: usize) -> Result<Tensor> {
+    let mut shape = x.dims().to_vec();
+    let last = shape.len() - 1;
+    if x.device().is_cpu() && x.dtype() == DType::F32 && x.is_contiguous() {
+        use rayon::prelude::*;
+        let (storage, layout) = x.storage_and_layout();
+        if let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = &*storage {
+            let start = layout.start_offset();
+            let src = &data[start..start + x.elem_count()];
+            let mut out = vec![0f32; src.len() / 2];
+            out.par_chunks_mut(inter)
+                .zip(src.par_chunks(2 * inter))
+                .for_each(|(o, row)| {
+                    let (gate, up) = row.split_at(inter);
+                    for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
+                        *o = g / (1.0 + (-g).exp()) * u;
+                    }
+                });
+            drop(storage);
+            shape[last] = inter;
+            return Ok(Tensor::from_vec(out, shape, x.device())?);
+        }
+    }
+    let gate = x.narrow(last, 0, inter)?.contiguous()?;
+    let up = x.narrow(last, inter, inter)?;
+    Ok((candle_nn::ops::silu(&gate)? * up)?)
 }
 
 /// Parses a `--dtype` value.
