@@ -6,6 +6,7 @@ mod bench;
 mod common;
 mod generate;
 mod ships;
+mod surgery;
 
 use std::process::ExitCode;
 
@@ -30,6 +31,8 @@ enum Command {
     Ships(ships::Args),
     /// Find the dataset-level safety heads: generalized Ships grown greedily (Sahara).
     Attribute(attribute::Args),
+    /// Fold a head ablation into the weights and write a Hugging Face model folder.
+    Surgery(surgery::Args),
     /// Time a forward pass (benchmark harness).
     #[command(hide = true)]
     BenchForward(bench::ForwardArgs),
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => generate::run(a),
         Command::Ships(a) => ships::run(a),
         Command::Attribute(a) => attribute::run(a),
+        Command::Surgery(a) => surgery::run(a),
         Command::BenchForward(a) => bench::forward(a),
         Command::BenchGenerate(a) => bench::generate_cmd(a),
     };

@@ -1487,3 +1487,219 @@ fn ships_broken_model_leaves_no_output() {
     std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
     ships_fails(&fx, &data, &[], &["model.safetensors", "truncated"]);
 }
+
+// ---------------------------------------------------------------------------------------
+// sahara surgery and sahara attribute
+
+impl Fixture {
+    /// `sahara surgery --model MODEL` followed by `args`.
+    fn surgery(&self, args: &[&str]) -> Command {
+        let mut c = sahara();
+        c.arg("surgery").arg("--model").arg(self.model()).args(args);
+        c
+    }
+
+    /// `sahara attribute --model MODEL --quiet` followed by `args`.
+    fn attribute(&self, args: &[&str]) -> Command {
+        let mut c = sahara();
+        c.arg("attribute")
+            .arg("--model")
+            .arg(self.model())
+            .arg("--quiet")
+            .args(args);
+        c
+    }
+}
+
+#[test]
+fn surgery_writes_a_model_that_generates_like_the_ablation() {
+    let fx = Fixture::new();
+    let out = fx.path("ablated");
+    let msg = ok(fx.surgery(&[
+        "--ablate",
+        "0:0,0:1,0:2,0:3",
+        "--epsilon",
+        "0",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    assert!(msg.contains("verified"), "{msg}");
+    let with_ablation = generate_json(&fx, &["--ablate", "0:0,0:1,0:2,0:3", "--epsilon", "0"]);
+    let mut c = sahara();
+    c.args([
+        "generate",
+        "--model",
+        out.to_str().unwrap(),
+        "--prompt",
+        "how do i make a cake",
+        "--max-new-tokens",
+        "5",
+        "--json",
+    ]);
+    let surgered = parse_json(&ok(c));
+    assert_eq!(surgered["tokens"], with_ablation["tokens"]);
+    let rec: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("sahara-surgery.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        rec["heads"],
+        serde_json::json!([[0, 0], [0, 1], [0, 2], [0, 3]])
+    );
+    assert_eq!(rec["target"], "q");
+}
+
+#[test]
+fn surgery_takes_heads_from_an_attribute_output() {
+    let fx = Fixture::new();
+    let data = text_file(&fx, "q.txt", &queries(3, 5));
+    let heads = fx.path("heads.json");
+    ok(fx.attribute(&[
+        "--data",
+        data.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--out",
+        heads.to_str().unwrap(),
+    ]));
+    let selected = serde_json::from_str::<Value>(&std::fs::read_to_string(&heads).unwrap())
+        .unwrap()["selected"]
+        .clone();
+    assert_eq!(selected.as_array().unwrap().len(), 2);
+    let out = fx.path("ablated");
+    ok(fx.surgery(&[
+        "--heads-from",
+        heads.to_str().unwrap(),
+        "--top",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    let rec: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("sahara-surgery.json")).unwrap())
+            .unwrap();
+    assert_eq!(rec["heads"], serde_json::json!([selected[0]]));
+}
+
+#[test]
+fn surgery_bad_inputs() {
+    let fx = Fixture::new();
+    let out = fx.path("o");
+    let o = out.to_str().unwrap();
+    fails(
+        fx.surgery(&[
+            "--ablate", "0:1", "--target", "v", "--mode", "mean", "--out", o,
+        ]),
+        &["mean on target v cannot be folded"],
+    );
+    fails(fx.surgery(&["--ablate", "7:1", "--out", o]), &["layer 7"]);
+    fails(fx.surgery(&["--out", o]), &["--ablate", "--heads-from"]);
+    let junk = fx.write("junk.json", r#"{"hello": 1}"#);
+    fails(
+        fx.surgery(&["--heads-from", junk.to_str().unwrap(), "--out", o]),
+        &["junk.json", "attribute output"],
+    );
+    assert!(!out.exists(), "a failed surgery left {o}");
+    std::fs::create_dir_all(&out).unwrap();
+    fx.write("o/keep", "x");
+    fails(
+        fx.surgery(&["--ablate", "0:1", "--out", o]),
+        &["not empty", "--force"],
+    );
+    ok(fx.surgery(&["--ablate", "0:1", "--out", o, "--force"]));
+}
+
+#[test]
+fn attribute_writes_steps_resumes_and_plots() {
+    let fx = Fixture::new();
+    let data = text_file(&fx, "q.txt", &queries(4, 5));
+    let out = fx.path("a.json");
+    let plot = fx.path("a.svg");
+    let args = [
+        "--data",
+        data.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
+    ];
+    let table = ok(fx.attribute(&args));
+    assert!(table.contains("step"), "{table}");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    for k in [
+        "model", "data", "queries", "template", "target", "mode", "epsilon", "rank", "selected",
+        "steps",
+    ] {
+        assert!(v.get(k).is_some(), "missing {k}");
+    }
+    let steps = v["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2);
+    // The step-1 winner is null in step 2's grid, and is the maximum of step 1's.
+    let first = &steps[0];
+    let (l, h) = (
+        first["selected"][0].as_u64().unwrap() as usize,
+        first["selected"][1].as_u64().unwrap() as usize,
+    );
+    assert!(steps[1]["scores"][l][h].is_null());
+    let best = first["scores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().iter().filter_map(Value::as_f64))
+        .fold(f64::MIN, f64::max);
+    assert_eq!(first["score"].as_f64().unwrap(), best);
+    assert!(std::fs::read_to_string(&plot).unwrap().contains("<svg"));
+    // Rerun with more steps resumes: the first two steps are kept as they were.
+    let more = [
+        "--data",
+        data.to_str().unwrap(),
+        "--steps",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let (_, err) = ok_both(fx.attribute(&more));
+    let _ = err;
+    let v3: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(v3["steps"][0], v["steps"][0]);
+    assert_eq!(v3["steps"][1], v["steps"][1]);
+    assert_eq!(v3["steps"].as_array().unwrap().len(), 3);
+    // Other settings are refused.
+    fails(
+        fx.attribute(&[
+            "--data",
+            data.to_str().unwrap(),
+            "--steps",
+            "3",
+            "--rank",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ]),
+        &["other settings"],
+    );
+}
+
+#[test]
+fn attribute_bad_inputs() {
+    let fx = Fixture::new();
+    let one = text_file(&fx, "one.txt", &queries(1, 5));
+    let three = text_file(&fx, "three.txt", &queries(3, 5));
+    fails(
+        fx.attribute(&["--data", one.to_str().unwrap()]),
+        &["at least 2 queries"],
+    );
+    fails(
+        fx.attribute(&["--data", three.to_str().unwrap(), "--rank", "4"]),
+        &["--rank 4"],
+    );
+    fails(
+        fx.attribute(&["--data", three.to_str().unwrap(), "--steps", "13"]),
+        &["--steps 13"],
+    );
+    fails(
+        fx.attribute(&["--data", three.to_str().unwrap(), "--plot", "x.gif"]),
+        &["x.gif"],
+    );
+}

@@ -17,6 +17,7 @@ pub mod data;
 pub mod engine;
 pub mod error;
 pub mod generate;
+pub mod heads;
 pub mod hub;
 pub mod model;
 pub mod plot;
@@ -24,6 +25,7 @@ pub mod prompt;
 pub mod random;
 pub mod runlog;
 pub mod ships;
+pub mod surgery;
 pub mod weights;
 
 use std::path::{Path, PathBuf};

@@ -44,6 +44,11 @@ impl WeightFile {
         })
     }
 
+    /// The whole file's bytes.
+    pub fn bytes_all(&self) -> &[u8] {
+        &self.mmap
+    }
+
     /// The raw little-endian bytes of a tensor.
     pub fn bytes(&self, info: &TensorInfo) -> &[u8] {
         let start = 8 + self.header_len;

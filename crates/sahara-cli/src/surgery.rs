@@ -1,0 +1,72 @@
+//! `sahara surgery`: write the ablated model as a Hugging Face folder.
+
+use std::path::PathBuf;
+
+use clap::Args as ClapArgs;
+use sahara::ablation::parse_heads;
+use sahara::surgery::{surgery, SurgerySpec};
+use sahara::{Error, Result};
+
+use crate::common::OpArgs;
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// Source model folder (Hugging Face layout) or hub id in the local cache.
+    #[arg(long)]
+    pub model: String,
+    /// Heads to ablate: L:H[,L:H…].
+    #[arg(long)]
+    pub ablate: Option<String>,
+    /// Take the heads from an `attribute` output or a `ships` summary.
+    #[arg(long)]
+    pub heads_from: Option<PathBuf>,
+    /// With --heads-from: how many heads (default: all selected / 1 from a ships summary).
+    #[arg(long)]
+    pub top: Option<usize>,
+    #[command(flatten)]
+    pub op: OpArgs,
+    /// Output folder (must not exist or be empty, unless --force).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace a non-empty --out.
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let (target, op) = a.op.parse()?;
+    let heads = match (&a.ablate, &a.heads_from) {
+        (Some(h), None) => parse_heads(h)?,
+        (None, Some(f)) => sahara::heads::heads_from_file(f, a.top)?,
+        _ => {
+            return Err(Error::InvalidArgument(
+                "give the heads with exactly one of --ablate L:H[,L:H…] or --heads-from FILE"
+                    .into(),
+            ))
+        }
+    };
+    let src = sahara::hub::resolve_model_dir(&a.model)?;
+    let spec = SurgerySpec { heads, target, op };
+    let r = surgery(&src, &a.model, &a.out, &spec, a.force)?;
+    if target == sahara::Target::K {
+        let heads: Vec<String> = r
+            .affected_heads
+            .iter()
+            .map(|(l, h)| format!("{l}:{h}"))
+            .collect();
+        eprintln!(
+            "note: target k ablates whole key/value groups; query heads affected: {}",
+            heads.join(", ")
+        );
+    }
+    println!(
+        "wrote {} ({} of {} parameters changed, {:.4}%, in {} tensors); verified: logits equal the in-memory ablation (relative difference {:.2e})",
+        r.out.display(),
+        r.changed_parameters,
+        r.total_parameters,
+        100.0 * r.changed_parameters as f64 / r.total_parameters.max(1) as f64,
+        r.changed_tensors.len(),
+        r.verify_relative_difference
+    );
+    Ok(())
+}

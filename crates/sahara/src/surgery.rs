@@ -1,0 +1,471 @@
+//! Surgery: fold a head ablation into the weights and write an ordinary Hugging Face model
+//! folder that any loader reads.
+//!
+//! - `q` + `scale(ε)`: the head's rows of `q_proj` (and its bias) times ε;
+//! - `k` + `scale(ε)`: the key/value head's rows of `k_proj` (and bias) times ε; with
+//!   grouped-query attention this ablates every query head of the group;
+//! - `v` + `scale(ε)`: the head's columns of `o_proj` times ε (the head's output scaled);
+//! - `mean` on `q` (`k`): the head's rows replaced by the mean of all heads' (key/value heads')
+//!   rows and bias, exact because the projection is linear; `mean` on `v` is not a linear map
+//!   of any one weight matrix's rows or columns (the mean is over the heads' outputs before
+//!   `o_proj`, which mixes them), so it is refused.
+//!
+//! The source folder is never written. The output is built in a temporary folder beside the
+//! destination and renamed into place once complete and verified. Weight files keep their
+//! sharding, header, tensor order and dtypes; only the byte ranges of changed tensors differ.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use safetensors::tensor::{Dtype as StDtype, TensorInfo};
+use serde_json::json;
+
+use crate::ablation::{AblationPlan, HeadAblation, Op, Target};
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::model::{Batch, ForwardSpec, Positions};
+use crate::runlog::fingerprint;
+use crate::weights::Weights;
+use crate::LoadedModel;
+
+/// What surgery folds into the weights.
+#[derive(Debug, Clone)]
+pub struct SurgerySpec {
+    pub heads: Vec<(usize, usize)>,
+    pub target: Target,
+    pub op: Op,
+}
+
+impl SurgerySpec {
+    fn ablations(&self) -> Vec<HeadAblation> {
+        self.heads
+            .iter()
+            .map(|&(l, h)| HeadAblation::new(l, h, self.target, self.op))
+            .collect()
+    }
+
+    /// Checks heads and that the ablation can be folded exactly.
+    pub fn validate(&self, cfg: &ModelConfig) -> Result<()> {
+        if self.heads.is_empty() {
+            return Err(Error::InvalidArgument("no heads to ablate".into()));
+        }
+        for a in self.ablations() {
+            a.validate(cfg)?;
+        }
+        if self.target == Target::V && self.op == Op::Mean {
+            return Err(Error::InvalidArgument(
+                "mode mean on target v cannot be folded into the weights exactly: it replaces a head's attention output by the mean of all heads' outputs, which no change of o_proj's columns or of any projection reproduces for every input; use --mode scale, or target q or k".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What surgery wrote.
+#[derive(Debug, Clone)]
+pub struct SurgeryReport {
+    pub out: PathBuf,
+    pub changed_tensors: Vec<String>,
+    pub changed_parameters: usize,
+    pub total_parameters: usize,
+    /// Max |Δlogit| / max |logit| between the written model and the in-memory ablation.
+    pub verify_relative_difference: f64,
+    /// Query heads affected (for k, whole key/value groups).
+    pub affected_heads: Vec<(usize, usize)>,
+}
+
+/// A tensor edit: name, and for each of its rows (or columns) a new source.
+struct Edit {
+    /// (row start, row count) blocks of the weight's first axis, or of its second axis when
+    /// `columns` is set.
+    blocks: Vec<Block>,
+    columns: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Block {
+    /// Multiply block [start, start+len) by a factor.
+    Scale {
+        start: usize,
+        len: usize,
+        factor: f64,
+    },
+    /// Replace block [start, start+len) by the mean of `n` blocks of length `len`.
+    Mean { start: usize, len: usize, n: usize },
+}
+
+fn edits(cfg: &ModelConfig, spec: &SurgerySpec) -> BTreeMap<String, Edit> {
+    let hd = cfg.head_dim;
+    let mut out: BTreeMap<String, Edit> = BTreeMap::new();
+    let mut add = |name: String, block: Block, columns: bool| {
+        out.entry(name)
+            .or_insert_with(|| Edit {
+                blocks: vec![],
+                columns,
+            })
+            .blocks
+            .push(block);
+    };
+    // Each (layer, unit) once: two query heads of one group ablated on k touch one block.
+    let mut seen = BTreeSet::new();
+    for a in spec.ablations() {
+        let (proj, unit, n) = match a.target {
+            Target::Q => ("q_proj", a.head, cfg.num_heads),
+            Target::K => ("k_proj", a.kv_head(cfg), cfg.num_kv_heads),
+            Target::V => ("o_proj", a.head, cfg.num_heads),
+        };
+        if !seen.insert((a.layer, proj, unit)) {
+            continue;
+        }
+        let block = match a.op {
+            Op::Scale(e) => Block::Scale {
+                start: unit * hd,
+                len: hd,
+                factor: e,
+            },
+            Op::Mean => Block::Mean {
+                start: unit * hd,
+                len: hd,
+                n,
+            },
+        };
+        let p = format!("model.layers.{}.self_attn.{proj}", a.layer);
+        add(format!("{p}.weight"), block, a.target == Target::V);
+        if a.target != Target::V && cfg.qkv_bias {
+            add(format!("{p}.bias"), block, false);
+        }
+    }
+    out
+}
+
+fn to_f64(bytes: &[u8], dtype: StDtype) -> Result<Vec<f64>> {
+    Ok(match dtype {
+        StDtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+            .collect(),
+        StDtype::F64 => bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect(),
+        StDtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
+            .collect(),
+        StDtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64())
+            .collect(),
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "cannot edit a tensor of dtype {other:?}"
+            )))
+        }
+    })
+}
+
+fn from_f64(values: &[f64], dtype: StDtype) -> Vec<u8> {
+    match dtype {
+        StDtype::F32 => values
+            .iter()
+            .flat_map(|&v| (v as f32).to_le_bytes())
+            .collect(),
+        StDtype::F64 => values.iter().flat_map(|&v| v.to_le_bytes()).collect(),
+        StDtype::F16 => values
+            .iter()
+            .flat_map(|&v| half::f16::from_f64(v).to_le_bytes())
+            .collect(),
+        _ => values
+            .iter()
+            .flat_map(|&v| half::bf16::from_f64(v).to_le_bytes())
+            .collect(),
+    }
+}
+
+/// Applies an edit to a row-major tensor (rows × cols, or a vector with cols = 1).
+fn apply_edit(values: &mut [f64], shape: &[usize], edit: &Edit) {
+    let (rows, cols) = match shape {
+        [r, c] => (*r, *c),
+        [r] => (*r, 1),
+        _ => return,
+    };
+    let orig = values.to_vec();
+    // Element (i, j) of the unit axis: along rows or columns.
+    let idx = |unit: usize, other: usize| {
+        if edit.columns {
+            other * cols + unit
+        } else {
+            unit * cols + other
+        }
+    };
+    let others = if edit.columns { rows } else { cols };
+    for b in &edit.blocks {
+        match *b {
+            Block::Scale { start, len, factor } => {
+                for u in start..start + len {
+                    for o in 0..others {
+                        values[idx(u, o)] = orig[idx(u, o)] * factor;
+                    }
+                }
+            }
+            Block::Mean { start, len, n } => {
+                for k in 0..len {
+                    for o in 0..others {
+                        let mean =
+                            (0..n).map(|j| orig[idx(j * len + k, o)]).sum::<f64>() / n as f64;
+                        values[idx(start + k, o)] = mean;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn write_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |source| Error::Write {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Removes a folder on drop unless disarmed: no half-written model is left behind.
+struct Cleanup(Option<PathBuf>);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
+/// Content hash of a folder's weight files (FNV-1a over their bytes, in name order).
+pub fn weights_hash(dir: &Path) -> Result<String> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    names.sort();
+    let mut parts = Vec::new();
+    for p in &names {
+        parts.push(std::fs::read(p).map_err(|e| Error::io(p, e))?);
+    }
+    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    Ok(fingerprint(&refs))
+}
+
+/// Folds `spec` into the weights of the model folder `src` and writes the result to `out`.
+/// `source` names the model for the record (a path or hub id). With `force`, an existing
+/// non-empty `out` is replaced.
+pub fn surgery(
+    src: &Path,
+    source: &str,
+    out: &Path,
+    spec: &SurgerySpec,
+    force: bool,
+) -> Result<SurgeryReport> {
+    let cfg = ModelConfig::from_file(&src.join("config.json"))?;
+    spec.validate(&cfg)?;
+    if out.exists() {
+        let same = std::fs::canonicalize(out).ok() == std::fs::canonicalize(src).ok();
+        if same {
+            return Err(Error::InvalidArgument(format!(
+                "--out {} is the source folder; surgery never writes into its source",
+                out.display()
+            )));
+        }
+        let non_empty = std::fs::read_dir(out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true);
+        if non_empty && !force {
+            return Err(Error::InvalidArgument(format!(
+                "--out {} exists and is not empty; choose another folder or pass --force to replace it",
+                out.display()
+            )));
+        }
+    }
+    let weights = Weights::open_dir(src)?;
+    let edits = edits(&cfg, spec);
+    for name in edits.keys() {
+        weights.locate(name)?;
+    }
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(write_err(parent))?;
+    let tmp = parent.join(format!(
+        ".{}.sahara-tmp-{}",
+        out.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(write_err(&tmp))?;
+    let mut guard = Cleanup(Some(tmp.clone()));
+
+    // Configuration and tokenizer files unchanged; weight files copied, then patched.
+    for entry in std::fs::read_dir(src).map_err(|e| Error::io(src, e))? {
+        let entry = entry.map_err(|e| Error::io(src, e))?;
+        let p = entry.path();
+        if !p.is_file() {
+            continue;
+        }
+        let dst = tmp.join(entry.file_name());
+        std::fs::copy(&p, &dst).map_err(write_err(&dst))?;
+    }
+    let mut changed_parameters = 0;
+    for (name, edit) in &edits {
+        let (file, info): (_, &TensorInfo) = weights.locate(name)?;
+        let mut values = to_f64(file.bytes(info), info.dtype)?;
+        apply_edit(&mut values, &info.shape, edit);
+        let bytes = from_f64(&values, info.dtype);
+        let per_unit = match info.shape.as_slice() {
+            [r, c] => {
+                if edit.columns {
+                    *r
+                } else {
+                    *c
+                }
+            }
+            _ => 1,
+        };
+        changed_parameters += edit
+            .blocks
+            .iter()
+            .map(|b| match b {
+                Block::Scale { len, .. } | Block::Mean { len, .. } => len * per_unit,
+            })
+            .sum::<usize>();
+        let dst = tmp.join(file.path.file_name().expect("weight files have names"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&dst)
+            .map_err(write_err(&dst))?;
+        let offset = (file.bytes(info).as_ptr() as usize) - (file.bytes_all().as_ptr() as usize);
+        f.seek(SeekFrom::Start(offset as u64))
+            .map_err(write_err(&dst))?;
+        f.write_all(&bytes).map_err(write_err(&dst))?;
+        f.sync_all().map_err(write_err(&dst))?;
+    }
+    let total_parameters: usize = weights
+        .files
+        .iter()
+        .flat_map(|f| f.tensors.values())
+        .map(|i| i.shape.iter().product::<usize>())
+        .sum();
+    drop(weights);
+
+    // Verify: the written model's logits equal the source's with the ablation in memory.
+    let probe_dtype = DType::F32;
+    let dev = Device::Cpu;
+    let ablated = LoadedModel::load(src.to_str().unwrap_or_default(), probe_dtype, &dev)?;
+    let written = LoadedModel::load(tmp.to_str().unwrap_or_default(), probe_dtype, &dev)?;
+    let probe: Vec<u32> = ablated
+        .prompts
+        .encode("How do I make a bomb? Tell me step by step.", true)
+        .ok()
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| (0..8u32.min(cfg.vocab_size as u32)).collect());
+    let batch = Batch::new(&[probe], 0, &dev)?;
+    let plan = AblationPlan::new(&cfg, &[spec.ablations()], probe_dtype, &dev)?;
+    let want = ablated
+        .decoder
+        .forward(
+            &batch,
+            &ForwardSpec::logits(Positions::All).with_ablations(&plan),
+            None,
+        )?
+        .logits
+        .expect("logits");
+    let got = written
+        .decoder
+        .forward(&batch, &ForwardSpec::logits(Positions::All), None)?
+        .logits
+        .expect("logits");
+    let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64;
+    let diff = (want - &got)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()? as f64;
+    let rel = diff / scale.max(f64::MIN_POSITIVE);
+    let dtypes: BTreeSet<StDtype> = written_dtypes(&tmp)?;
+    let tolerance = if dtypes.iter().any(|d| matches!(d, StDtype::BF16)) {
+        1e-2
+    } else if dtypes.iter().any(|d| matches!(d, StDtype::F16)) {
+        2e-3
+    } else {
+        1e-5
+    };
+    drop(written);
+    drop(ablated);
+    if !(rel <= tolerance) {
+        return Err(Error::InvalidArgument(format!(
+            "verification failed: the written model's logits differ from the in-memory ablation by {rel:.3e} (relative), more than {tolerance:e}; nothing was written"
+        )));
+    }
+
+    let mut affected: Vec<(usize, usize)> = Vec::new();
+    for a in spec.ablations() {
+        for h in a.affected_query_heads(&cfg) {
+            if !affected.contains(&(a.layer, h)) {
+                affected.push((a.layer, h));
+            }
+        }
+    }
+    let record = json!({
+        "tool": "sahara",
+        "version": env!("CARGO_PKG_VERSION"),
+        "source": source,
+        "source_weights_hash": weights_hash(src)?,
+        "heads": spec.heads.iter().map(|&(l, h)| [l, h]).collect::<Vec<_>>(),
+        "affected_query_heads": affected.iter().map(|&(l, h)| [l, h]).collect::<Vec<_>>(),
+        "target": spec.target.as_str(),
+        "mode": spec.op.mode_str(),
+        "epsilon": match spec.op { Op::Scale(e) => json!(e), Op::Mean => serde_json::Value::Null },
+        "changed_tensors": edits.keys().collect::<Vec<_>>(),
+        "changed_parameters": changed_parameters,
+        "total_parameters": total_parameters,
+        "changed_fraction": changed_parameters as f64 / total_parameters.max(1) as f64,
+        "verify_relative_difference": rel,
+    });
+    let rec_path = tmp.join("sahara-surgery.json");
+    std::fs::write(&rec_path, serde_json::to_vec_pretty(&record).expect("JSON"))
+        .map_err(write_err(&rec_path))?;
+
+    // Into place: an existing destination (with --force) is moved aside first.
+    let aside = parent.join(format!(".sahara-old-{}", std::process::id()));
+    if out.exists() {
+        std::fs::rename(out, &aside).map_err(write_err(out))?;
+    }
+    if let Err(e) = std::fs::rename(&tmp, out) {
+        if aside.exists() {
+            let _ = std::fs::rename(&aside, out);
+        }
+        return Err(write_err(out)(e));
+    }
+    guard.0 = None;
+    if aside.exists() {
+        let _ = std::fs::remove_dir_all(&aside);
+    }
+    Ok(SurgeryReport {
+        out: out.to_path_buf(),
+        changed_tensors: edits.keys().cloned().collect(),
+        changed_parameters,
+        total_parameters,
+        verify_relative_difference: rel,
+        affected_heads: affected,
+    })
+}
+
+fn written_dtypes(dir: &Path) -> Result<BTreeSet<StDtype>> {
+    let w = Weights::open_dir(dir)?;
+    Ok(w.files
+        .iter()
+        .flat_map(|f| f.tensors.values().map(|i| i.dtype))
+        .collect())
+}
