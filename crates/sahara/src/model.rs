@@ -235,6 +235,9 @@ pub struct Decoder {
     inv_freq: Tensor,
     pub dtype: DType,
     pub device: Device,
+    /// Use only operations that record gradients (for training with candle's autograd):
+    /// the fused CPU kernels for norms, softmax, rotary embedding and SwiGLU record none.
+    pub differentiable: bool,
 }
 
 impl Decoder {
@@ -317,6 +320,7 @@ impl Decoder {
             inv_freq,
             dtype,
             device: device.clone(),
+            differentiable: false,
         })
     }
 
@@ -486,8 +490,7 @@ impl Decoder {
         } else {
             x.clone()
         };
-        let h =
-            candle_nn::ops::rms_norm(&x.contiguous()?, &self.norm, self.cfg.rms_norm_eps as f32)?;
+        let h = self.rms_norm(&x, &self.norm)?;
         let l = if logits {
             let lm = Linear {
                 weight: self.lm_head.clone(),
@@ -498,6 +501,32 @@ impl Decoder {
             None
         };
         Ok((l, hidden.then_some(h)))
+    }
+
+    /// RMSNorm: x (..., d) normalized in f32-or-wider, times the weight.
+    fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let eps = self.cfg.rms_norm_eps;
+        if self.differentiable {
+            let var = x.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
+            return Ok(x.broadcast_div(&(var + eps)?.sqrt()?)?.broadcast_mul(w)?);
+        }
+        Ok(candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?)
+    }
+
+    /// Rotary embedding of x (B, n, T, D) with cos/sin (B, T, D/2), halves rotated.
+    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        if self.differentiable {
+            let half = x.dim(3)? / 2;
+            // (B, T, D/2) -> (B, 1, T, D)
+            let cos = Tensor::cat(&[cos, cos], 2)?.unsqueeze(1)?;
+            let sin = Tensor::cat(&[sin, sin], 2)?.unsqueeze(1)?;
+            let rotated = Tensor::cat(
+                &[&x.narrow(3, half, half)?.neg()?, &x.narrow(3, 0, half)?],
+                3,
+            )?;
+            return Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?);
+        }
+        Ok(candle_nn::rotary_emb::rope(x, cos, sin)?)
     }
 
     /// Runs layer `l` alone on unpadded rows without a cache, x: (B, T, d) -> (B, T, d), or
@@ -530,10 +559,9 @@ impl Decoder {
         let layer = &self.layers[l];
         let (b, t, _) = x.dims3()?;
         let (nh, ng, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-        let eps = cfg.rms_norm_eps as f32;
         let plan = spec.ablations;
 
-        let h = candle_nn::ops::rms_norm(&x.contiguous()?, &layer.input_layernorm, eps)?;
+        let h = self.rms_norm(x, &layer.input_layernorm)?;
         let tq = if only_last { 1 } else { t };
         // (B, T, (H + 2G) * D) -> (B, T, H + 2G, D)
         let qkv = layer
@@ -566,8 +594,8 @@ impl Decoder {
         } else {
             (ctx.cos.clone(), ctx.sin.clone())
         };
-        let q = candle_nn::rotary_emb::rope(&q, &cos_q, &sin_q)?;
-        let k = candle_nn::rotary_emb::rope(&k, &ctx.cos, &ctx.sin)?;
+        let q = self.rope(&q, &cos_q, &sin_q)?;
+        let k = self.rope(&k, &ctx.cos, &ctx.sin)?;
         let (k, v) = match cache {
             Some(slot) => {
                 let (k, v) = match slot.take() {
@@ -593,7 +621,11 @@ impl Decoder {
             Some(m) => scores.broadcast_add(&m)?,
             None => scores,
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = if self.differentiable {
+            candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        };
         let pattern = if spec.pattern_layer == Some(l) {
             Some(probs.clone())
         } else {
@@ -617,10 +649,17 @@ impl Decoder {
             x.clone()
         };
         let x = (resid + attn_out)?;
-        let h2 = candle_nn::ops::rms_norm(&x.contiguous()?, &layer.post_attention_layernorm, eps)?;
+        let h2 = self.rms_norm(&x, &layer.post_attention_layernorm)?;
         // (B, Tq, 2I) -> (B, Tq, I)
         let gate_up = layer.mlp.gate_up_proj.forward(&h2)?;
         let act_up = match cfg.activation {
+            Activation::Silu if self.differentiable => {
+                let i = cfg.intermediate_size;
+                let gate = gate_up.narrow(2, 0, i)?;
+                let up = gate_up.narrow(2, i, i)?;
+                // silu(g) = g / (1 + e^-g)
+                ((&gate / (gate.neg()?.exp()? + 1.0)?)? * up)?
+            }
             Activation::Silu => swiglu(&gate_up, cfg.intermediate_size)?,
         };
         let mlp = layer.mlp.down_proj.forward(&act_up)?;
