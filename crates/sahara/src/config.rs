@@ -10,8 +10,15 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 
 /// The architectures the decoder implements, by `architectures[0]` of `config.json`.
-pub const SUPPORTED_ARCHITECTURES: &[&str] =
-    &["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+    "GemmaForCausalLM",
+    "Gemma2ForCausalLM",
+    "Phi3ForCausalLM",
+];
 
 /// A raw mirror of `config.json`. Unknown keys are ignored; nothing is defaulted here.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -41,6 +48,13 @@ pub struct RawConfig {
     pub max_window_layers: Option<usize>,
     pub layer_types: Option<Vec<String>>,
     pub hidden_act: Option<String>,
+    /// Gemma's name for the MLP activation (preferred over `hidden_act` when present).
+    pub hidden_activation: Option<String>,
+    pub attn_logit_softcapping: Option<f64>,
+    pub final_logit_softcapping: Option<f64>,
+    pub query_pre_attn_scalar: Option<f64>,
+    /// Phi-3 keeps the pre-extension context length at the top level.
+    pub original_max_position_embeddings: Option<usize>,
     pub bos_token_id: Option<Value>,
     pub eos_token_id: Option<Value>,
     pub pad_token_id: Option<Value>,
@@ -54,6 +68,10 @@ pub enum Family {
     Llama,
     Mistral,
     Qwen2,
+    Qwen3,
+    Gemma,
+    Gemma2,
+    Phi3,
 }
 
 /// Rotary embedding frequency scaling.
@@ -71,12 +89,22 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max_position_embeddings: f64,
     },
+    /// Phi-3 LongRoPE: per-frequency factors, the long set once a sequence is longer than
+    /// `original_max_position_embeddings`, and cos/sin multiplied by `attention_factor`.
+    LongRope {
+        short_factor: Vec<f64>,
+        long_factor: Vec<f64>,
+        original_max_position_embeddings: usize,
+        attention_factor: f64,
+    },
 }
 
 /// Hidden activation of the gated MLP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
     Silu,
+    /// GELU with the tanh approximation (`gelu_pytorch_tanh`, `gelu_new`).
+    GeluTanh,
 }
 
 /// The resolved configuration: every value the decoder needs, defaults applied.
@@ -105,6 +133,22 @@ pub struct ModelConfig {
     /// `i - j < window`), or `None` for full causal attention.
     pub sliding_window: Vec<Option<usize>>,
     pub activation: Activation,
+    /// Norm weights are used as `1 + w` (Gemma).
+    pub norm_plus_one: bool,
+    /// Embeddings multiplied by √hidden (Gemma).
+    pub scale_embeddings: bool,
+    /// Attention scores are multiplied by this (head_dim^-1/2, or query_pre_attn_scalar^-1/2).
+    pub attn_scale: f64,
+    /// Soft-capping of attention scores (`c · tanh(s / c)`), Gemma 2.
+    pub attn_softcap: Option<f64>,
+    /// Soft-capping of the final logits, Gemma 2.
+    pub final_softcap: Option<f64>,
+    /// Norms after attention and around the MLP (Gemma 2's four norms per layer).
+    pub sandwich_norms: bool,
+    /// Per-head RMSNorm of queries and keys before the rotary embedding (Qwen 3).
+    pub qk_norm: bool,
+    /// Weights stored as fused `qkv_proj` and `gate_up_proj` (Phi-3).
+    pub fused_projections: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     pub pad_token_id: Option<u32>,
@@ -146,6 +190,10 @@ impl ModelConfig {
                 "llama" => "LlamaForCausalLM".to_string(),
                 "mistral" => "MistralForCausalLM".to_string(),
                 "qwen2" => "Qwen2ForCausalLM".to_string(),
+                "qwen3" => "Qwen3ForCausalLM".to_string(),
+                "gemma" => "GemmaForCausalLM".to_string(),
+                "gemma2" => "Gemma2ForCausalLM".to_string(),
+                "phi3" => "Phi3ForCausalLM".to_string(),
                 other => other.to_string(),
             },
             _ => return Err("neither `architectures` nor `model_type` is set".into()),
@@ -154,6 +202,10 @@ impl ModelConfig {
             "LlamaForCausalLM" => Family::Llama,
             "MistralForCausalLM" => Family::Mistral,
             "Qwen2ForCausalLM" => Family::Qwen2,
+            "Qwen3ForCausalLM" => Family::Qwen3,
+            "GemmaForCausalLM" => Family::Gemma,
+            "Gemma2ForCausalLM" => Family::Gemma2,
+            "Phi3ForCausalLM" => Family::Phi3,
             other => {
                 return Err(format!(
                     "unsupported architecture {other:?}; supported: {}",
@@ -193,9 +245,22 @@ impl ModelConfig {
         if head_dim == 0 || head_dim % 2 != 0 {
             return Err(format!("head_dim ({head_dim}) must be even and positive"));
         }
-        let activation = match raw.hidden_act.as_deref().unwrap_or("silu") {
+        let gemma = matches!(family, Family::Gemma | Family::Gemma2);
+        let act_name = raw
+            .hidden_activation
+            .as_deref()
+            .or(raw.hidden_act.as_deref())
+            .unwrap_or(if gemma { "gelu_pytorch_tanh" } else { "silu" });
+        let activation = match act_name {
             "silu" | "swish" => Activation::Silu,
-            other => return Err(format!("unsupported hidden_act {other:?}; supported: silu")),
+            "gelu_pytorch_tanh" | "gelu_new" => Activation::GeluTanh,
+            // transformers runs Gemma with the tanh approximation whatever `hidden_act` says.
+            "gelu" if gemma => Activation::GeluTanh,
+            other => {
+                return Err(format!(
+                    "unsupported hidden activation {other:?}; supported: silu, gelu_pytorch_tanh"
+                ))
+            }
         };
 
         // rope_theta and rope_scaling, in the transformers 4 or 5 layout.
@@ -208,7 +273,8 @@ impl ModelConfig {
                     .and_then(Value::as_f64)
             })
             .unwrap_or(match family {
-                Family::Llama | Family::Mistral | Family::Qwen2 => 10000.0,
+                Family::Qwen3 => 1_000_000.0,
+                _ => 10000.0,
             });
         let scaling_value = raw
             .rope_scaling
@@ -217,7 +283,12 @@ impl ModelConfig {
             .or(params);
         let rope_scaling = match scaling_value {
             None => RopeScaling::None,
-            Some(v) => resolve_rope_scaling(v)?,
+            Some(v) => resolve_rope_scaling(
+                v,
+                head_dim,
+                raw.max_position_embeddings,
+                raw.original_max_position_embeddings,
+            )?,
         };
 
         let window = match &raw.sliding_window {
@@ -253,15 +324,19 @@ impl ModelConfig {
                 .collect::<std::result::Result<_, _>>()?
         } else {
             match family {
-                Family::Mistral => vec![window; num_layers],
-                Family::Qwen2 => {
+                Family::Mistral | Family::Phi3 => vec![window; num_layers],
+                // Gemma 2 slides on even layers (0, 2, …).
+                Family::Gemma2 => (0..num_layers)
+                    .map(|l| if l % 2 == 0 { window } else { None })
+                    .collect(),
+                Family::Qwen2 | Family::Qwen3 => {
                     let used = raw.use_sliding_window.unwrap_or(false);
                     let from = raw.max_window_layers.unwrap_or(28);
                     (0..num_layers)
                         .map(|l| if used && l >= from { window } else { None })
                         .collect()
                 }
-                Family::Llama => vec![None; num_layers],
+                Family::Llama | Family::Gemma => vec![None; num_layers],
             }
         };
 
@@ -286,17 +361,37 @@ impl ModelConfig {
             rope_theta,
             rope_scaling,
             max_position_embeddings: raw.max_position_embeddings.unwrap_or(match family {
-                Family::Llama => 2048,
+                Family::Llama | Family::Phi3 => 2048,
                 Family::Mistral => 4096 * 32,
-                Family::Qwen2 => 32768,
+                Family::Qwen2 | Family::Qwen3 => 32768,
+                Family::Gemma | Family::Gemma2 => 8192,
             }),
             vocab_size,
-            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(gemma),
             qkv_bias,
             o_bias,
             mlp_bias: raw.mlp_bias.unwrap_or(false),
             sliding_window,
             activation,
+            norm_plus_one: gemma,
+            scale_embeddings: gemma,
+            attn_scale: match (family, raw.query_pre_attn_scalar) {
+                (Family::Gemma2, Some(s)) => 1.0 / s.sqrt(),
+                _ => 1.0 / (head_dim as f64).sqrt(),
+            },
+            attn_softcap: if family == Family::Gemma2 {
+                raw.attn_logit_softcapping
+            } else {
+                None
+            },
+            final_softcap: if family == Family::Gemma2 {
+                raw.final_logit_softcapping
+            } else {
+                None
+            },
+            sandwich_norms: family == Family::Gemma2,
+            qk_norm: family == Family::Qwen3,
+            fused_projections: family == Family::Phi3,
             bos_token_id,
             eos_token_ids,
             pad_token_id,
@@ -309,7 +404,12 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option
     Ok(Some(Value::deserialize(d)?))
 }
 
-fn resolve_rope_scaling(v: &Value) -> std::result::Result<RopeScaling, String> {
+fn resolve_rope_scaling(
+    v: &Value,
+    head_dim: usize,
+    max_positions: Option<usize>,
+    original_top_level: Option<usize>,
+) -> std::result::Result<RopeScaling, String> {
     let kind = v
         .get("rope_type")
         .or_else(|| v.get("type"))
@@ -331,8 +431,48 @@ fn resolve_rope_scaling(v: &Value) -> std::result::Result<RopeScaling, String> {
             high_freq_factor: num("high_freq_factor")?,
             original_max_position_embeddings: num("original_max_position_embeddings")?,
         }),
+        "longrope" | "su" => {
+            let list = |key: &str| -> std::result::Result<Vec<f64>, String> {
+                let l: Option<Vec<f64>> = v
+                    .get(key)
+                    .and_then(Value::as_array)
+                    .and_then(|a| a.iter().map(Value::as_f64).collect());
+                match l {
+                    Some(l) if l.len() == head_dim / 2 => Ok(l),
+                    Some(l) => Err(format!(
+                        "rope scaling `{key}` has {} entries; head_dim / 2 is {}",
+                        l.len(),
+                        head_dim / 2
+                    )),
+                    None => Err(format!("rope scaling of type longrope lacks a numeric list `{key}`")),
+                }
+            };
+            let original = v
+                .get("original_max_position_embeddings")
+                .and_then(Value::as_u64)
+                .map(|x| x as usize)
+                .or(original_top_level)
+                .ok_or("longrope needs original_max_position_embeddings")?;
+            let factor = match (v.get("factor").and_then(Value::as_f64), max_positions) {
+                (_, Some(m)) if original_top_level.is_some() => m as f64 / original as f64,
+                (Some(f), _) => f,
+                (None, Some(m)) => m as f64 / original as f64,
+                (None, None) => 1.0,
+            };
+            let attention_factor = match v.get("attention_factor").and_then(Value::as_f64) {
+                Some(a) => a,
+                None if factor <= 1.0 => 1.0,
+                None => (1.0 + factor.ln() / (original as f64).ln()).sqrt(),
+            };
+            Ok(RopeScaling::LongRope {
+                short_factor: list("short_factor")?,
+                long_factor: list("long_factor")?,
+                original_max_position_embeddings: original,
+                attention_factor,
+            })
+        }
         other => Err(format!(
-            "unsupported rope scaling type {other:?}; supported: default, linear, llama3"
+            "unsupported rope scaling type {other:?}; supported: default, linear, llama3, longrope"
         )),
     }
 }
@@ -358,16 +498,40 @@ pub(crate) fn token_ids(v: Option<&Value>) -> std::result::Result<Vec<u32>, Stri
 }
 
 /// Inverse rotary frequencies (length head_dim / 2), computed in f32 as transformers does.
+/// For LongRoPE these are the short-context frequencies; see [`long_inverse_frequencies`].
 pub fn inverse_frequencies(cfg: &ModelConfig) -> Vec<f32> {
+    longrope_frequencies(cfg, false)
+}
+
+/// LongRoPE's frequencies for sequences longer than the original context (other scalings:
+/// the same as [`inverse_frequencies`]).
+pub fn long_inverse_frequencies(cfg: &ModelConfig) -> Vec<f32> {
+    longrope_frequencies(cfg, true)
+}
+
+fn longrope_frequencies(cfg: &ModelConfig, long: bool) -> Vec<f32> {
     let dim = cfg.head_dim;
     let base = cfg.rope_theta as f32;
     let inv: Vec<f32> = (0..dim / 2)
         .map(|i| 1.0f32 / base.powf((2 * i) as f32 / dim as f32))
         .collect();
-    match cfg.rope_scaling {
+    match &cfg.rope_scaling {
+        RopeScaling::LongRope {
+            short_factor,
+            long_factor,
+            ..
+        } => {
+            let factors = if long { long_factor } else { short_factor };
+            (0..dim / 2)
+                .map(|i| {
+                    let e = base.powf((2 * i) as f32 / dim as f32);
+                    1.0f32 / (factors[i] as f32 * e)
+                })
+                .collect()
+        }
         RopeScaling::None => inv,
-        RopeScaling::Linear { factor } => inv.iter().map(|f| f / factor as f32).collect(),
-        RopeScaling::Llama3 {
+        RopeScaling::Linear { factor } => inv.iter().map(|f| f / *factor as f32).collect(),
+        &RopeScaling::Llama3 {
             factor,
             low_freq_factor,
             high_freq_factor,

@@ -86,7 +86,14 @@ impl Linear {
 #[derive(Debug, Clone)]
 pub struct Layer {
     pub input_layernorm: Tensor,
+    /// Before the MLP (Llama), or on the attention output (Gemma 2's sandwich norms).
     pub post_attention_layernorm: Tensor,
+    /// Gemma 2: before and after the MLP.
+    pub pre_feedforward_layernorm: Option<Tensor>,
+    pub post_feedforward_layernorm: Option<Tensor>,
+    /// Qwen 3: per-head RMSNorm of queries and keys, (D,).
+    pub q_norm: Option<Tensor>,
+    pub k_norm: Option<Tensor>,
     pub attn: Attention,
     pub mlp: Mlp,
 }
@@ -233,6 +240,10 @@ pub struct Decoder {
     pub lm_head: Tensor,
     /// (D/2,) f32
     inv_freq: Tensor,
+    /// LongRoPE: frequencies for sequences longer than the original context, and the
+    /// factor cos and sin are multiplied by.
+    inv_freq_long: Option<(Tensor, usize)>,
+    rope_attention_factor: f64,
     pub dtype: DType,
     pub device: Device,
     /// Use only operations that record gradients (for training with candle's autograd):
@@ -262,34 +273,68 @@ impl Decoder {
             })
         };
         let embed_tokens = load("model.embed_tokens.weight", &[cfg.vocab_size, d])?;
+        // Gemma's norms multiply by (1 + w): stored as such.
+        let norm_weight = |name: &str, n: usize| -> Result<Tensor> {
+            let w = load(name, &[n])?;
+            Ok(if cfg.norm_plus_one { (w + 1.0)? } else { w })
+        };
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for l in 0..cfg.num_layers {
             let p = format!("model.layers.{l}");
             let i = cfg.intermediate_size;
-            layers.push(Layer {
-                input_layernorm: load(&format!("{p}.input_layernorm.weight"), &[d])?,
-                post_attention_layernorm: load(
-                    &format!("{p}.post_attention_layernorm.weight"),
-                    &[d],
-                )?,
-                attn: Attention {
-                    qkv_proj: Linear::stack(&[
+            let (qkv_proj, gate_up_proj) = if cfg.fused_projections {
+                (
+                    linear(&format!("{p}.self_attn.qkv_proj"), (h + 2 * g) * hd, d, cfg.qkv_bias)?,
+                    linear(&format!("{p}.mlp.gate_up_proj"), 2 * i, d, cfg.mlp_bias)?,
+                )
+            } else {
+                (
+                    Linear::stack(&[
                         linear(&format!("{p}.self_attn.q_proj"), h * hd, d, cfg.qkv_bias)?,
                         linear(&format!("{p}.self_attn.k_proj"), g * hd, d, cfg.qkv_bias)?,
                         linear(&format!("{p}.self_attn.v_proj"), g * hd, d, cfg.qkv_bias)?,
                     ])?,
-                    o_proj: linear(&format!("{p}.self_attn.o_proj"), d, h * hd, cfg.o_bias)?,
-                },
-                mlp: Mlp {
-                    gate_up_proj: Linear::stack(&[
+                    Linear::stack(&[
                         linear(&format!("{p}.mlp.gate_proj"), i, d, cfg.mlp_bias)?,
                         linear(&format!("{p}.mlp.up_proj"), i, d, cfg.mlp_bias)?,
                     ])?,
+                )
+            };
+            let sandwich = |name: &str| -> Result<Option<Tensor>> {
+                if cfg.sandwich_norms {
+                    Ok(Some(norm_weight(&format!("{p}.{name}.weight"), d)?))
+                } else {
+                    Ok(None)
+                }
+            };
+            let qk = |name: &str| -> Result<Option<Tensor>> {
+                if cfg.qk_norm {
+                    Ok(Some(norm_weight(&format!("{p}.self_attn.{name}.weight"), hd)?))
+                } else {
+                    Ok(None)
+                }
+            };
+            layers.push(Layer {
+                input_layernorm: norm_weight(&format!("{p}.input_layernorm.weight"), d)?,
+                post_attention_layernorm: norm_weight(
+                    &format!("{p}.post_attention_layernorm.weight"),
+                    d,
+                )?,
+                pre_feedforward_layernorm: sandwich("pre_feedforward_layernorm")?,
+                post_feedforward_layernorm: sandwich("post_feedforward_layernorm")?,
+                q_norm: qk("q_norm")?,
+                k_norm: qk("k_norm")?,
+                attn: Attention {
+                    qkv_proj,
+                    o_proj: linear(&format!("{p}.self_attn.o_proj"), d, h * hd, cfg.o_bias)?,
+                },
+                mlp: Mlp {
+                    gate_up_proj,
                     down_proj: linear(&format!("{p}.mlp.down_proj"), d, i, cfg.mlp_bias)?,
                 },
             });
         }
-        let norm = load("model.norm.weight", &[d])?;
+        let norm = norm_weight("model.norm.weight", d)?;
         let lm_head = if cfg.tie_word_embeddings && !weights.contains("lm_head.weight") {
             embed_tokens.clone()
         } else {
@@ -311,6 +356,20 @@ impl Decoder {
         let inv = inverse_frequencies(&cfg);
         let n = inv.len();
         let inv_freq = Tensor::from_vec(inv, n, device)?;
+        let (inv_freq_long, rope_attention_factor) = match &cfg.rope_scaling {
+            crate::config::RopeScaling::LongRope {
+                original_max_position_embeddings,
+                attention_factor,
+                ..
+            } => (
+                Some((
+                    Tensor::from_vec(crate::config::long_inverse_frequencies(&cfg), n, device)?,
+                    *original_max_position_embeddings,
+                )),
+                *attention_factor,
+            ),
+            _ => (None, 1.0),
+        };
         Ok(Decoder {
             cfg,
             embed_tokens,
@@ -318,6 +377,8 @@ impl Decoder {
             norm,
             lm_head,
             inv_freq,
+            inv_freq_long,
+            rope_attention_factor,
             dtype,
             device: device.clone(),
             differentiable: false,
@@ -328,10 +389,17 @@ impl Decoder {
     pub fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
         let (b, t) = tokens.dims2()?;
         let flat = tokens.flatten_all()?;
-        Ok(self
+        let x = self
             .embed_tokens
             .index_select(&flat, 0)?
-            .reshape((b, t, self.cfg.hidden_size))?)
+            .reshape((b, t, self.cfg.hidden_size))?;
+        if self.cfg.scale_embeddings {
+            // transformers rounds √hidden to the model dtype first.
+            let s = Tensor::new(&[(self.cfg.hidden_size as f64).sqrt() as f32], &self.device)?
+                .to_dtype(self.dtype)?;
+            return Ok(x.broadcast_mul(&s)?);
+        }
+        Ok(x)
     }
 
     /// Runs a batch from its tokens.
@@ -385,10 +453,22 @@ impl Decoder {
         }
         let pos = Tensor::from_vec(pos, (b, t, 1), &self.device)?;
         let half = self.inv_freq.dim(0)?;
+        // LongRoPE switches to its long factors when the sequence outgrows the original
+        // context (transformers: max position id + 1 > original_max_position_embeddings).
+        let seq_len = offset + t - pad.iter().copied().min().unwrap_or(0);
+        let inv_freq = match &self.inv_freq_long {
+            Some((long, original)) if seq_len > *original => long,
+            _ => &self.inv_freq,
+        };
         // (B, T, 1) * (1, 1, D/2) -> (B, T, D/2), in f32 as transformers computes it.
-        let freqs = pos.broadcast_mul(&self.inv_freq.reshape((1, 1, half))?)?;
-        let cos = freqs.cos()?.to_dtype(self.dtype)?;
-        let sin = freqs.sin()?.to_dtype(self.dtype)?;
+        let freqs = pos.broadcast_mul(&inv_freq.reshape((1, 1, half))?)?;
+        let (mut cos, mut sin) = (freqs.cos()?, freqs.sin()?);
+        if self.rope_attention_factor != 1.0 {
+            cos = (cos * self.rope_attention_factor)?;
+            sin = (sin * self.rope_attention_factor)?;
+        }
+        let cos = cos.to_dtype(self.dtype)?;
+        let sin = sin.to_dtype(self.dtype)?;
         Ok(Context {
             cos,
             sin,
@@ -496,7 +576,12 @@ impl Decoder {
                 weight: self.lm_head.clone(),
                 bias: None,
             };
-            Some(lm.forward(&h)?.to_dtype(DType::F32)?)
+            let logits = lm.forward(&h)?;
+            let logits = match self.cfg.final_softcap {
+                Some(c) => ((logits / c)?.tanh()? * c)?,
+                None => logits,
+            };
+            Some(logits.to_dtype(DType::F32)?)
         } else {
             None
         };
@@ -569,14 +654,20 @@ impl Decoder {
             .qkv_proj
             .forward(&h)?
             .reshape((b, t, nh + 2 * ng, hd))?;
-        // (B, Tq, H, D) -> (B, H, Tq, D)
-        let mut q = qkv
-            .narrow(2, 0, nh)?
-            .narrow(1, t - tq, tq)?
-            .transpose(1, 2)?
-            .contiguous()?;
+        // (B, Tq, H, D), then Qwen 3's per-head norm, -> (B, H, Tq, D)
+        let q = qkv.narrow(2, 0, nh)?.narrow(1, t - tq, tq)?;
+        let q = match &layer.q_norm {
+            Some(w) => self.rms_norm(&q.contiguous()?, w)?,
+            None => q,
+        };
+        let mut q = q.transpose(1, 2)?.contiguous()?;
         // (B, T, G, D) -> (B, G, T, D)
-        let mut k = qkv.narrow(2, nh, ng)?.transpose(1, 2)?.contiguous()?;
+        let k = qkv.narrow(2, nh, ng)?;
+        let k = match &layer.k_norm {
+            Some(w) => self.rms_norm(&k.contiguous()?, w)?,
+            None => k,
+        };
+        let mut k = k.transpose(1, 2)?.contiguous()?;
         let v = qkv.narrow(2, nh + ng, ng)?.transpose(1, 2)?.contiguous()?;
         if let Some(plan) = plan {
             if let Some(m) = plan.get(l, Target::Q) {
@@ -612,11 +703,14 @@ impl Decoder {
         // Grouped-query attention without copying keys: the `rep` query heads of a group are
         // contiguous, so (B, H, Tq, D) is viewed as (B, G, rep*Tq, D).
         let qg = q.reshape((b, ng, rep * tq, hd))?;
-        let scale = 1.0 / (hd as f64).sqrt();
         // (B, G, rep*Tq, D) @ (B, G, D, S) -> (B, G, rep*Tq, S) -> (B, H, Tq, S)
-        let scores = (qg.matmul(&k.t()?)? * scale)?
-            .reshape((b, nh, tq, s))?
-            .to_dtype(DType::F32)?;
+        let scores = (qg.matmul(&k.t()?)? * cfg.attn_scale)?.reshape((b, nh, tq, s))?;
+        // Gemma 2 soft-caps the scores before the mask.
+        let scores = match cfg.attn_softcap {
+            Some(c) => ((scores / c)?.tanh()? * c)?,
+            None => scores,
+        };
+        let scores = scores.to_dtype(DType::F32)?;
         let scores = match self.mask(ctx, tq, cfg.sliding_window[l])? {
             Some(m) => scores.broadcast_add(&m)?,
             None => scores,
@@ -648,29 +742,48 @@ impl Decoder {
         } else {
             x.clone()
         };
-        let x = (resid + attn_out)?;
-        let h2 = self.rms_norm(&x, &layer.post_attention_layernorm)?;
+        // Gemma 2 normalizes the attention output before the residual add, and has its own
+        // norm before the MLP; Llama's post-attention norm is the one before the MLP.
+        let (x, h2) = match &layer.pre_feedforward_layernorm {
+            Some(pre) => {
+                let x = (resid + self.rms_norm(&attn_out, &layer.post_attention_layernorm)?)?;
+                let h2 = self.rms_norm(&x, pre)?;
+                (x, h2)
+            }
+            None => {
+                let x = (resid + attn_out)?;
+                let h2 = self.rms_norm(&x, &layer.post_attention_layernorm)?;
+                (x, h2)
+            }
+        };
         // (B, Tq, 2I) -> (B, Tq, I)
         let gate_up = layer.mlp.gate_up_proj.forward(&h2)?;
-        let act_up = match cfg.activation {
-            Activation::Silu if self.differentiable => {
-                let i = cfg.intermediate_size;
-                let gate = gate_up.narrow(2, 0, i)?;
-                let up = gate_up.narrow(2, i, i)?;
+        let act_up = if self.differentiable {
+            let i = cfg.intermediate_size;
+            let gate = gate_up.narrow(2, 0, i)?;
+            let up = gate_up.narrow(2, i, i)?;
+            let act = match cfg.activation {
                 // silu(g) = g / (1 + e^-g)
-                ((&gate / (gate.neg()?.exp()? + 1.0)?)? * up)?
-            }
-            Activation::Silu => swiglu(&gate_up, cfg.intermediate_size)?,
+                Activation::Silu => (&gate / (gate.neg()?.exp()? + 1.0)?)?,
+                Activation::GeluTanh => gate.gelu()?,
+            };
+            (act * up)?
+        } else {
+            gated_activation(&gate_up, cfg.intermediate_size, cfg.activation)?
         };
         let mlp = layer.mlp.down_proj.forward(&act_up)?;
+        let mlp = match &layer.post_feedforward_layernorm {
+            Some(post) => self.rms_norm(&mlp, post)?,
+            None => mlp,
+        };
         Ok(((x + mlp)?, pattern))
     }
 }
 
-/// `silu(gate) * up` where `x` (..., 2I) holds `[gate | up]` in its last dimension:
+/// `act(gate) * up` where `x` (..., 2I) holds `[gate | up]` in its last dimension:
 /// (..., 2I) -> (..., I). One pass over contiguous f32 CPU memory; other devices and dtypes
 /// use candle's ops.
-pub fn swiglu(x: &Tensor, inter: usize) -> Result<Tensor> {
+pub fn gated_activation(x: &Tensor, inter: usize, act: Activation) -> Result<Tensor> {
     let mut shape = x.dims().to_vec();
     let last = shape.len() - 1;
     if x.device().is_cpu() && x.dtype() == DType::F32 && x.is_contiguous() {
@@ -684,8 +797,20 @@ pub fn swiglu(x: &Tensor, inter: usize) -> Result<Tensor> {
                 .zip(src.par_chunks(2 * inter))
                 .for_each(|(o, row)| {
                     let (gate, up) = row.split_at(inter);
-                    for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
-                        *o = g / (1.0 + (-g).exp()) * u;
+                    match act {
+                        Activation::Silu => {
+                            for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
+                                *o = g / (1.0 + (-g).exp()) * u;
+                            }
+                        }
+                        Activation::GeluTanh => {
+                            // 0.5 g (1 + tanh(√(2/π) (g + 0.044715 g³))), as PyTorch.
+                            const C: f32 = 0.797_884_6;
+                            for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
+                                let inner = C * (g + 0.044715 * g * g * g);
+                                *o = 0.5 * g * (1.0 + inner.tanh()) * u;
+                            }
+                        }
                     }
                 });
             drop(storage);
@@ -695,7 +820,11 @@ pub fn swiglu(x: &Tensor, inter: usize) -> Result<Tensor> {
     }
     let gate = x.narrow(last, 0, inter)?.contiguous()?;
     let up = x.narrow(last, inter, inter)?;
-    Ok((candle_nn::ops::silu(&gate)? * up)?)
+    let a = match act {
+        Activation::Silu => candle_nn::ops::silu(&gate)?,
+        Activation::GeluTanh => gate.gelu()?,
+    };
+    Ok((a * up)?)
 }
 
 /// Parses a `--dtype` value.

@@ -54,6 +54,12 @@ impl SurgerySpec {
         for a in self.ablations() {
             a.validate(cfg)?;
         }
+        if cfg.qk_norm && self.target != Target::V && self.op != Op::Scale(0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "this model normalizes each head's {}s (q_norm/k_norm) after the projection and before attention, and sahara ablates them after that norm so that a scaled query gives uniform attention; a norm shared by all heads cannot hold one head's factor, and scaling or averaging projection rows before the norm is undone by it. Only --epsilon 0 folds exactly (the head's rows set to zero); use it, or target v",
+                if self.target == Target::Q { "querie" } else { "key" }
+            )));
+        }
         if self.target == Target::V && self.op == Op::Mean {
             return Err(Error::InvalidArgument(
                 "mode mean on target v cannot be folded into the weights exactly: it replaces a head's attention output by the mean of all heads' outputs, which no change of o_proj's columns or of any projection reproduces for every input; use --mode scale, or target q or k".into(),
@@ -92,8 +98,14 @@ enum Block {
         len: usize,
         factor: f64,
     },
-    /// Replace block [start, start+len) by the mean of `n` blocks of length `len`.
-    Mean { start: usize, len: usize, n: usize },
+    /// Replace block [start, start+len) by the mean of the `n` blocks of length `len` that
+    /// start at `base`.
+    Mean {
+        start: usize,
+        len: usize,
+        base: usize,
+        n: usize,
+    },
 }
 
 fn edits(cfg: &ModelConfig, spec: &SurgerySpec) -> BTreeMap<String, Edit> {
@@ -119,15 +131,22 @@ fn edits(cfg: &ModelConfig, spec: &SurgerySpec) -> BTreeMap<String, Edit> {
         if !seen.insert((a.layer, proj, unit)) {
             continue;
         }
+        // Phi-3 stores q, k and v rows in one fused qkv_proj: q first, then k.
+        let (proj, base) = match (cfg.fused_projections, a.target) {
+            (true, Target::Q) => ("qkv_proj", 0),
+            (true, Target::K) => ("qkv_proj", cfg.num_heads * hd),
+            _ => (proj, 0),
+        };
         let block = match a.op {
             Op::Scale(e) => Block::Scale {
-                start: unit * hd,
+                start: base + unit * hd,
                 len: hd,
                 factor: e,
             },
             Op::Mean => Block::Mean {
-                start: unit * hd,
+                start: base + unit * hd,
                 len: hd,
+                base,
                 n,
             },
         };
@@ -210,11 +229,18 @@ fn apply_edit(values: &mut [f64], shape: &[usize], edit: &Edit) {
                     }
                 }
             }
-            Block::Mean { start, len, n } => {
+            Block::Mean {
+                start,
+                len,
+                base,
+                n,
+            } => {
                 for k in 0..len {
                     for o in 0..others {
-                        let mean =
-                            (0..n).map(|j| orig[idx(j * len + k, o)]).sum::<f64>() / n as f64;
+                        let mean = (0..n)
+                            .map(|j| orig[idx(base + j * len + k, o)])
+                            .sum::<f64>()
+                            / n as f64;
                         values[idx(start + k, o)] = mean;
                     }
                 }
