@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::ablation::{AblationPlan, Target};
 use crate::config::{inverse_frequencies, Activation, ModelConfig};
 use crate::error::{Error, Result};
-use crate::weights::Weights;
+use crate::weights::{TensorSource, Weights};
 
 /// A linear layer `y = x Wᵀ + b` with W of shape (out, in).
 #[derive(Debug, Clone)]
@@ -255,7 +255,7 @@ impl Decoder {
     /// Loads the decoder's weights from a model folder.
     pub fn load(
         cfg: ModelConfig,
-        weights: &Weights,
+        weights: &dyn TensorSource,
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {

@@ -94,6 +94,24 @@ fn describe_safetensors_error(e: &safetensors::SafeTensorError) -> String {
     }
 }
 
+/// Where the decoder's tensors come from, by their Hugging Face names: safetensors files
+/// ([`Weights`]) or another checkpoint format mapped onto those names.
+pub trait TensorSource {
+    /// Whether a tensor of that name exists.
+    fn contains(&self, name: &str) -> bool;
+    /// Loads a tensor, checking its shape, converted to `dtype` on `device`.
+    fn load(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor>;
+}
+
+impl TensorSource for Weights {
+    fn contains(&self, name: &str) -> bool {
+        Weights::contains(self, name)
+    }
+    fn load(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+        Weights::load(self, name, shape, dtype, device)
+    }
+}
+
 /// All weight files of a model folder, by tensor name.
 pub struct Weights {
     pub dir: PathBuf,
