@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shutil
 import sys
 from collections import defaultdict
@@ -43,16 +44,25 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalize
 from transformers import (  # noqa: E402
     AutoModelForCausalLM,
     AutoTokenizer,
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    GemmaConfig,
+    GemmaForCausalLM,
+    GemmaTokenizer,
     GenerationConfig,
     LlamaConfig,
     LlamaForCausalLM,
     LlamaTokenizer,
     MistralConfig,
     MistralForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
     Qwen2Tokenizer,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS  # noqa: E402
 
@@ -469,18 +479,143 @@ def make_qwen2_tokenizer(base_vocab: int) -> Qwen2Tokenizer:
     return tok
 
 
+def _train_sentencepiece_bpe(n_learned: int, prepend_scheme: str) -> tuple[list[str], list[tuple[str, str]]]:
+    trainer_tok = Tokenizer(models.BPE())
+    trainer_tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=prepend_scheme, split=True)
+    trainer = trainers.BpeTrainer(vocab_size=n_learned, special_tokens=[], show_progress=False)
+    trainer_tok.train_from_iterator(CORPUS_LINES, trainer)
+    return _trained_vocab_and_merges(trainer_tok)
+
+
+GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"]
+
+
+def make_gemma_tokenizer(total_vocab: int, chat_template: str) -> GemmaTokenizer:
+    """Gemma style: SentencePiece BPE with byte fallback and no dummy prefix
+    (the normalizer only replaces " " by "▁"), BOS added by the post-processor.
+
+    Vocabulary layout (compressed from the real one, where <start_of_turn> is
+    106, <end_of_turn> 107 and the bytes start at 217): <pad>=0, <eos>=1,
+    <bos>=2, <unk>=3, <mask>=4, <start_of_turn>=5, <end_of_turn>=6,
+    <0x00>..<0xFF>=7..262, then the learned pieces.
+    """
+    n_fixed = len(GEMMA_SPECIALS) + 256
+    learned, merges = _train_sentencepiece_bpe(total_vocab - n_fixed, prepend_scheme="never")
+    vocab: dict[str, int] = {s: i for i, s in enumerate(GEMMA_SPECIALS)}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    for t in learned:
+        if t not in vocab:
+            vocab[t] = len(vocab)
+    tok = GemmaTokenizer(
+        vocab=vocab,
+        merges=merges,
+        add_bos_token=True,
+        add_eos_token=False,
+        extra_special_tokens=["<start_of_turn>", "<end_of_turn>"],
+        chat_template=chat_template,
+    )
+    ids = [tok.convert_tokens_to_ids(s) for s in GEMMA_SPECIALS]
+    if ids != list(range(len(GEMMA_SPECIALS))) or len(tok) != len(vocab):
+        raise RuntimeError(f"unexpected Gemma special ids {ids} (len {len(tok)}, vocab {len(vocab)})")
+    return tok
+
+
+# Phi-3 adds its chat tokens after the 32000 SentencePiece pieces, in this order
+# (32000, 32001, 32006, 32007, 32010 in the real vocabulary, with placeholders
+# in between); all but <|endoftext|> have rstrip=True there.
+PHI3_SPECIALS = ["<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|user|>"]
+
+
+def make_phi3_tokenizer(total_vocab: int) -> LlamaTokenizer:
+    """Phi-3 style: the Llama-2 SentencePiece BPE (byte fallback, Metaspace
+    prepend_scheme "first", legacy=False) with add_bos_token=False (as in the
+    Phi-3-mini-4k-instruct tokenizer_config.json) and the chat tokens appended
+    after the learned pieces, registered as special added tokens; the role
+    tokens and <|end|> strip the whitespace on their right (rstrip=True), as in
+    the real tokenizer, so the "\\n" the template writes after them disappears."""
+    n_fixed = 3 + 256
+    learned, merges = _train_sentencepiece_bpe(total_vocab - n_fixed - len(PHI3_SPECIALS), prepend_scheme="always")
+    vocab: dict[str, int] = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    for t in learned:
+        if t not in vocab:
+            vocab[t] = len(vocab)
+    n = len(vocab)
+    for s in PHI3_SPECIALS:
+        vocab[s] = len(vocab)
+    tok = LlamaTokenizer(
+        vocab=vocab,
+        merges=merges,
+        legacy=False,
+        add_bos_token=False,
+        add_eos_token=False,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        chat_template=PHI3_CHAT_TEMPLATE,
+    )
+    tok.add_special_tokens(
+        {
+            "additional_special_tokens": [
+                AddedToken(s, special=True, normalized=False, lstrip=False, rstrip=(s != "<|endoftext|>"))
+                for s in PHI3_SPECIALS
+                if s != "<|endoftext|>"
+            ]
+        }
+    )
+    ids = [tok.convert_tokens_to_ids(s) for s in PHI3_SPECIALS]
+    if ids != list(range(n, n + len(PHI3_SPECIALS))) or len(tok) != n + len(PHI3_SPECIALS):
+        raise RuntimeError(f"unexpected Phi-3 special ids {ids} (learned vocab {n}, len {len(tok)})")
+    return tok
+
+
+QWEN3_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+QWEN3_THINK = ["<think>", "</think>"]
+
+
+def make_qwen3_tokenizer(base_vocab: int) -> Qwen2Tokenizer:
+    """Qwen3 style: the Qwen2 tokenizer (NFC + byte-level BPE, Qwen2 regex, no
+    BOS; tokenizer_class Qwen2Tokenizer in the real repository) with the ChatML
+    specials and, like Qwen3, <think> / </think> as added tokens that are NOT
+    special (special=false in the real tokenizer_config.json)."""
+    vocab, merges = _train_bytelevel(base_vocab, QWEN2_SPLIT_REGEX, nfc=True)
+    n = len(vocab)
+    for s in QWEN3_SPECIALS + QWEN3_THINK:
+        vocab[s] = len(vocab)
+    tok = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=merges,
+        unk_token=None,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens=["<|im_start|>", "<|im_end|>"],
+        chat_template=QWEN3_CHAT_TEMPLATE,
+    )
+    tok.add_tokens([AddedToken(s, special=False, normalized=False) for s in QWEN3_THINK])
+    ids = [tok.convert_tokens_to_ids(s) for s in QWEN3_SPECIALS + QWEN3_THINK]
+    if ids != list(range(n, n + 5)) or len(tok) != n + 5:
+        raise RuntimeError(f"unexpected Qwen3 special ids {ids} (base vocab {n}, len {len(tok)})")
+    return tok
+
+
 # ---------------------------------------------------------------------------
 # Models
 # ---------------------------------------------------------------------------
-def reinit_(model: torch.nn.Module, seed: int, std: float) -> None:
+def reinit_(model: torch.nn.Module, seed: int, std: float, norm_center: float = 1.0) -> None:
     """Well-spread random weights: N(0, std) for matrices and embeddings,
     N(0, 0.1) for biases, 1 + N(0, 0.1) for RMSNorm weights (so a missing norm
-    weight is detectable)."""
+    weight is detectable).  Gemma's RMSNorm multiplies by (1 + weight), so its
+    weights are drawn around 0 instead (norm_center=0): forgetting the +1 then
+    shrinks every normalised vector about tenfold."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
             if "norm" in name:
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+                p.copy_(norm_center + 0.1 * torch.randn(p.shape, generator=g))
             elif name.endswith(".bias"):
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
             else:
@@ -569,23 +704,63 @@ def register_ablation(model, abl: dict, eps: float) -> list:
 
         return edit
 
+    def per_head(edit):
+        # q_norm / k_norm outputs are (batch, seq, heads, head_dim): edit them
+        # in the flat head-major layout the projections use.
+        return lambda x: edit(x.reshape(*x.shape[:-2], -1)).reshape(x.shape)
+
+    def fused_qkv(edit, start: int, stop: int):
+        # Phi-3: one qkv_proj whose output columns are [q heads | k heads | v heads].
+        def apply(x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([x[..., :start], edit(x[..., start:stop]), x[..., stop:]], dim=-1)
+
+        return apply
+
+    kind = ablation_kind(model)
     handles = []
     for layer, heads in sorted(by_layer.items()):
         attn = model.model.layers[layer].self_attn
-        if abl["target"] == "q":
-            edit = make_edit(heads, n_heads, abl["op"])
-            handles.append(attn.q_proj.register_forward_hook(lambda m, a, out, edit=edit: edit(out)))
-        elif abl["target"] == "k":
-            edit = make_edit(heads, n_kv, abl["op"])
-            handles.append(attn.k_proj.register_forward_hook(lambda m, a, out, edit=edit: edit(out)))
-        elif abl["target"] == "v":
+        target = abl["target"]
+        if target in ("q", "k"):
+            n = n_heads if target == "q" else n_kv
+            edit = make_edit(heads, n, abl["op"])
+            if kind == "fused_qkv":
+                start = 0 if target == "q" else n_heads * head_dim
+                module, edit = attn.qkv_proj, fused_qkv(edit, start, start + n * head_dim)
+            elif kind == "qk_norm":
+                module, edit = (attn.q_norm if target == "q" else attn.k_norm), per_head(edit)
+            else:
+                module = attn.q_proj if target == "q" else attn.k_proj
+            handles.append(module.register_forward_hook(lambda m, a, out, edit=edit: edit(out)))
+        elif target == "v":
             edit = make_edit(heads, n_heads, abl["op"])
             handles.append(
                 attn.o_proj.register_forward_pre_hook(lambda m, args, edit=edit: (edit(args[0]),) + tuple(args[1:]))
             )
         else:
-            raise ValueError(abl["target"])
+            raise ValueError(target)
     return handles
+
+
+def ablation_kind(model) -> str:
+    """Where the per-head q/k slices are edited (see ABLATION_POINTS)."""
+    attn = model.model.layers[0].self_attn
+    if hasattr(attn, "qkv_proj"):
+        return "fused_qkv"
+    if hasattr(attn, "q_norm"):
+        return "qk_norm"
+    return "proj"
+
+
+ABLATION_POINTS = {
+    "proj": {"q": "q_proj output", "k": "k_proj output", "v": "o_proj input"},
+    "fused_qkv": {
+        "q": "qkv_proj output, q columns [h*head_dim, (h+1)*head_dim)",
+        "k": "qkv_proj output, k columns [H*head_dim + g*head_dim, H*head_dim + (g+1)*head_dim)",
+        "v": "o_proj input",
+    },
+    "qk_norm": {"q": "q_norm output", "k": "k_norm output", "v": "o_proj input"},
+}
 
 
 # ---------------------------------------------------------------------------
@@ -713,11 +888,151 @@ def spec_qwen2():
     return dict(cls=Qwen2ForCausalLM, tok=tok, config=config, gen=gen, seed=4000, std=0.15, hub_style=True, pad=eot)
 
 
+def spec_gemma():
+    tok = make_gemma_tokenizer(total_vocab=460, chat_template=GEMMA_CHAT_TEMPLATE)
+
+    def config(vocab_size):
+        return GemmaConfig(
+            vocab_size=vocab_size,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=1,  # Gemma-2B is MQA
+            head_dim=32,  # != hidden_size / num_attention_heads = 16
+            hidden_act="gelu_pytorch_tanh",
+            max_position_embeddings=256,
+            rms_norm_eps=1e-6,
+            rope_theta=10000.0,
+            tie_word_embeddings=True,
+            pad_token_id=0,
+            eos_token_id=1,
+            bos_token_id=2,
+            initializer_range=0.15,
+        )
+
+    gen = GenerationConfig(bos_token_id=2, eos_token_id=1, pad_token_id=0)
+    return dict(cls=GemmaForCausalLM, tok=tok, config=config, gen=gen, seed=5000, std=0.15, hub_style=True,
+                norm_center=0.0)
+
+
+def spec_gemma2():
+    tok = make_gemma_tokenizer(total_vocab=420, chat_template=GEMMA2_CHAT_TEMPLATE)
+    eot = tok.convert_tokens_to_ids("<end_of_turn>")
+
+    def config(vocab_size, attn_logit_softcapping=5.0, final_logit_softcapping=3.0, layer_types=None):
+        return Gemma2Config(
+            vocab_size=vocab_size,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,  # Gemma-2 is GQA 2:1 (the gemma fixture covers MQA)
+            head_dim=32,
+            hidden_activation="gelu_pytorch_tanh",
+            max_position_embeddings=256,
+            rms_norm_eps=1e-6,
+            rope_theta=10000.0,
+            query_pre_attn_scalar=24,  # != head_dim
+            attn_logit_softcapping=attn_logit_softcapping,
+            final_logit_softcapping=final_logit_softcapping,
+            sliding_window=4,
+            layer_types=layer_types,
+            tie_word_embeddings=True,
+            pad_token_id=0,
+            eos_token_id=[1, eot],
+            bos_token_id=2,
+            initializer_range=0.15,
+        )
+
+    gen = GenerationConfig(bos_token_id=2, eos_token_id=[1, eot], pad_token_id=0)
+    return dict(cls=Gemma2ForCausalLM, tok=tok, config=config, gen=gen, seed=6000, std=0.15, hub_style=True,
+                norm_center=0.0)
+
+
+PHI3_SHORT_FACTOR = [1.0, 1.02, 1.05, 1.1, 1.2, 1.35, 1.5, 1.7]
+PHI3_LONG_FACTOR = [1.0, 1.5, 2.2, 3.0, 4.0, 5.0, 6.5, 8.0]
+
+
+def spec_phi3():
+    tok = make_phi3_tokenizer(total_vocab=430)
+    eot = tok.convert_tokens_to_ids("<|endoftext|>")
+    asst = tok.convert_tokens_to_ids("<|assistant|>")
+    end = tok.convert_tokens_to_ids("<|end|>")
+
+    def config(vocab_size, short_factor=PHI3_SHORT_FACTOR, long_factor=PHI3_LONG_FACTOR, sliding_window=2047,
+               attention_factor=None):
+        # Like Phi-3 (32011 tokens, vocab_size 32064) the embedding matrix is
+        # padded past the tokenizer, here to a multiple of 64.
+        padded = (vocab_size + 63) // 64 * 64
+        rope_scaling = {"type": "longrope", "short_factor": list(short_factor), "long_factor": list(long_factor)}
+        if attention_factor is not None:
+            rope_scaling["attention_factor"] = attention_factor
+        return Phi3Config(
+            vocab_size=padded,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            original_max_position_embeddings=16,
+            rope_theta=10000.0,
+            rope_scaling=rope_scaling,
+            sliding_window=sliding_window,
+            rms_norm_eps=1e-5,
+            tie_word_embeddings=False,
+            bos_token_id=1,
+            eos_token_id=eot,
+            pad_token_id=eot,
+            initializer_range=0.15,
+        )
+
+    gen = GenerationConfig(bos_token_id=1, eos_token_id=[eot, asst, end], pad_token_id=eot)
+    return dict(cls=Phi3ForCausalLM, tok=tok, config=config, gen=gen, seed=7000, std=0.15, hub_style=True, pad=eot)
+
+
+def spec_qwen3():
+    tok = make_qwen3_tokenizer(base_vocab=480)
+    eot = tok.convert_tokens_to_ids("<|endoftext|>")
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+
+    def config(vocab_size):
+        padded = (vocab_size + 31) // 32 * 32
+        return Qwen3Config(
+            vocab_size=padded,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=32,  # != hidden_size / num_attention_heads = 16
+            max_position_embeddings=256,
+            rms_norm_eps=1e-6,
+            rope_theta=1000000.0,
+            attention_bias=False,
+            use_sliding_window=False,
+            sliding_window=None,
+            max_window_layers=2,
+            tie_word_embeddings=True,
+            bos_token_id=eot,
+            eos_token_id=im_end,
+            initializer_range=0.15,
+        )
+
+    gen = GenerationConfig(bos_token_id=eot, eos_token_id=[im_end, eot], pad_token_id=eot)
+    return dict(cls=Qwen3ForCausalLM, tok=tok, config=config, gen=gen, seed=8000, std=0.15, hub_style=True, pad=eot)
+
+
 SPECS = {
     "llama_gqa": spec_llama_gqa,
     "llama3": spec_llama3,
     "mistral": spec_mistral,
     "qwen2": spec_qwen2,
+    "gemma": spec_gemma,
+    "gemma2": spec_gemma2,
+    "phi3": spec_phi3,
+    "qwen3": spec_qwen3,
 }
 
 
@@ -743,6 +1058,33 @@ def to_hub_style(cfg: dict, name: str) -> dict:
         cfg.pop("layer_types", None)
         cfg["sliding_window"] = 4  # present but disabled by use_sliding_window=false
         assert cfg["use_sliding_window"] is False
+    if name == "gemma":
+        # google/gemma-2b(-it) and gemma-7b(-it) ship "hidden_act": "gelu" with
+        # "hidden_activation": null; transformers 5's GemmaConfig maps "gelu" to
+        # "gelu_pytorch_tanh" (and never reads hidden_activation).
+        assert cfg["hidden_act"] == "gelu_pytorch_tanh"
+        cfg["hidden_act"] = "gelu"
+        cfg["hidden_activation"] = None
+        assert cfg.pop("use_bidirectional_attention") is None
+    if name == "gemma2":
+        # The Gemma-2 checkpoints carry both keys; transformers 5's Gemma2MLP
+        # reads hidden_activation only.  layer_types is derived (sliding on even
+        # layers) and absent from the real configs.
+        cfg["hidden_act"] = cfg["hidden_activation"]
+        assert cfg.pop("layer_types") == ["sliding_attention", "full_attention"] * (cfg["num_hidden_layers"] // 2)
+        assert cfg.pop("use_bidirectional_attention") is None
+    if name == "phi3":
+        # As in microsoft/Phi-3-mini-128k-instruct: rope_scaling holds only the
+        # factor lists and the type; original_max_position_embeddings is a
+        # top-level key (transformers 5 copies it into rope_parameters).
+        scaling = cfg["rope_scaling"]
+        assert scaling.pop("original_max_position_embeddings") == cfg["original_max_position_embeddings"]
+        assert scaling.pop("partial_rotary_factor") == 1.0
+        assert scaling.pop("rope_type") == scaling["type"] == "longrope"
+        cfg["rope_scaling"] = dict(sorted(scaling.items()))
+    if name == "qwen3":
+        assert cfg.pop("layer_types") == ["full_attention"] * cfg["num_hidden_layers"]
+        assert cfg["use_sliding_window"] is False and cfg["sliding_window"] is None
     return dict(sorted(cfg.items()))
 
 
@@ -777,7 +1119,7 @@ def build(name: str) -> None:
         config = spec["config"](vocab_len)
         config._attn_implementation = "eager"
         model = spec["cls"](config).eval()
-        reinit_(model, seed, spec["std"])
+        reinit_(model, seed, spec["std"], spec.get("norm_center", 1.0))
         model.generation_config = copy.deepcopy(spec["gen"])
         eos_ids = spec["gen"].eos_token_id
         eos_ids = set(eos_ids if isinstance(eos_ids, list) else [eos_ids])
@@ -813,7 +1155,11 @@ def build(name: str) -> None:
             print(f"  hidden_states[-1] == final-norm output: {post_norm};"
                   f" len(hidden_states) = {len(full.hidden_states)}")
         assert post_norm, "hidden_states[-1] is not the post-norm state"
-        torch.testing.assert_close(model.lm_head(hidden), logits[i], rtol=1e-5, atol=1e-5)
+        from_hidden = model.lm_head(hidden)
+        cap = getattr(config, "final_logit_softcapping", None)
+        if cap is not None:  # Gemma-2: cap * tanh(logits / cap) after lm_head
+            from_hidden = torch.tanh(from_hidden / cap) * cap
+        torch.testing.assert_close(from_hidden, logits[i], rtol=1e-5, atol=1e-5)
         tensors[f"logits.{i}"] = logits[i].contiguous()
         tensors[f"hidden.{i}"] = hidden.float().contiguous()
 
@@ -824,6 +1170,17 @@ def build(name: str) -> None:
         check_mistral_window(spec, model, raw_ids, logits, vocab_len)
     if name == "qwen2":
         check_qwen2_no_window(spec, model, raw_ids, logits, vocab_len)
+    family_extra: dict = {}
+    if name in NEW_FAMILIES:
+        family_extra["ablation_point"] = ABLATION_POINTS[ablation_kind(model)]
+    if name == "gemma":
+        family_extra.update(check_gemma(spec, model, raw_ids, logits, vocab_len))
+    if name == "gemma2":
+        family_extra.update(check_gemma2(spec, model, raw_ids, logits, vocab_len))
+    if name == "phi3":
+        family_extra.update(check_phi3(spec, model, raw_ids, logits, vocab_len, greedy_records))
+    if name == "qwen3":
+        family_extra.update(check_qwen3(spec, model, raw_ids, logits, vocab_len))
 
     ablations = ablation_sets(config.num_hidden_layers, config.num_attention_heads, config.num_key_value_heads)
     for abl in ablations:
@@ -844,6 +1201,8 @@ def build(name: str) -> None:
             assert diff > 1e-2, f"ablation {abl['name']} has no effect"
     # hooks removed: unmodified logits again
     torch.testing.assert_close(forward_logits(model, raw_ids[0]), logits[0], rtol=0, atol=0)
+    if name in NEW_FAMILIES:
+        check_uniform_attention(model, raw_ids)
 
     # ---- write the folder
     out_dir = FIXTURES / name
@@ -884,6 +1243,7 @@ def build(name: str) -> None:
         "greedy": greedy_records,
         "epsilon": EPSILON,
         "ablations": ablations,
+        **family_extra,
     }
     (out_dir / "reference.json").write_text(json.dumps(reference, indent=2, ensure_ascii=False) + "\n")
     save_file(tensors, str(out_dir / "reference.safetensors"), metadata={"format": "pt"})
@@ -944,6 +1304,240 @@ def check_qwen2_no_window(spec, model, raw_ids, logits, vocab_len) -> None:
     assert diff > 1e-2
 
 
+NEW_FAMILIES = ("gemma", "gemma2", "phi3", "qwen3")
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max())
+
+
+def check_uniform_attention(model, raw_ids) -> None:
+    """"Undifferentiated attention": with a head's query scaled by epsilon at the
+    fixture's ablation point, that head's attention rows are uniform over the
+    keys it may see (all previous positions, or the last `sliding_window` ones
+    on a sliding layer)."""
+    cfg = model.config
+    last = cfg.num_hidden_layers - 1
+    heads = [[0, 1], [last, cfg.num_attention_heads - 2]]
+    abl = {"name": "check", "target": "q", "op": "scale", "heads": heads}
+    ids = max(raw_ids, key=len)
+    x = torch.tensor([ids])
+    handles = register_ablation(model, abl, EPSILON)
+    try:
+        with torch.no_grad():
+            out = model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False, output_attentions=True)
+    finally:
+        for h in handles:
+            h.remove()
+    t = len(ids)
+    layer_types = getattr(cfg, "layer_types", None) or ["full_attention"] * cfg.num_hidden_layers
+    worst = 0.0
+    for layer, head in heads:
+        w = out.attentions[layer][0, head]
+        window = cfg.sliding_window if layer_types[layer] == "sliding_attention" else None
+        expect = torch.zeros(t, t)
+        for i in range(t):
+            lo = 0 if window is None else max(0, i - window + 1)
+            expect[i, lo:i + 1] = 1.0 / (i + 1 - lo)
+        worst = max(worst, _max_diff(w, expect))
+        # and an unablated head of the same layer is far from uniform
+        other = (head + 1) % cfg.num_attention_heads
+        assert _max_diff(out.attentions[layer][0, other], expect) > 1e-2
+    print(f"  q scaled by eps at the ablation point -> attention rows uniform within {worst:.2e}")
+    assert worst < 1e-4, worst
+
+
+def check_gemma(spec, model, raw_ids, logits, vocab_len) -> dict:
+    emb = model.model.embed_tokens
+    assert emb.embed_scale.dtype == torch.float32 and float(emb.embed_scale) == 64 ** 0.5
+    # GELU: tanh approximation, not erf.
+    act = model.model.layers[0].mlp.act_fn
+    x = torch.linspace(-4, 4, 101)
+    torch.testing.assert_close(act(x), torch.nn.functional.gelu(x, approximate="tanh"), rtol=0, atol=0)
+    longest = max(range(len(raw_ids)), key=lambda i: len(raw_ids[i]))
+    saved = [layer.mlp.act_fn for layer in model.model.layers]
+    try:
+        for layer in model.model.layers:
+            layer.mlp.act_fn = torch.nn.GELU(approximate="none")
+        erf = forward_logits(model, raw_ids[longest])
+    finally:
+        for layer, a in zip(model.model.layers, saved):
+            layer.mlp.act_fn = a
+    d_erf = _max_diff(erf, logits[longest])
+    # RMSNorm (1 + weight): with weight instead of 1 + weight the logits collapse.
+    norms = [m for n, m in model.named_modules() if n.endswith("norm")]
+    saved_w = [m.weight.detach().clone() for m in norms]
+    with torch.no_grad():
+        for m in norms:
+            m.weight -= 1.0
+        try:
+            no_plus_one = forward_logits(model, raw_ids[longest])
+        finally:
+            for m, w in zip(norms, saved_w):
+                m.weight.copy_(w)
+    torch.testing.assert_close(forward_logits(model, raw_ids[longest]), logits[longest], rtol=0, atol=0)
+    d_norm = _max_diff(no_plus_one, logits[longest])
+    print(f"  gemma: embed_scale = float32 {float(emb.embed_scale)}; exact (erf) GELU would change the logits by "
+          f"{d_erf:.2e}; norm weight without the +1 by {d_norm:.3f}")
+    assert d_erf > 1e-5 and d_norm > 1e-1
+    return {"embed_scale": float(emb.embed_scale)}
+
+
+def check_gemma2(spec, model, raw_ids, logits, vocab_len) -> dict:
+    cfg = model.config
+    w = cfg.sliding_window
+    longest = max(range(len(raw_ids)), key=lambda i: len(raw_ids[i]))
+    ids = raw_ids[longest]
+    assert len(ids) > 3 * w, (len(ids), w)
+    assert cfg.layer_types == ["sliding_attention", "full_attention"] * (cfg.num_hidden_layers // 2), cfg.layer_types
+    diffs = {}
+    variants = {
+        "no attn softcap": dict(attn_logit_softcapping=None),
+        "no final softcap": dict(final_logit_softcapping=None),
+        "no sliding window": dict(layer_types=["full_attention"] * cfg.num_hidden_layers),
+    }
+    full = None
+    for label, kw in variants.items():
+        other = _clone_with_config(spec, model, spec["config"](vocab_len, **kw))
+        out = forward_logits(other, ids)
+        diffs[label] = _max_diff(out, logits[longest])
+        assert diffs[label] > 1e-2, (label, diffs[label])
+        if label == "no sliding window":
+            full = out
+    # window semantics, as for Mistral: query i sees keys i-w < j <= i
+    torch.testing.assert_close(full[:w], logits[longest][:w], rtol=1e-6, atol=1e-6)
+    assert _max_diff(full[w], logits[longest][w]) > 1e-3
+    # query_pre_attn_scalar (24) is what scales the scores, not head_dim (32)
+    scalar = _clone_with_config(spec, model, spec["config"](vocab_len))
+    for layer in scalar.model.layers:
+        layer.self_attn.scaling = cfg.head_dim ** -0.5
+    diffs["scaling head_dim^-0.5"] = _max_diff(forward_logits(scalar, ids), logits[longest])
+    assert diffs["scaling head_dim^-0.5"] > 1e-2
+    print("  gemma2: max |Δlogit| on the longest prompt (" + str(len(ids)) + " tokens) with "
+          + ", ".join(f"{k}: {v:.3f}" for k, v in diffs.items()))
+    print(f"  gemma2: rows 0..{w - 1} identical without the window, row {w} differs; layer_types {cfg.layer_types}")
+    return {"layer_types": list(cfg.layer_types)}
+
+
+def check_phi3(spec, model, raw_ids, logits, vocab_len, greedy_records) -> dict:
+    cfg = model.config
+    rp = cfg.rope_parameters
+    orig = rp["original_max_position_embeddings"]
+    assert orig == cfg.original_max_position_embeddings == 16 and cfg.max_position_embeddings == 64
+    rot = model.model.rotary_emb
+    factor = cfg.max_position_embeddings / orig
+    mscale = math.sqrt(1 + math.log(factor) / math.log(orig))
+    assert rot.attention_scaling == mscale, (rot.attention_scaling, mscale)
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    base = 1.0 / (rp["rope_theta"] ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    per_prompt = []
+    for i, ids in enumerate(raw_ids):
+        forward_logits(model, ids)  # longrope updates rotary_emb.inv_freq in place for this call
+        which = "long" if len(ids) > orig else "short"
+        ext = torch.tensor(rp[f"{which}_factor"], dtype=torch.float32)
+        torch.testing.assert_close(rot.inv_freq, base / ext, rtol=1e-6, atol=0)
+        n_new = len(greedy_records[i]["new_tokens"])
+        # generate() decides per forward call; make sure no greedy run crosses the boundary
+        assert (len(ids) > orig) == (len(ids) + n_new - 1 > orig), (i, len(ids), n_new)
+        per_prompt.append({"prompt_index": i, "length": len(ids), "factors": which})
+    assert {p["factors"] for p in per_prompt} == {"short", "long"}
+    # Which factor list matters for which prompt.
+    same_long = _clone_with_config(spec, model, spec["config"](vocab_len, long_factor=PHI3_SHORT_FACTOR))
+    same_short = _clone_with_config(spec, model, spec["config"](vocab_len, short_factor=PHI3_LONG_FACTOR))
+    no_mscale = _clone_with_config(spec, model, spec["config"](vocab_len, attention_factor=1.0))
+    no_window = _clone_with_config(spec, model, spec["config"](vocab_len, sliding_window=None))
+    for p in per_prompt:
+        i, ids = p["prompt_index"], raw_ids[p["prompt_index"]]
+        d_long = _max_diff(forward_logits(same_long, ids), logits[i])
+        d_short = _max_diff(forward_logits(same_short, ids), logits[i])
+        d_mscale = _max_diff(forward_logits(no_mscale, ids), logits[i])
+        torch.testing.assert_close(forward_logits(no_window, ids), logits[i], rtol=0, atol=0)
+        if p["factors"] == "long":
+            assert d_long > 1e-2 and d_short == 0.0, (d_long, d_short)
+        else:
+            assert d_short > 1e-2 and d_long == 0.0, (d_long, d_short)
+        assert d_mscale > 1e-2
+        print(f"  phi3: prompt {i} ({len(ids)} tokens) uses the {p['factors']} factors; max |Δlogit| if "
+              f"long_factor:=short_factor {d_long:.3f}, short_factor:=long_factor {d_short:.3f}, "
+              f"attention_factor:=1 {d_mscale:.3f}; sliding_window=None: identical")
+    # What cached generation does when a sequence crosses the boundary: the
+    # prefill (<= orig tokens) is rotated with the short factors and stays in
+    # the cache; later steps rotate their own q/k with the long factors.
+    ids = raw_ids[2][: orig - 2]
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=6,
+                             output_logits=True, return_dict_in_generate=True, pad_token_id=spec["pad"])
+    seq = out.sequences[0].tolist()
+    crossing = []
+    for k, step in enumerate(out.logits):
+        ref = forward_logits(model, seq[: len(ids) + k])[-1]
+        crossing.append(_max_diff(step[0], ref))
+    print(f"  phi3: cached generate from {len(ids)} tokens vs full recompute, max |Δlogit| per step "
+          f"{[round(d, 4) for d in crossing]} (steps whose sequence exceeds {orig} differ)")
+    assert crossing[0] < 1e-4 and max(crossing) > 1e-3
+    return {
+        "rope": {
+            "rope_type": "longrope",
+            "original_max_position_embeddings": orig,
+            "max_position_embeddings": cfg.max_position_embeddings,
+            "attention_factor": mscale,
+            "short_factor": list(rp["short_factor"]),
+            "long_factor": list(rp["long_factor"]),
+            "rule": "per forward call: long_factor iff max(position_ids) + 1 > original_max_position_embeddings",
+            "prompts": per_prompt,
+        }
+    }
+
+
+def check_qwen3(spec, model, raw_ids, logits, vocab_len) -> dict:
+    """The q ablation acts on q_norm's output.  Scaling q_proj's output instead
+    (before the per-head RMSNorm) would give q_norm(eps*q) =
+    eps*q*w / sqrt(eps^2*mean(q^2) + rms_norm_eps): for eps=1e-5 the rms epsilon
+    dominates and the head keeps a query of about 1e-2*q*w, so its attention is
+    NOT uniform.  Recorded here for the README."""
+    cfg = model.config
+    longest = max(range(len(raw_ids)), key=lambda i: len(raw_ids[i]))
+    ids = raw_ids[longest]
+    heads = [[0, 1], [cfg.num_hidden_layers - 1, cfg.num_attention_heads - 2]]
+    post = {"name": "post", "target": "q", "op": "scale", "heads": heads}
+    handles = register_ablation(model, post, EPSILON)
+    try:
+        post_logits = forward_logits(model, ids)
+    finally:
+        for h in handles:
+            h.remove()
+    hd = cfg.head_dim
+    pre_handles = []
+    by_layer = defaultdict(list)
+    for layer, head in heads:
+        by_layer[layer].append(head)
+    for layer, hs in by_layer.items():
+        def pre(m, a, out, hs=hs):
+            y = out.clone()
+            for h in hs:
+                y[..., h * hd:(h + 1) * hd] *= EPSILON
+            return y
+        pre_handles.append(model.model.layers[layer].self_attn.q_proj.register_forward_hook(pre))
+    try:
+        pre_logits = forward_logits(model, ids)
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            att = model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False,
+                        output_attentions=True).attentions[0][0, 1]
+    finally:
+        for h in pre_handles:
+            h.remove()
+    t = len(ids)
+    uniform = torch.tril(torch.ones(t, t)) / torch.arange(1, t + 1).unsqueeze(1)
+    d_pre_post = _max_diff(pre_logits, post_logits)
+    d_att = _max_diff(att, uniform)
+    print(f"  qwen3: scaling q before q_norm instead of after changes the ablated logits by {d_pre_post:.3f}; "
+          f"the head's attention is then {d_att:.3f} away from uniform")
+    assert d_pre_post > 1e-2 and d_att > 1e-2
+    return {}
+
+
 # ---------------------------------------------------------------------------
 # Verification from the saved folder only
 # ---------------------------------------------------------------------------
@@ -965,11 +1559,17 @@ def verify(name: str) -> None:
             h = model.model(input_ids=torch.tensor([ids]), use_cache=False).last_hidden_state[0]
         torch.testing.assert_close(h, tensors[f"hidden.{i}"], rtol=0, atol=0)
     for case in ref["chat"]:
-        if "error" in case:
-            continue
         messages = ([{"role": "system", "content": case["system"]}] if case["system"] is not None else []) + [
             {"role": "user", "content": case["user"]}
         ]
+        if "error" in case:
+            try:
+                tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            except Exception as e:  # noqa: BLE001
+                assert str(e) == case["error"], (name, str(e))
+            else:
+                raise AssertionError(f"{name}: chat template no longer raises {case['error']!r}")
+            continue
         rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         assert rendered == case["rendered"], (name, rendered)
         assert tok(rendered, add_special_tokens=False)["input_ids"] == case["token_ids"]

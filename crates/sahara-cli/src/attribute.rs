@@ -4,18 +4,17 @@
 use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
-use sahara::ablation::Op;
 use sahara::attribute::{
     best_head, final_hidden, stack_rows, step_scores, LeftSubspace, SaharaOptions,
 };
-use sahara::runlog::{model_fingerprint, sibling, write_atomic};
-use sahara::ships::HeadGrid;
+use sahara::runlog::{sibling, write_atomic};
+use sahara::ships::grid_from_json;
 use sahara::{Error, Result};
 use serde_json::{json, Value};
 
 use crate::common::{
-    progress_bar, queries_fingerprint, short_name, DataArgs, EngineArgs, ModelArgs, OpArgs,
-    TemplateArgs,
+    progress_bar, queries_fingerprint, run_record, short_name, DataArgs, EngineArgs, ModelArgs,
+    OpArgs, TemplateArgs,
 };
 
 #[derive(ClapArgs, Debug)]
@@ -47,16 +46,6 @@ pub struct Args {
     pub quiet: bool,
 }
 
-fn grid_of(v: &Value) -> Option<HeadGrid> {
-    v.as_array()?
-        .iter()
-        .map(|row| {
-            row.as_array()
-                .map(|r| r.iter().map(Value::as_f64).collect())
-        })
-        .collect()
-}
-
 pub fn run(a: Args) -> Result<()> {
     let template = a.template.parse()?;
     let (target, op) = a.op.parse()?;
@@ -75,25 +64,19 @@ pub fn run(a: Args) -> Result<()> {
         engine,
     };
     opts.validate(&cfg, queries.len())?;
-    let epsilon = match op {
-        Op::Scale(e) => json!(e),
-        Op::Mean => Value::Null,
-    };
-    let record = json!({
-        "command": "attribute",
-        "model": model.spec,
-        "model_fingerprint": model_fingerprint(&model.dir)?,
-        "data": a.data.data,
-        "data_fingerprint": queries_fingerprint(&queries),
-        "queries": queries.len(),
-        "template": template.name(),
-        "system": a.template.system,
-        "target": target.as_str(),
-        "mode": op.mode_str(),
-        "epsilon": epsilon,
-        "rank": a.rank,
-        "dtype": a.model.dtype,
-    });
+    let epsilon = op.epsilon_json();
+    let mut record = run_record(
+        "attribute",
+        &model,
+        &a.model,
+        &a.data,
+        &queries,
+        &template,
+        &a.template.system,
+        target,
+        op,
+    )?;
+    record["rank"] = json!(a.rank);
     let mut out = json!({
         "model": model.spec,
         "data": a.data.data,
@@ -144,7 +127,7 @@ pub fn run(a: Args) -> Result<()> {
                 let sel = s["selected"].as_array().and_then(|p| {
                     Some((p.first()?.as_u64()? as usize, p.get(1)?.as_u64()? as usize))
                 });
-                match (sel, grid_of(&s["scores"])) {
+                match (sel, grid_from_json(&s["scores"])) {
                     (Some(h), Some(_)) => {
                         selected.push(h);
                         steps.push(s);
@@ -243,7 +226,7 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(p) = &a.plot {
         let first = steps
             .first()
-            .and_then(|s| grid_of(&s["scores"]))
+            .and_then(|s| grid_from_json(&s["scores"]))
             .unwrap_or_default();
         let title = format!(
             "Generalized Ships, step 1 ({} {}) - {} on {}",

@@ -238,3 +238,33 @@ pub fn short_name(s: &str) -> String {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| s.to_string())
 }
+
+/// The settings that identify a run over a dataset, recorded beside its output so that a
+/// rerun resumes only the same computation. Commands add their own keys.
+#[allow(clippy::too_many_arguments)]
+pub fn run_record(
+    command: &str,
+    model: &LoadedModel,
+    model_args: &ModelArgs,
+    data: &DataArgs,
+    queries: &[Encoded],
+    template: &Template,
+    system: &Option<String>,
+    target: sahara::Target,
+    op: sahara::Op,
+) -> Result<serde_json::Value> {
+    Ok(serde_json::json!({
+        "command": command,
+        "model": model.spec,
+        "model_fingerprint": sahara::runlog::model_fingerprint(&model.dir)?,
+        "data": data.data,
+        "data_fingerprint": queries_fingerprint(queries),
+        "queries": queries.len(),
+        "template": template.name(),
+        "system": system,
+        "target": target.as_str(),
+        "mode": op.mode_str(),
+        "epsilon": op.epsilon_json(),
+        "dtype": model_args.dtype,
+    }))
+}

@@ -3,17 +3,17 @@
 use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
-use sahara::ablation::Op;
-use sahara::runlog::{model_fingerprint, sibling, write_atomic, JsonlRun};
+use sahara::runlog::{sibling, write_atomic, JsonlRun};
 use sahara::ships::{
-    parse_range, ships_scores, summarize, top_heads, HeadGrid, ShipsOptions, Summary,
+    grid_from_json, parse_range, ships_scores, summarize, top_heads, HeadGrid, ShipsOptions,
+    Summary,
 };
 use sahara::{Error, Result};
 use serde_json::{json, Value};
 
 use crate::common::{
-    progress_bar, queries_fingerprint, short_name, DataArgs, EngineArgs, ModelArgs, OpArgs,
-    TemplateArgs,
+    progress_bar, queries_fingerprint, run_record, short_name, DataArgs, EngineArgs, ModelArgs,
+    OpArgs, TemplateArgs,
 };
 
 #[derive(ClapArgs, Debug)]
@@ -49,17 +49,6 @@ pub struct Args {
     pub quiet: bool,
 }
 
-fn grid_of(line: &Value) -> Option<HeadGrid> {
-    line.get("scores")?
-        .as_array()?
-        .iter()
-        .map(|row| {
-            row.as_array()
-                .map(|r| r.iter().map(Value::as_f64).collect())
-        })
-        .collect()
-}
-
 pub fn run(a: Args) -> Result<()> {
     let template = a.template.parse()?;
     let (target, op) = a.op.parse()?;
@@ -84,27 +73,21 @@ pub fn run(a: Args) -> Result<()> {
     }
     opts.validate(&cfg)?;
     let (_data, queries) = a.data.encode(&model, &template)?;
-    let epsilon = match op {
-        Op::Scale(e) => json!(e),
-        Op::Mean => Value::Null,
-    };
-    let record = json!({
-        "command": "ships",
-        "model": model.spec,
-        "model_fingerprint": model_fingerprint(&model.dir)?,
-        "data": a.data.data,
-        "data_fingerprint": queries_fingerprint(&queries),
-        "queries": queries.len(),
-        "template": template.name(),
-        "system": a.template.system,
-        "target": target.as_str(),
-        "mode": op.mode_str(),
-        "epsilon": epsilon,
-        "layers": [opts.layers.start, opts.layers.end],
-        "heads": [opts.heads.start, opts.heads.end],
-        "top": a.top,
-        "dtype": a.model.dtype,
-    });
+    let epsilon = op.epsilon_json();
+    let mut record = run_record(
+        "ships",
+        &model,
+        &a.model,
+        &a.data,
+        &queries,
+        &template,
+        &a.template.system,
+        target,
+        op,
+    )?;
+    record["layers"] = json!([opts.layers.start, opts.layers.end]);
+    record["heads"] = json!([opts.heads.start, opts.heads.end]);
+    record["top"] = json!(a.top);
     let mut run = match &a.out {
         Some(p) => Some(JsonlRun::open(p, &record)?),
         None => None,
@@ -115,7 +98,7 @@ pub fn run(a: Args) -> Result<()> {
             let same_query = queries
                 .get(i)
                 .is_some_and(|q| line.get("index").and_then(Value::as_u64) == Some(q.index as u64));
-            match grid_of(line).filter(|_| same_query) {
+            match line.get("scores").and_then(grid_from_json).filter(|_| same_query) {
                 Some(g) => grids.push(g),
                 None => {
                     return Err(Error::InvalidArgument(format!(

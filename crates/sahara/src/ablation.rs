@@ -66,6 +66,14 @@ impl Op {
             Op::Mean => "mean",
         }
     }
+    /// ε as written in outputs: a number for `scale`, null for `mean`.
+    pub fn epsilon_json(self) -> serde_json::Value {
+        match self {
+            Op::Scale(e) => serde_json::json!(e),
+            Op::Mean => serde_json::Value::Null,
+        }
+    }
+
     /// Builds an op from a mode name (`scale` or `mean`) and ε.
     pub fn from_mode(mode: &str, epsilon: f64) -> Result<Self> {
         match mode {

@@ -444,7 +444,9 @@ fn resolve_rope_scaling(
                         l.len(),
                         head_dim / 2
                     )),
-                    None => Err(format!("rope scaling of type longrope lacks a numeric list `{key}`")),
+                    None => Err(format!(
+                        "rope scaling of type longrope lacks a numeric list `{key}`"
+                    )),
                 }
             };
             let original = v

@@ -284,7 +284,12 @@ impl Decoder {
             let i = cfg.intermediate_size;
             let (qkv_proj, gate_up_proj) = if cfg.fused_projections {
                 (
-                    linear(&format!("{p}.self_attn.qkv_proj"), (h + 2 * g) * hd, d, cfg.qkv_bias)?,
+                    linear(
+                        &format!("{p}.self_attn.qkv_proj"),
+                        (h + 2 * g) * hd,
+                        d,
+                        cfg.qkv_bias,
+                    )?,
                     linear(&format!("{p}.mlp.gate_up_proj"), 2 * i, d, cfg.mlp_bias)?,
                 )
             } else {
@@ -309,7 +314,10 @@ impl Decoder {
             };
             let qk = |name: &str| -> Result<Option<Tensor>> {
                 if cfg.qk_norm {
-                    Ok(Some(norm_weight(&format!("{p}.self_attn.{name}.weight"), hd)?))
+                    Ok(Some(norm_weight(
+                        &format!("{p}.self_attn.{name}.weight"),
+                        hd,
+                    )?))
                 } else {
                     Ok(None)
                 }

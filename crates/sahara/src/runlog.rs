@@ -187,13 +187,7 @@ pub fn model_fingerprint(dir: &Path) -> Result<String> {
     let mut parts: Vec<Vec<u8>> = Vec::new();
     let cfg = dir.join("config.json");
     parts.push(std::fs::read(&cfg).map_err(|e| Error::io(&cfg, e))?);
-    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-        .collect();
-    names.sort();
-    for p in names {
+    for p in crate::weights::weight_files(dir)? {
         let mut f = File::open(&p).map_err(|e| Error::io(&p, e))?;
         let len = f.metadata().map_err(|e| Error::io(&p, e))?.len();
         let mut head = vec![0u8; 4096.min(len as usize)];

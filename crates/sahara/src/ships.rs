@@ -144,6 +144,17 @@ pub fn ships_scores(
     Ok(grid)
 }
 
+/// A grid as written in outputs ([layer][head], numbers or null), read back.
+pub fn grid_from_json(v: &serde_json::Value) -> Option<HeadGrid> {
+    v.as_array()?
+        .iter()
+        .map(|row| {
+            row.as_array()
+                .map(|r| r.iter().map(serde_json::Value::as_f64).collect())
+        })
+        .collect()
+}
+
 /// A head and its score.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HeadScore {

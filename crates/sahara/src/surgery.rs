@@ -268,14 +268,8 @@ impl Drop for Cleanup {
 
 /// Content hash of a folder's weight files (FNV-1a over their bytes, in name order).
 pub fn weights_hash(dir: &Path) -> Result<String> {
-    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
-        .collect();
-    names.sort();
     let mut parts = Vec::new();
-    for p in &names {
+    for p in &crate::weights::weight_files(dir)? {
         parts.push(std::fs::read(p).map_err(|e| Error::io(p, e))?);
     }
     let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();

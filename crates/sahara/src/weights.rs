@@ -94,6 +94,17 @@ fn describe_safetensors_error(e: &safetensors::SafeTensorError) -> String {
     }
 }
 
+/// The `.safetensors` files of a folder, in name order.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 /// Where the decoder's tensors come from, by their Hugging Face names: safetensors files
 /// ([`Weights`]) or another checkpoint format mapped onto those names.
 pub trait TensorSource {
