@@ -13,8 +13,7 @@ use sahara::{Error, Result};
 use serde_json::{json, Value};
 
 use crate::common::{
-    progress_bar, queries_fingerprint, run_record, short_name, DataArgs, EngineArgs, ModelArgs,
-    OpArgs, TemplateArgs,
+    progress_bar, run_record, short_name, DataArgs, EngineArgs, ModelArgs, OpArgs, TemplateArgs,
 };
 
 #[derive(ClapArgs, Debug)]
