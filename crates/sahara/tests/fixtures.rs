@@ -3,6 +3,9 @@
 //! reference logits, hidden states, ablated logits, greedy continuations, rendered chat
 //! prompts and token ids. Tolerance: max |Δlogit| ≤ 1e-4 in f32.
 
+mod common;
+use common::*;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -49,20 +52,6 @@ fn ids(v: &Value) -> Vec<u32> {
         .iter()
         .map(|x| x.as_u64().unwrap() as u32)
         .collect()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn raw_prompts(f: &Fixture) -> Vec<Vec<u32>> {

@@ -2,6 +2,9 @@
 //! from a layer, batching with padding, key/value cache, per-row ablations) agree with the
 //! plain full forward pass.
 
+mod common;
+use common::*;
+
 use candle_core::{DType, Device, IndexOp, Tensor};
 use sahara::generate::{generate, GenerateOptions};
 use sahara::random::{write_random_model, RandomSpec};
@@ -14,19 +17,6 @@ fn model(arch: &str, f: impl FnOnce(&mut RandomSpec)) -> (tempfile::TempDir, Loa
     write_random_model(dir.path(), &spec).unwrap();
     let m = LoadedModel::load(dir.path().to_str().unwrap(), DType::F32, &Device::Cpu).unwrap();
     (dir, m)
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 fn all_logits(m: &LoadedModel, prompts: &[Vec<u32>], rows: Option<&[Vec<HeadAblation>]>) -> Tensor {

@@ -2,6 +2,9 @@
 //! the source with the ablation in memory; untouched tensors are byte-for-byte copies; the
 //! source is never changed; sharding and dtypes are kept.
 
+mod common;
+use common::*;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -34,29 +37,6 @@ fn logits(m: &LoadedModel, ids: &[u32], abl: &[HeadAblation]) -> candle_core::Te
         .unwrap()
         .logits
         .unwrap()
-}
-
-fn rel_diff(a: &candle_core::Tensor, b: &candle_core::Tensor) -> f32 {
-    let d = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let s = a
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    d / s
 }
 
 fn tensor_bytes(dir: &Path) -> BTreeMap<String, Vec<u8>> {
