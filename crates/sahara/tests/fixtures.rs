@@ -16,7 +16,19 @@ use sahara::{
 };
 use serde_json::Value;
 
-const FAMILIES: [&str; 4] = ["llama_gqa", "llama3", "mistral", "qwen2"];
+/// Every fixture folder with a reference (one per family and configuration).
+fn families() -> Vec<String> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+    let mut names: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("reference.json").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(names.len() >= 4, "fixtures missing: {names:?}");
+    names
+}
 const TOL: f32 = 1e-4;
 
 fn fixture_dir(name: &str) -> PathBuf {
@@ -82,7 +94,8 @@ fn forward_all(
 
 #[test]
 fn prompt_token_ids_match_transformers() {
-    for name in FAMILIES {
+    for name in families() {
+        let name = name.as_str();
         let f = load(name);
         let prompts = f.reference["prompts"].as_array().unwrap();
         for (i, p) in prompts.iter().enumerate() {
@@ -98,7 +111,8 @@ fn prompt_token_ids_match_transformers() {
 
 #[test]
 fn chat_templates_render_as_transformers_does() {
-    for name in FAMILIES {
+    for name in families() {
+        let name = name.as_str();
         let f = load(name);
         for (i, case) in f.reference["chat"].as_array().unwrap().iter().enumerate() {
             let system = case["system"].as_str().map(String::from);
@@ -122,7 +136,8 @@ fn chat_templates_render_as_transformers_does() {
 
 #[test]
 fn logits_and_hidden_states_match_transformers() {
-    for name in FAMILIES {
+    for name in families() {
+        let name = name.as_str();
         let f = load(name);
         let mut worst = 0f32;
         for (i, p) in raw_prompts(&f).iter().enumerate() {
@@ -139,7 +154,8 @@ fn logits_and_hidden_states_match_transformers() {
 
 #[test]
 fn a_padded_batch_matches_transformers() {
-    for name in FAMILIES {
+    for name in families() {
+        let name = name.as_str();
         let f = load(name);
         let prompts = raw_prompts(&f);
         let batch = Batch::new(&prompts, f.model.prompts.pad_id, &Device::Cpu).unwrap();
@@ -161,7 +177,8 @@ fn a_padded_batch_matches_transformers() {
 
 #[test]
 fn ablated_logits_match_transformers_hooks() {
-    for name in FAMILIES {
+    for name in families() {
+        let name = name.as_str();
         let f = load(name);
         let eps = f.reference["epsilon"].as_f64().unwrap();
         let group = f.model.cfg().group_size();
@@ -208,7 +225,8 @@ fn ablated_logits_match_transformers_hooks() {
 
 #[test]
 fn greedy_continuations_match_transformers() {
-    for name in FAMILIES {
+    for name in families() {
+        let name = name.as_str();
         let f = load(name);
         let prompts = raw_prompts(&f);
         for g in f.reference["greedy"].as_array().unwrap() {
