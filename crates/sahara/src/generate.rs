@@ -124,6 +124,16 @@ pub fn generate(
         .forward(&batch, &spec, Some(&mut cache))?
         .logits
         .expect("logits requested");
+    // LongRoPE models change their rotary frequencies once a sequence outgrows the original
+    // context; transformers then re-encodes the whole sequence, and so does this loop.
+    let longrope_limit = match &model.cfg.rope_scaling {
+        crate::config::RopeScaling::LongRope {
+            original_max_position_embeddings,
+            ..
+        } => Some(*original_max_position_embeddings),
+        _ => None,
+    };
+    let mut seqs: Vec<Vec<u32>> = prompts.to_vec();
     for step in 0..opts.max_new_tokens {
         // (B, 1, V) -> per row
         let rows: Vec<Vec<f32>> = logits.i((.., 0, ..))?.to_vec2()?;
@@ -131,10 +141,12 @@ pub fn generate(
         for (r, row) in rows.iter().enumerate() {
             if done[r] {
                 next.push(pad_id);
+                seqs[r].push(pad_id);
                 continue;
             }
             let t = choose(row, &opts.sampling, &mut rng);
             out[r].push(t);
+            seqs[r].push(t);
             if opts.eos.contains(&t) {
                 done[r] = true;
             }
@@ -142,6 +154,21 @@ pub fn generate(
         }
         if done.iter().all(|&d| d) || step + 1 == opts.max_new_tokens {
             break;
+        }
+        let crosses = longrope_limit.is_some_and(|limit| {
+            cache
+                .pad
+                .iter()
+                .any(|&p| cache.len - p <= limit && cache.len + 1 - p > limit)
+        });
+        if crosses {
+            let full = Batch::new(&seqs, pad_id, &model.device)?;
+            cache = KvCache::new(&model.cfg, full.pad.clone());
+            logits = model
+                .forward(&full, &spec, Some(&mut cache))?
+                .logits
+                .expect("logits requested");
+            continue;
         }
         let step_batch = Batch {
             tokens: Tensor::from_vec(next, (b, 1), &model.device)?,

@@ -461,15 +461,28 @@ impl Decoder {
         }
         let pos = Tensor::from_vec(pos, (b, t, 1), &self.device)?;
         let half = self.inv_freq.dim(0)?;
-        // LongRoPE switches to its long factors when the sequence outgrows the original
-        // context (transformers: max position id + 1 > original_max_position_embeddings).
-        let seq_len = offset + t - pad.iter().copied().min().unwrap_or(0);
+        // LongRoPE switches to its long factors when a sequence outgrows the original context
+        // (transformers: max position id + 1 > original_max_position_embeddings). The choice
+        // is made per row, so that a row's result does not depend on its neighbours.
         let inv_freq = match &self.inv_freq_long {
-            Some((long, original)) if seq_len > *original => long,
-            _ => &self.inv_freq,
+            Some((long, original)) => {
+                let rows: Vec<Tensor> = pad
+                    .iter()
+                    .map(|&p| {
+                        if offset + t - p > *original {
+                            long.clone()
+                        } else {
+                            self.inv_freq.clone()
+                        }
+                    })
+                    .collect();
+                // (B, 1, D/2)
+                Tensor::stack(&rows, 0)?.unsqueeze(1)?
+            }
+            None => self.inv_freq.reshape((1, 1, half))?,
         };
-        // (B, T, 1) * (1, 1, D/2) -> (B, T, D/2), in f32 as transformers computes it.
-        let freqs = pos.broadcast_mul(&inv_freq.reshape((1, 1, half))?)?;
+        // (B, T, 1) * (B or 1, 1, D/2) -> (B, T, D/2), in f32 as transformers computes it.
+        let freqs = pos.broadcast_mul(&inv_freq)?;
         let (mut cos, mut sin) = (freqs.cos()?, freqs.sin()?);
         if self.rope_attention_factor != 1.0 {
             cos = (cos * self.rope_attention_factor)?;
