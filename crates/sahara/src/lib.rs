@@ -18,6 +18,7 @@ pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod hub;
+pub mod judge;
 pub mod model;
 pub mod plot;
 pub mod prompt;
