@@ -4,6 +4,7 @@
 mod attribute;
 mod bench;
 mod common;
+mod eval;
 mod generate;
 mod ships;
 
@@ -30,6 +31,8 @@ enum Command {
     Ships(ships::Args),
     /// Find the dataset-level safety heads: generalized Ships grown greedily (Sahara).
     Attribute(attribute::Args),
+    /// Attack success rate with and without ablated heads, and what the ablation costs.
+    Eval(eval::Args),
     /// Time a forward pass (benchmark harness).
     #[command(hide = true)]
     BenchForward(bench::ForwardArgs),
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => generate::run(a),
         Command::Ships(a) => ships::run(a),
         Command::Attribute(a) => attribute::run(a),
+        Command::Eval(a) => eval::run(a),
         Command::BenchForward(a) => bench::forward(a),
         Command::BenchGenerate(a) => bench::generate_cmd(a),
     };
