@@ -4,6 +4,7 @@
 mod attribute;
 mod bench;
 mod common;
+mod eval;
 mod generate;
 mod ships;
 mod surgery;
@@ -33,6 +34,8 @@ enum Command {
     Attribute(attribute::Args),
     /// Fold a head ablation into the weights and write a Hugging Face model folder.
     Surgery(surgery::Args),
+    /// Attack success rate with and without ablated heads, and what the ablation costs.
+    Eval(eval::Args),
     /// Time a forward pass (benchmark harness).
     #[command(hide = true)]
     BenchForward(bench::ForwardArgs),
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
         Command::Ships(a) => ships::run(a),
         Command::Attribute(a) => attribute::run(a),
         Command::Surgery(a) => surgery::run(a),
+        Command::Eval(a) => eval::run(a),
         Command::BenchForward(a) => bench::forward(a),
         Command::BenchGenerate(a) => bench::generate_cmd(a),
     };

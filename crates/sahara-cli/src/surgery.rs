@@ -20,7 +20,8 @@ pub struct Args {
     /// Take the heads from an `attribute` output or a `ships` summary.
     #[arg(long)]
     pub heads_from: Option<PathBuf>,
-    /// With --heads-from: how many heads (default: all selected / 1 from a ships summary).
+    /// With --heads-from: how many heads (default: all of an attribute output; required for a
+    /// ships summary).
     #[arg(long)]
     pub top: Option<usize>,
     #[command(flatten)]
@@ -37,7 +38,10 @@ pub fn run(a: Args) -> Result<()> {
     let (target, op) = a.op.parse()?;
     let heads = match (&a.ablate, &a.heads_from) {
         (Some(h), None) => parse_heads(h)?,
-        (None, Some(f)) => sahara::heads::heads_from_file(f, a.top)?,
+        (None, Some(f)) => sahara::eval::HeadsFile::read(f)?
+            .head_sets(f, a.top, false)?
+            .pop()
+            .expect("one head set without --sweep"),
         _ => {
             return Err(Error::InvalidArgument(
                 "give the heads with exactly one of --ablate L:H[,L:H…] or --heads-from FILE"

@@ -1596,7 +1596,7 @@ fn surgery_bad_inputs() {
     let junk = fx.write("junk.json", r#"{"hello": 1}"#);
     fails(
         fx.surgery(&["--heads-from", junk.to_str().unwrap(), "--out", o]),
-        &["junk.json", "attribute output"],
+        &["junk.json", "sahara attribute"],
     );
     assert!(!out.exists(), "a failed surgery left {o}");
     std::fs::create_dir_all(&out).unwrap();

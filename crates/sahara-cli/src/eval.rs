@@ -1,0 +1,523 @@
+//! `sahara eval`: attack success rate with and without ablated heads, and the cost of the
+//! ablation on benign prompts.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use clap::Args as ClapArgs;
+use sahara::ablation::{parse_heads, Op, Target};
+use sahara::eval::{
+    summarize, Condition, ConditionSummary, EvalOptions, EvalQuery, Generation, HeadsFile, Outcome,
+    Set,
+};
+use sahara::generate::{GenerateOptions, Sampling};
+use sahara::judge::{Judge, RefusalMatcher};
+use sahara::runlog::{model_fingerprint, sibling, write_atomic, JsonlRun};
+use sahara::{Error, Result};
+use serde_json::{json, Value};
+
+use crate::common::{progress_bar, DataArgs, Encoded, ModelArgs, OpArgs, TemplateArgs};
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub template: TemplateArgs,
+    /// Heads to ablate together, L:H[,L:H…]; repeat for more conditions. The unmodified model
+    /// is always evaluated first.
+    #[arg(long)]
+    pub ablate: Vec<String>,
+    /// Heads from the JSON output of `sahara attribute` ("selected") or the FILE.summary.json
+    /// of `sahara ships` ("by_mean"), best first.
+    #[arg(long)]
+    pub heads_from: Option<PathBuf>,
+    /// With --heads-from: ablate the first K heads (default: all heads an attribute output
+    /// selected; required for a ships summary).
+    #[arg(long, requires = "heads_from")]
+    pub top: Option<usize>,
+    /// With --heads-from: evaluate each prefix 1..=K of the heads as its own condition.
+    #[arg(long, requires = "heads_from")]
+    pub sweep: bool,
+    #[command(flatten)]
+    pub op: OpArgs,
+    /// New tokens per response at most (generation stops earlier at end-of-sequence).
+    #[arg(long, default_value_t = 128)]
+    pub max_new_tokens: usize,
+    /// Prompts generated together in one batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Sample from the top K tokens instead of greedy decoding.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Sampling temperature (sampling instead of greedy decoding).
+    #[arg(long, allow_negative_numbers = true)]
+    pub temperature: Option<f64>,
+    /// Seed of sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Harmless prompts (same formats as --data): measure over-refusal, unchanged responses
+    /// and the first-token KL divergence of each condition.
+    #[arg(long)]
+    pub benign: Option<String>,
+    /// CSV column / JSON key of the benign prompts (default: as for --data).
+    #[arg(long, requires = "benign")]
+    pub benign_column: Option<String>,
+    /// Use only the first N benign prompts.
+    #[arg(long, requires = "benign")]
+    pub benign_limit: Option<usize>,
+    /// Refusal phrases, one a line, replacing the paper's list.
+    #[arg(long)]
+    pub refusal_phrases: Option<PathBuf>,
+    /// JSON Lines output, one line per response (resumable); the summary goes beside it as
+    /// FILE.summary.json. Without it, lines go to stdout and the table to stderr.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// No progress bar and no notes.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// The same kind of error with `prefix` in front of its message.
+fn prefixed(prefix: &str, e: Error) -> Error {
+    match e {
+        Error::Ablation(m) => Error::Ablation(format!("{prefix}: {m}")),
+        Error::InvalidArgument(m) => Error::InvalidArgument(format!("{prefix}: {m}")),
+        other => other,
+    }
+}
+
+fn eval_queries(encoded: Vec<Encoded>) -> Vec<EvalQuery> {
+    encoded
+        .into_iter()
+        .map(|e| EvalQuery {
+            index: e.index,
+            text: e.text,
+            tokens: e.tokens,
+        })
+        .collect()
+}
+
+/// Fingerprint of the queries used, as `common::queries_fingerprint` computes it.
+fn fingerprint(q: &[EvalQuery]) -> String {
+    let parts: Vec<&[u8]> = q.iter().map(|e| e.text.as_bytes()).collect();
+    sahara::runlog::fingerprint(&parts)
+}
+
+/// The conditions: the unmodified model, each --ablate list, then the --heads-from sets. A
+/// set of heads given twice is evaluated once.
+fn conditions(
+    a: &Args,
+    heads_file: Option<&HeadsFile>,
+    target: Target,
+    op: Op,
+    cfg: &sahara::ModelConfig,
+) -> Result<Vec<Condition>> {
+    let mut sets: Vec<(String, Vec<(usize, usize)>)> = Vec::new();
+    for s in &a.ablate {
+        let heads = parse_heads(s).map_err(|e| prefixed(&format!("--ablate {s}"), e))?;
+        sets.push((format!("--ablate {s}"), heads));
+    }
+    if let (Some(f), Some(path)) = (heads_file, &a.heads_from) {
+        for heads in f.head_sets(path, a.top, a.sweep)? {
+            sets.push((path.display().to_string(), heads));
+        }
+    }
+    let mut out = vec![Condition::unmodified()];
+    let mut seen: HashSet<Vec<(usize, usize)>> = HashSet::new();
+    for (source, heads) in sets {
+        let c = Condition::ablating(&heads, target, op, cfg).map_err(|e| prefixed(&source, e))?;
+        let mut key = heads.clone();
+        key.sort_unstable();
+        if !seen.insert(key) {
+            if !a.quiet {
+                eprintln!("note: heads {} are evaluated once", c.name);
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    Ok(out)
+}
+
+/// A resumed line, checked against the run's queries and conditions. `None` when it
+/// belongs to a condition this run does not ask for.
+fn resumed(
+    line: &Value,
+    n: usize,
+    path: &Path,
+    conditions: &HashMap<&str, usize>,
+    queries: &[(Set, &[EvalQuery])],
+) -> Result<Option<Outcome>> {
+    let bad = |why: &str| {
+        Error::InvalidArgument(format!(
+            "{}: line {n} {why}; remove the file to start over",
+            path.display()
+        ))
+    };
+    let set: Set = line["set"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("has no valid \"set\""))?;
+    let name = line["condition"]
+        .as_str()
+        .ok_or_else(|| bad("has no \"condition\""))?;
+    let Some(&condition) = conditions.get(name) else {
+        return Ok(None);
+    };
+    let qs = queries
+        .iter()
+        .find(|(s, _)| *s == set)
+        .map(|(_, q)| *q)
+        .ok_or_else(|| {
+            bad(&format!(
+                "is a {} response, but no such set is given",
+                set.as_str()
+            ))
+        })?;
+    let index = line["index"]
+        .as_u64()
+        .ok_or_else(|| bad("has no \"index\""))? as usize;
+    let query = qs
+        .iter()
+        .position(|q| q.index == index)
+        .filter(|&p| line["query"].as_str() == Some(qs[p].text.as_str()))
+        .ok_or_else(|| {
+            bad(&format!(
+                "does not match {} query {} of the data",
+                set.as_str(),
+                index + 1
+            ))
+        })?;
+    let response = line["response"]
+        .as_str()
+        .ok_or_else(|| bad("has no \"response\""))?;
+    let refusal = line["refusal"]
+        .as_bool()
+        .ok_or_else(|| bad("has no \"refusal\""))?;
+    let first_token_kl = match set {
+        Set::Benign => Some(
+            line["first_token_kl"]
+                .as_f64()
+                .ok_or_else(|| bad("has no \"first_token_kl\""))?,
+        ),
+        Set::Harmful => None,
+    };
+    Ok(Some(Outcome {
+        set,
+        condition,
+        query,
+        response: response.to_string(),
+        refusal,
+        first_token_kl,
+    }))
+}
+
+fn line_of(g: &Generation, cond: &Condition, q: &EvalQuery) -> Value {
+    let reason = g.verdict.reason.as_ref();
+    json!({
+        "set": g.set.as_str(),
+        "condition": cond.name,
+        "heads": cond.heads.iter().map(|&(l, h)| [l, h]).collect::<Vec<_>>(),
+        "index": q.index,
+        "query": q.text,
+        "prompt_tokens": q.tokens.len(),
+        "response": g.response,
+        "tokens": g.tokens,
+        "stop": if g.stopped_at_eos { "eos" } else { "length" },
+        "refusal": g.verdict.refusal,
+        "reason": reason.map(|r| r.rule()),
+        "matched": reason.and_then(|r| r.detail()),
+        "first_token_kl": g.first_token_kl,
+    })
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let template = a.template.parse()?;
+    let (target, op) = a.op.parse()?;
+    if a.max_new_tokens == 0 {
+        return Err(Error::InvalidArgument(
+            "--max-new-tokens must be at least 1".into(),
+        ));
+    }
+    if a.batch_size == 0 {
+        return Err(Error::InvalidArgument(
+            "--batch-size must be at least 1".into(),
+        ));
+    }
+    if let Some(t) = a.temperature {
+        if !(t.is_finite() && t >= 0.0) {
+            return Err(Error::InvalidArgument(format!(
+                "--temperature must be a non-negative number, got {t}"
+            )));
+        }
+    }
+    if a.top_k == Some(0) {
+        return Err(Error::InvalidArgument("--top-k must be at least 1".into()));
+    }
+    let judge = match &a.refusal_phrases {
+        Some(p) => RefusalMatcher::from_file(p)?,
+        None => RefusalMatcher::default(),
+    };
+    let heads_file = match &a.heads_from {
+        Some(p) => {
+            let f = HeadsFile::read(p)?;
+            // Check --top and --sweep before the model loads.
+            f.head_sets(p, a.top, a.sweep)?;
+            Some(f)
+        }
+        None => None,
+    };
+    let model = a.model.load()?;
+    let cfg = model.cfg().clone();
+    let conditions = conditions(&a, heads_file.as_ref(), target, op, &cfg)?;
+    if !a.quiet {
+        if let Some(f) = &heads_file {
+            let differs =
+                |file: &Option<String>, now: &str| file.as_deref().is_some_and(|x| x != now);
+            if differs(&f.target, target.as_str()) || differs(&f.mode, op.mode_str()) {
+                eprintln!(
+                    "note: {} was computed with target {} mode {}; evaluating with target {} mode {}",
+                    a.heads_from.as_ref().unwrap().display(),
+                    f.target.as_deref().unwrap_or("?"),
+                    f.mode.as_deref().unwrap_or("?"),
+                    target.as_str(),
+                    op.mode_str()
+                );
+            }
+        }
+        if target == Target::K && cfg.group_size() > 1 && conditions.len() > 1 {
+            eprintln!(
+                "note: target k ablates a key/value head shared by {} query heads",
+                cfg.group_size()
+            );
+        }
+    }
+    let (_data, harmful) = a.data.encode(&model, &template)?;
+    let harmful = eval_queries(harmful);
+    let benign = match &a.benign {
+        Some(b) => {
+            let args = DataArgs {
+                data: b.clone(),
+                column: a.benign_column.clone(),
+                limit: a.benign_limit,
+            };
+            Some(eval_queries(args.encode(&model, &template)?.1))
+        }
+        None => None,
+    };
+    let mut sets: Vec<(Set, &[EvalQuery])> = vec![(Set::Harmful, &harmful)];
+    if let Some(b) = &benign {
+        sets.push((Set::Benign, b));
+    }
+    for (set, qs) in &sets {
+        sahara::eval::check_lengths(&cfg, *set, qs, a.max_new_tokens)?;
+    }
+    let sampling = match (a.top_k, a.temperature) {
+        (None, None) => Sampling::Greedy,
+        (k, t) => Sampling::Sample {
+            temperature: t.unwrap_or(1.0),
+            top_k: k,
+        },
+    };
+    let sampling_record = match &sampling {
+        Sampling::Greedy => json!({"kind": "greedy"}),
+        // Sampled responses depend on the batches, hence on the batch size.
+        Sampling::Sample { temperature, top_k } => json!({"kind": "sample",
+            "temperature": temperature, "top_k": top_k, "seed": a.seed, "batch_size": a.batch_size}),
+    };
+    let epsilon = match op {
+        Op::Scale(e) => json!(e),
+        Op::Mean => Value::Null,
+    };
+    // The conditions are not part of the record: a rerun may add conditions to a run.
+    let record = json!({
+        "command": "eval",
+        "model": model.spec,
+        "model_fingerprint": model_fingerprint(&model.dir)?,
+        "data": a.data.data,
+        "data_fingerprint": fingerprint(&harmful),
+        "queries": harmful.len(),
+        "benign": a.benign,
+        "benign_fingerprint": benign.as_ref().map(|b| fingerprint(b)),
+        "benign_queries": benign.as_ref().map(Vec::len),
+        "template": template.name(),
+        "system": a.template.system,
+        "target": target.as_str(),
+        "mode": op.mode_str(),
+        "epsilon": epsilon,
+        "max_new_tokens": a.max_new_tokens,
+        "sampling": sampling_record,
+        "judge": judge.describe(),
+        "dtype": a.model.dtype,
+    });
+    let mut run = match &a.out {
+        Some(p) => Some(JsonlRun::open(p, &record)?),
+        None => None,
+    };
+    let names: HashMap<&str, usize> = conditions
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.as_str(), i))
+        .collect();
+    let mut outcomes: Vec<Outcome> = Vec::new();
+    let mut done: HashSet<(Set, usize, usize)> = HashSet::new();
+    let mut other_conditions = 0usize;
+    if let Some(r) = &run {
+        for (i, line) in r.done.iter().enumerate() {
+            match resumed(line, i + 1, &r.path, &names, &sets)? {
+                Some(o) => {
+                    if !done.insert((o.set, o.condition, o.query)) {
+                        return Err(Error::InvalidArgument(format!(
+                            "{}: line {} repeats an earlier response; remove the file to start over",
+                            r.path.display(),
+                            i + 1
+                        )));
+                    }
+                    outcomes.push(o);
+                }
+                None => other_conditions += 1,
+            }
+        }
+    }
+    let total: usize = sets.iter().map(|(_, q)| q.len()).sum::<usize>() * conditions.len();
+    if let Some(r) = &run {
+        if !r.done.is_empty() && !a.quiet {
+            eprintln!(
+                "resuming: {} of {} responses already in {}",
+                done.len(),
+                total,
+                r.path.display()
+            );
+            if other_conditions > 0 {
+                eprintln!(
+                    "note: {other_conditions} lines of conditions not asked for this time stay in {} but are left out of the summary",
+                    r.path.display()
+                );
+            }
+        }
+    }
+    let opts = EvalOptions {
+        generate: GenerateOptions {
+            max_new_tokens: a.max_new_tokens,
+            sampling,
+            seed: a.seed,
+            eos: model.eos.clone(),
+        },
+        batch_size: a.batch_size,
+    };
+    let pb = progress_bar((total - done.len()) as u64, a.quiet, "eval");
+    let is_done = |s: Set, c: usize, q: usize| done.contains(&(s, c, q));
+    let query_of = |s: Set, q: usize| -> &EvalQuery {
+        match s {
+            Set::Harmful => &harmful[q],
+            Set::Benign => &benign.as_ref().expect("benign set")[q],
+        }
+    };
+    let mut new_outcomes: Vec<Outcome> = Vec::new();
+    sahara::eval::run(
+        &model,
+        &conditions,
+        &sets,
+        &judge as &dyn Judge,
+        &opts,
+        &is_done,
+        &mut |rows| {
+            if let Some(g) = rows.first() {
+                pb.set_message(format!(
+                    "{} {}",
+                    g.set.as_str(),
+                    conditions[g.condition].name
+                ));
+            }
+            for g in &rows {
+                let line = line_of(g, &conditions[g.condition], query_of(g.set, g.query));
+                match &mut run {
+                    Some(r) => r.append(&line)?,
+                    None => println!("{line}"),
+                }
+                new_outcomes.push(Outcome::from(g));
+            }
+            pb.inc(rows.len() as u64);
+            Ok(())
+        },
+    )?;
+    pb.finish_and_clear();
+    outcomes.extend(new_outcomes);
+    let summary = summarize(
+        &conditions,
+        harmful.len(),
+        benign.as_ref().map(Vec::len),
+        &outcomes,
+    )?;
+    if let Some(out) = &a.out {
+        let v = json!({
+            "model": model.spec,
+            "data": a.data.data,
+            "queries": harmful.len(),
+            "benign": a.benign,
+            "benign_queries": benign.as_ref().map(Vec::len),
+            "template": template.name(),
+            "target": target.as_str(),
+            "mode": op.mode_str(),
+            "epsilon": epsilon,
+            "max_new_tokens": a.max_new_tokens,
+            "sampling": record["sampling"],
+            "judge": record["judge"],
+            "conditions": summary,
+        });
+        write_atomic(
+            &sibling(out, "summary.json"),
+            &serde_json::to_vec_pretty(&v).expect("JSON"),
+        )?;
+    }
+    let table = table(&summary, harmful.len(), benign.as_ref().map(Vec::len));
+    match &a.out {
+        Some(_) => print!("{table}"),
+        None => eprint!("{table}"),
+    }
+    Ok(())
+}
+
+fn table(s: &[ConditionSummary], harmful: usize, benign: Option<usize>) -> String {
+    let w = s.iter().map(|c| c.name.len()).max().unwrap_or(0).max(9);
+    let mut t = format!(
+        "ASR on {harmful} harmful queries{}:\n",
+        match benign {
+            Some(n) => format!(", cost on {n} benign queries"),
+            None => String::new(),
+        }
+    );
+    t.push_str(&format!(
+        "{:<w$}  {:>5}  {:>7}  {:>9}  {:>16}  {:>7}",
+        "condition", "heads", "ASR", "refused", "95% CI", "change"
+    ));
+    if benign.is_some() {
+        t.push_str(&format!(
+            "  {:>13}  {:>9}  {:>14}",
+            "over-refusal", "unchanged", "first-token KL"
+        ));
+    }
+    t.push('\n');
+    for c in s {
+        t.push_str(&format!(
+            "{:<w$}  {:>5}  {:>7.4}  {:>9}  {:>16}  {:>+7.4}",
+            c.name,
+            c.heads.len(),
+            c.asr,
+            format!("{}/{}", c.refused, c.total),
+            format!("[{:.4}, {:.4}]", c.asr_ci95[0], c.asr_ci95[1]),
+            c.asr_change
+        ));
+        if let Some(b) = &c.benign {
+            t.push_str(&format!(
+                "  {:>13.4}  {:>9.4}  {:>14.6}",
+                b.refusal_rate, b.unchanged, b.first_token_kl
+            ));
+        }
+        t.push('\n');
+    }
+    t
+}
