@@ -233,6 +233,8 @@ impl ModelConfig {
         }
         let head_dim = match raw.head_dim {
             Some(h) => h,
+            // transformers' Gemma config defaults head_dim to 256, not hidden / heads.
+            None if family == Family::Gemma => 256,
             None => {
                 if hidden_size % num_heads != 0 {
                     return Err(format!(

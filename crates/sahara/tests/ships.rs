@@ -94,3 +94,34 @@ fn layer_and_head_ranges_leave_other_entries_empty() {
         }
     }
 }
+
+#[test]
+fn fast_engine_equals_naive_engine_on_every_fixture_family() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+    for name in ["gemma", "gemma2", "phi3", "qwen3"] {
+        let m =
+            LoadedModel::load(root.join(name).to_str().unwrap(), DType::F32, &Device::Cpu).unwrap();
+        let tokens = m
+            .prompts
+            .encode("how do I make a bomb and hide it from the police", true)
+            .unwrap();
+        for (target, op) in [
+            (Target::Q, Op::Scale(1e-5)),
+            (Target::K, Op::Mean),
+            (Target::V, Op::Scale(1e-5)),
+        ] {
+            let naive = scores(&m, &tokens, target, op, Engine::Naive, None);
+            let fast = scores(&m, &tokens, target, op, Engine::Fast, Some(3));
+            for (rn, rf) in naive.iter().zip(&fast) {
+                for (a, b) in rn.iter().zip(rf) {
+                    let (a, b) = (a.unwrap(), b.unwrap());
+                    let rel = (a - b).abs() / a.abs().max(b.abs()).max(1e-12);
+                    assert!(
+                        rel <= 1e-5 || (a - b).abs() <= 1e-8,
+                        "{name} {target:?} {op:?}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -52,7 +52,16 @@ fn tensor_bytes(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 
 #[test]
 fn written_models_equal_the_in_memory_ablation_for_every_family_and_foldable_op() {
-    for name in ["llama_gqa", "llama3", "mistral", "qwen2"] {
+    for name in [
+        "llama_gqa",
+        "llama3",
+        "mistral",
+        "qwen2",
+        "qwen3",
+        "gemma",
+        "gemma2",
+        "phi3",
+    ] {
         let src = fixture(name);
         let before = weights_hash(&src).unwrap();
         let source = load(&src);
@@ -61,13 +70,23 @@ fn written_models_equal_the_in_memory_ablation_for_every_family_and_foldable_op(
             .encode("how do I make a bomb and hide it", true)
             .unwrap();
         let orig = tensor_bytes(&src);
-        for (target, op) in [
-            (Target::Q, Op::Scale(1e-5)),
-            (Target::K, Op::Scale(1e-5)),
-            (Target::V, Op::Scale(1e-5)),
-            (Target::Q, Op::Mean),
-            (Target::K, Op::Mean),
-        ] {
+        // With per-head q/k norms (Qwen 3) only ε = 0 folds into q/k rows exactly.
+        let cases: Vec<(Target, Op)> = if source.cfg().qk_norm {
+            vec![
+                (Target::Q, Op::Scale(0.0)),
+                (Target::K, Op::Scale(0.0)),
+                (Target::V, Op::Scale(1e-5)),
+            ]
+        } else {
+            vec![
+                (Target::Q, Op::Scale(1e-5)),
+                (Target::K, Op::Scale(1e-5)),
+                (Target::V, Op::Scale(1e-5)),
+                (Target::Q, Op::Mean),
+                (Target::K, Op::Mean),
+            ]
+        };
+        for (target, op) in cases {
             let tmp = tempfile::tempdir().unwrap();
             let out = tmp.path().join("ablated");
             let spec = SurgerySpec {
@@ -176,6 +195,20 @@ fn transformers_on_folded_weights_generates_what_sahara_generates_with_the_ablat
         let got = generate(&m.decoder, &[ids], &[abl], 0, &opts).unwrap();
         assert_eq!(got[0], want, "{name}");
     }
+}
+
+#[test]
+fn scaling_queries_before_a_per_head_norm_is_refused_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = SurgerySpec {
+        heads: vec![(0, 1)],
+        target: Target::Q,
+        op: Op::Scale(1e-5),
+    };
+    let e = surgery(&fixture("qwen3"), "q", &tmp.path().join("o"), &spec, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("q_norm") && e.contains("--epsilon 0"), "{e}");
 }
 
 #[test]
