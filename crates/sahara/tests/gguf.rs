@@ -285,9 +285,13 @@ fn write_tiny_gguf(
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
     let mut names: Vec<&String> = st.keys().collect();
     names.sort();
+    let llama = spec.architecture == "LlamaForCausalLM";
     for name in names {
         let t = &st[name];
-        let t = if name.contains("q_proj") {
+        // llama.cpp reorders Llama's q/k rows, not Qwen2's (and 1-D tensors stay as they are).
+        let t = if !llama || t.rank() == 1 {
+            t.clone()
+        } else if name.contains("q_proj") {
             permute(t, spec.num_heads)
         } else if name.contains("k_proj") {
             permute(t, spec.num_kv_heads)
@@ -304,41 +308,28 @@ fn write_tiny_gguf(
     let table = sahara::gguf::tokenizer::bytes_to_unicode();
     let tokens: Vec<Value> = table.iter().map(|c| Value::String(c.to_string())).collect();
     let head_dim = spec.hidden_size / spec.num_heads;
+    let arch = if llama { "llama" } else { "qwen2" };
+    let k = |s: &str| format!("{arch}.{s}");
     let mut meta: Vec<(String, Value)> = vec![
-        ("general.architecture".into(), Value::String("llama".into())),
+        ("general.architecture".into(), Value::String(arch.into())),
+        (k("block_count"), Value::U32(spec.num_layers as u32)),
         (
-            "llama.block_count".into(),
-            Value::U32(spec.num_layers as u32),
-        ),
-        (
-            "llama.context_length".into(),
+            k("context_length"),
             Value::U32(spec.max_position_embeddings as u32),
         ),
+        (k("embedding_length"), Value::U32(spec.hidden_size as u32)),
         (
-            "llama.embedding_length".into(),
-            Value::U32(spec.hidden_size as u32),
-        ),
-        (
-            "llama.feed_forward_length".into(),
+            k("feed_forward_length"),
             Value::U32(spec.intermediate_size as u32),
         ),
+        (k("attention.head_count"), Value::U32(spec.num_heads as u32)),
         (
-            "llama.attention.head_count".into(),
-            Value::U32(spec.num_heads as u32),
-        ),
-        (
-            "llama.attention.head_count_kv".into(),
+            k("attention.head_count_kv"),
             Value::U32(spec.num_kv_heads as u32),
         ),
-        (
-            "llama.rope.dimension_count".into(),
-            Value::U32(head_dim as u32),
-        ),
-        ("llama.rope.freq_base".into(), Value::F32(10000.0)),
-        (
-            "llama.attention.layer_norm_rms_epsilon".into(),
-            Value::F32(1e-5),
-        ),
+        (k("rope.dimension_count"), Value::U32(head_dim as u32)),
+        (k("rope.freq_base"), Value::F32(10000.0)),
+        (k("attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
         ("tokenizer.ggml.pre".into(), Value::String("default".into())),
         ("tokenizer.ggml.tokens".into(), Value::Array(tokens)),
@@ -401,6 +392,32 @@ fn f32_gguf_reproduces_the_hugging_face_folder() {
         g.prompts.decode(&[72, 105, 32, 226, 152, 131]).unwrap(),
         "Hi ☃"
     );
+}
+
+#[test]
+fn qwen2_gguf_reproduces_the_hugging_face_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut spec = RandomSpec::tiny("Qwen2ForCausalLM");
+    spec.num_layers = 2;
+    let (path, folder) = write_tiny_gguf(tmp.path(), &spec, GgmlDType::F32, |_| {});
+    let g = LoadedModel::load(path.to_str().unwrap(), DType::F32, &Device::Cpu).unwrap();
+    let h = LoadedModel::load(folder.to_str().unwrap(), DType::F32, &Device::Cpu).unwrap();
+    assert!(g.cfg().qkv_bias && g.cfg().architecture == "Qwen2ForCausalLM");
+    let batch = Batch::new(&[vec![5, 77, 3, 200, 14]], 0, &Device::Cpu).unwrap();
+    let spec = ForwardSpec::logits(Positions::All);
+    let a = g
+        .decoder
+        .forward(&batch, &spec, None)
+        .unwrap()
+        .logits
+        .unwrap();
+    let b = h
+        .decoder
+        .forward(&batch, &spec, None)
+        .unwrap()
+        .logits
+        .unwrap();
+    assert_eq!(max_abs_diff(&a, &b), 0.0);
 }
 
 #[test]
@@ -552,4 +569,120 @@ fn a_truncated_file_is_named() {
     // Missing.
     let e = load_err(&tmp.path().join("missing.gguf"));
     assert!(e.contains("missing.gguf"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// fixtures/gguf_tiny: a committed tiny GGUF (every common tensor type, a SentencePiece
+// vocabulary) with transformers' outputs from its own GGUF loader and tokenizer conversion.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn tiny_gguf_matches_transformers_gguf_loader() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/gguf_tiny");
+    let m = LoadedModel::load(
+        dir.join("model.gguf").to_str().unwrap(),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let reference: Json =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let tensors =
+        candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
+    assert!(!m.cfg().tie_word_embeddings);
+    // SentencePiece-style BPE with merges derived from the scores, BOS added.
+    for (i, p) in reference["prompts"].as_array().unwrap().iter().enumerate() {
+        let got = m.prompts.encode(p.as_str().unwrap(), true).unwrap();
+        assert_eq!(got, ids(&reference["raw_token_ids"][i]), "prompt {i}");
+        assert_eq!(
+            m.prompts.decode(&got).unwrap(),
+            p.as_str().unwrap(),
+            "prompt {i} decodes back"
+        );
+    }
+    for (i, c) in reference["chat"].as_array().unwrap().iter().enumerate() {
+        let t = Template::Chat {
+            system: c["system"].as_str().map(String::from),
+        };
+        let (text, tokens) = m
+            .prompts
+            .encode_query(&t, c["user"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(text, c["rendered"].as_str().unwrap(), "chat {i}");
+        assert_eq!(tokens, ids(&c["token_ids"]), "chat {i}");
+    }
+    let mut worst = 0f32;
+    for (i, p) in reference["raw_token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        let batch = Batch::new(&[ids(p)], 0, &Device::Cpu).unwrap();
+        let l = m
+            .decoder
+            .forward(&batch, &ForwardSpec::logits(Positions::All), None)
+            .unwrap()
+            .logits
+            .unwrap()
+            .i(0)
+            .unwrap();
+        let d = max_abs_diff(&l, &tensors[&format!("logits.{i}")]);
+        assert!(d <= 1e-4, "prompt {i}: max |Δlogit| {d}");
+        worst = worst.max(d);
+    }
+    eprintln!("gguf_tiny: max |Δlogit| = {worst:.2e}");
+}
+
+#[test]
+fn surgery_from_a_gguf_writes_a_verified_hugging_face_folder() {
+    use sahara::ablation::{HeadAblation, Op, Target};
+    use sahara::surgery::SurgerySpec;
+    let tmp = tempfile::tempdir().unwrap();
+    let (path, _) = write_tiny_gguf(tmp.path(), &tiny_spec(64, 128), GgmlDType::Q8_0, |_| {});
+    let out = tmp.path().join("out");
+    let spec = SurgerySpec {
+        heads: vec![(0, 1), (1, 3)],
+        target: Target::K,
+        op: Op::Mean,
+    };
+    let r =
+        sahara::gguf::export::surgery_from_gguf(&path, "tiny.gguf", &out, &spec, false).unwrap();
+    assert!(r.verify_relative_difference <= 1e-6);
+    // k on query heads 1 and 3 ablates key/value heads 0 and 1 (groups of 2).
+    assert_eq!(r.affected_heads, vec![(0, 0), (0, 1), (1, 2), (1, 3)]);
+    let folder = LoadedModel::load(out.to_str().unwrap(), DType::F32, &Device::Cpu).unwrap();
+    let gguf = LoadedModel::load(path.to_str().unwrap(), DType::F32, &Device::Cpu).unwrap();
+    let prompt = gguf.prompts.encode("Hi there", true).unwrap();
+    assert_eq!(folder.prompts.encode("Hi there", true).unwrap(), prompt);
+    let batch = Batch::new(&[prompt], 0, &Device::Cpu).unwrap();
+    let rows: Vec<Vec<HeadAblation>> = vec![spec
+        .heads
+        .iter()
+        .map(|&(l, h)| HeadAblation::new(l, h, spec.target, spec.op))
+        .collect()];
+    let plan = sahara::AblationPlan::new(gguf.cfg(), &rows, DType::F32, &Device::Cpu).unwrap();
+    let want = gguf
+        .decoder
+        .forward(
+            &batch,
+            &ForwardSpec::logits(Positions::All).with_ablations(&plan),
+            None,
+        )
+        .unwrap()
+        .logits
+        .unwrap();
+    let got = folder
+        .decoder
+        .forward(&batch, &ForwardSpec::logits(Positions::All), None)
+        .unwrap()
+        .logits
+        .unwrap();
+    assert!(max_abs_diff(&want, &got) <= 1e-5);
+    // Refuses to overwrite without force.
+    let e = sahara::gguf::export::surgery_from_gguf(&path, "tiny.gguf", &out, &spec, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--force"), "{e}");
 }
