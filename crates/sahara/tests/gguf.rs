@@ -338,12 +338,53 @@ fn write_tiny_gguf(
         ("tokenizer.ggml.eos_token_id".into(), Value::U32(2)),
     ];
     edit_meta(&mut meta);
+    if let Some(f) = ROPE_FREQS.with(|r| r.borrow_mut().take()) {
+        let t = Tensor::new(f.as_slice(), &Device::Cpu).unwrap();
+        tensors.push((
+            "rope_freqs.weight".into(),
+            QTensor::quantize(&t, GgmlDType::F32).unwrap(),
+        ));
+    }
     let path = dir.join("tiny.gguf");
     let mut f = std::fs::File::create(&path).unwrap();
     let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     gguf_file::write(&mut f, &meta_refs, &tensor_refs).unwrap();
     (path, folder)
+}
+
+thread_local! {
+    /// A `rope_freqs.weight` for the next [`write_tiny_gguf`] on this thread.
+    static ROPE_FREQS: std::cell::RefCell<Option<Vec<f32>>> = const { std::cell::RefCell::new(None) };
+}
+
+#[test]
+fn rope_freqs_divide_the_rotary_frequencies() {
+    let logits = |freqs: Option<Vec<f32>>| {
+        let tmp = tempfile::tempdir().unwrap();
+        ROPE_FREQS.with(|r| *r.borrow_mut() = freqs);
+        let (path, _) = write_tiny_gguf(tmp.path(), &tiny_spec(64, 128), GgmlDType::F32, |_| {});
+        let m = LoadedModel::load(path.to_str().unwrap(), DType::F32, &Device::Cpu).unwrap();
+        let batch = Batch::new(&[vec![5, 77, 3, 200, 14, 9]], 0, &Device::Cpu).unwrap();
+        let l = m
+            .decoder
+            .forward(&batch, &ForwardSpec::logits(Positions::All), None)
+            .unwrap()
+            .logits
+            .unwrap();
+        (l, m.cfg().rope_scaling.clone())
+    };
+    // head_dim 16: 8 frequencies.
+    let (plain, none) = logits(None);
+    assert_eq!(none, sahara::config::RopeScaling::None);
+    let (ones, scaling) = logits(Some(vec![1.0; 8]));
+    assert!(matches!(
+        scaling,
+        sahara::config::RopeScaling::LongRope { .. }
+    ));
+    assert_eq!(max_abs_diff(&plain, &ones), 0.0);
+    let (slow, _) = logits(Some(vec![1.0, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0]));
+    assert!(max_abs_diff(&plain, &slow) > 1e-3);
 }
 
 fn tiny_spec(hidden: usize, inter: usize) -> RandomSpec {
