@@ -16,7 +16,6 @@
 pub mod export;
 pub mod tokenizer;
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -735,9 +734,6 @@ pub fn load_model(
         eos,
     })
 }
-
-/// A metadata map for tests and tools: key → value.
-pub type Metadata = HashMap<String, Value>;
 
 mod header {
     //! A walk over the GGUF header that says where it breaks: used only to explain a file
