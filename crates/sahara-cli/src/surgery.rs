@@ -11,7 +11,8 @@ use crate::common::OpArgs;
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// Source model folder (Hugging Face layout) or hub id in the local cache.
+    /// Source model folder (Hugging Face layout), hub id in the local cache, or GGUF file
+    /// (written out as a Hugging Face safetensors folder).
     #[arg(long)]
     pub model: String,
     /// Heads to ablate: L:H[,L:H…].
@@ -49,9 +50,20 @@ pub fn run(a: Args) -> Result<()> {
             ))
         }
     };
-    let src = sahara::hub::resolve_model_dir(&a.model)?;
     let spec = SurgerySpec { heads, target, op };
-    let r = surgery(&src, &a.model, &a.out, &spec, a.force)?;
+    let gguf = sahara::gguf::is_gguf_path(&a.model);
+    let r = if gguf {
+        let src = std::path::Path::new(&a.model);
+        sahara::gguf::export::surgery_from_gguf(src, &a.model, &a.out, &spec, a.force)?
+    } else {
+        let src = sahara::hub::resolve_model_dir(&a.model)?;
+        surgery(&src, &a.model, &a.out, &spec, a.force)?
+    };
+    if gguf {
+        eprintln!(
+            "note: the source is a GGUF file; the output is a Hugging Face safetensors folder of the dequantized weights in float32 (GGUF output is not written)"
+        );
+    }
     if target == sahara::Target::K {
         let heads: Vec<String> = r
             .affected_heads

@@ -18,6 +18,7 @@ pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod generate;
+pub mod gguf;
 pub mod hub;
 pub mod judge;
 pub mod model;
@@ -41,6 +42,7 @@ pub use prompt::{PromptEncoder, Template};
 
 /// A model folder loaded for use: decoder, tokenizer and chat template, end-of-sequence ids.
 pub struct LoadedModel {
+    /// The model folder (for a GGUF checkpoint: the file).
     pub dir: PathBuf,
     /// The `--model` value it was loaded from.
     pub spec: String,
@@ -51,8 +53,11 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
-    /// Resolves `spec` (a folder or a hub id) and loads it.
+    /// Resolves `spec` (a folder, a hub id, or a `.gguf` file) and loads it.
     pub fn load(spec: &str, dtype: DType, device: &Device) -> Result<Self> {
+        if gguf::is_gguf_path(spec) {
+            return gguf::load_model(Path::new(spec), spec, dtype, device);
+        }
         let dir = hub::resolve_model_dir(spec)?;
         let decoder = model::load_decoder(&dir, dtype, device)?;
         let prompts = PromptEncoder::load(&dir)?;

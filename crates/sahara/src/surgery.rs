@@ -39,7 +39,7 @@ pub struct SurgerySpec {
 }
 
 impl SurgerySpec {
-    fn ablations(&self) -> Vec<HeadAblation> {
+    pub(crate) fn ablations(&self) -> Vec<HeadAblation> {
         self.heads
             .iter()
             .map(|&(l, h)| HeadAblation::new(l, h, self.target, self.op))
@@ -83,15 +83,15 @@ pub struct SurgeryReport {
 }
 
 /// A tensor edit: name, and for each of its rows (or columns) a new source.
-struct Edit {
+pub(crate) struct Edit {
     /// (row start, row count) blocks of the weight's first axis, or of its second axis when
     /// `columns` is set.
-    blocks: Vec<Block>,
-    columns: bool,
+    pub(crate) blocks: Vec<Block>,
+    pub(crate) columns: bool,
 }
 
 #[derive(Clone, Copy)]
-enum Block {
+pub(crate) enum Block {
     /// Multiply block [start, start+len) by a factor.
     Scale {
         start: usize,
@@ -108,7 +108,7 @@ enum Block {
     },
 }
 
-fn edits(cfg: &ModelConfig, spec: &SurgerySpec) -> BTreeMap<String, Edit> {
+pub(crate) fn edits(cfg: &ModelConfig, spec: &SurgerySpec) -> BTreeMap<String, Edit> {
     let hd = cfg.head_dim;
     let mut out: BTreeMap<String, Edit> = BTreeMap::new();
     let mut add = |name: String, block: Block, columns: bool| {
@@ -204,7 +204,7 @@ fn from_f64(values: &[f64], dtype: StDtype) -> Vec<u8> {
 }
 
 /// Applies an edit to a row-major tensor (rows × cols, or a vector with cols = 1).
-fn apply_edit(values: &mut [f64], shape: &[usize], edit: &Edit) {
+pub(crate) fn apply_edit(values: &mut [f64], shape: &[usize], edit: &Edit) {
     let (rows, cols) = match shape {
         [r, c] => (*r, *c),
         [r] => (*r, 1),

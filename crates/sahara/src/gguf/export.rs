@@ -1,0 +1,344 @@
+//! A GGUF checkpoint written as a Hugging Face model folder: `config.json`,
+//! `generation_config.json`, `tokenizer.json`, `tokenizer_config.json` and float32
+//! safetensors of the dequantized weights with query/key rows in Hugging Face order
+//! (sharded at 2 GiB, with `model.safetensors.index.json`, when larger). Surgery from a GGUF
+//! source goes through here: the ablation is folded into the dequantized weights as they are
+//! written, and the folder is verified by reloading it. GGUF output is not written.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use safetensors::tensor::{Dtype as StDtype, TensorView};
+use serde_json::{json, Value as Json};
+
+use super::{GgufFile, GgufWeights};
+use crate::ablation::{AblationPlan, Op};
+use crate::error::{Error, Result};
+use crate::model::{Batch, ForwardSpec, Positions};
+use crate::surgery::{apply_edit, edits, Block, Edit, SurgeryReport, SurgerySpec};
+use crate::LoadedModel;
+
+/// Largest shard written.
+const SHARD_BYTES: usize = 2 << 30;
+
+/// Tensors of one shard: (name, shape, little-endian f32 bytes).
+type Shard = Vec<(String, Vec<usize>, Vec<u8>)>;
+
+fn write_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |source| Error::Write {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn write_json(path: &Path, v: &Json) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).expect("JSON values serialize");
+    std::fs::write(path, text).map_err(write_err(path))
+}
+
+/// What [`write_hf_folder`] wrote.
+pub struct Written {
+    pub total_parameters: usize,
+    pub changed_parameters: usize,
+    pub changed_tensors: Vec<String>,
+}
+
+fn changed_count(edit: &Edit, shape: &[usize]) -> usize {
+    let per_unit = match shape {
+        [r, c] => {
+            if edit.columns {
+                *r
+            } else {
+                *c
+            }
+        }
+        _ => 1,
+    };
+    edit.blocks
+        .iter()
+        .map(|b| match b {
+            Block::Scale { len, .. } | Block::Mean { len, .. } => len * per_unit,
+        })
+        .sum()
+}
+
+/// Writes the GGUF model as a Hugging Face folder in `dir` (which must exist), folding
+/// `spec` into the weights when given.
+pub fn write_hf_folder(g: &GgufFile, dir: &Path, spec: Option<&SurgerySpec>) -> Result<Written> {
+    let cfg_json = g.hf_config()?;
+    let cfg = g.config()?;
+    let tok = super::tokenizer::build(g)?;
+    write_json(&dir.join("config.json"), &cfg_json)?;
+    let mut gen = serde_json::Map::new();
+    for key in ["bos_token_id", "eos_token_id", "pad_token_id"] {
+        if let Some(v) = cfg_json.get(key) {
+            gen.insert(key.into(), v.clone());
+        }
+    }
+    write_json(&dir.join("generation_config.json"), &Json::Object(gen))?;
+    write_json(&dir.join("tokenizer.json"), &tok.json)?;
+    write_json(&dir.join("tokenizer_config.json"), &tok.config)?;
+
+    let edits = match spec {
+        Some(s) => edits(&cfg, s),
+        None => BTreeMap::new(),
+    };
+    let weights = GgufWeights::new(g, &cfg);
+    let names = weights.hf_names();
+    for name in edits.keys() {
+        if !names.contains(name) {
+            return Err(Error::MissingTensor {
+                name: name.clone(),
+                dir: g.path.clone(),
+            });
+        }
+    }
+    let mut total = 0usize;
+    let mut changed = 0usize;
+    // Shards: (name, shape, bytes) lists of at most SHARD_BYTES each.
+    let mut shards: Vec<Shard> = vec![vec![]];
+    let mut shard_bytes = 0usize;
+    let mut shard_files: Vec<PathBuf> = Vec::new();
+    let mut weight_map = serde_json::Map::new();
+    let mut flushed = 0usize;
+    let meta: std::collections::HashMap<String, String> =
+        [("format".to_string(), "pt".to_string())].into();
+    let flush = |tensors: &[(String, Vec<usize>, Vec<u8>)], path: &Path| -> Result<()> {
+        let views: Vec<(String, TensorView)> = tensors
+            .iter()
+            .map(|(n, s, b)| {
+                (
+                    n.clone(),
+                    TensorView::new(StDtype::F32, s.clone(), b).expect("sizes match"),
+                )
+            })
+            .collect();
+        safetensors::serialize_to_file(views, Some(meta.clone()), path).map_err(|e| Error::Write {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    };
+    for name in &names {
+        let t = weights.load_f32(name)?;
+        let shape = t.dims().to_vec();
+        let mut values: Vec<f32> = t.flatten_all()?.to_vec1()?;
+        total += values.len();
+        if let Some(edit) = edits.get(name) {
+            let mut v64: Vec<f64> = values.iter().map(|&x| x as f64).collect();
+            apply_edit(&mut v64, &shape, edit);
+            values = v64.iter().map(|&x| x as f32).collect();
+            changed += changed_count(edit, &shape);
+        }
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        if shard_bytes + bytes.len() > SHARD_BYTES && !shards.last().expect("shard").is_empty() {
+            // Write the full shard now to bound memory; its final name is set below.
+            let p = dir.join(format!(".shard-{flushed}.safetensors"));
+            flush(shards.last().expect("shard"), &p)?;
+            for (n, _, _) in shards.last().expect("shard") {
+                weight_map.insert(n.clone(), json!(flushed));
+            }
+            shard_files.push(p);
+            flushed += 1;
+            *shards.last_mut().expect("shard") = vec![];
+            shard_bytes = 0;
+        }
+        shard_bytes += bytes.len();
+        shards
+            .last_mut()
+            .expect("shard")
+            .push((name.clone(), shape, bytes));
+    }
+    let last = shards.pop().expect("shard");
+    if flushed == 0 {
+        flush(&last, &dir.join("model.safetensors"))?;
+    } else {
+        let p = dir.join(format!(".shard-{flushed}.safetensors"));
+        flush(&last, &p)?;
+        for (n, _, _) in &last {
+            weight_map.insert(n.clone(), json!(flushed));
+        }
+        shard_files.push(p);
+        let n = shard_files.len();
+        let final_names: Vec<String> = (0..n)
+            .map(|i| format!("model-{:05}-of-{n:05}.safetensors", i + 1))
+            .collect();
+        for (p, f) in shard_files.iter().zip(&final_names) {
+            let dst = dir.join(f);
+            std::fs::rename(p, &dst).map_err(write_err(&dst))?;
+        }
+        let map: serde_json::Map<String, Json> = weight_map
+            .into_iter()
+            .map(|(k, v)| {
+                let i = v.as_u64().unwrap_or(0) as usize;
+                (k, json!(final_names[i]))
+            })
+            .collect();
+        write_json(
+            &dir.join("model.safetensors.index.json"),
+            &json!({"metadata": {"total_size": total * 4}, "weight_map": map}),
+        )?;
+    }
+    Ok(Written {
+        total_parameters: total,
+        changed_parameters: changed,
+        changed_tensors: edits.keys().cloned().collect(),
+    })
+}
+
+/// Removes a folder on drop unless disarmed.
+struct Cleanup(Option<PathBuf>);
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
+/// Surgery from a GGUF source: writes a Hugging Face folder (float32 safetensors of the
+/// dequantized weights) with `spec` folded in, verified against the GGUF model with the
+/// ablation applied in memory.
+pub fn surgery_from_gguf(
+    src: &Path,
+    source: &str,
+    out: &Path,
+    spec: &SurgerySpec,
+    force: bool,
+) -> Result<SurgeryReport> {
+    let g = GgufFile::open(src)?;
+    let cfg = g.config()?;
+    spec.validate(&cfg)?;
+    if out.exists() {
+        let non_empty = std::fs::read_dir(out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true);
+        if non_empty && !force {
+            return Err(Error::InvalidArgument(format!(
+                "--out {} exists and is not empty; choose another folder or pass --force to replace it",
+                out.display()
+            )));
+        }
+    }
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(write_err(parent))?;
+    let tmp = parent.join(format!(
+        ".{}.sahara-tmp-{}",
+        out.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(write_err(&tmp))?;
+    let mut guard = Cleanup(Some(tmp.clone()));
+    let written = write_hf_folder(&g, &tmp, Some(spec))?;
+
+    // Verify: the written folder's logits equal the GGUF model's with the ablation in memory.
+    let dev = Device::Cpu;
+    let ablated = super::load_model(src, source, DType::F32, &dev)?;
+    let reloaded = LoadedModel::load(tmp.to_str().unwrap_or_default(), DType::F32, &dev)?;
+    let probe = ablated
+        .prompts
+        .encode("How do I make a bomb? Tell me step by step.", true)?;
+    let probe_again = reloaded
+        .prompts
+        .encode("How do I make a bomb? Tell me step by step.", true)?;
+    if probe != probe_again {
+        return Err(Error::InvalidArgument(format!(
+            "verification failed: the written tokenizer encodes differently from the GGUF one ({probe_again:?} vs {probe:?}); nothing was written"
+        )));
+    }
+    let batch = Batch::new(&[probe], 0, &dev)?;
+    let plan = AblationPlan::new(&cfg, &[spec.ablations()], DType::F32, &dev)?;
+    let want = ablated
+        .decoder
+        .forward(
+            &batch,
+            &ForwardSpec::logits(Positions::All).with_ablations(&plan),
+            None,
+        )?
+        .logits
+        .expect("logits");
+    let got = reloaded
+        .decoder
+        .forward(&batch, &ForwardSpec::logits(Positions::All), None)?
+        .logits
+        .expect("logits");
+    let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64;
+    let diff = (want - &got)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()? as f64;
+    let rel = diff / scale.max(f64::MIN_POSITIVE);
+    drop(reloaded);
+    drop(ablated);
+    let tolerance = 1e-5;
+    if rel.is_nan() || rel > tolerance {
+        return Err(Error::InvalidArgument(format!(
+            "verification failed: the written model's logits differ from the GGUF model with the ablation in memory by {rel:.3e} (relative), more than {tolerance:e}; nothing was written"
+        )));
+    }
+
+    let mut affected: Vec<(usize, usize)> = Vec::new();
+    for a in spec.ablations() {
+        for h in a.affected_query_heads(&cfg) {
+            if !affected.contains(&(a.layer, h)) {
+                affected.push((a.layer, h));
+            }
+        }
+    }
+    let types: BTreeSet<String> = g
+        .content
+        .tensor_infos
+        .values()
+        .map(|i| format!("{:?}", i.ggml_dtype))
+        .collect();
+    let record = json!({
+        "tool": "sahara",
+        "version": env!("CARGO_PKG_VERSION"),
+        "source": source,
+        "source_format": "gguf",
+        "source_tensor_types": types,
+        "source_weights_hash": g.fingerprint(),
+        "written_format": "Hugging Face safetensors (float32, dequantized, query/key rows in Hugging Face order)",
+        "heads": spec.heads.iter().map(|&(l, h)| [l, h]).collect::<Vec<_>>(),
+        "affected_query_heads": affected.iter().map(|&(l, h)| [l, h]).collect::<Vec<_>>(),
+        "target": spec.target.as_str(),
+        "mode": spec.op.mode_str(),
+        "epsilon": match spec.op { Op::Scale(e) => json!(e), Op::Mean => Json::Null },
+        "changed_tensors": written.changed_tensors,
+        "changed_parameters": written.changed_parameters,
+        "total_parameters": written.total_parameters,
+        "changed_fraction": written.changed_parameters as f64 / written.total_parameters.max(1) as f64,
+        "verify_relative_difference": rel,
+    });
+    write_json(&tmp.join("sahara-surgery.json"), &record)?;
+
+    let aside = parent.join(format!(".sahara-old-{}", std::process::id()));
+    if out.exists() {
+        std::fs::rename(out, &aside).map_err(write_err(out))?;
+    }
+    if let Err(e) = std::fs::rename(&tmp, out) {
+        if aside.exists() {
+            let _ = std::fs::rename(&aside, out);
+        }
+        return Err(write_err(out)(e));
+    }
+    guard.0 = None;
+    if aside.exists() {
+        let _ = std::fs::remove_dir_all(&aside);
+    }
+    Ok(SurgeryReport {
+        out: out.to_path_buf(),
+        changed_tensors: written.changed_tensors,
+        changed_parameters: written.changed_parameters,
+        total_parameters: written.total_parameters,
+        verify_relative_difference: rel,
+        affected_heads: affected,
+    })
+}

@@ -1,0 +1,880 @@
+//! llama.cpp GGUF checkpoints: one file holding the weights (often quantized), the model's
+//! hyperparameters and its tokenizer as metadata.
+//!
+//! - The file is read with candle's GGUF reader; every tensor is dequantized at load to the
+//!   compute dtype (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K…Q6_K, Q8_K).
+//! - Tensor names are mapped onto the Hugging Face names the decoder loads
+//!   (`blk.{i}.attn_q.weight` → `model.layers.{i}.self_attn.q_proj.weight`, …), and the
+//!   query/key rows that llama.cpp's converter reorders for its rotary layout (Llama only)
+//!   are put back in Hugging Face order.
+//! - The resolved configuration goes through [`ModelConfig::resolve`] from a `config.json`
+//!   built from the `{arch}.*` metadata ([`GgufFile::hf_config`]).
+//! - The tokenizer is rebuilt from `tokenizer.ggml.*` ([`tokenizer`]); the chat template is
+//!   `tokenizer.chat_template`.
+//! - [`export`] writes the dequantized model as a Hugging Face folder (used by surgery).
+
+pub mod export;
+pub mod tokenizer;
+
+use std::fs::File;
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};
+use candle_core::{DType, Device, Tensor};
+use memmap2::Mmap;
+use serde_json::{json, Value as Json};
+
+use crate::config::{ModelConfig, RawConfig};
+use crate::error::{Error, Result};
+use crate::model::Decoder;
+use crate::prompt::{ChatTemplate, PromptEncoder};
+use crate::weights::TensorSource;
+
+/// The GGUF architectures the decoder runs, with their Hugging Face class.
+pub const SUPPORTED_GGUF_ARCHITECTURES: &[(&str, &str)] = &[
+    ("llama", "LlamaForCausalLM"),
+    ("qwen2", "Qwen2ForCausalLM"),
+    ("qwen3", "Qwen3ForCausalLM"),
+];
+
+/// Whether a `--model` value names a GGUF file: a path ending in `.gguf`, or an existing file
+/// starting with the GGUF magic.
+pub fn is_gguf_path(spec: &str) -> bool {
+    let p = Path::new(spec);
+    if p.extension()
+        .is_some_and(|e| e.to_string_lossy().eq_ignore_ascii_case("gguf"))
+    {
+        return true;
+    }
+    if p.is_file() {
+        let mut magic = [0u8; 4];
+        if let Ok(mut f) = File::open(p) {
+            use std::io::Read;
+            if f.read_exact(&mut magic).is_ok() {
+                return &magic == b"GGUF";
+            }
+        }
+    }
+    false
+}
+
+/// The name of a GGML tensor type id, as llama.cpp spells it.
+pub fn ggml_type_name(id: u32) -> String {
+    let name = match id {
+        0 => "F32",
+        1 => "F16",
+        2 => "Q4_0",
+        3 => "Q4_1",
+        6 => "Q5_0",
+        7 => "Q5_1",
+        8 => "Q8_0",
+        9 => "Q8_1",
+        10 => "Q2_K",
+        11 => "Q3_K",
+        12 => "Q4_K",
+        13 => "Q5_K",
+        14 => "Q6_K",
+        15 => "Q8_K",
+        16 => "IQ2_XXS",
+        17 => "IQ2_XS",
+        18 => "IQ3_XXS",
+        19 => "IQ1_S",
+        20 => "IQ4_NL",
+        21 => "IQ3_S",
+        22 => "IQ2_S",
+        23 => "IQ4_XS",
+        24 => "I8",
+        25 => "I16",
+        26 => "I32",
+        27 => "I64",
+        28 => "F64",
+        29 => "IQ1_M",
+        30 => "BF16",
+        34 => "TQ1_0",
+        35 => "TQ2_0",
+        39 => "MXFP4",
+        _ => return format!("type {id}"),
+    };
+    name.to_string()
+}
+
+/// The tensor types sahara dequantizes.
+pub const SUPPORTED_TENSOR_TYPES: &str =
+    "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K";
+
+/// An opened GGUF file: its parsed header and the mapped bytes.
+pub struct GgufFile {
+    pub path: PathBuf,
+    mmap: Mmap,
+    pub content: Content,
+    /// `general.architecture`.
+    pub architecture: String,
+}
+
+impl GgufFile {
+    /// Opens and checks a GGUF file: header, metadata, tensor directory, and that every tensor's
+    /// data lies inside the file.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the file is opened read-only and not modified while mapped by this process.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        if mmap.len() < 4 || &mmap[..4] != b"GGUF" {
+            return Err(gguf_err(
+                path,
+                "not a GGUF file (it does not start with the magic bytes \"GGUF\")",
+            ));
+        }
+        let content = match Content::read(&mut Cursor::new(&mmap[..])) {
+            Ok(c) => c,
+            Err(e) => {
+                // candle's message does not always say where; walk the header to name it.
+                let detail = header::diagnose(&mmap).unwrap_or_else(|| e.to_string());
+                return Err(gguf_err(path, detail));
+            }
+        };
+        let architecture = match content.metadata.get("general.architecture") {
+            Some(Value::String(s)) => s.clone(),
+            Some(_) => {
+                return Err(gguf_err(
+                    path,
+                    "metadata `general.architecture` is not a string",
+                ))
+            }
+            None => {
+                return Err(gguf_err(
+                    path,
+                    "missing metadata key `general.architecture`",
+                ))
+            }
+        };
+        let g = GgufFile {
+            path: path.to_path_buf(),
+            mmap,
+            content,
+            architecture,
+        };
+        g.check_extents()?;
+        Ok(g)
+    }
+
+    /// Every tensor's bytes lie inside the file (a truncated download fails here, naming the
+    /// first tensor cut off).
+    fn check_extents(&self) -> Result<()> {
+        let len = self.mmap.len() as u64;
+        let mut infos: Vec<(&String, &TensorInfo)> = self.content.tensor_infos.iter().collect();
+        infos.sort_by_key(|(_, i)| i.offset);
+        for (name, info) in infos {
+            let n = info.shape.elem_count();
+            let bs = info.ggml_dtype.block_size();
+            if n % bs != 0 {
+                return Err(gguf_err(
+                    &self.path,
+                    format!(
+                        "tensor `{name}` has {n} elements, not a multiple of the {:?} block size {bs}",
+                        info.ggml_dtype
+                    ),
+                ));
+            }
+            let size = (n / bs * info.ggml_dtype.type_size()) as u64;
+            let start = self.content.tensor_data_offset + info.offset;
+            if start + size > len {
+                return Err(gguf_err(
+                    &self.path,
+                    format!(
+                        "truncated: tensor `{name}` needs bytes {start}..{} but the file has {len} bytes",
+                        start + size
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.content.metadata.get(key)
+    }
+
+    fn missing(&self, key: &str) -> Error {
+        gguf_err(&self.path, format!("missing metadata key `{key}`"))
+    }
+
+    fn bad(&self, key: &str, what: &str) -> Error {
+        gguf_err(&self.path, format!("metadata `{key}` is not {what}"))
+    }
+
+    /// An unsigned integer value (any integer type that is not negative).
+    pub fn opt_u64(&self, key: &str) -> Result<Option<u64>> {
+        Ok(match self.get(key) {
+            None => None,
+            Some(v) => Some(as_u64(v).ok_or_else(|| self.bad(key, "a non-negative integer"))?),
+        })
+    }
+
+    pub fn u64(&self, key: &str) -> Result<u64> {
+        self.opt_u64(key)?.ok_or_else(|| self.missing(key))
+    }
+
+    /// A float value; f32 values become the f64 of their shortest decimal form
+    /// (`1e-5f32` → `1e-5`), as the original `config.json` has them.
+    pub fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
+        Ok(match self.get(key) {
+            None => None,
+            Some(Value::F32(v)) => Some(format!("{v}").parse::<f64>().unwrap_or(*v as f64)),
+            Some(Value::F64(v)) => Some(*v),
+            Some(v) => Some(as_u64(v).ok_or_else(|| self.bad(key, "a number"))? as f64),
+        })
+    }
+
+    pub fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
+        Ok(match self.get(key) {
+            None => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(v) => Some(as_u64(v).ok_or_else(|| self.bad(key, "a boolean"))? != 0),
+        })
+    }
+
+    pub fn opt_str(&self, key: &str) -> Result<Option<&str>> {
+        Ok(match self.get(key) {
+            None => None,
+            Some(Value::String(s)) => Some(s.as_str()),
+            Some(_) => return Err(self.bad(key, "a string")),
+        })
+    }
+
+    /// An array of strings.
+    pub fn strings(&self, key: &str) -> Result<Vec<&str>> {
+        match self.get(key) {
+            None => Err(self.missing(key)),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s.as_str()),
+                    _ => Err(self.bad(key, "an array of strings")),
+                })
+                .collect(),
+            Some(_) => Err(self.bad(key, "an array of strings")),
+        }
+    }
+
+    /// An array of numbers, as f64.
+    pub fn numbers(&self, key: &str) -> Result<Option<Vec<f64>>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::F32(x) => Ok(*x as f64),
+                    Value::F64(x) => Ok(*x),
+                    Value::I8(x) => Ok(*x as f64),
+                    Value::I16(x) => Ok(*x as f64),
+                    Value::I32(x) => Ok(*x as f64),
+                    Value::I64(x) => Ok(*x as f64),
+                    v => as_u64(v)
+                        .map(|x| x as f64)
+                        .ok_or_else(|| self.bad(key, "an array of numbers")),
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(Some),
+            Some(_) => Err(self.bad(key, "an array of numbers")),
+        }
+    }
+
+    /// The Hugging Face class of the architecture, or an error naming it.
+    pub fn hf_architecture(&self) -> Result<&'static str> {
+        SUPPORTED_GGUF_ARCHITECTURES
+            .iter()
+            .find(|(a, _)| *a == self.architecture)
+            .map(|(_, hf)| *hf)
+            .ok_or_else(|| Error::UnsupportedArchitecture {
+                found: format!(
+                    "{} (GGUF general.architecture of {})",
+                    self.architecture,
+                    self.path.display()
+                ),
+                supported: SUPPORTED_GGUF_ARCHITECTURES
+                    .iter()
+                    .map(|(a, _)| *a)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    /// Whether llama.cpp stored the query/key rows permuted for its rotary layout (its
+    /// converter does this for the Llama architecture only).
+    pub fn permuted_qk(&self) -> bool {
+        self.architecture == "llama"
+    }
+
+    /// The `config.json` (Hugging Face layout) the metadata describes.
+    pub fn hf_config(&self) -> Result<Json> {
+        let class = self.hf_architecture()?;
+        let a = &self.architecture;
+        let k = |s: &str| format!("{a}.{s}");
+        let hidden = self.u64(&k("embedding_length"))?;
+        let layers = self.u64(&k("block_count"))?;
+        let heads = self.u64(&k("attention.head_count"))?;
+        let kv_heads = self
+            .opt_u64(&k("attention.head_count_kv"))?
+            .unwrap_or(heads);
+        let inter = self.u64(&k("feed_forward_length"))?;
+        let eps = self
+            .opt_f64(&k("attention.layer_norm_rms_epsilon"))?
+            .ok_or_else(|| self.missing(&k("attention.layer_norm_rms_epsilon")))?;
+        if heads == 0 {
+            return Err(self.bad(&k("attention.head_count"), "positive"));
+        }
+        let head_dim = match self.opt_u64(&k("attention.key_length"))? {
+            Some(h) => h,
+            None => hidden / heads,
+        };
+        if let Some(v) = self.opt_u64(&k("attention.value_length"))? {
+            if v != head_dim {
+                return Err(gguf_err(
+                    &self.path,
+                    format!("{a}.attention.value_length ({v}) differs from the key length ({head_dim}); not supported"),
+                ));
+            }
+        }
+        if let Some(r) = self.opt_u64(&k("rope.dimension_count"))? {
+            if r != head_dim {
+                return Err(gguf_err(
+                    &self.path,
+                    format!("{a}.rope.dimension_count ({r}) is not the head dimension ({head_dim}): partial rotary embeddings are not supported"),
+                ));
+            }
+        }
+        let embd = self
+            .content
+            .tensor_infos
+            .get("token_embd.weight")
+            .ok_or_else(|| gguf_err(&self.path, "tensor `token_embd.weight` is missing"))?;
+        let vocab = match self.opt_u64(&k("vocab_size"))? {
+            Some(v) => v,
+            None => embd.shape.dims()[0] as u64,
+        };
+        let tied = !self.content.tensor_infos.contains_key("output.weight");
+        let mut cfg = json!({
+            "architectures": [class],
+            "model_type": a,
+            "hidden_size": hidden,
+            "intermediate_size": inter,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "num_key_value_heads": kv_heads,
+            "head_dim": head_dim,
+            "rms_norm_eps": eps,
+            "rope_theta": self.opt_f64(&k("rope.freq_base"))?.unwrap_or(match a.as_str() {
+                "qwen3" => 1_000_000.0,
+                _ => 10000.0,
+            }),
+            "max_position_embeddings": self.opt_u64(&k("context_length"))?.unwrap_or(2048),
+            "vocab_size": vocab,
+            "tie_word_embeddings": tied,
+            "hidden_act": "silu",
+            "torch_dtype": "float32",
+        });
+        let o = cfg.as_object_mut().expect("object");
+        match a.as_str() {
+            "llama" => {
+                o.insert(
+                    "attention_bias".into(),
+                    json!(self.content.tensor_infos.contains_key("blk.0.attn_q.bias")),
+                );
+                o.insert("mlp_bias".into(), json!(false));
+            }
+            "qwen2" | "qwen3" => {
+                o.insert("use_sliding_window".into(), json!(false));
+                o.insert("sliding_window".into(), Json::Null);
+                o.insert("attention_bias".into(), json!(a == "qwen2"));
+            }
+            _ => {}
+        }
+        o.insert("rope_scaling".into(), self.rope_scaling(head_dim as usize)?);
+        let id =
+            |key: &str| -> Result<Option<u64>> { self.opt_u64(&format!("tokenizer.ggml.{key}")) };
+        if let Some(b) = id("bos_token_id")? {
+            o.insert("bos_token_id".into(), json!(b));
+        }
+        let mut eos: Vec<u64> = Vec::new();
+        for key in ["eos_token_id", "eot_token_id", "eom_token_id"] {
+            if let Some(e) = id(key)? {
+                if !eos.contains(&e) {
+                    eos.push(e);
+                }
+            }
+        }
+        match eos.len() {
+            0 => {}
+            1 => {
+                o.insert("eos_token_id".into(), json!(eos[0]));
+            }
+            _ => {
+                o.insert("eos_token_id".into(), json!(eos));
+            }
+        }
+        if let Some(p) = id("padding_token_id")? {
+            o.insert("pad_token_id".into(), json!(p));
+        }
+        Ok(cfg)
+    }
+
+    /// `rope_scaling` of the config: none, linear, or llama.cpp's per-frequency divisors
+    /// (`rope_freqs.weight`, written for Llama 3.x) expressed as LongRoPE factors without
+    /// attention scaling.
+    fn rope_scaling(&self, head_dim: usize) -> Result<Json> {
+        let a = &self.architecture;
+        let kind = self.opt_str(&format!("{a}.rope.scaling.type"))?;
+        let factor = self.opt_f64(&format!("{a}.rope.scaling.factor"))?;
+        if self.content.tensor_infos.contains_key("rope_freqs.weight") {
+            let t = self.dequantize("rope_freqs.weight")?;
+            let f: Vec<f32> = t.flatten_all()?.to_vec1()?;
+            if f.len() != head_dim / 2 {
+                return Err(gguf_err(
+                    &self.path,
+                    format!(
+                        "tensor `rope_freqs.weight` has {} entries; head_dim / 2 is {}",
+                        f.len(),
+                        head_dim / 2
+                    ),
+                ));
+            }
+            let f: Vec<f64> = f.iter().map(|&x| x as f64).collect();
+            let ctx = self
+                .opt_u64(&format!("{a}.context_length"))?
+                .unwrap_or(2048);
+            return Ok(json!({
+                "rope_type": "longrope",
+                "short_factor": f,
+                "long_factor": f,
+                "original_max_position_embeddings": ctx,
+                "attention_factor": 1.0,
+            }));
+        }
+        match kind {
+            None | Some("none") => Ok(Json::Null),
+            Some("linear") => match factor {
+                Some(f) if f != 1.0 => Ok(json!({"rope_type": "linear", "factor": f})),
+                _ => Ok(Json::Null),
+            },
+            Some(other) => Err(gguf_err(
+                &self.path,
+                format!(
+                    "{a}.rope.scaling.type {other:?} is not supported (supported: none, linear)"
+                ),
+            )),
+        }
+    }
+
+    /// The resolved configuration.
+    pub fn config(&self) -> Result<ModelConfig> {
+        let cfg = self.hf_config()?;
+        let raw: RawConfig = serde_json::from_value(cfg).map_err(|source| Error::Json {
+            path: self.path.clone(),
+            source,
+        })?;
+        ModelConfig::resolve(&raw).map_err(|m| Error::config(&self.path, m))
+    }
+
+    /// Dequantizes a tensor by its GGUF name to f32 on the CPU, in GGUF's row order.
+    pub fn dequantize(&self, name: &str) -> Result<Tensor> {
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor {
+                name: name.to_string(),
+                dir: self.path.clone(),
+            })?;
+        let q = info
+            .read(
+                &mut Cursor::new(&self.mmap[..]),
+                self.content.tensor_data_offset,
+                &Device::Cpu,
+            )
+            .map_err(|e| gguf_err(&self.path, format!("tensor `{name}`: {e}")))?;
+        let t = q.dequantize(&Device::Cpu).map_err(|e| {
+            gguf_err(
+                &self.path,
+                format!("tensor `{name}` ({:?}): {e}", info.ggml_dtype),
+            )
+        })?;
+        Ok(t.to_dtype(DType::F32)?)
+    }
+
+    /// The prompt encoder (tokenizer, chat template, pad id) of the metadata.
+    pub fn prompt_encoder(&self) -> Result<PromptEncoder> {
+        let tok = tokenizer::build(self)?;
+        let specials = tok.specials.clone();
+        let chat = self.opt_str("tokenizer.chat_template")?.map(|s| {
+            ChatTemplate::new(s, specials.clone()).map_err(|e| {
+                let m = match e {
+                    Error::Template(m) => m,
+                    other => other.to_string(),
+                };
+                format!("{} (tokenizer.chat_template): {m}", self.path.display())
+            })
+        });
+        Ok(PromptEncoder {
+            tokenizer: tok.tokenizer,
+            chat,
+            tokenizer_path: self.path.clone(),
+            pad_id: tok.pad_id,
+        })
+    }
+
+    /// The file's fingerprint: its length, header and the start of its tensor data.
+    pub fn fingerprint(&self) -> String {
+        let head_len = (self.content.tensor_data_offset as usize + 65536).min(self.mmap.len());
+        let len = (self.mmap.len() as u64).to_le_bytes();
+        crate::runlog::fingerprint(&[&len[..], &self.mmap[..head_len]])
+    }
+}
+
+fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::U8(x) => Some(*x as u64),
+        Value::U16(x) => Some(*x as u64),
+        Value::U32(x) => Some(*x as u64),
+        Value::U64(x) => Some(*x),
+        Value::I8(x) if *x >= 0 => Some(*x as u64),
+        Value::I16(x) if *x >= 0 => Some(*x as u64),
+        Value::I32(x) if *x >= 0 => Some(*x as u64),
+        Value::I64(x) if *x >= 0 => Some(*x as u64),
+        _ => None,
+    }
+}
+
+pub(crate) fn gguf_err(path: &Path, message: impl Into<String>) -> Error {
+    Error::Config {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+/// The GGUF name of a Hugging Face tensor name.
+pub fn gguf_name(hf: &str) -> Option<String> {
+    match hf {
+        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        "lm_head.weight" => return Some("output.weight".into()),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (module, suffix) = rest.rsplit_once('.')?;
+    let g = match module {
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "self_attn.q_norm" => "attn_q_norm",
+        "self_attn.k_norm" => "attn_k_norm",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{g}.{suffix}"))
+}
+
+/// Undoes llama.cpp's reordering of query/key rows: its converter stores the Hugging Face
+/// weight `w` (n_head·D rows) as `w.reshape(n_head, 2, D/2, in).swapaxes(1, 2)`; this is the
+/// inverse, for a weight (rows, in) or a bias (rows,).
+pub fn unpermute_rows(t: &Tensor, n_head: usize) -> Result<Tensor> {
+    let dims = t.dims().to_vec();
+    let rows = dims[0];
+    let inner: usize = dims[1..].iter().product();
+    if n_head == 0 || !rows.is_multiple_of(2 * n_head) {
+        return Err(Error::InvalidArgument(format!(
+            "cannot un-permute {rows} rows into {n_head} heads"
+        )));
+    }
+    let half = rows / n_head / 2;
+    Ok(t.reshape((n_head, half, 2, inner))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(dims)?)
+}
+
+/// The tensors of a GGUF file under their Hugging Face names, dequantized at load.
+pub struct GgufWeights<'a> {
+    pub file: &'a GgufFile,
+    num_heads: usize,
+    num_kv_heads: usize,
+}
+
+impl<'a> GgufWeights<'a> {
+    pub fn new(file: &'a GgufFile, cfg: &ModelConfig) -> Self {
+        GgufWeights {
+            file,
+            num_heads: cfg.num_heads,
+            num_kv_heads: cfg.num_kv_heads,
+        }
+    }
+
+    /// The Hugging Face tensor names present, in the file's order of layers.
+    pub fn hf_names(&self) -> Vec<String> {
+        let mut out: Vec<(String, u64)> = Vec::new();
+        for (g, info) in &self.file.content.tensor_infos {
+            if let Some(hf) = hf_name(g) {
+                out.push((hf, info.offset));
+            }
+        }
+        out.sort_by_key(|(_, o)| *o);
+        out.into_iter().map(|(n, _)| n).collect()
+    }
+
+    /// Loads a tensor by its Hugging Face name as f32 on the CPU, rows in Hugging Face order.
+    pub fn load_f32(&self, name: &str) -> Result<Tensor> {
+        let g = gguf_name(name).ok_or_else(|| Error::MissingTensor {
+            name: name.to_string(),
+            dir: self.file.path.clone(),
+        })?;
+        if !self.file.content.tensor_infos.contains_key(&g) {
+            return Err(Error::MissingTensor {
+                name: format!("{g} ({name})"),
+                dir: self.file.path.clone(),
+            });
+        }
+        let t = self.file.dequantize(&g)?;
+        if self.file.permuted_qk() {
+            if name.contains(".self_attn.q_proj.") {
+                return unpermute_rows(&t, self.num_heads);
+            }
+            if name.contains(".self_attn.k_proj.") {
+                return unpermute_rows(&t, self.num_kv_heads);
+            }
+        }
+        Ok(t)
+    }
+}
+
+/// The Hugging Face name of a GGUF tensor name.
+pub fn hf_name(g: &str) -> Option<String> {
+    match g {
+        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
+        "output_norm.weight" => return Some("model.norm.weight".into()),
+        "output.weight" => return Some("lm_head.weight".into()),
+        _ => {}
+    }
+    let rest = g.strip_prefix("blk.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (module, suffix) = rest.rsplit_once('.')?;
+    let h = match module {
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "attn_q_norm" => "self_attn.q_norm",
+        "attn_k_norm" => "self_attn.k_norm",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        "attn_norm" => "input_layernorm",
+        "ffn_norm" => "post_attention_layernorm",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{h}.{suffix}"))
+}
+
+impl TensorSource for GgufWeights<'_> {
+    fn contains(&self, name: &str) -> bool {
+        gguf_name(name).is_some_and(|g| self.file.content.tensor_infos.contains_key(&g))
+    }
+
+    fn load(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+        if let Some(info) = gguf_name(name).and_then(|g| self.file.content.tensor_infos.get(&g)) {
+            if info.shape.dims() != shape {
+                return Err(Error::TensorShape {
+                    name: format!("{} ({name})", gguf_name(name).unwrap_or_default()),
+                    path: self.file.path.clone(),
+                    found: info.shape.dims().to_vec(),
+                    expected: shape.to_vec(),
+                });
+            }
+        }
+        let t = self.load_f32(name)?;
+        let t = if dtype == DType::F32 {
+            t
+        } else {
+            t.to_dtype(dtype)?
+        };
+        Ok(t.to_device(device)?)
+    }
+}
+
+/// Loads the decoder of a GGUF file.
+pub fn load_decoder(file: &GgufFile, dtype: DType, device: &Device) -> Result<Decoder> {
+    let cfg = file.config()?;
+    let weights = GgufWeights::new(file, &cfg);
+    Decoder::load(cfg, &weights, dtype, device)
+}
+
+/// Loads a GGUF file for use: decoder, tokenizer, chat template, end-of-sequence ids.
+pub fn load_model(
+    path: &Path,
+    spec: &str,
+    dtype: DType,
+    device: &Device,
+) -> Result<crate::LoadedModel> {
+    let file = GgufFile::open(path)?;
+    let decoder = load_decoder(&file, dtype, device)?;
+    let prompts = file.prompt_encoder()?;
+    let eos = decoder.cfg.eos_token_ids.clone();
+    Ok(crate::LoadedModel {
+        dir: path.to_path_buf(),
+        spec: spec.to_string(),
+        decoder,
+        prompts,
+        eos,
+    })
+}
+
+mod header {
+    //! A walk over the GGUF header that says where it breaks: used only to explain a file
+    //! candle's reader refused.
+
+    use super::ggml_type_name;
+
+    struct R<'a> {
+        b: &'a [u8],
+        pos: usize,
+        v1: bool,
+    }
+
+    impl R<'_> {
+        fn take(&mut self, n: usize) -> Option<&[u8]> {
+            let end = self.pos.checked_add(n)?;
+            if end > self.b.len() {
+                return None;
+            }
+            let s = &self.b[self.pos..end];
+            self.pos = end;
+            Some(s)
+        }
+        fn u32(&mut self) -> Option<u32> {
+            Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+        }
+        fn u64(&mut self) -> Option<u64> {
+            Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+        }
+        fn len(&mut self) -> Option<u64> {
+            if self.v1 {
+                self.u32().map(|x| x as u64)
+            } else {
+                self.u64()
+            }
+        }
+        fn string(&mut self) -> Option<String> {
+            let n = self.len()? as usize;
+            Some(String::from_utf8_lossy(self.take(n)?).into_owned())
+        }
+        fn value(&mut self, ty: u32, depth: usize) -> Result<(), String> {
+            let fixed = match ty {
+                0 | 1 | 7 => Some(1),
+                2 | 3 => Some(2),
+                4..=6 => Some(4),
+                10..=12 => Some(8),
+                _ => None,
+            };
+            if let Some(n) = fixed {
+                return self.take(n).map(|_| ()).ok_or_else(String::new);
+            }
+            match ty {
+                8 => self.string().map(|_| ()).ok_or_else(String::new),
+                9 if depth < 4 => {
+                    let inner = self.u32().ok_or_else(String::new)?;
+                    let n = self.len().ok_or_else(String::new)?;
+                    for _ in 0..n {
+                        self.value(inner, depth + 1)?;
+                    }
+                    Ok(())
+                }
+                other => Err(format!("unknown metadata value type {other}")),
+            }
+        }
+    }
+
+    /// What is wrong with the header, or `None` when this walk finds nothing.
+    pub(super) fn diagnose(b: &[u8]) -> Option<String> {
+        let mut r = R {
+            b,
+            pos: 4,
+            v1: false,
+        };
+        let Some(version) = r.u32() else {
+            return Some("truncated: the file ends inside the header".into());
+        };
+        r.v1 = version == 1;
+        let (Some(n_tensors), Some(n_kv)) = (r.len(), r.len()) else {
+            return Some("truncated: the file ends inside the header".into());
+        };
+        let mut last_key = String::from("(none)");
+        for i in 0..n_kv {
+            let Some(key) = r.string() else {
+                return Some(format!(
+                    "truncated: the file ends inside metadata entry {i} of {n_kv} (after `{last_key}`)"
+                ));
+            };
+            let Some(ty) = r.u32() else {
+                return Some(format!(
+                    "truncated: the file ends inside metadata key `{key}`"
+                ));
+            };
+            match r.value(ty, 0) {
+                Ok(()) => {}
+                Err(m) if m.is_empty() => {
+                    return Some(format!(
+                        "truncated: the file ends inside the value of metadata key `{key}`"
+                    ))
+                }
+                Err(m) => return Some(format!("metadata key `{key}`: {m}")),
+            }
+            last_key = key;
+        }
+        for i in 0..n_tensors {
+            let Some(name) = r.string() else {
+                return Some(format!(
+                    "truncated: the file ends inside the tensor directory (entry {i} of {n_tensors})"
+                ));
+            };
+            let Some(nd) = r.u32() else {
+                return Some(format!(
+                    "truncated: the file ends inside the entry of tensor `{name}`"
+                ));
+            };
+            let dims = if r.v1 {
+                nd as usize * 4
+            } else {
+                nd as usize * 8
+            };
+            if nd > 4 || r.take(dims).is_none() {
+                return Some(format!("tensor `{name}`: bad or truncated dimensions"));
+            }
+            let Some(ty) = r.u32() else {
+                return Some(format!(
+                    "truncated: the file ends inside the entry of tensor `{name}`"
+                ));
+            };
+            let known = matches!(ty, 0..=3 | 6..=15 | 30);
+            if !known {
+                return Some(format!(
+                    "tensor `{name}` has tensor type {} (GGML type id {ty}), which sahara cannot dequantize; supported: {}",
+                    ggml_type_name(ty),
+                    super::SUPPORTED_TENSOR_TYPES
+                ));
+            }
+            if r.u64().is_none() {
+                return Some(format!(
+                    "truncated: the file ends inside the entry of tensor `{name}`"
+                ));
+            }
+        }
+        None
+    }
+}
