@@ -385,8 +385,8 @@ impl PromptEncoder {
                 specials.push((key.to_string(), v));
             }
         }
-        let chat = match source {
-            Some(s) => Some(ChatTemplate::new(&s, specials.clone()).map_err(|e| {
+        let chat = source.map(|s| {
+            ChatTemplate::new(&s, specials.clone()).map_err(|e| {
                 let m = match e {
                     Error::Template(m) => m,
                     other => other.to_string(),
@@ -397,9 +397,8 @@ impl PromptEncoder {
                     &cfg_path
                 };
                 format!("{}: {m}", file.display())
-            })),
-            None => None,
-        };
+            })
+        });
         let pad_id = specials
             .iter()
             .find(|(k, _)| k == "pad_token")

@@ -423,7 +423,8 @@ pub fn surgery(
     };
     drop(written);
     drop(ablated);
-    if !(rel <= tolerance) {
+    // NaN counts as a failure.
+    if rel.is_nan() || rel > tolerance {
         return Err(Error::InvalidArgument(format!(
             "verification failed: the written model's logits differ from the in-memory ablation by {rel:.3e} (relative), more than {tolerance:e}; nothing was written"
         )));
