@@ -390,29 +390,7 @@ pub fn surgery(
         .ok()
         .filter(|t| !t.is_empty())
         .unwrap_or_else(|| (0..8u32.min(cfg.vocab_size as u32)).collect());
-    let batch = Batch::new(&[probe], 0, &dev)?;
-    let plan = AblationPlan::new(&cfg, &[spec.ablations()], probe_dtype, &dev)?;
-    let want = ablated
-        .decoder
-        .forward(
-            &batch,
-            &ForwardSpec::logits(Positions::All).with_ablations(&plan),
-            None,
-        )?
-        .logits
-        .expect("logits");
-    let got = written
-        .decoder
-        .forward(&batch, &ForwardSpec::logits(Positions::All), None)?
-        .logits
-        .expect("logits");
-    let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64;
-    let diff = (want - &got)?
-        .abs()?
-        .flatten_all()?
-        .max(0)?
-        .to_scalar::<f32>()? as f64;
-    let rel = diff / scale.max(f64::MIN_POSITIVE);
+    let rel = relative_logit_difference(&ablated, &written, probe, &spec.ablations())?;
     let dtypes: BTreeSet<StDtype> = written_dtypes(&tmp)?;
     let tolerance = if dtypes.iter().any(|d| matches!(d, StDtype::BF16)) {
         1e-2
@@ -481,6 +459,45 @@ pub fn surgery(
         verify_relative_difference: rel,
         affected_heads: affected,
     })
+}
+
+/// max |Δlogit| / max |logit| on a probe prompt between `source` run with `ablations` in
+/// memory and `written` run plainly (f32 logits at every position).
+pub(crate) fn relative_logit_difference(
+    source: &LoadedModel,
+    written: &LoadedModel,
+    probe: Vec<u32>,
+    ablations: &[HeadAblation],
+) -> Result<f64> {
+    let dev = source.decoder.device.clone();
+    let batch = Batch::new(&[probe], 0, &dev)?;
+    let plan = AblationPlan::new(
+        source.cfg(),
+        &[ablations.to_vec()],
+        source.decoder.dtype,
+        &dev,
+    )?;
+    let want = source
+        .decoder
+        .forward(
+            &batch,
+            &ForwardSpec::logits(Positions::All).with_ablations(&plan),
+            None,
+        )?
+        .logits
+        .expect("logits");
+    let got = written
+        .decoder
+        .forward(&batch, &ForwardSpec::logits(Positions::All), None)?
+        .logits
+        .expect("logits");
+    let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64;
+    let diff = (want - &got)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()? as f64;
+    Ok(diff / scale.max(f64::MIN_POSITIVE))
 }
 
 fn written_dtypes(dir: &Path) -> Result<BTreeSet<StDtype>> {

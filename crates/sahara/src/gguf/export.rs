@@ -13,9 +13,8 @@ use safetensors::tensor::{Dtype as StDtype, TensorView};
 use serde_json::{json, Value as Json};
 
 use super::{GgufFile, GgufWeights};
-use crate::ablation::{AblationPlan, Op};
+use crate::ablation::Op;
 use crate::error::{Error, Result};
-use crate::model::{Batch, ForwardSpec, Positions};
 use crate::surgery::{apply_edit, edits, Block, Edit, SurgeryReport, SurgerySpec};
 use crate::LoadedModel;
 
@@ -252,29 +251,8 @@ pub fn surgery_from_gguf(
             "verification failed: the written tokenizer encodes differently from the GGUF one ({probe_again:?} vs {probe:?}); nothing was written"
         )));
     }
-    let batch = Batch::new(&[probe], 0, &dev)?;
-    let plan = AblationPlan::new(&cfg, &[spec.ablations()], DType::F32, &dev)?;
-    let want = ablated
-        .decoder
-        .forward(
-            &batch,
-            &ForwardSpec::logits(Positions::All).with_ablations(&plan),
-            None,
-        )?
-        .logits
-        .expect("logits");
-    let got = reloaded
-        .decoder
-        .forward(&batch, &ForwardSpec::logits(Positions::All), None)?
-        .logits
-        .expect("logits");
-    let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()? as f64;
-    let diff = (want - &got)?
-        .abs()?
-        .flatten_all()?
-        .max(0)?
-        .to_scalar::<f32>()? as f64;
-    let rel = diff / scale.max(f64::MIN_POSITIVE);
+    let rel =
+        crate::surgery::relative_logit_difference(&ablated, &reloaded, probe, &spec.ablations())?;
     drop(reloaded);
     drop(ablated);
     let tolerance = 1e-5;
