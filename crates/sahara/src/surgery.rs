@@ -257,7 +257,7 @@ fn write_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
 }
 
 /// Removes a folder on drop unless disarmed: no half-written model is left behind.
-struct Cleanup(Option<PathBuf>);
+pub(crate) struct Cleanup(pub(crate) Option<PathBuf>);
 impl Drop for Cleanup {
     fn drop(&mut self) {
         if let Some(p) = self.0.take() {
@@ -436,12 +436,30 @@ pub fn surgery(
     std::fs::write(&rec_path, serde_json::to_vec_pretty(&record).expect("JSON"))
         .map_err(write_err(&rec_path))?;
 
-    // Into place: an existing destination (with --force) is moved aside first.
+    move_into_place(&tmp, out, parent, &mut guard)?;
+    Ok(SurgeryReport {
+        out: out.to_path_buf(),
+        changed_tensors: edits.keys().cloned().collect(),
+        changed_parameters,
+        total_parameters,
+        verify_relative_difference: rel,
+        affected_heads: affected,
+    })
+}
+
+/// Renames the finished temporary folder to `out`; an existing destination (with --force) is
+/// moved aside first and removed after, or put back if the rename fails.
+pub(crate) fn move_into_place(
+    tmp: &Path,
+    out: &Path,
+    parent: &Path,
+    guard: &mut Cleanup,
+) -> Result<()> {
     let aside = parent.join(format!(".sahara-old-{}", std::process::id()));
     if out.exists() {
         std::fs::rename(out, &aside).map_err(write_err(out))?;
     }
-    if let Err(e) = std::fs::rename(&tmp, out) {
+    if let Err(e) = std::fs::rename(tmp, out) {
         if aside.exists() {
             let _ = std::fs::rename(&aside, out);
         }
@@ -451,14 +469,7 @@ pub fn surgery(
     if aside.exists() {
         let _ = std::fs::remove_dir_all(&aside);
     }
-    Ok(SurgeryReport {
-        out: out.to_path_buf(),
-        changed_tensors: edits.keys().cloned().collect(),
-        changed_parameters,
-        total_parameters,
-        verify_relative_difference: rel,
-        affected_heads: affected,
-    })
+    Ok(())
 }
 
 /// max |Δlogit| / max |logit| on a probe prompt between `source` run with `ablations` in

@@ -185,16 +185,6 @@ pub fn write_hf_folder(g: &GgufFile, dir: &Path, spec: Option<&SurgerySpec>) -> 
     })
 }
 
-/// Removes a folder on drop unless disarmed.
-struct Cleanup(Option<PathBuf>);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_dir_all(p);
-        }
-    }
-}
-
 /// Surgery from a GGUF source: writes a Hugging Face folder (float32 safetensors of the
 /// dequantized weights) with `spec` folded in, verified against the GGUF model with the
 /// ablation applied in memory.
@@ -233,7 +223,7 @@ pub fn surgery_from_gguf(
     ));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(write_err(&tmp))?;
-    let mut guard = Cleanup(Some(tmp.clone()));
+    let mut guard = crate::surgery::Cleanup(Some(tmp.clone()));
     let written = write_hf_folder(&g, &tmp, Some(spec))?;
 
     // Verify: the written folder's logits equal the GGUF model's with the ablation in memory.
@@ -297,20 +287,7 @@ pub fn surgery_from_gguf(
     });
     write_json(&tmp.join("sahara-surgery.json"), &record)?;
 
-    let aside = parent.join(format!(".sahara-old-{}", std::process::id()));
-    if out.exists() {
-        std::fs::rename(out, &aside).map_err(write_err(out))?;
-    }
-    if let Err(e) = std::fs::rename(&tmp, out) {
-        if aside.exists() {
-            let _ = std::fs::rename(&aside, out);
-        }
-        return Err(write_err(out)(e));
-    }
-    guard.0 = None;
-    if aside.exists() {
-        let _ = std::fs::remove_dir_all(&aside);
-    }
+    crate::surgery::move_into_place(&tmp, out, parent, &mut guard)?;
     Ok(SurgeryReport {
         out: out.to_path_buf(),
         changed_tensors: written.changed_tensors,
