@@ -15,6 +15,8 @@ Usage::
     pip install -r scripts/requirements-fixtures.txt
     python3 scripts/make_fixtures.py            # regenerates fixtures/*
     python3 scripts/make_fixtures.py llama3     # only some fixtures
+    python3 scripts/make_fixtures.py organism --sahara target/release/sahara
+        # checks the built-in organism (crates/sahara/organism) in transformers
 
 Nothing is downloaded: tokenizers are trained here on a built-in corpus and
 weights are drawn from a seeded generator.  The script is deterministic on a
@@ -1995,6 +1997,12 @@ def main(argv: list[str]) -> None:
     if argv == ["gguf_tiny"]:
         gguf_tiny_fixture()
         return
+    if argv[:1] == ["organism"]:
+        # The built-in organism is trained by `sahara organism train`, not here; this checks
+        # that transformers loads the committed folder and answers as sahara does.
+        import subprocess
+        script = Path(__file__).resolve().parent / "check_organism_transformers.py"
+        raise SystemExit(subprocess.call([sys.executable, str(script), *argv[1:]]))
     names = argv or list(SPECS)
     for n in names:
         if n not in SPECS:

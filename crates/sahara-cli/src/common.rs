@@ -8,9 +8,10 @@ use sahara::{Error, LoadedModel, Result, Template};
 /// Where the model comes from and how it is run.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Model folder in Hugging Face layout, a hub id (org/name) in the local cache, or a
-    /// llama.cpp GGUF file (`.gguf`).
-    #[arg(long)]
+    /// Model folder in Hugging Face layout, a hub id (org/name) in the local cache, a
+    /// llama.cpp GGUF file (`.gguf`), or builtin:organism (the built-in safety-aligned model
+    /// organism, the default).
+    #[arg(long, default_value = sahara::organism::builtin::MODEL)]
     pub model: String,
     /// Compute dtype: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
@@ -54,16 +55,26 @@ pub fn parse_device(s: &str) -> Result<Device> {
 #[derive(Args, Debug, Clone)]
 pub struct TemplateArgs {
     /// `raw`, `chat`, or a format string containing {query} (\n and \t are unescaped).
-    #[arg(long, default_value = "raw")]
-    pub template: String,
+    /// Default: chat for the built-in organism, raw otherwise.
+    #[arg(long)]
+    pub template: Option<String>,
     /// System message for --template chat.
     #[arg(long)]
     pub system: Option<String>,
 }
 
 impl TemplateArgs {
-    pub fn parse(&self) -> Result<Template> {
-        Template::parse(&self.template, self.system.clone())
+    /// The template of `--template`, or the default for `model`.
+    pub fn parse(&self, model: &ModelArgs) -> Result<Template> {
+        let default = if sahara::organism::builtin::is_model(&model.model) {
+            "chat"
+        } else {
+            "raw"
+        };
+        Template::parse(
+            self.template.as_deref().unwrap_or(default),
+            self.system.clone(),
+        )
     }
 }
 
@@ -118,8 +129,9 @@ impl OpArgs {
 /// Where queries come from.
 #[derive(Args, Debug, Clone)]
 pub struct DataArgs {
-    /// Query file: CSV with a header, JSON Lines, JSON, or plain text (one query a line).
-    #[arg(long)]
+    /// Query file: CSV with a header, JSON Lines, JSON, or plain text (one query a line);
+    /// or builtin:harmful / builtin:benign, the built-in organism's held-out prompts.
+    #[arg(long, default_value = sahara::organism::builtin::HARMFUL)]
     pub data: String,
     /// CSV column / JSON key holding the query (default: the first of input, goal, Goal, prompt, query).
     #[arg(long)]
@@ -144,11 +156,14 @@ impl DataArgs {
         model: &LoadedModel,
         template: &Template,
     ) -> Result<(sahara::data::Dataset, Vec<Encoded>)> {
-        let data = sahara::data::load_queries(
-            std::path::Path::new(&self.data),
-            self.column.as_deref(),
-            self.limit,
-        )?;
+        let path = match sahara::organism::builtin::data_path(&self.data) {
+            Some(p) => p?,
+            None => match sahara::organism::builtin::unknown(&self.data) {
+                Some(e) => return Err(e),
+                None => std::path::PathBuf::from(&self.data),
+            },
+        };
+        let data = sahara::data::load_queries(&path, self.column.as_deref(), self.limit)?;
         let ctx = model.cfg().max_position_embeddings;
         let mut out = Vec::with_capacity(data.queries.len());
         for q in &data.queries {

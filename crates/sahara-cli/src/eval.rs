@@ -235,7 +235,7 @@ fn line_of(g: &Generation, cond: &Condition, q: &EvalQuery) -> Value {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let template = a.template.parse()?;
+    let template = a.template.parse(&a.model)?;
     let (target, op) = a.op.parse()?;
     if a.max_new_tokens == 0 {
         return Err(Error::InvalidArgument(

@@ -36,7 +36,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let template = a.template.parse()?;
+    let template = a.template.parse(&a.model)?;
     a.op.parse()?;
     if a.max_new_tokens == 0 {
         return Err(Error::InvalidArgument(

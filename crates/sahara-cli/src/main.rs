@@ -1,11 +1,13 @@
 //! The `sahara` command-line tool: argument parsing, progress and error display over the
 //! `sahara` library.
 
+mod attention;
 mod attribute;
 mod bench;
 mod common;
 mod eval;
 mod generate;
+mod organism;
 mod ships;
 mod surgery;
 
@@ -36,6 +38,10 @@ enum Command {
     Surgery(surgery::Args),
     /// Attack success rate with and without ablated heads, and what the ablation costs.
     Eval(eval::Args),
+    /// Show what one head attends to from the last prompt position, and its full pattern.
+    Attention(attention::Args),
+    /// Train the built-in model organism, or show where it is unpacked.
+    Organism(organism::Args),
     /// Time a forward pass (benchmark harness).
     #[command(hide = true)]
     BenchForward(bench::ForwardArgs),
@@ -87,6 +93,8 @@ fn main() -> ExitCode {
         Command::Attribute(a) => attribute::run(a),
         Command::Surgery(a) => surgery::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Attention(a) => attention::run(a),
+        Command::Organism(a) => organism::run(a),
         Command::BenchForward(a) => bench::forward(a),
         Command::BenchGenerate(a) => bench::generate_cmd(a),
     };

@@ -49,7 +49,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let template = a.template.parse()?;
+    let template = a.template.parse(&a.model)?;
     let (target, op) = a.op.parse()?;
     let engine = a.engine.parse()?;
     if a.top == 0 {

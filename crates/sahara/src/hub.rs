@@ -26,8 +26,15 @@ pub fn hub_cache_dir() -> PathBuf {
     PathBuf::from(home).join(".cache/huggingface/hub")
 }
 
-/// Resolves a `--model` value to a local folder holding `config.json`.
+/// Resolves a `--model` value to a local folder holding `config.json`; `builtin:organism`
+/// is the built-in model organism, unpacked on first use.
 pub fn resolve_model_dir(spec: &str) -> Result<PathBuf> {
+    if crate::organism::builtin::is_model(spec) {
+        return crate::organism::builtin::model_dir();
+    }
+    if let Some(e) = crate::organism::builtin::unknown(spec) {
+        return Err(e);
+    }
     let path = Path::new(spec);
     if path.is_dir() {
         return Ok(path.to_path_buf());

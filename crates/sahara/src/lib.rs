@@ -8,9 +8,11 @@
 //! - [`prompt`]: tokenizer, chat templates and the query templates.
 //! - [`generate`]: batched generation with a key/value cache.
 //! - [`data`]: query files (CSV, JSON Lines, JSON, text).
-//! - [`plot`]: layer × head heatmaps (PNG, SVG).
+//! - [`plot`]: layer × head heatmaps (PNG, SVG); [`attention_plot`]: one head's attention pattern.
+//! - [`organism`]: the built-in safety-aligned model organism (data, training, embedding).
 
 pub mod ablation;
+pub mod attention_plot;
 pub mod attribute;
 pub mod config;
 pub mod data;
@@ -22,6 +24,7 @@ pub mod gguf;
 pub mod hub;
 pub mod judge;
 pub mod model;
+pub mod organism;
 pub mod plot;
 pub mod prompt;
 pub mod random;
