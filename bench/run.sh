@@ -6,7 +6,8 @@
 #
 # Environment:
 #   THREADS=2         threads of both sides (torch.set_num_threads, RAYON/OMP/MKL_NUM_THREADS)
-#   ITERS=10          timed iterations of the forward benchmark
+#   ITERS=10          timed iterations of the forward benchmark (per round)
+#   ROUNDS=3          forward rounds, python and sahara alternating (median round reported)
 #   PYTHON=python3    interpreter with torch + transformers
 #   MODEL=bench/out/model   model folder (created with bench/make_model.py when absent)
 #   SKIP_BUILD=1      do not run cargo build
@@ -30,6 +31,7 @@ THREADS=${THREADS:-2}
 export RAYON_NUM_THREADS=$THREADS OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 ITERS=${ITERS:-10}
+ROUNDS=${ROUNDS:-3}
 PY=${PYTHON:-python3}
 OUT=${BENCH_OUT:-bench/out}
 RES=$OUT/results
@@ -71,9 +73,37 @@ timed() {
 }
 
 run_forward() {
-    timed forward python $PY bench/forward_hf.py --model "$MODEL" --threads "$THREADS" \
-        --batch 8 --seq 64 --iters "$ITERS"
-    timed forward sahara "$BIN" bench-forward --model "$MODEL" --batch 8 --seq 64 --iters "$ITERS"
+    # ROUNDS rounds, the two sides alternating, so that both see the same machine (a shared
+    # VM's speed drifts by tens of percent over minutes); the table shows each side's median
+    # round, and every round's ratio is printed.
+    local r
+    rm -f "$RES"/forward.python.json* "$RES"/forward.sahara.json*
+    for r in $(seq 1 "$ROUNDS"); do
+        timed "forward_r$r" python $PY bench/forward_hf.py --model "$MODEL" --threads "$THREADS" \
+            --batch 8 --seq 64 --iters "$ITERS"
+        timed "forward_r$r" sahara "$BIN" bench-forward --model "$MODEL" --batch 8 --seq 64 --iters "$ITERS"
+    done
+    $PY - "$RES" "$ROUNDS" <<'EOF2' || true
+import json, shutil, statistics, sys
+from pathlib import Path
+res, rounds = Path(sys.argv[1]), int(sys.argv[2])
+def spf(side, r):
+    try:
+        return json.loads((res / f"forward_r{r}.{side}.json").read_text())["result"]["seconds_per_forward"]
+    except Exception:
+        return None
+per = {side: [spf(side, r) for r in range(1, rounds + 1)] for side in ("python", "sahara")}
+ratios = [p / s for p, s in zip(per["python"], per["sahara"]) if p and s]
+print("forward rounds (s/forward): python " + " ".join(f"{x:.3f}" for x in per["python"] if x)
+      + " | sahara " + " ".join(f"{x:.3f}" for x in per["sahara"] if x)
+      + " | ratio per round " + " ".join(f"{x:.2f}x" for x in ratios), file=sys.stderr)
+for side, xs in per.items():
+    ok = [(x, r) for r, x in enumerate(xs, 1) if x]
+    if ok:
+        med = sorted(ok)[(len(ok) - 1) // 2][1]
+        for f in res.glob(f"forward_r{med}.{side}.json*"):
+            shutil.copy(f, res / f.name.replace(f"forward_r{med}", "forward"))
+EOF2
 }
 
 run_ships() {
