@@ -1,11 +1,9 @@
 //! Random model folders in Hugging Face layout, for tests and benchmarks: a config, f32
 //! weights drawn from a seeded generator, a word-level tokenizer and a small chat template.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use rand::{Rng, SeedableRng};
-use safetensors::tensor::{Dtype, TensorView};
 
 use crate::error::{Error, Result};
 
@@ -267,21 +265,5 @@ pub fn write_random_model(dir: &Path, spec: &RandomSpec) -> Result<()> {
             .collect();
         data.push((name, shape, bytes));
     }
-    let views: Vec<(String, TensorView)> = data
-        .iter()
-        .map(|(n, s, b)| {
-            (
-                n.clone(),
-                TensorView::new(Dtype::F32, s.clone(), b).expect("sizes match"),
-            )
-        })
-        .collect();
-    let meta: BTreeMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    let path = dir.join("model.safetensors");
-    safetensors::serialize_to_file(views, Some(meta.into_iter().collect()), &path).map_err(|e| {
-        Error::Write {
-            path: path.clone(),
-            source: std::io::Error::other(e.to_string()),
-        }
-    })
+    crate::weights::write_f32_safetensors(&dir.join("model.safetensors"), &data)
 }

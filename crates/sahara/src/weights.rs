@@ -238,3 +238,25 @@ impl Weights {
         Ok(t.to_device(device)?)
     }
 }
+
+/// Writes float32 tensors, `(name, shape, little-endian bytes)`, as one safetensors file with
+/// the `{"format": "pt"}` metadata transformers expects.
+pub fn write_f32_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<u8>)]) -> Result<()> {
+    let views: Vec<(String, safetensors::tensor::TensorView)> =
+        tensors
+            .iter()
+            .map(|(n, s, b)| {
+                let view = safetensors::tensor::TensorView::new(StDtype::F32, s.clone(), b)
+                    .map_err(|e| Error::Write {
+                        path: path.to_path_buf(),
+                        source: std::io::Error::other(format!("tensor {n}: {e}")),
+                    })?;
+                Ok((n.clone(), view))
+            })
+            .collect::<Result<_>>()?;
+    let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    safetensors::serialize_to_file(views, Some(meta), path).map_err(|e| Error::Write {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })
+}

@@ -2,6 +2,8 @@
 //! reproducible, and writes a folder that loads as any other model. The built-in organism
 //! unpacks to the cache folder.
 
+mod common;
+
 use candle_core::{DType, Device, IndexOp};
 use sahara::organism::{self, Shape, TrainOptions};
 use sahara::{Batch, ForwardSpec, LoadedModel, Positions};
@@ -72,16 +74,7 @@ fn a_short_training_lowers_the_loss_reproducibly_and_writes_a_loadable_folder() 
         .unwrap()
         .logits
         .unwrap();
-    let diff: f32 = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+    let diff = common::max_abs_diff(&a, &b);
     assert!(diff < 1e-5, "max logit difference {diff}");
     assert_eq!(loaded.eos, vec![2]);
     for file in ["harmful.txt", "benign.txt"] {

@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use safetensors::tensor::{Dtype as StDtype, TensorView};
 use serde_json::{json, Value as Json};
 
 use super::{GgufFile, GgufWeights};
@@ -101,22 +100,8 @@ pub fn write_hf_folder(g: &GgufFile, dir: &Path, spec: Option<&SurgerySpec>) -> 
     let mut shard_files: Vec<PathBuf> = Vec::new();
     let mut weight_map = serde_json::Map::new();
     let mut flushed = 0usize;
-    let meta: std::collections::HashMap<String, String> =
-        [("format".to_string(), "pt".to_string())].into();
     let flush = |tensors: &[(String, Vec<usize>, Vec<u8>)], path: &Path| -> Result<()> {
-        let views: Vec<(String, TensorView)> = tensors
-            .iter()
-            .map(|(n, s, b)| {
-                (
-                    n.clone(),
-                    TensorView::new(StDtype::F32, s.clone(), b).expect("sizes match"),
-                )
-            })
-            .collect();
-        safetensors::serialize_to_file(views, Some(meta.clone()), path).map_err(|e| Error::Write {
-            path: path.to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
-        })
+        crate::weights::write_f32_safetensors(path, tensors)
     };
     for name in &names {
         let t = weights.load_f32(name)?;

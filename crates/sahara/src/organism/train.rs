@@ -6,7 +6,6 @@
 //! the optimizer updates the variables in place. The loss is the cross-entropy of the
 //! assistant's tokens (answer and end-of-sequence token) given everything before them.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -14,7 +13,6 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
-use safetensors::tensor::{Dtype, TensorView};
 
 use super::language::{self, Request};
 use crate::ablation::{AblationPlan, HeadAblation, Op, Target};
@@ -810,23 +808,7 @@ impl Organism {
                 v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             ));
         }
-        let views: Vec<(String, TensorView)> = data
-            .iter()
-            .map(|(n, s, b)| {
-                (
-                    n.clone(),
-                    TensorView::new(Dtype::F32, s.clone(), b).expect("sizes match"),
-                )
-            })
-            .collect();
-        let meta: BTreeMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-        let path = dir.join("model.safetensors");
-        safetensors::serialize_to_file(views, Some(meta.into_iter().collect()), &path).map_err(
-            |e| Error::Write {
-                path: path.clone(),
-                source: std::io::Error::other(e.to_string()),
-            },
-        )?;
+        crate::weights::write_f32_safetensors(&dir.join("model.safetensors"), &data)?;
         let o = &self.options;
         let every = (o.steps / 30).max(1);
         let curve: Vec<serde_json::Value> = self
