@@ -191,3 +191,70 @@ fn attention_prints_the_last_row_and_plots_the_pattern() {
         &["--layer 9 out of range"],
     );
 }
+
+#[test]
+fn organism_train_writes_a_model_folder_and_refuses_bad_options() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = cache.path().join("org");
+    let (stdout, _) = ok(sahara(cache.path())
+        .args([
+            "organism",
+            "train",
+            "--steps",
+            "4",
+            "--layers",
+            "2",
+            "--heads",
+            "4",
+            "--hidden",
+            "32",
+            "--intermediate",
+            "64",
+            "--batch-size",
+            "4",
+            "--safety-heads",
+            "1:2",
+            "--quiet",
+            "--out",
+        ])
+        .arg(&out));
+    assert!(stdout.contains("trained in"), "{stdout}");
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("organism.json")).unwrap()).unwrap();
+    assert_eq!(record["steps"], 4);
+    assert_eq!(record["safety_heads"][0], "1:2");
+    // The folder is an ordinary model.
+    let (text, _) = ok(sahara(cache.path())
+        .args([
+            "generate",
+            "--template",
+            "chat",
+            "--max-new-tokens",
+            "3",
+            "--prompt",
+            "hi",
+            "--model",
+        ])
+        .arg(&out));
+    assert!(!text.is_empty());
+    fails(
+        sahara(cache.path())
+            .args([
+                "organism",
+                "train",
+                "--layers",
+                "2",
+                "--safety-heads",
+                "5:0",
+                "--out",
+            ])
+            .arg(cache.path().join("bad")),
+        &["safety head 5:0"],
+    );
+    fails(
+        sahara(cache.path())
+            .args(["organism", "train", "--safety-heads", "two", "--out"])
+            .arg(cache.path().join("bad")),
+        &["--safety-heads", "L:H"],
+    );
+}
