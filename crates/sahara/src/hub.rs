@@ -160,6 +160,8 @@ pub fn download(id: &str, repo: &Path) -> std::result::Result<PathBuf, String> {
     let base = endpoint();
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(std::time::Duration::from_secs(10))
+        // A stalled transfer fails instead of hanging; a slow one goes on.
+        .timeout_read(std::time::Duration::from_secs(120))
         .build();
     let info_url = format!("{base}/api/models/{id}/revision/main");
     let info: serde_json::Value = get(&agent, &info_url)?
