@@ -4,11 +4,13 @@
 //! Every failure must be a non-zero exit with exactly one line on stderr starting with
 //! `error: ` that names the file or value at fault, and no panic anywhere.
 
-use std::borrow::BorrowMut;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{close, fails, jsonl, ok, ok_both, parse_json, sahara};
 use sahara::random::{write_random_model, RandomSpec, WORDS};
 use serde_json::{json, Map, Value};
 
@@ -84,119 +86,6 @@ impl Fixture {
             .args(args);
         c
     }
-}
-
-/// The binary under test.
-fn sahara() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sahara"));
-    // A panic would print its backtrace hint; make sure nothing outside steers the run.
-    c.env_remove("RUST_BACKTRACE")
-        .env_remove("RUST_LOG")
-        .env("HF_HUB_OFFLINE", "1")
-        .stdin(Stdio::null());
-    c
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().expect("the sahara binary runs")
-}
-
-fn show(cmd: &Command, o: &Output) -> String {
-    format!(
-        "command: {cmd:?}\nstatus: {}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn assert_no_panic(cmd: &Command, o: &Output) {
-    for text in [&o.stdout, &o.stderr] {
-        let t = String::from_utf8_lossy(text);
-        assert!(
-            !t.contains("panicked") && !t.contains("RUST_BACKTRACE"),
-            "panic output\n{}",
-            show(cmd, o)
-        );
-    }
-}
-
-/// Runs a command that must succeed; returns its stdout.
-fn ok(mut cmd: impl BorrowMut<Command>) -> String {
-    let cmd = cmd.borrow_mut();
-    let o = run(cmd);
-    assert_no_panic(cmd, &o);
-    assert!(o.status.success(), "expected success\n{}", show(cmd, &o));
-    String::from_utf8(o.stdout).expect("UTF-8 stdout")
-}
-
-/// Runs a command that must succeed; returns stdout and stderr.
-fn ok_both(mut cmd: impl BorrowMut<Command>) -> (String, String) {
-    let cmd = cmd.borrow_mut();
-    let o = run(cmd);
-    assert_no_panic(cmd, &o);
-    assert!(o.status.success(), "expected success\n{}", show(cmd, &o));
-    (
-        String::from_utf8(o.stdout).expect("UTF-8 stdout"),
-        String::from_utf8(o.stderr).expect("UTF-8 stderr"),
-    )
-}
-
-/// Runs a command that must fail as every error of the tool fails: a non-zero exit, stderr
-/// exactly one line `error: …` holding every one of `needles`, nothing on stdout, no panic.
-/// Returns the message after `error: `.
-fn fails(mut cmd: impl BorrowMut<Command>, needles: &[&str]) -> String {
-    let cmd = cmd.borrow_mut();
-    let o = run(cmd);
-    assert_no_panic(cmd, &o);
-    assert!(!o.status.success(), "expected failure\n{}", show(cmd, &o));
-    assert!(
-        o.status.code().is_some(),
-        "killed by a signal, not an error exit\n{}",
-        show(cmd, &o)
-    );
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    let body = stderr.strip_suffix('\n').unwrap_or(&stderr);
-    assert!(
-        !body.is_empty() && !body.contains('\n'),
-        "stderr is not exactly one line\n{}",
-        show(cmd, &o)
-    );
-    let msg = body
-        .strip_prefix("error: ")
-        .unwrap_or_else(|| panic!("stderr does not start with `error: `\n{}", show(cmd, &o)));
-    for n in needles {
-        assert!(
-            msg.contains(n),
-            "error message lacks {n:?}: {msg}\n{}",
-            show(cmd, &o)
-        );
-    }
-    assert!(
-        o.stdout.is_empty(),
-        "a failed command printed on stdout\n{}",
-        show(cmd, &o)
-    );
-    eprintln!("error message: {msg}");
-    msg.to_string()
-}
-
-fn parse_json(s: &str) -> Value {
-    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
-}
-
-/// The JSON lines of a file.
-fn jsonl(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-        .lines()
-        .map(parse_json)
-        .collect()
-}
-
-/// `a` and `b` equal within `rel` relative to the larger magnitude.
-fn close(a: f64, b: f64, rel: f64) -> bool {
-    a == b || (a - b).abs() <= rel * a.abs().max(b.abs())
 }
 
 /// The score grid of a ships line, nulls as `None`.

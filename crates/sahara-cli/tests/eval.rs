@@ -6,8 +6,11 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 
+mod common;
+
+use common::{fails, jsonl, ok_both as ok, parse_json, sahara};
 use sahara::random::{write_random_model, RandomSpec, WORDS};
 use serde_json::Value;
 
@@ -67,95 +70,6 @@ impl Fixture {
         c.arg(sub).arg("--model").arg(self.model());
         c
     }
-}
-
-fn sahara() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sahara"));
-    c.env_remove("RUST_BACKTRACE")
-        .env_remove("RUST_LOG")
-        .env("HF_HUB_OFFLINE", "1")
-        .stdin(Stdio::null());
-    c
-}
-
-fn show(cmd: &Command, o: &Output) -> String {
-    format!(
-        "command: {cmd:?}\nstatus: {}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn assert_no_panic(cmd: &Command, o: &Output) {
-    for text in [&o.stdout, &o.stderr] {
-        let t = String::from_utf8_lossy(text);
-        assert!(
-            !t.contains("panicked") && !t.contains("RUST_BACKTRACE"),
-            "panic output\n{}",
-            show(cmd, o)
-        );
-    }
-}
-
-/// Runs a command that must succeed; returns stdout and stderr.
-fn ok(cmd: &mut Command) -> (String, String) {
-    let o = cmd.output().expect("the sahara binary runs");
-    assert_no_panic(cmd, &o);
-    assert!(o.status.success(), "expected success\n{}", show(cmd, &o));
-    (
-        String::from_utf8(o.stdout).expect("UTF-8 stdout"),
-        String::from_utf8(o.stderr).expect("UTF-8 stderr"),
-    )
-}
-
-/// Runs a command that must fail: non-zero exit, stderr exactly one line `error: …` holding
-/// every one of `needles`, nothing on stdout, no panic. Returns the message.
-fn fails(cmd: &mut Command, needles: &[&str]) -> String {
-    let o = cmd.output().expect("the sahara binary runs");
-    assert_no_panic(cmd, &o);
-    assert!(!o.status.success(), "expected failure\n{}", show(cmd, &o));
-    assert!(
-        o.status.code().is_some(),
-        "killed by a signal\n{}",
-        show(cmd, &o)
-    );
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    let body = stderr.strip_suffix('\n').unwrap_or(&stderr);
-    assert!(
-        !body.is_empty() && !body.contains('\n'),
-        "stderr is not exactly one line\n{}",
-        show(cmd, &o)
-    );
-    let msg = body
-        .strip_prefix("error: ")
-        .unwrap_or_else(|| panic!("stderr does not start with `error: `\n{}", show(cmd, &o)));
-    for n in needles {
-        assert!(
-            msg.contains(n),
-            "error message lacks {n:?}: {msg}\n{}",
-            show(cmd, &o)
-        );
-    }
-    assert!(
-        o.stdout.is_empty(),
-        "a failed command printed on stdout\n{}",
-        show(cmd, &o)
-    );
-    eprintln!("error message: {msg}");
-    msg.to_string()
-}
-
-fn parse_json(s: &str) -> Value {
-    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
-}
-
-fn jsonl(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-        .lines()
-        .map(parse_json)
-        .collect()
 }
 
 fn read_json(path: &Path) -> Value {

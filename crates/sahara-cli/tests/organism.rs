@@ -3,49 +3,20 @@
 //! `sahara attention` shows what a head looks at.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+
+use common::{fails, ok_both as ok};
+
 /// The binary, with the organism unpacked into `cache`.
 fn sahara(cache: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_sahara"));
-    c.env_remove("RUST_BACKTRACE")
-        .env("XDG_CACHE_HOME", cache)
-        .env("HF_HUB_OFFLINE", "1")
-        .stdin(Stdio::null());
+    let mut c = common::sahara();
+    c.env("XDG_CACHE_HOME", cache);
     c
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let o = cmd.output().expect("the sahara binary runs");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!err.contains("panicked"), "{cmd:?}: {err}");
-    o
-}
-
-fn ok(cmd: &mut Command) -> (String, String) {
-    let o = run(cmd);
-    assert!(
-        o.status.success(),
-        "{cmd:?} failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    (
-        String::from_utf8(o.stdout).unwrap(),
-        String::from_utf8(o.stderr).unwrap(),
-    )
-}
-
-fn fails(cmd: &mut Command, needles: &[&str]) {
-    let o = run(cmd);
-    assert!(!o.status.success(), "{cmd:?} succeeded");
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    for n in needles {
-        assert!(err.contains(n), "{n:?} not in {err:?}");
-    }
 }
 
 #[test]
