@@ -187,11 +187,29 @@ pub const WORDS: &[&str] = &[
 ];
 
 fn tokenizer_json(vocab_size: usize) -> serde_json::Value {
+    let words: Vec<String> = WORDS
+        .iter()
+        .take(vocab_size.saturating_sub(3))
+        .map(|w| w.to_string())
+        .collect();
+    word_level_tokenizer_json(&words, serde_json::json!({"type": "Lowercase"}))
+}
+
+/// A `tokenizer.json` of a word-level tokenizer: `<unk>`, `<s>`, `</s>` (ids 0, 1, 2), then
+/// `words`; split on whitespace and punctuation after `normalizer` (JSON `null` for none),
+/// `<s>` added in front of plain encodings.
+pub fn word_level_tokenizer_json(
+    words: &[String],
+    normalizer: serde_json::Value,
+) -> serde_json::Value {
     let mut vocab = serde_json::Map::new();
-    for (i, w) in ["<unk>", "<s>", "</s>"].iter().chain(WORDS).enumerate() {
-        if i < vocab_size {
-            vocab.insert(w.to_string(), serde_json::json!(i));
-        }
+    for (i, w) in ["<unk>", "<s>", "</s>"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(words.iter().cloned())
+        .enumerate()
+    {
+        vocab.insert(w, serde_json::json!(i));
     }
     let special = |id: u32, content: &str| {
         serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
@@ -202,7 +220,7 @@ fn tokenizer_json(vocab_size: usize) -> serde_json::Value {
         "truncation": null,
         "padding": null,
         "added_tokens": [special(0, "<unk>"), special(1, "<s>"), special(2, "</s>")],
-        "normalizer": {"type": "Lowercase"},
+        "normalizer": normalizer,
         "pre_tokenizer": {"type": "Whitespace"},
         "post_processor": {
             "type": "TemplateProcessing",

@@ -395,36 +395,7 @@ pub fn words() -> Vec<String> {
 /// `tokenizer.json`: a word-level tokenizer over [`words`] after `<unk>`, `<s>`, `</s>`,
 /// splitting on whitespace and punctuation, adding `<s>` in front of plain encodings.
 pub fn tokenizer_json() -> serde_json::Value {
-    let mut vocab = serde_json::Map::new();
-    for (i, w) in [UNK, BOS, EOS]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(words())
-        .enumerate()
-    {
-        vocab.insert(w, serde_json::json!(i));
-    }
-    let special = |id: u32, content: &str| {
-        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
-                           "rstrip": false, "normalized": false, "special": true})
-    };
-    serde_json::json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": [special(0, UNK), special(1, BOS), special(2, EOS)],
-        "normalizer": null,
-        "pre_tokenizer": {"type": "Whitespace"},
-        "post_processor": {
-            "type": "TemplateProcessing",
-            "single": [{"SpecialToken": {"id": BOS, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-            "pair": [{"SpecialToken": {"id": BOS, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                     {"Sequence": {"id": "B", "type_id": 1}}],
-            "special_tokens": {BOS: {"id": BOS, "ids": [1], "tokens": [BOS]}}
-        },
-        "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": false},
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": UNK}
-    })
+    crate::random::word_level_tokenizer_json(&words(), serde_json::Value::Null)
 }
 
 /// `tokenizer_config.json`, with the chat template.
