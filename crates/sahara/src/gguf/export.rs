@@ -14,6 +14,7 @@ use serde_json::{json, Value as Json};
 use super::{GgufFile, GgufWeights};
 use crate::ablation::Op;
 use crate::error::{Error, Result};
+use crate::surgery::write_err;
 use crate::surgery::{apply_edit, edits, Block, Edit, SurgeryReport, SurgerySpec};
 use crate::LoadedModel;
 
@@ -22,13 +23,6 @@ const SHARD_BYTES: usize = 2 << 30;
 
 /// Tensors of one shard: (name, shape, little-endian f32 bytes).
 type Shard = Vec<(String, Vec<usize>, Vec<u8>)>;
-
-fn write_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |source| Error::Write {
-        path: path.to_path_buf(),
-        source,
-    }
-}
 
 fn write_json(path: &Path, v: &Json) -> Result<()> {
     let text = serde_json::to_string_pretty(v).expect("JSON values serialize");
@@ -183,32 +177,7 @@ pub fn surgery_from_gguf(
     let g = GgufFile::open(src)?;
     let cfg = g.config()?;
     spec.validate(&cfg)?;
-    if out.exists() {
-        let non_empty = std::fs::read_dir(out)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(true);
-        if non_empty && !force {
-            return Err(Error::InvalidArgument(format!(
-                "--out {} exists and is not empty; choose another folder or pass --force to replace it",
-                out.display()
-            )));
-        }
-    }
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(write_err(parent))?;
-    let tmp = parent.join(format!(
-        ".{}.sahara-tmp-{}",
-        out.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(write_err(&tmp))?;
-    let mut guard = crate::surgery::Cleanup(Some(tmp.clone()));
+    let (tmp, mut guard) = crate::surgery::staging_folder(out, force)?;
     let written = write_hf_folder(&g, &tmp, Some(spec))?;
 
     // Verify: the written folder's logits equal the GGUF model's with the ablation in memory.
@@ -272,7 +241,7 @@ pub fn surgery_from_gguf(
     });
     write_json(&tmp.join("sahara-surgery.json"), &record)?;
 
-    crate::surgery::move_into_place(&tmp, out, parent, &mut guard)?;
+    crate::surgery::move_into_place(&tmp, out, &mut guard)?;
     Ok(SurgeryReport {
         out: out.to_path_buf(),
         changed_tensors: written.changed_tensors,
