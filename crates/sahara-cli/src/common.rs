@@ -284,3 +284,40 @@ pub fn run_record(
         "dtype": model_args.dtype,
     }))
 }
+
+/// Greedy decoding, or sampling with `--top-k` / `--temperature`.
+#[derive(Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// Sample from the top K tokens instead of greedy decoding.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Sampling temperature (sampling instead of greedy decoding).
+    #[arg(long, allow_negative_numbers = true)]
+    pub temperature: Option<f64>,
+    /// Seed of sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl SamplingArgs {
+    /// Greedy without `--top-k` and `--temperature`; a bad value is an error naming the flag.
+    pub fn parse(&self) -> Result<sahara::generate::Sampling> {
+        if let Some(t) = self.temperature {
+            if !(t.is_finite() && t >= 0.0) {
+                return Err(Error::InvalidArgument(format!(
+                    "--temperature must be a non-negative number, got {t}"
+                )));
+            }
+        }
+        if self.top_k == Some(0) {
+            return Err(Error::InvalidArgument("--top-k must be at least 1".into()));
+        }
+        Ok(match (self.top_k, self.temperature) {
+            (None, None) => sahara::generate::Sampling::Greedy,
+            (k, t) => sahara::generate::Sampling::Sample {
+                temperature: t.unwrap_or(1.0),
+                top_k: k,
+            },
+        })
+    }
+}

@@ -16,7 +16,9 @@ use sahara::runlog::{model_fingerprint, sibling, write_atomic, JsonlRun};
 use sahara::{Error, Result};
 use serde_json::{json, Value};
 
-use crate::common::{progress_bar, DataArgs, Encoded, ModelArgs, OpArgs, TemplateArgs};
+use crate::common::{
+    progress_bar, DataArgs, Encoded, ModelArgs, OpArgs, SamplingArgs, TemplateArgs,
+};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -49,15 +51,8 @@ pub struct Args {
     /// Prompts generated together in one batch.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
-    /// Sample from the top K tokens instead of greedy decoding.
-    #[arg(long)]
-    pub top_k: Option<usize>,
-    /// Sampling temperature (sampling instead of greedy decoding).
-    #[arg(long, allow_negative_numbers = true)]
-    pub temperature: Option<f64>,
-    /// Seed of sampling.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// Harmless prompts (same formats as --data): measure over-refusal, unchanged responses
     /// and the first-token KL divergence of each condition.
     #[arg(long)]
@@ -247,16 +242,7 @@ pub fn run(a: Args) -> Result<()> {
             "--batch-size must be at least 1".into(),
         ));
     }
-    if let Some(t) = a.temperature {
-        if !(t.is_finite() && t >= 0.0) {
-            return Err(Error::InvalidArgument(format!(
-                "--temperature must be a non-negative number, got {t}"
-            )));
-        }
-    }
-    if a.top_k == Some(0) {
-        return Err(Error::InvalidArgument("--top-k must be at least 1".into()));
-    }
+    let sampling = a.sampling.parse()?;
     let judge = match &a.refusal_phrases {
         Some(p) => RefusalMatcher::from_file(p)?,
         None => RefusalMatcher::default(),
@@ -315,18 +301,11 @@ pub fn run(a: Args) -> Result<()> {
     for (set, qs) in &sets {
         sahara::eval::check_lengths(&cfg, *set, qs, a.max_new_tokens)?;
     }
-    let sampling = match (a.top_k, a.temperature) {
-        (None, None) => Sampling::Greedy,
-        (k, t) => Sampling::Sample {
-            temperature: t.unwrap_or(1.0),
-            top_k: k,
-        },
-    };
     let sampling_record = match &sampling {
         Sampling::Greedy => json!({"kind": "greedy"}),
         // Sampled responses depend on the batches, hence on the batch size.
         Sampling::Sample { temperature, top_k } => json!({"kind": "sample",
-            "temperature": temperature, "top_k": top_k, "seed": a.seed, "batch_size": a.batch_size}),
+            "temperature": temperature, "top_k": top_k, "seed": a.sampling.seed, "batch_size": a.batch_size}),
     };
     let epsilon = match op {
         Op::Scale(e) => json!(e),
@@ -403,7 +382,7 @@ pub fn run(a: Args) -> Result<()> {
         generate: GenerateOptions {
             max_new_tokens: a.max_new_tokens,
             sampling,
-            seed: a.seed,
+            seed: a.sampling.seed,
             eos: model.eos.clone(),
         },
         batch_size: a.batch_size,

@@ -1,10 +1,10 @@
 //! `sahara generate`: one prompt, one continuation.
 
 use clap::Args as ClapArgs;
-use sahara::generate::{generate, GenerateOptions, Sampling};
+use sahara::generate::{generate, GenerateOptions};
 use sahara::{Error, Result};
 
-use crate::common::{ModelArgs, OpArgs, TemplateArgs};
+use crate::common::{ModelArgs, OpArgs, SamplingArgs, TemplateArgs};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -22,14 +22,8 @@ pub struct Args {
     pub op: OpArgs,
     #[arg(long, default_value_t = 64)]
     pub max_new_tokens: usize,
-    /// Sample from the top K tokens instead of greedy decoding.
-    #[arg(long)]
-    pub top_k: Option<usize>,
-    /// Sampling temperature (sampling instead of greedy decoding).
-    #[arg(long, allow_negative_numbers = true)]
-    pub temperature: Option<f64>,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
     /// Print one JSON object instead of the text.
     #[arg(long)]
     pub json: bool,
@@ -43,30 +37,17 @@ pub fn run(a: Args) -> Result<()> {
             "--max-new-tokens must be at least 1".into(),
         ));
     }
-    if let Some(t) = a.temperature {
-        if !(t.is_finite() && t >= 0.0) {
-            return Err(Error::InvalidArgument(format!(
-                "--temperature must be a non-negative number, got {t}"
-            )));
-        }
-    }
+    let sampling = a.sampling.parse()?;
     let model = a.model.load()?;
     let ablations = match &a.ablate {
         Some(h) => a.op.ablations(h, &model)?,
         None => vec![],
     };
     let (prompt, ids) = model.prompts.encode_query(&template, &a.prompt)?;
-    let sampling = match (a.top_k, a.temperature) {
-        (None, None) => Sampling::Greedy,
-        (k, t) => Sampling::Sample {
-            temperature: t.unwrap_or(1.0),
-            top_k: k,
-        },
-    };
     let opts = GenerateOptions {
         max_new_tokens: a.max_new_tokens,
         sampling,
-        seed: a.seed,
+        seed: a.sampling.seed,
         eos: model.eos.clone(),
     };
     let out = generate(
