@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{close, fails, jsonl, ok, ok_both, parse_json, sahara};
+use common::{close, fails, jsonl, ok, ok_both, parse_json, sahara, Fixture};
 use sahara::random::{write_random_model, RandomSpec, WORDS};
 use serde_json::{json, Map, Value};
 
@@ -18,41 +18,7 @@ use serde_json::{json, Map, Value};
 // Harness
 // ---------------------------------------------------------------------------------------------
 
-/// A temporary folder holding a tiny random model and any data files a test writes.
-struct Fixture {
-    dir: tempfile::TempDir,
-}
-
 impl Fixture {
-    /// A folder with the tiny Llama of [`RandomSpec::tiny`] in `model/`.
-    fn new() -> Self {
-        Self::with_spec(|_| {})
-    }
-
-    /// A folder with a tiny Llama, changed by `edit`, in `model/`.
-    fn with_spec(edit: impl FnOnce(&mut RandomSpec)) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut spec = RandomSpec::tiny("LlamaForCausalLM");
-        edit(&mut spec);
-        write_random_model(&dir.path().join("model"), &spec).expect("random model");
-        Fixture { dir }
-    }
-
-    fn model(&self) -> PathBuf {
-        self.dir.path().join("model")
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Writes a file in the fixture folder and returns its path.
-    fn write(&self, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
-        let p = self.path(name);
-        std::fs::write(&p, content).expect("write fixture file");
-        p
-    }
-
     /// Writes the model folder's `name` as pretty JSON.
     fn write_model_json(&self, name: &str, v: &Value) {
         std::fs::write(

@@ -10,43 +10,21 @@ use std::process::Command;
 
 mod common;
 
-use common::{fails, jsonl, ok_both as ok, parse_json, sahara};
-use sahara::random::{write_random_model, RandomSpec, WORDS};
+use common::{fails, jsonl, ok_both as ok, parse_json, sahara, Fixture};
+use sahara::random::WORDS;
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------------
 // Harness (as in tests/cli.rs)
 // ---------------------------------------------------------------------------------------------
 
-struct Fixture {
-    dir: tempfile::TempDir,
+/// A tiny Llama whose every token id is a word of its tokenizer, so that responses decode to
+/// text the judge can read.
+fn fixture() -> Fixture {
+    Fixture::with_spec(|s| s.vocab_size = 3 + WORDS.len())
 }
 
 impl Fixture {
-    /// A tiny Llama whose every token id is a word of its tokenizer, so that responses decode
-    /// to text the judge can read.
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut spec = RandomSpec::tiny("LlamaForCausalLM");
-        spec.vocab_size = 3 + WORDS.len();
-        write_random_model(&dir.path().join("model"), &spec).expect("random model");
-        Fixture { dir }
-    }
-
-    fn model(&self) -> PathBuf {
-        self.dir.path().join("model")
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn write(&self, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
-        let p = self.path(name);
-        std::fs::write(&p, content).expect("write fixture file");
-        p
-    }
-
     /// `sahara eval --model MODEL --quiet --max-new-tokens 10` followed by `args`.
     fn eval(&self, args: &[&str]) -> Command {
         let mut c = self.eval_base(&["--max-new-tokens", "10"]);
@@ -207,7 +185,7 @@ fn close(a: f64, b: f64) -> bool {
 
 #[test]
 fn eval_with_two_ablations_and_benign_prompts() {
-    let fx = Fixture::new();
+    let fx = fixture();
     let qs = queries(7, 4, 0);
     let bs = queries(4, 3, 5);
     let data = text_file(&fx, "harmful.txt", &qs);
@@ -332,7 +310,7 @@ fn eval_with_two_ablations_and_benign_prompts() {
 
 #[test]
 fn without_out_lines_go_to_stdout_and_the_table_to_stderr() {
-    let fx = Fixture::new();
+    let fx = fixture();
     let data = text_file(&fx, "q.txt", &queries(3, 4, 0));
     let (stdout, stderr) = ok(fx.eval(&["--ablate", "0:0"]).arg("--data").arg(&data));
     let lines: Vec<Value> = stdout.lines().map(parse_json).collect();
@@ -350,7 +328,7 @@ fn without_out_lines_go_to_stdout_and_the_table_to_stderr() {
 
 #[test]
 fn batch_size_does_not_change_greedy_responses() {
-    let fx = Fixture::new();
+    let fx = fixture();
     let data = text_file(&fx, "q.txt", &queries(6, 4, 1));
     let run = |b: &str| -> Vec<(String, u64, Value)> {
         let (stdout, _) = ok(fx
@@ -376,7 +354,7 @@ fn batch_size_does_not_change_greedy_responses() {
 
 #[test]
 fn heads_from_attribute_and_ships_outputs() {
-    let fx = Fixture::new();
+    let fx = fixture();
     let data = text_file(&fx, "q.txt", &queries(3, 4, 2));
     let attr = fx.path("heads.json");
     ok(fx
@@ -446,7 +424,7 @@ fn heads_from_attribute_and_ships_outputs() {
 
 #[test]
 fn an_empty_response_is_judged_and_recorded() {
-    let fx = Fixture::new();
+    let fx = fixture();
     let qs = queries(2, 4, 3);
     let data = text_file(&fx, "q.txt", &qs);
     // The first greedy token of query 1 becomes a special end-of-sequence token, so that the
@@ -492,7 +470,7 @@ fn an_empty_response_is_judged_and_recorded() {
 
 #[test]
 fn eval_resumes_after_a_cut_line() {
-    let fx = Fixture::new();
+    let fx = fixture();
     let data = text_file(&fx, "q.txt", &queries(5, 4, 4));
     let benign = text_file(&fx, "b.txt", &queries(3, 3, 6));
     let out = fx.path("eval.jsonl");
@@ -559,7 +537,7 @@ fn eval_resumes_after_a_cut_line() {
 
 #[test]
 fn eval_refuses_a_run_with_other_settings() {
-    let fx = Fixture::new();
+    let fx = fixture();
     let data = text_file(&fx, "q.txt", &queries(2, 4, 0));
     let out = fx.path("eval.jsonl");
     ok(fx.eval(&[]).arg("--data").arg(&data).arg("--out").arg(&out));
@@ -609,7 +587,7 @@ fn eval_fails(fx: &Fixture, extra: &[&str], needles: &[&str]) -> String {
 
 #[test]
 fn unknown_heads_are_refused() {
-    let fx = Fixture::new();
+    let fx = fixture();
     eval_fails(
         &fx,
         &["--ablate", "3:0"],
@@ -628,7 +606,7 @@ fn unknown_heads_are_refused() {
 
 #[test]
 fn heads_files_that_are_not_attribute_or_ships_outputs_are_refused() {
-    let fx = Fixture::new();
+    let fx = fixture();
     let lines = fx.write("ships.jsonl", "{\"index\": 0}\n{\"index\": 1}\n");
     let other = fx.write("other.json", r#"{"conditions": []}"#);
     let text = fx.write("heads.txt", "0:1\n");
@@ -660,7 +638,7 @@ fn heads_files_that_are_not_attribute_or_ships_outputs_are_refused() {
 
 #[test]
 fn an_empty_phrase_list_is_refused() {
-    let fx = Fixture::new();
+    let fx = fixture();
     let empty = fx.write("none.txt", "\n   \n");
     eval_fails(
         &fx,
@@ -677,7 +655,7 @@ fn an_empty_phrase_list_is_refused() {
 
 #[test]
 fn bad_generation_settings_are_refused() {
-    let fx = Fixture::new();
+    let fx = fixture();
     eval_fails(&fx, &["--max-new-tokens", "0"], &["--max-new-tokens"]);
     eval_fails(&fx, &["--batch-size", "0"], &["--batch-size"]);
     eval_fails(&fx, &["--temperature", "-1"], &["--temperature"]);

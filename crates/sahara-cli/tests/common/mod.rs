@@ -2,9 +2,10 @@
 #![allow(dead_code)]
 
 use std::borrow::BorrowMut;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use sahara::random::{write_random_model, RandomSpec};
 use serde_json::Value;
 
 /// The binary under test.
@@ -118,4 +119,40 @@ pub fn jsonl(path: &Path) -> Vec<Value> {
 /// `a` and `b` equal within `rel` relative to the larger magnitude.
 pub fn close(a: f64, b: f64, rel: f64) -> bool {
     a == b || (a - b).abs() <= rel * a.abs().max(b.abs())
+}
+
+/// A temporary folder holding a tiny random model and any data files a test writes.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    /// A folder with the tiny Llama of [`RandomSpec::tiny`] in `model/`.
+    pub fn new() -> Self {
+        Self::with_spec(|_| {})
+    }
+
+    /// A folder with a tiny Llama, changed by `edit`, in `model/`.
+    pub fn with_spec(edit: impl FnOnce(&mut RandomSpec)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut spec = RandomSpec::tiny("LlamaForCausalLM");
+        edit(&mut spec);
+        write_random_model(&dir.path().join("model"), &spec).expect("random model");
+        Fixture { dir }
+    }
+
+    pub fn model(&self) -> PathBuf {
+        self.dir.path().join("model")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes a file in the fixture folder and returns its path.
+    pub fn write(&self, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, content).expect("write fixture file");
+        p
+    }
 }
