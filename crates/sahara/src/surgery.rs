@@ -39,6 +39,20 @@ pub struct SurgerySpec {
 }
 
 impl SurgerySpec {
+    /// Every query head the ablation changes, (layer, head) in order of first appearance: a
+    /// key ablation changes every query head of its key/value group.
+    pub fn affected_heads(&self, cfg: &ModelConfig) -> Vec<(usize, usize)> {
+        let mut affected: Vec<(usize, usize)> = Vec::new();
+        for a in self.ablations() {
+            for h in a.affected_query_heads(cfg) {
+                if !affected.contains(&(a.layer, h)) {
+                    affected.push((a.layer, h));
+                }
+            }
+        }
+        affected
+    }
+
     pub(crate) fn ablations(&self) -> Vec<HeadAblation> {
         self.heads
             .iter()
@@ -417,14 +431,7 @@ pub fn surgery(
         )));
     }
 
-    let mut affected: Vec<(usize, usize)> = Vec::new();
-    for a in spec.ablations() {
-        for h in a.affected_query_heads(&cfg) {
-            if !affected.contains(&(a.layer, h)) {
-                affected.push((a.layer, h));
-            }
-        }
-    }
+    let affected = spec.affected_heads(&cfg);
     let record = json!({
         "tool": "sahara",
         "version": env!("CARGO_PKG_VERSION"),

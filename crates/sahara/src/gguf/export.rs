@@ -206,14 +206,7 @@ pub fn surgery_from_gguf(
         )));
     }
 
-    let mut affected: Vec<(usize, usize)> = Vec::new();
-    for a in spec.ablations() {
-        for h in a.affected_query_heads(&cfg) {
-            if !affected.contains(&(a.layer, h)) {
-                affected.push((a.layer, h));
-            }
-        }
-    }
+    let affected = spec.affected_heads(&cfg);
     let types: BTreeSet<String> = g
         .content
         .tensor_infos
