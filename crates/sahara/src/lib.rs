@@ -5,6 +5,7 @@
 //! - [`config`]: `config.json` mirrored raw, then resolved with every default filled in.
 //! - [`model`]: the single hooked decoder with per-row head ablations.
 //! - [`ablation`]: head ablations as data.
+//! - [`kernels`]: CPU fast paths of the hot float32 operations (candle's ops are the reference).
 //! - [`prompt`]: tokenizer, chat templates and the query templates.
 //! - [`generate`]: batched generation with a key/value cache.
 //! - [`data`]: query files (CSV, JSON Lines, JSON, text).
@@ -23,6 +24,7 @@ pub mod generate;
 pub mod gguf;
 pub mod hub;
 pub mod judge;
+pub mod kernels;
 pub mod model;
 pub mod organism;
 pub mod plot;

@@ -17,6 +17,9 @@ use crate::error::{Error, Result};
 use crate::weights::{TensorSource, Weights};
 
 /// A linear layer `y = x Wᵀ + b` with W of shape (out, in).
+///
+/// `weight` may be a transposed view of an (in, out) row-major tensor (see
+/// [`Linear::with_transposed_storage`]): every operation sees the same (out, in) values.
 #[derive(Debug, Clone)]
 pub struct Linear {
     pub weight: Tensor,
@@ -31,10 +34,16 @@ impl Linear {
         let n: usize = dims[..dims.len() - 1].iter().product();
         let out = self.weight.dim(0)?;
         // One 2-D gemm over all rows: (n, in) @ (in, out).
-        let y = x.contiguous()?.reshape((n, k))?.matmul(&self.weight.t()?)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
+        let x2 = x.contiguous()?.reshape((n, k))?;
+        let y = match crate::kernels::linear_f32(&x2, &self.weight, self.bias.as_ref())? {
+            Some(y) => y,
+            None => {
+                let y = x2.matmul(&self.weight.t()?)?;
+                match &self.bias {
+                    Some(b) => y.broadcast_add(b)?,
+                    None => y,
+                }
+            }
         };
         let mut shape = dims;
         *shape.last_mut().unwrap() = out;
@@ -57,6 +66,17 @@ pub struct Mlp {
 }
 
 impl Linear {
+    /// The same layer with W stored as a row-major (in, out) matrix, so that `x Wᵀ` is a
+    /// product with a row-major right operand. On CPU that is the layout the matrix product
+    /// consumes without repacking W on every call (measured: up to 1.7× faster on a
+    /// (512, 2048) × (2048, 768) product); the values are unchanged.
+    pub fn with_transposed_storage(self) -> Result<Linear> {
+        Ok(Linear {
+            weight: self.weight.t()?.contiguous()?.t()?,
+            bias: self.bias,
+        })
+    }
+
     /// Stacks projections of the same input along the output dimension, so that one matrix
     /// product computes them all.
     pub fn stack(parts: &[Linear]) -> Result<Linear> {
@@ -333,12 +353,14 @@ impl Decoder {
                 q_norm: qk("q_norm")?,
                 k_norm: qk("k_norm")?,
                 attn: Attention {
-                    qkv_proj,
-                    o_proj: linear(&format!("{p}.self_attn.o_proj"), d, h * hd, cfg.o_bias)?,
+                    qkv_proj: qkv_proj.with_transposed_storage()?,
+                    o_proj: linear(&format!("{p}.self_attn.o_proj"), d, h * hd, cfg.o_bias)?
+                        .with_transposed_storage()?,
                 },
                 mlp: Mlp {
-                    gate_up_proj,
-                    down_proj: linear(&format!("{p}.mlp.down_proj"), d, i, cfg.mlp_bias)?,
+                    gate_up_proj: gate_up_proj.with_transposed_storage()?,
+                    down_proj: linear(&format!("{p}.mlp.down_proj"), d, i, cfg.mlp_bias)?
+                        .with_transposed_storage()?,
                 },
             });
         }
@@ -721,42 +743,73 @@ impl Decoder {
         };
         let s = k.dim(2)?;
         let rep = nh / ng;
-        // Grouped-query attention without copying keys: the `rep` query heads of a group are
-        // contiguous, so (B, H, Tq, D) is viewed as (B, G, rep*Tq, D).
-        let qg = q.reshape((b, ng, rep * tq, hd))?;
-        // (B, G, rep*Tq, D) @ (B, G, D, S) -> (B, G, rep*Tq, S) -> (B, H, Tq, S)
-        let scores = (qg.matmul(&k.t()?)? * cfg.attn_scale)?.reshape((b, nh, tq, s))?;
-        // Gemma 2 soft-caps the scores before the mask.
-        let scores = match cfg.attn_softcap {
-            Some(c) => ((scores / c)?.tanh()? * c)?,
-            None => scores,
-        };
-        let scores = scores.to_dtype(DType::F32)?;
-        let scores = match self.mask(ctx, tq, cfg.sliding_window[l])? {
-            Some(m) => scores.broadcast_add(&m)?,
-            None => scores,
-        };
-        let probs = if self.differentiable {
-            candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?
-        } else {
-            candle_nn::ops::softmax_last_dim(&scores)?
-        };
-        let pattern = if spec.pattern_layer == Some(l) {
-            Some(probs.clone())
-        } else {
+        let mask = self.mask(ctx, tq, cfg.sliding_window[l])?;
+        // The fused CPU kernel when it applies (float32 on CPU, no attention pattern asked
+        // for, no autograd), else the generic operations below, which it is tested against.
+        let fused = if self.differentiable || spec.pattern_layer == Some(l) {
             None
+        } else {
+            crate::kernels::attention_f32(
+                &q,
+                &k,
+                &v,
+                cfg.attn_scale,
+                cfg.attn_softcap,
+                mask.as_ref(),
+            )?
         };
-        // (B, G, rep*Tq, S) @ (B, G, S, D) -> (B, H, Tq, D)
-        let mut z = probs
-            .to_dtype(self.dtype)?
-            .reshape((b, ng, rep * tq, s))?
-            .matmul(&v.contiguous()?)?
-            .reshape((b, nh, tq, hd))?;
-        if let Some(m) = plan.and_then(|p| p.get(l, Target::V)) {
-            z = m.apply(&z)?;
-        }
-        // (B, H, Tq, D) -> (B, Tq, H*D)
-        let z = z.transpose(1, 2)?.contiguous()?.reshape((b, tq, nh * hd))?;
+        let (z, pattern) = match fused {
+            Some(z) => {
+                // (B, Tq, H, D); the v ablation acts on the (B, H, Tq, D) view.
+                let z = match plan.and_then(|p| p.get(l, Target::V)) {
+                    Some(m) => m
+                        .apply(&z.transpose(1, 2)?)?
+                        .transpose(1, 2)?
+                        .contiguous()?,
+                    None => z,
+                };
+                (z.reshape((b, tq, nh * hd))?, None)
+            }
+            None => {
+                // Grouped-query attention without copying keys: the `rep` query heads of a
+                // group are contiguous, so (B, H, Tq, D) is viewed as (B, G, rep*Tq, D).
+                let qg = q.reshape((b, ng, rep * tq, hd))?;
+                // (B, G, rep*Tq, D) @ (B, G, D, S) -> (B, G, rep*Tq, S) -> (B, H, Tq, S)
+                let scores = (qg.matmul(&k.t()?)? * cfg.attn_scale)?.reshape((b, nh, tq, s))?;
+                // Gemma 2 soft-caps the scores before the mask.
+                let scores = match cfg.attn_softcap {
+                    Some(c) => ((scores / c)?.tanh()? * c)?,
+                    None => scores,
+                };
+                let scores = scores.to_dtype(DType::F32)?;
+                let scores = match &mask {
+                    Some(m) => scores.broadcast_add(m)?,
+                    None => scores,
+                };
+                let probs = if self.differentiable {
+                    candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?
+                } else {
+                    candle_nn::ops::softmax_last_dim(&scores)?
+                };
+                let pattern = if spec.pattern_layer == Some(l) {
+                    Some(probs.clone())
+                } else {
+                    None
+                };
+                // (B, G, rep*Tq, S) @ (B, G, S, D) -> (B, H, Tq, D)
+                let mut z = probs
+                    .to_dtype(self.dtype)?
+                    .reshape((b, ng, rep * tq, s))?
+                    .matmul(&v.contiguous()?)?
+                    .reshape((b, nh, tq, hd))?;
+                if let Some(m) = plan.and_then(|p| p.get(l, Target::V)) {
+                    z = m.apply(&z)?;
+                }
+                // (B, H, Tq, D) -> (B, Tq, H*D)
+                let z = z.transpose(1, 2)?.contiguous()?.reshape((b, tq, nh * hd))?;
+                (z, pattern)
+            }
+        };
         let attn_out = layer.attn.o_proj.forward(&z)?;
         let resid = if only_last {
             x.narrow(1, t - 1, 1)?
@@ -813,15 +866,18 @@ pub fn gated_activation(x: &Tensor, inter: usize, act: Activation) -> Result<Ten
         if let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = &*storage {
             let start = layout.start_offset();
             let src = &data[start..start + x.elem_count()];
-            let mut out = vec![0f32; src.len() / 2];
-            out.par_chunks_mut(inter)
+            // Written once, never zero-filled first.
+            let len = src.len() / 2;
+            let mut out: Vec<f32> = Vec::with_capacity(len);
+            out.spare_capacity_mut()
+                .par_chunks_mut(inter)
                 .zip(src.par_chunks(2 * inter))
                 .for_each(|(o, row)| {
                     let (gate, up) = row.split_at(inter);
                     match act {
                         Activation::Silu => {
                             for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
-                                *o = g / (1.0 + (-g).exp()) * u;
+                                o.write(g / (1.0 + (-g).exp()) * u);
                             }
                         }
                         Activation::GeluTanh => {
@@ -829,11 +885,14 @@ pub fn gated_activation(x: &Tensor, inter: usize, act: Activation) -> Result<Ten
                             const C: f32 = 0.797_884_6;
                             for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
                                 let inner = C * (g + 0.044715 * g * g * g);
-                                *o = 0.5 * g * (1.0 + inner.tanh()) * u;
+                                o.write(0.5 * g * (1.0 + inner.tanh()) * u);
                             }
                         }
                     }
                 });
+            // SAFETY: the chunks cover all `len` elements (len = rows × inter, since src holds
+            // rows × 2·inter values) and each was written above.
+            unsafe { out.set_len(len) };
             drop(storage);
             shape[last] = inter;
             return Ok(Tensor::from_vec(out, shape, x.device())?);
