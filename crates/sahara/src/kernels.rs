@@ -308,6 +308,123 @@ pub fn attention_f32(
     Ok(Some(Tensor::from_vec(out, (b, tq, h, d), q.device())?))
 }
 
+/// A copy of a float32 CPU tensor in memory that the kernel is asked to back with 2 MiB
+/// pages (Linux transparent huge pages, `madvise`): the matrix product reads a weight matrix
+/// in panels whose rows lie a whole row of the matrix apart, one 4 KiB page each, and huge
+/// pages spare those translation misses. Other tensors, and other systems, are returned as
+/// they are (contiguous).
+pub fn weight_copy(t: &Tensor) -> Result<Tensor> {
+    if !t.device().is_cpu() || t.dtype() != DType::F32 || t.track_op() {
+        return Ok(t.contiguous()?);
+    }
+    let mut out: Vec<f32> = Vec::with_capacity(t.elem_count());
+    advise_huge_pages(out.spare_capacity_mut());
+    strided_copy(t, &mut out);
+    // Memory the allocator hands back from earlier buffers is already backed by small pages:
+    // ask for those to be collapsed too (Linux 6.1 and later; ignored elsewhere).
+    collapse_huge_pages(&mut out);
+    Ok(Tensor::from_vec(out, t.shape(), t.device())?)
+}
+
+/// A contiguous copy of a float32 CPU tensor with any strides (a transposed view, a narrowed
+/// slice), its rows copied in parallel; `None` for other tensors. candle's own copy runs on
+/// one thread.
+pub fn contiguous_f32(t: &Tensor) -> Result<Option<Tensor>> {
+    if !t.device().is_cpu() || t.dtype() != DType::F32 || t.track_op() || t.rank() == 0 {
+        return Ok(None);
+    }
+    if t.is_contiguous() {
+        return Ok(Some(t.clone()));
+    }
+    let mut out: Vec<f32> = Vec::with_capacity(t.elem_count());
+    strided_copy(t, &mut out);
+    Ok(Some(Tensor::from_vec(out, t.shape(), t.device())?))
+}
+
+/// Fills the empty `out` (capacity at least t's element count) with t's elements in
+/// row-major order. t: float32 on CPU.
+fn strided_copy(t: &Tensor, out: &mut Vec<f32>) {
+    use rayon::prelude::*;
+    let n = t.elem_count();
+    let dims = t.dims().to_vec();
+    let last = *dims.last().unwrap_or(&1);
+    if n == 0 {
+        return;
+    }
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(CpuStorage::F32(src)) = &*storage else {
+        unreachable!("checked by the callers: a float32 CPU tensor");
+    };
+    let strides = layout.stride().to_vec();
+    let s_last = *strides.last().unwrap_or(&1);
+    let offset = layout.start_offset();
+    // Rows (all dims but the last) in parallel, in blocks of about 16 KiB.
+    let rows_per_block = (4096 / last).max(1);
+    out.spare_capacity_mut()[..n]
+        .par_chunks_mut(rows_per_block * last)
+        .enumerate()
+        .for_each(|(block, chunk)| {
+            for (r, row) in chunk.chunks_mut(last).enumerate() {
+                // Source offset of this row: its multi-index over dims[..rank-1].
+                let mut idx = block * rows_per_block + r;
+                let mut at = offset;
+                for (&dim, &stride) in dims[..dims.len() - 1].iter().zip(&strides).rev() {
+                    at += (idx % dim) * stride;
+                    idx /= dim;
+                }
+                if s_last == 1 {
+                    for (o, &v) in row.iter_mut().zip(&src[at..at + last]) {
+                        o.write(v);
+                    }
+                } else {
+                    for (j, o) in row.iter_mut().enumerate() {
+                        o.write(src[at + j * s_last]);
+                    }
+                }
+            }
+        });
+    // SAFETY: the chunks cover out[..n] and every element was written above.
+    unsafe { out.set_len(n) };
+}
+
+/// The whole 2 MiB blocks inside a buffer, as an address range.
+#[cfg(target_os = "linux")]
+fn huge_blocks(start: *const u8, bytes: usize) -> Option<(usize, usize)> {
+    const HUGE: usize = 2 << 20;
+    let start = start as usize;
+    let (a, b) = (start.next_multiple_of(HUGE), (start + bytes) / HUGE * HUGE);
+    (b > a).then_some((a, b - a))
+}
+
+/// Asks the kernel for 2 MiB pages over the whole 2 MiB blocks of a not yet touched buffer.
+fn advise_huge_pages<T>(buf: &mut [T]) {
+    #[cfg(target_os = "linux")]
+    if let Some((a, len)) = huge_blocks(buf.as_ptr() as *const u8, std::mem::size_of_val(buf)) {
+        // SAFETY: the range lies inside `buf`, memory this process owns; MADV_HUGEPAGE only
+        // changes how the kernel backs the pages, never their contents.
+        unsafe {
+            libc::madvise(a as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = buf;
+}
+
+/// Asks the kernel to move the whole 2 MiB blocks of a filled buffer onto 2 MiB pages now.
+fn collapse_huge_pages<T>(buf: &mut [T]) {
+    #[cfg(target_os = "linux")]
+    if let Some((a, len)) = huge_blocks(buf.as_ptr() as *const u8, std::mem::size_of_val(buf)) {
+        /// `MADV_COLLAPSE` (Linux 6.1); older kernels answer EINVAL, which is ignored.
+        const MADV_COLLAPSE: libc::c_int = 25;
+        // SAFETY: as in advise_huge_pages; a collapse copies the contents unchanged.
+        unsafe {
+            libc::madvise(a as *mut libc::c_void, len, MADV_COLLAPSE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = buf;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -470,6 +587,30 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn contiguous_f32_and_weight_copy_equal_candle_contiguous() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (3, 70, 5, 9), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1., (300, 130), &dev).unwrap();
+        // A transposition of the middle dims, a narrowed slice, a 2-D transpose.
+        let views = [
+            x.transpose(1, 2).unwrap(),
+            x.narrow(1, 3, 60).unwrap().narrow(3, 2, 4).unwrap(),
+            w.t().unwrap(),
+        ];
+        for v in views {
+            let want = v.contiguous().unwrap();
+            let fast = contiguous_f32(&v).unwrap().unwrap();
+            assert!(fast.is_contiguous());
+            assert_eq!(fast.dims(), want.dims());
+            assert_eq!(max_abs_diff(&fast, &want), 0.0);
+            let copy = weight_copy(&v).unwrap();
+            assert_eq!(max_abs_diff(&copy, &want), 0.0);
+        }
+        let x16 = x.to_dtype(DType::F16).unwrap().transpose(1, 2).unwrap();
+        assert!(contiguous_f32(&x16).unwrap().is_none());
     }
 
     #[test]

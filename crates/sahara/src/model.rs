@@ -34,7 +34,7 @@ impl Linear {
         let n: usize = dims[..dims.len() - 1].iter().product();
         let out = self.weight.dim(0)?;
         // One 2-D gemm over all rows: (n, in) @ (in, out).
-        let x2 = x.contiguous()?.reshape((n, k))?;
+        let x2 = contiguous(x)?.reshape((n, k))?;
         let y = match crate::kernels::linear_f32(&x2, &self.weight, self.bias.as_ref())? {
             Some(y) => y,
             None => {
@@ -72,7 +72,7 @@ impl Linear {
     /// (512, 2048) × (2048, 768) product); the values are unchanged.
     pub fn with_transposed_storage(self) -> Result<Linear> {
         Ok(Linear {
-            weight: self.weight.t()?.contiguous()?.t()?,
+            weight: crate::kernels::weight_copy(&self.weight.t()?)?.t()?,
             bias: self.bias,
         })
     }
@@ -703,21 +703,21 @@ impl Decoder {
             Some(w) => self.rms_norm(&q.contiguous()?, w)?,
             None => q,
         };
-        let mut q = q.transpose(1, 2)?.contiguous()?;
+        let mut q = contiguous(&q.transpose(1, 2)?)?;
         // (B, T, G, D) -> (B, G, T, D)
         let k = qkv.narrow(2, nh, ng)?;
         let k = match &layer.k_norm {
             Some(w) => self.rms_norm(&k.contiguous()?, w)?,
             None => k,
         };
-        let mut k = k.transpose(1, 2)?.contiguous()?;
-        let v = qkv.narrow(2, nh + ng, ng)?.transpose(1, 2)?.contiguous()?;
+        let mut k = contiguous(&k.transpose(1, 2)?)?;
+        let v = contiguous(&qkv.narrow(2, nh + ng, ng)?.transpose(1, 2)?)?;
         if let Some(plan) = plan {
             if let Some(m) = plan.get(l, Target::Q) {
-                q = m.apply(&q)?.contiguous()?;
+                q = contiguous(&m.apply(&q)?)?;
             }
             if let Some(m) = plan.get(l, Target::K) {
-                k = m.apply(&k)?.contiguous()?;
+                k = contiguous(&m.apply(&k)?)?;
             }
         }
         let (cos_q, sin_q) = if only_last {
@@ -762,10 +762,7 @@ impl Decoder {
             Some(z) => {
                 // (B, Tq, H, D); the v ablation acts on the (B, H, Tq, D) view.
                 let z = match plan.and_then(|p| p.get(l, Target::V)) {
-                    Some(m) => m
-                        .apply(&z.transpose(1, 2)?)?
-                        .transpose(1, 2)?
-                        .contiguous()?,
+                    Some(m) => contiguous(&m.apply(&z.transpose(1, 2)?)?.transpose(1, 2)?)?,
                     None => z,
                 };
                 (z.reshape((b, tq, nh * hd))?, None)
@@ -806,7 +803,7 @@ impl Decoder {
                     z = m.apply(&z)?;
                 }
                 // (B, H, Tq, D) -> (B, Tq, H*D)
-                let z = z.transpose(1, 2)?.contiguous()?.reshape((b, tq, nh * hd))?;
+                let z = contiguous(&z.transpose(1, 2)?)?.reshape((b, tq, nh * hd))?;
                 (z, pattern)
             }
         };
@@ -851,6 +848,15 @@ impl Decoder {
             None => mlp,
         };
         Ok(((x + mlp)?, pattern))
+    }
+}
+
+/// A contiguous copy (the tensor itself when it already is): the parallel CPU kernel for
+/// float32, candle's copy otherwise.
+fn contiguous(t: &Tensor) -> Result<Tensor> {
+    match crate::kernels::contiguous_f32(t)? {
+        Some(c) => Ok(c),
+        None => Ok(t.contiguous()?),
     }
 }
 
