@@ -368,7 +368,14 @@ impl Decoder {
         let lm_head = if cfg.tie_word_embeddings && !weights.contains("lm_head.weight") {
             embed_tokens.clone()
         } else {
-            load("lm_head.weight", &[cfg.vocab_size, d])?
+            // Stored like the layers' projections (tied heads stay the embedding's rows).
+            let w = load("lm_head.weight", &[cfg.vocab_size, d])?;
+            Linear {
+                weight: w,
+                bias: None,
+            }
+            .with_transposed_storage()?
+            .weight
         };
         Self::from_parts(cfg, embed_tokens, layers, norm, lm_head, dtype, device)
     }
