@@ -24,9 +24,9 @@ impl SendPtr {
     }
 }
 
-/// `x Wᵀ + b` for float32 tensors on CPU that record no gradients. x: (m, k) contiguous, W: (n, k) with any strides
-/// (a transposed view of a row-major (k, n) matrix is the fast case), b: (n,) contiguous.
-/// Returns (m, n).
+/// `x Wᵀ + b` for float32 tensors on CPU that record no gradients. x: (m, k) contiguous,
+/// W: (n, k) with any strides (a transposed view of a row-major (k, n) matrix is the fast
+/// case), b: (n,) contiguous. Returns (m, n).
 ///
 /// One `gemm` call writes straight into uninitialised memory; candle's own matmul first
 /// zero-fills its output, a memory pass as large as the result. With a bias, every row of the
@@ -70,7 +70,7 @@ pub fn linear_f32(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Option<T
                 return Ok(None);
             };
             let bias = &bd[b_layout.start_offset()..b_layout.start_offset() + n];
-            for row in out.spare_capacity_mut().chunks_exact_mut(n) {
+            for row in out.spare_capacity_mut()[..m * n].chunks_exact_mut(n) {
                 for (o, &v) in row.iter_mut().zip(bias) {
                     o.write(v);
                 }
