@@ -152,7 +152,8 @@ fn cpu_f32_slice(
 /// `softmax(cap(q kᵀ · scale) + mask) v` per query head, where query head h reads key/value
 /// head h / (H / G) and `cap(s) = c · tanh(s / c)` when `softcap` is set.
 ///
-/// q: (B, H, Tq, D), k and v: (B, G, S, D), mask: (1 or B, 1, Tq, S) additive; all
+/// q: (B, H, Tq, D) contiguous; k and v: (B, G, S, D) with contiguous (S, D) blocks (views
+/// of a key/value cache's larger buffers qualify); mask: (1 or B, 1, Tq, S) additive,
 /// contiguous. Returns z: (B, Tq, H, D), the layout `o_proj` reads, so no transposition
 /// follows. The (batch row, head) pairs run in parallel, each with its own score matrix; the
 /// two products are single-threaded gemm calls and the softmax is candle's (max, exp, sum,
@@ -165,10 +166,16 @@ pub fn attention_f32(
     softcap: Option<f64>,
     mask: Option<&Tensor>,
 ) -> Result<Option<Tensor>> {
-    let f32_cpu = |t: &Tensor| {
-        t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous() && !t.track_op()
+    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op();
+    let contiguous = |t: &Tensor| f32_cpu(t) && t.is_contiguous();
+    // (S, D) blocks with contiguous rows: strides (·, ·, D, 1).
+    let blocks = |t: &Tensor| {
+        f32_cpu(t) && t.rank() == 4 && {
+            let st = t.stride();
+            st[3] == 1 && (st[2] == t.dims()[3] || t.dims()[2] == 1)
+        }
     };
-    if !f32_cpu(q) || !f32_cpu(k) || !f32_cpu(v) || !mask.is_none_or(f32_cpu) {
+    if !contiguous(q) || !blocks(k) || !blocks(v) || !mask.is_none_or(contiguous) {
         return Ok(None);
     }
     let (Ok((b, h, tq, d)), Ok((bk, g, s, dk))) = (q.dims4(), k.dims4()) else {
@@ -191,10 +198,13 @@ pub fn attention_f32(
     let (qs, ql) = q.storage_and_layout();
     let (ks, kl) = k.storage_and_layout();
     let (vs, vl) = v.storage_and_layout();
+    // Element span of k and v from their first element: the last block's last row ends it.
+    let span = |st: &[usize]| (b - 1) * st[0] + (g - 1) * st[1] + s * d;
+    let (k_st, v_st) = (kl.stride().to_vec(), vl.stride().to_vec());
     let (Some(qp), Some(kp), Some(vp)) = (
         cpu_f32_slice(&qs, ql, q.elem_count()),
-        cpu_f32_slice(&ks, kl, k.elem_count()),
-        cpu_f32_slice(&vs, vl, v.elem_count()),
+        cpu_f32_slice(&ks, kl, span(&k_st)),
+        cpu_f32_slice(&vs, vl, span(&v_st)),
     ) else {
         return Ok(None);
     };
@@ -219,8 +229,8 @@ pub fn attention_f32(
         // (Tq, S) scores of this row and head.
         let mut scores = vec![0f32; tq * s];
         // SAFETY: q's block (bi, hi) is the (Tq, D) row-major matrix at (bi*H + hi)*Tq*D, k's
-        // and v's block (bi, gi) the (S, D) matrices at (bi*G + gi)*S*D, all inside their
-        // contiguous tensors (element counts checked); kᵀ is read with row stride 1 and column
+        // and v's block (bi, gi) the (S, D) row-major matrices at bi*st[0] + gi*st[1], all
+        // inside their storage (spans checked); kᵀ is read with row stride 1 and column
         // stride D. The storage guards keep them alive and unchanged.
         unsafe {
             gemm::gemm(
@@ -234,7 +244,7 @@ pub fn attention_f32(
                 qp.get().add((bi * h + hi) * tq * d),
                 1,
                 d as isize,
-                kp.get().add((bi * g + gi) * s * d),
+                kp.get().add(bi * k_st[0] + gi * k_st[1]),
                 d as isize,
                 1,
                 0.0,
@@ -286,7 +296,7 @@ pub fn attention_f32(
                 scores.as_ptr(),
                 1,
                 s as isize,
-                vp.get().add((bi * g + gi) * s * d),
+                vp.get().add(bi * v_st[0] + gi * v_st[1]),
                 1,
                 d as isize,
                 0.0,
@@ -614,6 +624,22 @@ mod tests {
     }
 
     #[test]
+    fn attention_f32_reads_keys_and_values_from_a_larger_cache_buffer() {
+        // k and v as views of the first S positions of (B, G, S + 6, D) buffers.
+        let dev = Device::Cpu;
+        let (b, h, g, tq, s, d) = (2, 4, 2, 1, 9, 8);
+        let q = Tensor::randn(0f32, 1., (b, h, tq, d), &dev).unwrap();
+        let kb = Tensor::randn(0f32, 1., (b, g, s + 6, d), &dev).unwrap();
+        let vb = Tensor::randn(0f32, 1., (b, g, s + 6, d), &dev).unwrap();
+        let (k, v) = (kb.narrow(2, 0, s).unwrap(), vb.narrow(2, 0, s).unwrap());
+        assert!(!k.is_contiguous());
+        let fast = attention_f32(&q, &k, &v, 0.3, None, None).unwrap().unwrap();
+        let (kc, vc) = (k.contiguous().unwrap(), v.contiguous().unwrap());
+        let want = attention_reference(&q, &kc, &vc, 0.3, None, None);
+        assert!(max_abs_diff(&fast, &want) <= 1e-5);
+    }
+
+    #[test]
     fn attention_f32_declines_other_dtypes_and_mismatched_shapes() {
         let dev = Device::Cpu;
         let q = Tensor::randn(0f32, 1., (1, 4, 3, 8), &dev).unwrap();
@@ -632,9 +658,16 @@ mod tests {
         assert!(attention_f32(&q, &k, &k, 1.0, None, Some(&m))
             .unwrap()
             .is_none());
-        // A non-contiguous query.
+        // A non-contiguous query; keys whose rows are not contiguous.
         let qt = q.transpose(2, 3).unwrap();
         assert!(attention_f32(&qt, &k, &k, 1.0, None, None)
+            .unwrap()
+            .is_none());
+        let kt = Tensor::randn(0f32, 1., (1, 2, 8, 3), &dev)
+            .unwrap()
+            .transpose(2, 3)
+            .unwrap();
+        assert!(attention_f32(&q, &kt, &kt, 1.0, None, None)
             .unwrap()
             .is_none());
     }

@@ -216,8 +216,9 @@ pub struct ForwardOutput {
 }
 
 /// Key/value cache of a batch: per layer, keys and values after ablation and rotary
-/// embedding, each (B, G, S, D).
-#[derive(Debug, Clone)]
+/// embedding, each a (B, G, capacity, D) buffer whose first `len` positions are filled and
+/// which later calls write in place.
+#[derive(Debug)]
 pub struct KvCache {
     pub layers: Vec<Option<(Tensor, Tensor)>>,
     pub pad: Vec<usize>,
@@ -737,15 +738,9 @@ impl Decoder {
         };
         let q = self.rope(&q, &cos_q, &sin_q)?;
         let k = self.rope(&k, &ctx.cos, &ctx.sin)?;
+        // With a cache: views (B, G, S, D) of its buffers, rows contiguous.
         let (k, v) = match cache {
-            Some(slot) => {
-                let (k, v) = match slot.take() {
-                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                    None => (k, v),
-                };
-                *slot = Some((k.clone(), v.clone()));
-                (k, v)
-            }
+            Some(slot) => append_kv(slot, &k, &v, ctx.offset)?,
             None => (k, v),
         };
         let s = k.dim(2)?;
@@ -779,6 +774,7 @@ impl Decoder {
                 // group are contiguous, so (B, H, Tq, D) is viewed as (B, G, rep*Tq, D).
                 let qg = q.reshape((b, ng, rep * tq, hd))?;
                 // (B, G, rep*Tq, D) @ (B, G, D, S) -> (B, G, rep*Tq, S) -> (B, H, Tq, S)
+                let k = contiguous(&k)?;
                 let scores = (qg.matmul(&k.t()?)? * cfg.attn_scale)?.reshape((b, nh, tq, s))?;
                 // Gemma 2 soft-caps the scores before the mask.
                 let scores = match cfg.attn_softcap {
@@ -804,7 +800,7 @@ impl Decoder {
                 let mut z = probs
                     .to_dtype(self.dtype)?
                     .reshape((b, ng, rep * tq, s))?
-                    .matmul(&v.contiguous()?)?
+                    .matmul(&contiguous(&v)?)?
                     .reshape((b, nh, tq, hd))?;
                 if let Some(m) = plan.and_then(|p| p.get(l, Target::V)) {
                     z = m.apply(&z)?;
@@ -856,6 +852,44 @@ impl Decoder {
         };
         Ok(((x + mlp)?, pattern))
     }
+}
+
+/// Appends one call's keys and values, k and v: (B, G, T, D), at position `offset` of a
+/// layer's cache slot, and returns views of all cached keys and values, (B, G, offset + T, D).
+///
+/// The slot holds buffers with room to spare along the position axis, written in place, so
+/// that a decoding step copies only its own keys and values (concatenating copied the whole
+/// cache at every step). A buffer that is full is replaced by one half as large again (at
+/// least 256 positions more), into which the cached positions are copied once.
+fn append_kv(
+    slot: &mut Option<(Tensor, Tensor)>,
+    k: &Tensor,
+    v: &Tensor,
+    offset: usize,
+) -> Result<(Tensor, Tensor)> {
+    let (b, g, t, d) = k.dims4()?;
+    let need = offset + t;
+    let (kb, vb) = match slot.take() {
+        Some((kb, vb)) if kb.dim(2)? >= need => (kb, vb),
+        old => {
+            let cap = need + (need / 2).max(256);
+            // (B, G, cap, D)
+            let kb = Tensor::zeros((b, g, cap, d), k.dtype(), k.device())?;
+            let vb = Tensor::zeros((b, g, cap, d), v.dtype(), v.device())?;
+            if let Some((ok, ov)) = old {
+                if offset > 0 {
+                    kb.slice_set(&contiguous(&ok.narrow(2, 0, offset)?)?, 2, 0)?;
+                    vb.slice_set(&contiguous(&ov.narrow(2, 0, offset)?)?, 2, 0)?;
+                }
+            }
+            (kb, vb)
+        }
+    };
+    kb.slice_set(&contiguous(k)?, 2, offset)?;
+    vb.slice_set(&contiguous(v)?, 2, offset)?;
+    let views = (kb.narrow(2, 0, need)?, vb.narrow(2, 0, need)?);
+    *slot = Some((kb, vb));
+    Ok(views)
 }
 
 /// A contiguous copy (the tensor itself when it already is): the parallel CPU kernel for

@@ -195,6 +195,46 @@ fn cached_batched_generation_equals_naive_recomputation() {
 }
 
 #[test]
+fn a_cache_that_outgrows_its_buffers_equals_the_full_forward() {
+    // Prefill 10 positions, then one position per call up to 300: the cache's first buffers
+    // hold 10 + 256 positions, so the calls after that run on grown buffers. Two rows with
+    // different left padding, a k ablation (what the cache stores), a sliding window.
+    for arch in ["LlamaForCausalLM", "MistralForCausalLM"] {
+        let (_d, m) = model(arch, |s| s.sliding_window = Some(7));
+        let (a, b) = (prompt(300, 1), prompt(296, 2));
+        let mut padded_b = vec![0; 4];
+        padded_b.extend(&b);
+        let rows = vec![
+            vec![HeadAblation::new(1, 2, Target::K, Op::Scale(1e-5))],
+            vec![],
+        ];
+        let plan = AblationPlan::new(m.cfg(), &rows, DType::F32, &Device::Cpu).unwrap();
+        let full = all_logits(&m, &[a.clone(), b.clone()], Some(&rows));
+        let mut cache = sahara::KvCache::new(m.cfg(), vec![0, 4]);
+        let mut start = 0;
+        for end in std::iter::once(10).chain(11..=300) {
+            let chunk = |s: &[u32]| s[start..end].to_vec();
+            let mut batch = Batch::new(&[chunk(&a), chunk(&padded_b)], 0, &Device::Cpu).unwrap();
+            batch.pad = vec![0, 4];
+            let spec = ForwardSpec::logits(Positions::Last).with_ablations(&plan);
+            let out = m.decoder.forward(&batch, &spec, Some(&mut cache)).unwrap();
+            let got = out.logits.unwrap();
+            // Both rows are left-padded alike in `full`, so position end-1 matches.
+            let want_a = full.i((0, end - 1, ..)).unwrap();
+            let d = max_abs_diff(&got.i((0, 0, ..)).unwrap(), &want_a);
+            assert!(d <= 1e-4, "{arch} row 0 at {end}: {d}");
+            if end > 4 {
+                let want_b = full.i((1, end - 1, ..)).unwrap();
+                let d = max_abs_diff(&got.i((1, 0, ..)).unwrap(), &want_b);
+                assert!(d <= 1e-4, "{arch} row 1 at {end}: {d}");
+            }
+            start = end;
+        }
+        assert_eq!(cache.len, 300);
+    }
+}
+
+#[test]
 fn generation_stops_at_end_of_sequence() {
     let (_d, m) = model("LlamaForCausalLM", |_| {});
     let p = vec![prompt(5, 1)];
