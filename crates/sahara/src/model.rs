@@ -72,7 +72,7 @@ impl Linear {
     /// (512, 2048) × (2048, 768) product); the values are unchanged.
     pub fn with_transposed_storage(self) -> Result<Linear> {
         Ok(Linear {
-            weight: crate::kernels::weight_copy(&self.weight.t()?)?.t()?,
+            weight: transposed_storage(&self.weight)?,
             bias: self.bias,
         })
     }
@@ -370,13 +370,7 @@ impl Decoder {
             embed_tokens.clone()
         } else {
             // Stored like the layers' projections (tied heads stay the embedding's rows).
-            let w = load("lm_head.weight", &[cfg.vocab_size, d])?;
-            Linear {
-                weight: w,
-                bias: None,
-            }
-            .with_transposed_storage()?
-            .weight
+            transposed_storage(&load("lm_head.weight", &[cfg.vocab_size, d])?)?
         };
         Self::from_parts(cfg, embed_tokens, layers, norm, lm_head, dtype, device)
     }
@@ -890,6 +884,12 @@ fn append_kv(
     let views = (kb.narrow(2, 0, need)?, vb.narrow(2, 0, need)?);
     *slot = Some((kb, vb));
     Ok(views)
+}
+
+/// The same (out, in) matrix stored as a row-major (in, out) one (see
+/// [`Linear::with_transposed_storage`]).
+fn transposed_storage(w: &Tensor) -> Result<Tensor> {
+    Ok(crate::kernels::weight_copy(&w.t()?)?.t()?)
 }
 
 /// A contiguous copy (the tensor itself when it already is): the parallel CPU kernel for
