@@ -24,6 +24,12 @@ impl SendPtr {
     }
 }
 
+/// A float32 tensor on CPU that records no gradients: what every kernel here takes (they
+/// record no backward op, so tensors that track ops keep candle's path).
+fn plain_f32_cpu(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op()
+}
+
 /// `x Wᵀ + b` for float32 tensors on CPU that record no gradients. x: (m, k) contiguous,
 /// W: (n, k) with any strides (a transposed view of a row-major (k, n) matrix is the fast
 /// case), b: (n,) contiguous. Returns (m, n).
@@ -32,9 +38,10 @@ impl SendPtr {
 /// zero-fills its output, a memory pass as large as the result. With a bias, every row of the
 /// output starts as b and the product is accumulated into it (no separate broadcast add).
 pub fn linear_f32(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Option<Tensor>> {
-    // Tensors that record gradients take candle's path: this kernel records no backward op.
-    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op();
-    if !f32_cpu(x) || !f32_cpu(w) || !b.is_none_or(|b| f32_cpu(b) && b.is_contiguous()) {
+    if !plain_f32_cpu(x)
+        || !plain_f32_cpu(w)
+        || !b.is_none_or(|b| plain_f32_cpu(b) && b.is_contiguous())
+    {
         return Ok(None);
     }
     let (Ok((m, k)), Ok((n, k2))) = (x.dims2(), w.dims2()) else {
@@ -166,11 +173,10 @@ pub fn attention_f32(
     softcap: Option<f64>,
     mask: Option<&Tensor>,
 ) -> Result<Option<Tensor>> {
-    let f32_cpu = |t: &Tensor| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op();
-    let contiguous = |t: &Tensor| f32_cpu(t) && t.is_contiguous();
+    let contiguous = |t: &Tensor| plain_f32_cpu(t) && t.is_contiguous();
     // (S, D) blocks with contiguous rows: strides (·, ·, D, 1).
     let blocks = |t: &Tensor| {
-        f32_cpu(t) && t.rank() == 4 && {
+        plain_f32_cpu(t) && t.rank() == 4 && {
             let st = t.stride();
             st[3] == 1 && (st[2] == t.dims()[3] || t.dims()[2] == 1)
         }
@@ -324,7 +330,7 @@ pub fn attention_f32(
 /// pages spare those translation misses. Other tensors, and other systems, are returned as
 /// they are (contiguous).
 pub fn weight_copy(t: &Tensor) -> Result<Tensor> {
-    if !t.device().is_cpu() || t.dtype() != DType::F32 || t.track_op() {
+    if !plain_f32_cpu(t) {
         return Ok(t.contiguous()?);
     }
     let mut out: Vec<f32> = Vec::with_capacity(t.elem_count());
@@ -340,7 +346,7 @@ pub fn weight_copy(t: &Tensor) -> Result<Tensor> {
 /// slice), its rows copied in parallel; `None` for other tensors. candle's own copy runs on
 /// one thread.
 pub fn contiguous_f32(t: &Tensor) -> Result<Option<Tensor>> {
-    if !t.device().is_cpu() || t.dtype() != DType::F32 || t.track_op() || t.rank() == 0 {
+    if !plain_f32_cpu(t) || t.rank() == 0 {
         return Ok(None);
     }
     if t.is_contiguous() {

@@ -916,7 +916,7 @@ pub fn gated_activation(x: &Tensor, inter: usize, act: Activation) -> Result<Ten
             // Written once, never zero-filled first.
             let len = src.len() / 2;
             let mut out: Vec<f32> = Vec::with_capacity(len);
-            out.spare_capacity_mut()
+            out.spare_capacity_mut()[..len]
                 .par_chunks_mut(inter)
                 .zip(src.par_chunks(2 * inter))
                 .for_each(|(o, row)| {
