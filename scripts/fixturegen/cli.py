@@ -1,0 +1,44 @@
+"""``main(argv)``: the command line of ``scripts/make_fixtures.py``."""
+
+from __future__ import annotations
+
+import sys
+
+import safetensors
+import tokenizers
+import torch
+import transformers
+
+from .build import build
+from .common import ROOT
+from .gguf_tiny import gguf_tiny_fixture
+from .smollm2 import smollm2_fixture
+from .specs import SPECS
+from .surgery import surgery_fixture
+
+def main(argv: list[str]) -> None:
+    if argv == ["surgery"]:
+        surgery_fixture()
+        return
+    if argv[:1] == ["smollm2"]:
+        smollm2_fixture(argv[1:])
+        return
+    if argv == ["gguf_tiny"]:
+        gguf_tiny_fixture()
+        return
+    if argv[:1] == ["organism"]:
+        # The built-in organism is trained by `sahara organism train`, not here; this checks
+        # that transformers loads the committed folder and answers as sahara does.
+        import subprocess
+        script = ROOT / "scripts" / "check_organism_transformers.py"
+        raise SystemExit(subprocess.call([sys.executable, str(script), *argv[1:]]))
+    names = argv or list(SPECS)
+    for n in names:
+        if n not in SPECS:
+            raise SystemExit(f"unknown fixture {n!r}; choose from {list(SPECS)}")
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
+          f"tokenizers {tokenizers.__version__}, safetensors {safetensors.__version__}")
+    for n in names:
+        build(n)
+    if not argv:
+        surgery_fixture()
