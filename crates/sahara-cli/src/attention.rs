@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use candle_core::IndexOp;
 use clap::Args as ClapArgs;
-use sahara::ablation::AblationPlan;
+use sahara::model::ablation::AblationPlan;
 use sahara::{Batch, Error, ForwardSpec, Positions, Result};
 
 use crate::common::{short_name, ModelArgs, OpArgs, TemplateArgs};
@@ -41,7 +41,7 @@ pub fn run(a: Args) -> Result<()> {
     let template = a.template.parse(&a.model)?;
     a.op.parse()?;
     if let Some(p) = &a.plot {
-        sahara::plot::check_extension(p)?;
+        sahara::io::plot::check_extension(p)?;
     }
     let model = a.model.load()?;
     let cfg = model.cfg();
@@ -135,9 +135,9 @@ pub fn run(a: Args) -> Result<()> {
             a.head,
             short_name(&model.spec)
         );
-        sahara::attention_plot::write_pattern_heatmap(
+        sahara::io::attention_plot::write_pattern_heatmap(
             p,
-            &sahara::attention_plot::PatternMap {
+            &sahara::io::attention_plot::PatternMap {
                 title: &title,
                 queries: &tokens,
                 keys: &tokens,

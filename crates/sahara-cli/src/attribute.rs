@@ -4,11 +4,11 @@
 use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
-use sahara::attribute::{
+use sahara::io::runlog::{sibling, write_atomic};
+use sahara::methods::sahara::{
     best_head, final_hidden, stack_rows, step_scores, LeftSubspace, SaharaOptions,
 };
-use sahara::runlog::{sibling, write_atomic};
-use sahara::ships::grid_from_json;
+use sahara::methods::ships::grid_from_json;
 use sahara::{Error, Result};
 use serde_json::{json, Value};
 
@@ -50,7 +50,7 @@ pub fn run(a: Args) -> Result<()> {
     let (target, op) = a.op.parse()?;
     let engine = a.engine.parse()?;
     if let Some(p) = &a.plot {
-        sahara::plot::check_extension(p)?;
+        sahara::io::plot::check_extension(p)?;
     }
     let model = a.model.load()?;
     let cfg = model.cfg().clone();
@@ -160,7 +160,7 @@ pub fn run(a: Args) -> Result<()> {
             LeftSubspace::of(&stack_rows(&final_hidden(&model.decoder, &prompts, &[])?))?;
         let start = steps.len();
         // Each later step scores one head fewer.
-        let heads = sahara::attribute::candidates(&cfg, &[], target).len();
+        let heads = sahara::methods::sahara::candidates(&cfg, &[], target).len();
         let n = prompts.len();
         let per_step = |s: usize| n * heads.saturating_sub(s);
         let total: usize = (start..a.steps).map(per_step).sum();
@@ -234,9 +234,9 @@ pub fn run(a: Args) -> Result<()> {
             short_name(&model.spec),
             short_name(&a.data.data)
         );
-        sahara::plot::write_heatmap(
+        sahara::io::plot::write_heatmap(
             p,
-            &sahara::plot::Heatmap {
+            &sahara::io::plot::Heatmap {
                 title: &title,
                 values: &first,
                 marked: &selected,

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use clap::Args as ClapArgs;
-use sahara::generate::{generate, GenerateOptions};
+use sahara::methods::generate::{generate, GenerateOptions};
 use sahara::{Batch, Error, ForwardSpec, Positions, Result, Template};
 use serde_json::json;
 
@@ -78,7 +78,7 @@ pub fn generate_cmd(a: GenerateArgs) -> Result<()> {
         ));
     }
     let model = a.model.load()?;
-    let data = sahara::data::load_queries(std::path::Path::new(&a.data), None, Some(a.n))?;
+    let data = sahara::io::data::load_queries(std::path::Path::new(&a.data), None, Some(a.n))?;
     let prompts: Vec<Vec<u32>> = data
         .queries
         .iter()

@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Device};
 use clap::Args;
-use sahara::ablation::{parse_heads, HeadAblation, Op, Target};
+use sahara::model::ablation::{parse_heads, HeadAblation, Op, Target};
 use sahara::{Error, LoadedModel, Result, Template};
 
 /// Where the model comes from and how it is run.
@@ -23,9 +23,21 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn load(&self) -> Result<LoadedModel> {
-        let dtype: DType = sahara::model::parse_dtype(&self.dtype)?;
+        let dtype: DType = parse_dtype(&self.dtype)?;
         let device = parse_device(&self.device)?;
         LoadedModel::load(&self.model, dtype, &device)
+    }
+}
+
+/// Parses a `--dtype` value.
+fn parse_dtype(s: &str) -> Result<DType> {
+    match s {
+        "f32" | "float32" => Ok(DType::F32),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        "f16" | "float16" => Ok(DType::F16),
+        other => Err(Error::InvalidArgument(format!(
+            "unknown dtype {other:?}; expected f32, bf16 or f16"
+        ))),
     }
 }
 
@@ -155,7 +167,7 @@ impl DataArgs {
         &self,
         model: &LoadedModel,
         template: &Template,
-    ) -> Result<(sahara::data::Dataset, Vec<Encoded>)> {
+    ) -> Result<(sahara::io::data::Dataset, Vec<Encoded>)> {
         let path = match sahara::organism::builtin::data_path(&self.data) {
             Some(p) => p?,
             None => match sahara::organism::builtin::unknown(&self.data) {
@@ -163,7 +175,7 @@ impl DataArgs {
                 None => std::path::PathBuf::from(&self.data),
             },
         };
-        let data = sahara::data::load_queries(&path, self.column.as_deref(), self.limit)?;
+        let data = sahara::io::data::load_queries(&path, self.column.as_deref(), self.limit)?;
         let ctx = model.cfg().max_position_embeddings;
         let mut out = Vec::with_capacity(data.queries.len());
         for q in &data.queries {
@@ -191,7 +203,7 @@ impl DataArgs {
 /// Fingerprint of the queries actually used.
 pub fn queries_fingerprint(q: &[Encoded]) -> String {
     let parts: Vec<&[u8]> = q.iter().map(|e| e.text.as_bytes()).collect();
-    sahara::runlog::fingerprint(&parts)
+    sahara::io::runlog::fingerprint(&parts)
 }
 
 /// A progress bar on stderr (hidden when quiet or when stderr is not a terminal).
@@ -227,7 +239,7 @@ pub struct EngineArgs {
 }
 
 impl EngineArgs {
-    pub fn parse(&self) -> Result<sahara::engine::EngineOptions> {
+    pub fn parse(&self) -> Result<sahara::methods::engine::EngineOptions> {
         if self.batch_size == Some(0) {
             return Err(Error::InvalidArgument(
                 "--batch-size must be at least 1".into(),
@@ -238,9 +250,9 @@ impl EngineArgs {
                 "--memory-gb must be positive".into(),
             ));
         }
-        Ok(sahara::engine::EngineOptions {
+        Ok(sahara::methods::engine::EngineOptions {
             engine: self.engine.parse()?,
-            want: sahara::engine::Want::Logits,
+            want: sahara::methods::engine::Want::Logits,
             batch_size: self.batch_size,
             memory_budget: (self.memory_gb * (1u64 << 30) as f64) as usize,
         })
@@ -272,7 +284,7 @@ pub fn run_record(
     Ok(serde_json::json!({
         "command": command,
         "model": model.spec,
-        "model_fingerprint": sahara::runlog::model_fingerprint(&model.dir)?,
+        "model_fingerprint": sahara::io::runlog::model_fingerprint(&model.dir)?,
         "data": data.data,
         "data_fingerprint": queries_fingerprint(queries),
         "queries": queries.len(),
@@ -301,7 +313,7 @@ pub struct SamplingArgs {
 
 impl SamplingArgs {
     /// Greedy without `--top-k` and `--temperature`; a bad value is an error naming the flag.
-    pub fn parse(&self) -> Result<sahara::generate::Sampling> {
+    pub fn parse(&self) -> Result<sahara::methods::generate::Sampling> {
         if let Some(t) = self.temperature {
             if !(t.is_finite() && t >= 0.0) {
                 return Err(Error::InvalidArgument(format!(
@@ -313,8 +325,8 @@ impl SamplingArgs {
             return Err(Error::InvalidArgument("--top-k must be at least 1".into()));
         }
         Ok(match (self.top_k, self.temperature) {
-            (None, None) => sahara::generate::Sampling::Greedy,
-            (k, t) => sahara::generate::Sampling::Sample {
+            (None, None) => sahara::methods::generate::Sampling::Greedy,
+            (k, t) => sahara::methods::generate::Sampling::Sample {
                 temperature: t.unwrap_or(1.0),
                 top_k: k,
             },

@@ -5,14 +5,14 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use clap::Args as ClapArgs;
-use sahara::ablation::{parse_heads, Op, Target};
-use sahara::eval::{
+use sahara::io::runlog::{model_fingerprint, sibling, write_atomic, JsonlRun};
+use sahara::methods::eval::{
     summarize, Condition, ConditionSummary, EvalOptions, EvalQuery, Generation, HeadsFile, Outcome,
     Set,
 };
-use sahara::generate::{GenerateOptions, Sampling};
-use sahara::judge::{Judge, RefusalMatcher};
-use sahara::runlog::{model_fingerprint, sibling, write_atomic, JsonlRun};
+use sahara::methods::generate::{GenerateOptions, Sampling};
+use sahara::methods::judge::{Judge, RefusalMatcher};
+use sahara::model::ablation::{parse_heads, Op, Target};
 use sahara::{Error, Result};
 use serde_json::{json, Value};
 
@@ -98,7 +98,7 @@ fn eval_queries(encoded: Vec<Encoded>) -> Vec<EvalQuery> {
 /// Fingerprint of the queries used, as `common::queries_fingerprint` computes it.
 fn fingerprint(q: &[EvalQuery]) -> String {
     let parts: Vec<&[u8]> = q.iter().map(|e| e.text.as_bytes()).collect();
-    sahara::runlog::fingerprint(&parts)
+    sahara::io::runlog::fingerprint(&parts)
 }
 
 /// The conditions: the unmodified model, each --ablate list, then the --heads-from sets. A
@@ -299,7 +299,7 @@ pub fn run(a: Args) -> Result<()> {
         sets.push((Set::Benign, b));
     }
     for (set, qs) in &sets {
-        sahara::eval::check_lengths(&cfg, *set, qs, a.max_new_tokens)?;
+        sahara::methods::eval::check_lengths(&cfg, *set, qs, a.max_new_tokens)?;
     }
     let sampling_record = match &sampling {
         Sampling::Greedy => json!({"kind": "greedy"}),
@@ -396,7 +396,7 @@ pub fn run(a: Args) -> Result<()> {
         }
     };
     let mut new_outcomes: Vec<Outcome> = Vec::new();
-    sahara::eval::run(
+    sahara::methods::eval::run(
         &model,
         &conditions,
         &sets,

@@ -1,7 +1,7 @@
 //! `sahara generate`: one prompt, one continuation.
 
 use clap::Args as ClapArgs;
-use sahara::generate::{generate, GenerateOptions};
+use sahara::methods::generate::{generate, GenerateOptions};
 use sahara::{Error, Result};
 
 use crate::common::{ModelArgs, OpArgs, SamplingArgs, TemplateArgs};

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
-use sahara::runlog::{sibling, write_atomic, JsonlRun};
-use sahara::ships::{
+use sahara::io::runlog::{sibling, write_atomic, JsonlRun};
+use sahara::methods::ships::{
     grid_from_json, parse_range, ships_scores, summarize, top_heads, HeadGrid, ShipsOptions,
     Summary,
 };
@@ -56,7 +56,7 @@ pub fn run(a: Args) -> Result<()> {
         return Err(Error::InvalidArgument("--top must be at least 1".into()));
     }
     if let Some(p) = &a.plot {
-        sahara::plot::check_extension(p)?;
+        sahara::io::plot::check_extension(p)?;
     }
     let model = a.model.load()?;
     let cfg = model.cfg().clone();
@@ -172,9 +172,9 @@ pub fn run(a: Args) -> Result<()> {
             short_name(&model.spec),
             short_name(&a.data.data)
         );
-        sahara::plot::write_heatmap(
+        sahara::io::plot::write_heatmap(
             p,
-            &sahara::plot::Heatmap {
+            &sahara::io::plot::Heatmap {
                 title: &title,
                 values: &summary.mean,
                 marked: &[],

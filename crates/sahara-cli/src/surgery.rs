@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
-use sahara::ablation::parse_heads;
-use sahara::surgery::{surgery, SurgerySpec};
+use sahara::checkpoint::surgery::{surgery, SurgerySpec};
+use sahara::model::ablation::parse_heads;
 use sahara::{Error, Result};
 
 use crate::common::OpArgs;
@@ -39,7 +39,7 @@ pub fn run(a: Args) -> Result<()> {
     let (target, op) = a.op.parse()?;
     let heads = match (&a.ablate, &a.heads_from) {
         (Some(h), None) => parse_heads(h)?,
-        (None, Some(f)) => sahara::eval::HeadsFile::read(f)?
+        (None, Some(f)) => sahara::methods::eval::HeadsFile::read(f)?
             .head_sets(f, a.top, false)?
             .pop()
             .expect("one head set without --sweep"),
@@ -51,12 +51,12 @@ pub fn run(a: Args) -> Result<()> {
         }
     };
     let spec = SurgerySpec { heads, target, op };
-    let gguf = sahara::gguf::is_gguf_path(&a.model);
+    let gguf = sahara::checkpoint::gguf::is_gguf_path(&a.model);
     let r = if gguf {
         let src = std::path::Path::new(&a.model);
-        sahara::gguf::export::surgery_from_gguf(src, &a.model, &a.out, &spec, a.force)?
+        sahara::checkpoint::gguf::export::surgery_from_gguf(src, &a.model, &a.out, &spec, a.force)?
     } else {
-        let src = sahara::hub::resolve_model_dir(&a.model)?;
+        let src = sahara::checkpoint::hub::resolve_model_dir(&a.model)?;
         surgery(&src, &a.model, &a.out, &spec, a.force)?
     };
     if gguf {

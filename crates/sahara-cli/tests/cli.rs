@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::{close, fails, jsonl, ok, ok_both, parse_json, sahara, Fixture};
-use sahara::random::{write_random_model, RandomSpec, WORDS};
+use sahara::checkpoint::random::{write_random_model, RandomSpec, WORDS};
 use serde_json::{json, Map, Value};
 
 // ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ use std::process::Command;
 mod common;
 
 use common::{fails, jsonl, ok_both as ok, parse_json, sahara, Fixture};
-use sahara::random::WORDS;
+use sahara::checkpoint::random::WORDS;
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------------

@@ -12,38 +12,22 @@
 //! - [`plot`]: layer × head heatmaps (PNG, SVG); [`attention_plot`]: one head's attention pattern.
 //! - [`organism`]: the built-in safety-aligned model organism (data, training, embedding).
 
-pub mod ablation;
-pub mod attention_plot;
-pub mod attribute;
-pub mod config;
-pub mod data;
-pub mod engine;
+pub mod checkpoint;
 pub mod error;
-pub mod eval;
-pub mod generate;
-pub mod gguf;
-pub mod hub;
-pub mod judge;
-pub mod kernels;
+pub mod io;
+pub mod methods;
 pub mod model;
 pub mod organism;
-pub mod plot;
-pub mod prompt;
-pub mod random;
-pub mod runlog;
-pub mod ships;
-pub mod surgery;
-pub mod weights;
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 
-pub use ablation::{AblationPlan, HeadAblation, Op, Target};
-pub use config::ModelConfig;
 pub use error::{Error, Result};
+pub use io::prompt::{PromptEncoder, Template};
+pub use model::ablation::{AblationPlan, HeadAblation, Op, Target};
+pub use model::config::ModelConfig;
 pub use model::{Batch, Decoder, ForwardOutput, ForwardSpec, KvCache, Positions};
-pub use prompt::{PromptEncoder, Template};
 
 /// A model folder loaded for use: decoder, tokenizer and chat template, end-of-sequence ids.
 pub struct LoadedModel {
@@ -60,10 +44,10 @@ pub struct LoadedModel {
 impl LoadedModel {
     /// Resolves `spec` (a folder, a hub id, or a `.gguf` file) and loads it.
     pub fn load(spec: &str, dtype: DType, device: &Device) -> Result<Self> {
-        if gguf::is_gguf_path(spec) {
-            return gguf::load_model(Path::new(spec), spec, dtype, device);
+        if checkpoint::gguf::is_gguf_path(spec) {
+            return checkpoint::gguf::load_model(Path::new(spec), spec, dtype, device);
         }
-        let dir = hub::resolve_model_dir(spec)?;
+        let dir = checkpoint::hub::resolve_model_dir(spec)?;
         let decoder = model::load_decoder(&dir, dtype, device)?;
         let prompts = PromptEncoder::load(&dir)?;
         let mut eos = generation_eos(&dir)?;
@@ -96,5 +80,5 @@ fn generation_eos(dir: &Path) -> Result<Vec<u32>> {
         path: path.clone(),
         source,
     })?;
-    config::token_ids(v.get("eos_token_id")).map_err(|m| Error::config(&path, m))
+    model::config::token_ids(v.get("eos_token_id")).map_err(|m| Error::config(&path, m))
 }

@@ -2,12 +2,12 @@
 //! query and head), and the greedy search behaves as defined.
 
 use candle_core::{DType, Device};
-use sahara::ablation::{Op, Target};
-use sahara::attribute::{
+use sahara::checkpoint::random::{write_random_model, RandomSpec};
+use sahara::methods::engine::{Engine, EngineOptions};
+use sahara::methods::sahara::{
     best_head, final_hidden, stack_rows, step_scores, LeftSubspace, SaharaOptions,
 };
-use sahara::engine::{Engine, EngineOptions};
-use sahara::random::{write_random_model, RandomSpec};
+use sahara::model::ablation::{Op, Target};
 use sahara::LoadedModel;
 
 fn model(arch: &str) -> (tempfile::TempDir, LoadedModel) {

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use sahara::generate::{generate, GenerateOptions};
+use sahara::methods::generate::{generate, GenerateOptions};
 use sahara::{
     AblationPlan, Batch, ForwardSpec, HeadAblation, LoadedModel, Op, Positions, Target, Template,
 };

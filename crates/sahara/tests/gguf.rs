@@ -17,9 +17,9 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use common::max_abs_diff;
-use sahara::generate::{generate, GenerateOptions};
-use sahara::gguf::{GgufFile, GgufWeights};
-use sahara::random::{write_random_model, RandomSpec};
+use sahara::checkpoint::gguf::{GgufFile, GgufWeights};
+use sahara::checkpoint::random::{write_random_model, RandomSpec};
+use sahara::methods::generate::{generate, GenerateOptions};
 use sahara::{Batch, ForwardSpec, LoadedModel, Positions, Template};
 use serde_json::Value as Json;
 
@@ -231,7 +231,7 @@ fn smollm2_weights_are_dequantized_and_unpermuted() {
         max_abs_diff(&v, &g.dequantize("blk.0.attn_v.weight").unwrap()),
         0.0
     );
-    assert!(!sahara::weights::TensorSource::contains(
+    assert!(!sahara::checkpoint::safetensors::TensorSource::contains(
         &w,
         "lm_head.weight"
     ));
@@ -255,7 +255,7 @@ fn permute(t: &Tensor, n_head: usize) -> Tensor {
 }
 
 fn gguf_name(hf: &str) -> String {
-    sahara::gguf::gguf_name(hf).unwrap()
+    sahara::checkpoint::gguf::gguf_name(hf).unwrap()
 }
 
 /// Writes the tiny random model of `spec` as a GGUF file with a byte-level tokenizer of 256
@@ -294,7 +294,7 @@ fn write_tiny_gguf(
         };
         tensors.push((gguf_name(name), q));
     }
-    let table = sahara::gguf::tokenizer::bytes_to_unicode();
+    let table = sahara::checkpoint::gguf::tokenizer::bytes_to_unicode();
     let tokens: Vec<Value> = table.iter().map(|c| Value::String(c.to_string())).collect();
     let head_dim = spec.hidden_size / spec.num_heads;
     let arch = if llama { "llama" } else { "qwen2" };
@@ -365,11 +365,11 @@ fn rope_freqs_divide_the_rotary_frequencies() {
     };
     // head_dim 16: 8 frequencies.
     let (plain, none) = logits(None);
-    assert_eq!(none, sahara::config::RopeScaling::None);
+    assert_eq!(none, sahara::model::config::RopeScaling::None);
     let (ones, scaling) = logits(Some(vec![1.0; 8]));
     assert!(matches!(
         scaling,
-        sahara::config::RopeScaling::LongRope { .. }
+        sahara::model::config::RopeScaling::LongRope { .. }
     ));
     assert_eq!(max_abs_diff(&plain, &ones), 0.0);
     let (slow, _) = logits(Some(vec![1.0, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0, 8.0]));
@@ -667,8 +667,8 @@ fn tiny_gguf_matches_transformers_gguf_loader() {
 
 #[test]
 fn surgery_from_a_gguf_writes_a_verified_hugging_face_folder() {
-    use sahara::ablation::{HeadAblation, Op, Target};
-    use sahara::surgery::SurgerySpec;
+    use sahara::checkpoint::surgery::SurgerySpec;
+    use sahara::model::ablation::{HeadAblation, Op, Target};
     let tmp = tempfile::tempdir().unwrap();
     let (path, _) = write_tiny_gguf(tmp.path(), &tiny_spec(64, 128), GgmlDType::Q8_0, |_| {});
     let out = tmp.path().join("out");
@@ -678,7 +678,8 @@ fn surgery_from_a_gguf_writes_a_verified_hugging_face_folder() {
         op: Op::Mean,
     };
     let r =
-        sahara::gguf::export::surgery_from_gguf(&path, "tiny.gguf", &out, &spec, false).unwrap();
+        sahara::checkpoint::gguf::export::surgery_from_gguf(&path, "tiny.gguf", &out, &spec, false)
+            .unwrap();
     assert!(r.verify_relative_difference <= 1e-6);
     // k on query heads 1 and 3 ablates key/value heads 0 and 1 (groups of 2).
     assert_eq!(r.affected_heads, vec![(0, 0), (0, 1), (1, 2), (1, 3)]);
@@ -711,8 +712,9 @@ fn surgery_from_a_gguf_writes_a_verified_hugging_face_folder() {
         .unwrap();
     assert!(max_abs_diff(&want, &got) <= 1e-5);
     // Refuses to overwrite without force.
-    let e = sahara::gguf::export::surgery_from_gguf(&path, "tiny.gguf", &out, &spec, false)
-        .unwrap_err()
-        .to_string();
+    let e =
+        sahara::checkpoint::gguf::export::surgery_from_gguf(&path, "tiny.gguf", &out, &spec, false)
+            .unwrap_err()
+            .to_string();
     assert!(e.contains("--force"), "{e}");
 }

@@ -6,8 +6,8 @@ mod common;
 use common::*;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use sahara::generate::{generate, GenerateOptions};
-use sahara::random::{write_random_model, RandomSpec};
+use sahara::checkpoint::random::{write_random_model, RandomSpec};
+use sahara::methods::generate::{generate, GenerateOptions};
 use sahara::{AblationPlan, Batch, ForwardSpec, HeadAblation, LoadedModel, Op, Positions, Target};
 
 fn model(arch: &str, f: impl FnOnce(&mut RandomSpec)) -> (tempfile::TempDir, LoadedModel) {
@@ -157,8 +157,11 @@ fn naive_greedy(m: &LoadedModel, p: &[u32], ablations: &[HeadAblation], n: usize
     for _ in 0..n {
         let l = all_logits(m, std::slice::from_ref(&seq), Some(&[ablations.to_vec()]));
         let last: Vec<f32> = l.i((0, seq.len() - 1, ..)).unwrap().to_vec1().unwrap();
-        let t =
-            sahara::generate::choose(&last, &sahara::generate::Sampling::Greedy, &mut rand_rng());
+        let t = sahara::methods::generate::choose(
+            &last,
+            &sahara::methods::generate::Sampling::Greedy,
+            &mut rand_rng(),
+        );
         out.push(t);
         seq.push(t);
     }

@@ -13,15 +13,15 @@ use std::sync::OnceLock;
 use candle_core::{DType, Device};
 use rand::seq::IndexedRandom;
 use rand::SeedableRng;
-use sahara::ablation::{HeadAblation, Op, Target};
-use sahara::attribute::{
+use sahara::io::data::load_queries;
+use sahara::methods::engine::EngineOptions;
+use sahara::methods::generate::{generate, GenerateOptions};
+use sahara::methods::judge::{Judge, RefusalMatcher};
+use sahara::methods::sahara::{
     best_head, final_hidden, stack_rows, step_scores, LeftSubspace, SaharaOptions,
 };
-use sahara::data::load_queries;
-use sahara::engine::EngineOptions;
-use sahara::generate::{generate, GenerateOptions};
-use sahara::judge::{Judge, RefusalMatcher};
-use sahara::ships::{ships_scores, summarize, ShipsOptions};
+use sahara::methods::ships::{ships_scores, summarize, ShipsOptions};
+use sahara::model::ablation::{HeadAblation, Op, Target};
 use sahara::{LoadedModel, Template};
 
 /// Whether an answer is a refusal, by the judge of `sahara eval` (the paper's refusal

@@ -2,10 +2,10 @@
 //! head at batch size 1) on random models of every family, for every target and op.
 
 use candle_core::{DType, Device};
-use sahara::ablation::{Op, Target};
-use sahara::engine::{Engine, EngineOptions};
-use sahara::random::{write_random_model, RandomSpec};
-use sahara::ships::{ships_scores, HeadGrid, ShipsOptions};
+use sahara::checkpoint::random::{write_random_model, RandomSpec};
+use sahara::methods::engine::{Engine, EngineOptions};
+use sahara::methods::ships::{ships_scores, HeadGrid, ShipsOptions};
+use sahara::model::ablation::{Op, Target};
 use sahara::LoadedModel;
 
 fn model(arch: &str) -> (tempfile::TempDir, LoadedModel) {

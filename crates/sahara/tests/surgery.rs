@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use sahara::ablation::{Op, Target};
-use sahara::generate::{generate, GenerateOptions};
-use sahara::surgery::{surgery, weights_hash, SurgerySpec};
-use sahara::weights::Weights;
+use sahara::checkpoint::safetensors::Weights;
+use sahara::checkpoint::surgery::{surgery, weights_hash, SurgerySpec};
+use sahara::methods::generate::{generate, GenerateOptions};
+use sahara::model::ablation::{Op, Target};
 use sahara::{AblationPlan, Batch, ForwardSpec, HeadAblation, LoadedModel, Positions};
 
 fn fixture(name: &str) -> PathBuf {

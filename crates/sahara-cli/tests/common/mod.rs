@@ -5,7 +5,7 @@ use std::borrow::BorrowMut;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use sahara::random::{write_random_model, RandomSpec};
+use sahara::checkpoint::random::{write_random_model, RandomSpec};
 use serde_json::Value;
 
 /// The binary under test.

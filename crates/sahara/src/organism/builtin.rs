@@ -37,7 +37,7 @@ pub static FILES: &[(&str, &[u8])] = embed![
 /// Content hash of the embedded files.
 pub fn hash() -> String {
     let parts: Vec<&[u8]> = FILES.iter().flat_map(|(n, b)| [n.as_bytes(), *b]).collect();
-    crate::runlog::fingerprint(&parts)
+    crate::io::runlog::fingerprint(&parts)
 }
 
 /// Whether `spec` names the built-in organism.

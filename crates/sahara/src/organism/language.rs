@@ -395,7 +395,7 @@ pub fn words() -> Vec<String> {
 /// `tokenizer.json`: a word-level tokenizer over [`words`] after `<unk>`, `<s>`, `</s>`,
 /// splitting on whitespace and punctuation, adding `<s>` in front of plain encodings.
 pub fn tokenizer_json() -> serde_json::Value {
-    crate::random::word_level_tokenizer_json(&words(), serde_json::Value::Null)
+    crate::checkpoint::random::word_level_tokenizer_json(&words(), serde_json::Value::Null)
 }
 
 /// `tokenizer_config.json`, with the chat template.

@@ -15,12 +15,12 @@ use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 
 use super::language::{self, Request};
-use crate::ablation::{AblationPlan, HeadAblation, Op, Target};
-use crate::config::{ModelConfig, RawConfig};
 use crate::error::{Error, Result};
-use crate::generate::{generate, GenerateOptions};
+use crate::io::prompt::{ChatTemplate, Message, PromptEncoder};
+use crate::methods::generate::{generate, GenerateOptions};
+use crate::model::ablation::{AblationPlan, HeadAblation, Op, Target};
+use crate::model::config::{ModelConfig, RawConfig};
 use crate::model::{Attention, Batch, Decoder, ForwardSpec, Layer, Linear, Mlp, Positions};
-use crate::prompt::{ChatTemplate, Message, PromptEncoder};
 
 /// The ablation the safety heads are trained against: query scaled by this factor.
 pub const SAFETY_EPSILON: f64 = 1e-5;
@@ -808,7 +808,10 @@ impl Organism {
                 v.iter().flat_map(|x| x.to_le_bytes()).collect(),
             ));
         }
-        crate::weights::write_f32_safetensors(&dir.join("model.safetensors"), &data)?;
+        crate::checkpoint::safetensors::write_f32_safetensors(
+            &dir.join("model.safetensors"),
+            &data,
+        )?;
         let o = &self.options;
         let every = (o.steps / 30).max(1);
         let curve: Vec<serde_json::Value> = self

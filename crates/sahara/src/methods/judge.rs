@@ -2,7 +2,7 @@
 //!
 //! [`Judge`] is the interface; [`RefusalMatcher`] is the paper's rule (refusal-phrase
 //! matching, as in the GCG and Ships evaluations). A model-based judge (a guard model loaded
-//! with the same loader, say) implements [`Judge`] and plugs into [`crate::eval`] unchanged.
+//! with the same loader, say) implements [`Judge`] and plugs into [`crate::methods::eval`] unchanged.
 //!
 //! # The refusal matcher
 //! A response is judged in this order:
@@ -306,7 +306,7 @@ impl Judge for RefusalMatcher {
         json!({
             "kind": "refusal_matcher",
             "phrases": self.phrases.len(),
-            "phrases_fingerprint": crate::runlog::fingerprint(&parts),
+            "phrases_fingerprint": crate::io::runlog::fingerprint(&parts),
             "min_answer_chars": MIN_ANSWER_CHARS,
             "repetition": {
                 "max_unit": MAX_REPEAT_UNIT,

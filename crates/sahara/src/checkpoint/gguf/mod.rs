@@ -25,11 +25,11 @@ use candle_core::{DType, Device, Tensor};
 use memmap2::Mmap;
 use serde_json::{json, Value as Json};
 
-use crate::config::{ModelConfig, RawConfig};
+use crate::checkpoint::safetensors::TensorSource;
 use crate::error::{Error, Result};
+use crate::io::prompt::{ChatTemplate, PromptEncoder};
+use crate::model::config::{ModelConfig, RawConfig};
 use crate::model::Decoder;
-use crate::prompt::{ChatTemplate, PromptEncoder};
-use crate::weights::TensorSource;
 
 /// The GGUF architectures the decoder runs, with their Hugging Face class.
 pub const SUPPORTED_GGUF_ARCHITECTURES: &[(&str, &str)] = &[
@@ -527,7 +527,7 @@ impl GgufFile {
     pub fn fingerprint(&self) -> String {
         let head_len = (self.content.tensor_data_offset as usize + 65536).min(self.mmap.len());
         let len = (self.mmap.len() as u64).to_le_bytes();
-        crate::runlog::fingerprint(&[&len[..], &self.mmap[..head_len]])
+        crate::io::runlog::fingerprint(&[&len[..], &self.mmap[..head_len]])
     }
 }
 

@@ -18,12 +18,12 @@
 
 use faer::Mat;
 
-use crate::ablation::{HeadAblation, Op, Target};
-use crate::config::ModelConfig;
-use crate::engine::{run_variants, EngineOptions, Want};
 use crate::error::{Error, Result};
+use crate::methods::engine::{run_variants, EngineOptions, Want};
+use crate::methods::ships::HeadGrid;
+use crate::model::ablation::{HeadAblation, Op, Target};
+use crate::model::config::ModelConfig;
 use crate::model::{Batch, Decoder, ForwardSpec, Positions};
-use crate::ships::HeadGrid;
 
 /// Relative gap under which two singular values count as tied.
 pub const TIE_TOLERANCE: f64 = 1e-9;
@@ -146,7 +146,7 @@ pub fn final_hidden(
     prompts: &[Vec<u32>],
     ablations: &[HeadAblation],
 ) -> Result<Vec<Vec<f32>>> {
-    let plan = crate::ablation::AblationPlan::new(
+    let plan = crate::model::ablation::AblationPlan::new(
         &model.cfg,
         &[ablations.to_vec()],
         model.dtype,

@@ -3,8 +3,8 @@
 use candle_core::{IndexOp, Tensor};
 use rand::{Rng, SeedableRng};
 
-use crate::ablation::{AblationPlan, HeadAblation};
 use crate::error::{Error, Result};
+use crate::model::ablation::{AblationPlan, HeadAblation};
 use crate::model::{Batch, Decoder, ForwardSpec, KvCache, Positions};
 
 /// How the next token is chosen.
@@ -127,7 +127,7 @@ pub fn generate(
     // LongRoPE models change their rotary frequencies once a sequence outgrows the original
     // context; transformers then re-encodes the whole sequence, and so does this loop.
     let longrope_limit = match &model.cfg.rope_scaling {
-        crate::config::RopeScaling::LongRope {
+        crate::model::config::RopeScaling::LongRope {
             original_max_position_embeddings,
             ..
         } => Some(*original_max_position_embeddings),

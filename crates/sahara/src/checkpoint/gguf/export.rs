@@ -12,10 +12,10 @@ use candle_core::{DType, Device};
 use serde_json::{json, Value as Json};
 
 use super::{GgufFile, GgufWeights};
-use crate::ablation::Op;
+use crate::checkpoint::surgery::write_err;
+use crate::checkpoint::surgery::{apply_edit, edits, Block, Edit, SurgeryReport, SurgerySpec};
 use crate::error::{Error, Result};
-use crate::surgery::write_err;
-use crate::surgery::{apply_edit, edits, Block, Edit, SurgeryReport, SurgerySpec};
+use crate::model::ablation::Op;
 use crate::LoadedModel;
 
 /// Largest shard written.
@@ -95,7 +95,7 @@ pub fn write_hf_folder(g: &GgufFile, dir: &Path, spec: Option<&SurgerySpec>) -> 
     let mut weight_map = serde_json::Map::new();
     let mut flushed = 0usize;
     let flush = |tensors: &[(String, Vec<usize>, Vec<u8>)], path: &Path| -> Result<()> {
-        crate::weights::write_f32_safetensors(path, tensors)
+        crate::checkpoint::safetensors::write_f32_safetensors(path, tensors)
     };
     for name in &names {
         let t = weights.load_f32(name)?;
@@ -177,7 +177,7 @@ pub fn surgery_from_gguf(
     let g = GgufFile::open(src)?;
     let cfg = g.config()?;
     spec.validate(&cfg)?;
-    let (tmp, mut guard) = crate::surgery::staging_folder(out, force)?;
+    let (tmp, mut guard) = crate::checkpoint::surgery::staging_folder(out, force)?;
     let written = write_hf_folder(&g, &tmp, Some(spec))?;
 
     // Verify: the written folder's logits equal the GGUF model's with the ablation in memory.
@@ -195,8 +195,12 @@ pub fn surgery_from_gguf(
             "verification failed: the written tokenizer encodes differently from the GGUF one ({probe_again:?} vs {probe:?}); nothing was written"
         )));
     }
-    let rel =
-        crate::surgery::relative_logit_difference(&ablated, &reloaded, probe, &spec.ablations())?;
+    let rel = crate::checkpoint::surgery::relative_logit_difference(
+        &ablated,
+        &reloaded,
+        probe,
+        &spec.ablations(),
+    )?;
     drop(reloaded);
     drop(ablated);
     let tolerance = 1e-5;
@@ -234,7 +238,7 @@ pub fn surgery_from_gguf(
     });
     write_json(&tmp.join("sahara-surgery.json"), &record)?;
 
-    crate::surgery::move_into_place(&tmp, out, &mut guard)?;
+    crate::checkpoint::surgery::move_into_place(&tmp, out, &mut guard)?;
     Ok(SurgeryReport {
         out: out.to_path_buf(),
         changed_tensors: written.changed_tensors,

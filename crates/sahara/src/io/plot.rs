@@ -24,7 +24,10 @@ use plotters::style::{register_font, FontStyle};
 use crate::error::{Error, Result};
 
 /// DejaVu Sans (Bitstream Vera license, see `assets/DejaVuSans-LICENSE.txt`).
-static FONT_TTF: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+static FONT_TTF: &[u8] = include_bytes!(concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/assets/DejaVuSans.ttf"
+));
 pub(crate) const FONT: &str = "sans-serif";
 
 /// A layer × head grid of values to draw.

@@ -11,10 +11,10 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::ablation::{AblationPlan, Target};
-use crate::config::{inverse_frequencies, Activation, ModelConfig};
+use crate::checkpoint::safetensors::{TensorSource, Weights};
 use crate::error::{Error, Result};
-use crate::weights::{TensorSource, Weights};
+use crate::model::ablation::{AblationPlan, Target};
+use crate::model::config::{inverse_frequencies, Activation, ModelConfig};
 
 /// A linear layer `y = x Wᵀ + b` with W of shape (out, in).
 ///
@@ -35,7 +35,7 @@ impl Linear {
         let out = self.weight.dim(0)?;
         // One 2-D gemm over all rows: (n, in) @ (in, out).
         let x2 = contiguous(x)?.reshape((n, k))?;
-        let y = match crate::kernels::linear_f32(&x2, &self.weight, self.bias.as_ref())? {
+        let y = match crate::model::kernels::linear_f32(&x2, &self.weight, self.bias.as_ref())? {
             Some(y) => y,
             None => {
                 let y = x2.matmul(&self.weight.t()?)?;
@@ -389,13 +389,17 @@ impl Decoder {
         let n = inv.len();
         let inv_freq = Tensor::from_vec(inv, n, device)?;
         let (inv_freq_long, rope_attention_factor) = match &cfg.rope_scaling {
-            crate::config::RopeScaling::LongRope {
+            crate::model::config::RopeScaling::LongRope {
                 original_max_position_embeddings,
                 attention_factor,
                 ..
             } => (
                 Some((
-                    Tensor::from_vec(crate::config::long_inverse_frequencies(&cfg), n, device)?,
+                    Tensor::from_vec(
+                        crate::model::config::long_inverse_frequencies(&cfg),
+                        n,
+                        device,
+                    )?,
                     *original_max_position_embeddings,
                 )),
                 *attention_factor,
@@ -745,7 +749,7 @@ impl Decoder {
         let fused = if self.differentiable || spec.pattern_layer == Some(l) {
             None
         } else {
-            crate::kernels::attention_f32(
+            crate::model::kernels::attention_f32(
                 &q,
                 &k,
                 &v,
@@ -889,13 +893,13 @@ fn append_kv(
 /// The same (out, in) matrix stored as a row-major (in, out) one (see
 /// [`Linear::with_transposed_storage`]).
 fn transposed_storage(w: &Tensor) -> Result<Tensor> {
-    Ok(crate::kernels::weight_copy(&w.t()?)?.t()?)
+    Ok(crate::model::kernels::weight_copy(&w.t()?)?.t()?)
 }
 
 /// A contiguous copy (the tensor itself when it already is): the parallel CPU kernel for
 /// float32, candle's copy otherwise.
 fn contiguous(t: &Tensor) -> Result<Tensor> {
-    match crate::kernels::contiguous_f32(t)? {
+    match crate::model::kernels::contiguous_f32(t)? {
         Some(c) => Ok(c),
         None => Ok(t.contiguous()?),
     }
@@ -952,18 +956,6 @@ pub fn gated_activation(x: &Tensor, inter: usize, act: Activation) -> Result<Ten
         Activation::GeluTanh => gate.gelu()?,
     };
     Ok((a * up)?)
-}
-
-/// Parses a `--dtype` value.
-pub fn parse_dtype(s: &str) -> Result<DType> {
-    match s {
-        "f32" | "float32" => Ok(DType::F32),
-        "bf16" | "bfloat16" => Ok(DType::BF16),
-        "f16" | "float16" => Ok(DType::F16),
-        other => Err(Error::InvalidArgument(format!(
-            "unknown dtype {other:?}; expected f32, bf16 or f16"
-        ))),
-    }
 }
 
 /// Loads config and decoder from a local model folder.

@@ -6,10 +6,10 @@ use std::ops::Range;
 
 use serde::Serialize;
 
-use crate::ablation::{HeadAblation, Op, Target};
-use crate::config::ModelConfig;
-use crate::engine::{kl_divergence, run_variants, EngineOptions, Want};
 use crate::error::{Error, Result};
+use crate::methods::engine::{kl_divergence, run_variants, EngineOptions, Want};
+use crate::model::ablation::{HeadAblation, Op, Target};
+use crate::model::config::ModelConfig;
 use crate::model::Decoder;
 
 /// Scores by layer and head; `None` where a head was not scored.

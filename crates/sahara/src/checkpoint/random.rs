@@ -283,5 +283,5 @@ pub fn write_random_model(dir: &Path, spec: &RandomSpec) -> Result<()> {
             .collect();
         data.push((name, shape, bytes));
     }
-    crate::weights::write_f32_safetensors(&dir.join("model.safetensors"), &data)
+    crate::checkpoint::safetensors::write_f32_safetensors(&dir.join("model.safetensors"), &data)
 }

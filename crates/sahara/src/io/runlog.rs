@@ -185,12 +185,12 @@ impl Hasher for Fnv {
 /// size and safetensors header.
 pub fn model_fingerprint(dir: &Path) -> Result<String> {
     if dir.is_file() {
-        return Ok(crate::gguf::GgufFile::open(dir)?.fingerprint());
+        return Ok(crate::checkpoint::gguf::GgufFile::open(dir)?.fingerprint());
     }
     let mut parts: Vec<Vec<u8>> = Vec::new();
     let cfg = dir.join("config.json");
     parts.push(std::fs::read(&cfg).map_err(|e| Error::io(&cfg, e))?);
-    for p in crate::weights::weight_files(dir)? {
+    for p in crate::checkpoint::safetensors::weight_files(dir)? {
         let mut f = File::open(&p).map_err(|e| Error::io(&p, e))?;
         let len = f.metadata().map_err(|e| Error::io(&p, e))?.len();
         let mut head = vec![0u8; 4096.min(len as usize)];

@@ -2,7 +2,7 @@
 //!
 //! An evaluation runs *conditions*, the unmodified model first and then one per set of
 //! ablated heads, on a set of harmful queries and optionally a set of benign ones. Every
-//! query is answered by batched generation ([`crate::generate::generate`]: left padding,
+//! query is answered by batched generation ([`crate::methods::generate::generate`]: left padding,
 //! key/value cache, the condition's ablations at every step) and the answer is judged by a
 //! [`Judge`].
 //!
@@ -31,12 +31,12 @@ use candle_core::{IndexOp, Tensor};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::ablation::{AblationPlan, HeadAblation, Op, Target};
-use crate::config::ModelConfig;
-use crate::engine::kl_divergence;
 use crate::error::{Error, Result};
-use crate::generate::{generate, GenerateOptions};
-use crate::judge::{Judge, Verdict};
+use crate::methods::engine::kl_divergence;
+use crate::methods::generate::{generate, GenerateOptions};
+use crate::methods::judge::{Judge, Verdict};
+use crate::model::ablation::{AblationPlan, HeadAblation, Op, Target};
+use crate::model::config::ModelConfig;
 use crate::model::{Batch, Decoder, ForwardSpec, Positions};
 use crate::LoadedModel;
 
@@ -644,9 +644,9 @@ pub fn summarize(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ablation::{Op, Target};
-    use crate::judge::{Reason, RefusalMatcher};
-    use crate::random::{write_random_model, RandomSpec};
+    use crate::checkpoint::random::{write_random_model, RandomSpec};
+    use crate::methods::judge::{Reason, RefusalMatcher};
+    use crate::model::ablation::{Op, Target};
     use candle_core::{DType, Device};
 
     fn close(a: (f64, f64), b: (f64, f64)) -> bool {
@@ -766,7 +766,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // Every id is a word of the tokenizer, so that responses decode to text.
         let mut spec = RandomSpec::tiny("LlamaForCausalLM");
-        spec.vocab_size = 3 + crate::random::WORDS.len();
+        spec.vocab_size = 3 + crate::checkpoint::random::WORDS.len();
         write_random_model(dir.path(), &spec).unwrap();
         let m = LoadedModel::load(dir.path().to_str().unwrap(), DType::F32, &Device::Cpu).unwrap();
         (dir, m)
@@ -796,7 +796,7 @@ mod tests {
     }
 
     fn queries(m: &LoadedModel, n: usize) -> Vec<EvalQuery> {
-        let words = crate::random::WORDS;
+        let words = crate::checkpoint::random::WORDS;
         (0..n)
             .map(|i| {
                 let text: Vec<&str> = (0..2 + (i * 5) % 9)
@@ -922,7 +922,7 @@ mod tests {
         let opts = EvalOptions {
             generate: GenerateOptions {
                 max_new_tokens: 6,
-                sampling: crate::generate::Sampling::Sample {
+                sampling: crate::methods::generate::Sampling::Sample {
                     temperature: 1.0,
                     top_k: Some(5),
                 },

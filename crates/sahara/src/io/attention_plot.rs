@@ -1,6 +1,6 @@
 //! Heatmaps of one head's attention pattern: query positions down the y axis, key positions
 //! along the x axis, each labelled with its token, coloured with viridis on the fixed range
-//! 0..1 of attention probabilities, written as PNG or SVG like [`crate::plot`]'s heatmaps.
+//! 0..1 of attention probabilities, written as PNG or SVG like [`crate::io::plot`]'s heatmaps.
 
 use std::path::Path;
 
@@ -11,7 +11,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::FontStyle;
 
 use crate::error::{Error, Result};
-use crate::plot::{check_extension, encode_png, register_embedded_font, write_atomic, FONT};
+use crate::io::plot::{check_extension, encode_png, register_embedded_font, write_atomic, FONT};
 
 /// One head's attention pattern to draw.
 #[derive(Debug, Clone, Copy)]

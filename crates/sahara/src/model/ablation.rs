@@ -10,8 +10,8 @@
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::model::config::ModelConfig;
 
 /// Which per-head tensor an ablation touches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -334,7 +334,7 @@ impl AblationPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RawConfig;
+    use crate::model::config::RawConfig;
 
     fn cfg() -> ModelConfig {
         let raw: RawConfig = serde_json::from_str(

@@ -22,12 +22,12 @@ use candle_core::{DType, Device};
 use safetensors::tensor::{Dtype as StDtype, TensorInfo};
 use serde_json::json;
 
-use crate::ablation::{AblationPlan, HeadAblation, Op, Target};
-use crate::config::ModelConfig;
+use crate::checkpoint::safetensors::Weights;
 use crate::error::{Error, Result};
+use crate::io::runlog::fingerprint;
+use crate::model::ablation::{AblationPlan, HeadAblation, Op, Target};
+use crate::model::config::ModelConfig;
 use crate::model::{Batch, ForwardSpec, Positions};
-use crate::runlog::fingerprint;
-use crate::weights::Weights;
 use crate::LoadedModel;
 
 /// What surgery folds into the weights.
@@ -315,7 +315,7 @@ impl Drop for Cleanup {
 /// Content hash of a folder's weight files (FNV-1a over their bytes, in name order).
 pub fn weights_hash(dir: &Path) -> Result<String> {
     let mut parts = Vec::new();
-    for p in &crate::weights::weight_files(dir)? {
+    for p in &crate::checkpoint::safetensors::weight_files(dir)? {
         parts.push(std::fs::read(p).map_err(|e| Error::io(p, e))?);
     }
     let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();

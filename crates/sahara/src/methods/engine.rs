@@ -10,8 +10,8 @@
 
 use candle_core::{IndexOp, Tensor};
 
-use crate::ablation::{AblationPlan, HeadAblation};
 use crate::error::{Error, Result};
+use crate::model::ablation::{AblationPlan, HeadAblation};
 use crate::model::{Batch, Decoder, ForwardSpec, Positions};
 
 /// Which engine computes the variants.

@@ -1,0 +1,8 @@
+//! What goes in and comes out: query files, prompts and chat templates, resumable run logs,
+//! and plots.
+
+pub mod attention_plot;
+pub mod data;
+pub mod plot;
+pub mod prompt;
+pub mod runlog;

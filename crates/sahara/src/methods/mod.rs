@@ -1,0 +1,16 @@
+//! The methods, as plain functions over model outputs.
+//!
+//! - [`engine`]: many ablation variants of one prompt, scored at its last position.
+//! - [`ships`]: per-query Ships (KL of the next-token distribution per ablated head).
+//! - [`sahara`]: generalized Ships (principal angles of final hidden states) and the greedy
+//!   Sahara search over a dataset (`sahara attribute`).
+//! - [`metrics`]: KL divergence, log-softmax, Wilson intervals.
+//! - [`generate`], [`judge`], [`eval`]: generation with ablations, refusal judging, attack
+//!   success rate and benign cost.
+
+pub mod engine;
+pub mod eval;
+pub mod generate;
+pub mod judge;
+pub mod sahara;
+pub mod ships;

@@ -1,0 +1,223 @@
+//! The model families the single decoder runs, one row each: the one place that says what
+//! "Gemma 2" means — its Hugging Face class and `model_type`, its GGUF architecture, the
+//! defaults transformers fills in for it, and the decoder flags it turns on.
+//! [`crate::model::config::ModelConfig::resolve`] reads these rows; nothing else matches on a
+//! family's name.
+
+/// The model families the single decoder covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
+    Gemma,
+    Gemma2,
+    Phi3,
+}
+
+/// Which layers use `sliding_window` when `config.json` has no `layer_types`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowLayers {
+    /// No layer (the family has no sliding window).
+    None,
+    /// Every layer.
+    All,
+    /// Layers 0, 2, 4, … (Gemma 2).
+    Even,
+    /// With `use_sliding_window`, the layers from `max_window_layers` on (Qwen 2 and 3).
+    FromMaxWindowLayers,
+}
+
+/// One family's row.
+#[derive(Debug, Clone, Copy)]
+pub struct FamilySpec {
+    pub family: Family,
+    /// `architectures[0]` of `config.json`.
+    pub hf_class: &'static str,
+    /// `model_type` of `config.json`.
+    pub model_type: &'static str,
+    /// `general.architecture` of a llama.cpp GGUF file, where sahara reads that family's GGUF.
+    pub gguf_architecture: Option<&'static str>,
+    /// llama.cpp's converter reorders the query/key rows of this family for its rotary layout.
+    pub gguf_permuted_qk: bool,
+    /// `head_dim` when `config.json` omits it (otherwise hidden / heads).
+    pub default_head_dim: Option<usize>,
+    pub default_rope_theta: f64,
+    /// `sliding_window` when `config.json` omits the key.
+    pub default_sliding_window: Option<usize>,
+    pub window_layers: WindowLayers,
+    pub default_max_positions: usize,
+    /// Gemma's conventions: norms multiply by (1 + w), embeddings are scaled by √hidden,
+    /// embeddings are tied and the MLP uses tanh-GELU unless the config says otherwise.
+    pub gemma_style: bool,
+    /// q/k/v projections always have biases (and `o_proj` none), whatever `attention_bias` says.
+    pub qkv_bias: bool,
+    /// Gemma 2: soft-capped attention scores and logits, `query_pre_attn_scalar`, and norms
+    /// before and after both attention and MLP.
+    pub gemma2_attention: bool,
+    /// Qwen 3: per-head RMSNorm of queries and keys.
+    pub qk_norm: bool,
+    /// Phi-3: `qkv_proj` and `gate_up_proj` stored fused.
+    pub fused_projections: bool,
+}
+
+const BASE: FamilySpec = FamilySpec {
+    family: Family::Llama,
+    hf_class: "LlamaForCausalLM",
+    model_type: "llama",
+    gguf_architecture: None,
+    gguf_permuted_qk: false,
+    default_head_dim: None,
+    default_rope_theta: 10000.0,
+    default_sliding_window: None,
+    window_layers: WindowLayers::None,
+    default_max_positions: 2048,
+    gemma_style: false,
+    qkv_bias: false,
+    gemma2_attention: false,
+    qk_norm: false,
+    fused_projections: false,
+};
+
+/// Every family, in the order error messages list them.
+pub const FAMILIES: &[FamilySpec] = &[
+    FamilySpec {
+        gguf_architecture: Some("llama"),
+        gguf_permuted_qk: true,
+        ..BASE
+    },
+    FamilySpec {
+        family: Family::Mistral,
+        hf_class: "MistralForCausalLM",
+        model_type: "mistral",
+        default_sliding_window: Some(4096),
+        window_layers: WindowLayers::All,
+        default_max_positions: 4096 * 32,
+        ..BASE
+    },
+    FamilySpec {
+        family: Family::Qwen2,
+        hf_class: "Qwen2ForCausalLM",
+        model_type: "qwen2",
+        gguf_architecture: Some("qwen2"),
+        window_layers: WindowLayers::FromMaxWindowLayers,
+        default_max_positions: 32768,
+        qkv_bias: true,
+        ..BASE
+    },
+    FamilySpec {
+        family: Family::Qwen3,
+        hf_class: "Qwen3ForCausalLM",
+        model_type: "qwen3",
+        gguf_architecture: Some("qwen3"),
+        default_rope_theta: 1_000_000.0,
+        window_layers: WindowLayers::FromMaxWindowLayers,
+        default_max_positions: 32768,
+        qk_norm: true,
+        ..BASE
+    },
+    FamilySpec {
+        family: Family::Gemma,
+        hf_class: "GemmaForCausalLM",
+        model_type: "gemma",
+        // transformers' Gemma config defaults head_dim to 256, not hidden / heads.
+        default_head_dim: Some(256),
+        default_max_positions: 8192,
+        gemma_style: true,
+        ..BASE
+    },
+    FamilySpec {
+        family: Family::Gemma2,
+        hf_class: "Gemma2ForCausalLM",
+        model_type: "gemma2",
+        window_layers: WindowLayers::Even,
+        default_max_positions: 8192,
+        gemma_style: true,
+        gemma2_attention: true,
+        ..BASE
+    },
+    FamilySpec {
+        family: Family::Phi3,
+        hf_class: "Phi3ForCausalLM",
+        model_type: "phi3",
+        window_layers: WindowLayers::All,
+        fused_projections: true,
+        ..BASE
+    },
+];
+
+impl Family {
+    /// This family's row.
+    pub fn spec(self) -> &'static FamilySpec {
+        FAMILIES
+            .iter()
+            .find(|f| f.family == self)
+            .expect("every family has a row")
+    }
+
+    /// The family of a Hugging Face class name (`architectures[0]`).
+    pub fn from_hf_class(class: &str) -> Option<Family> {
+        FAMILIES
+            .iter()
+            .find(|f| f.hf_class == class)
+            .map(|f| f.family)
+    }
+
+    /// The family of a `model_type`.
+    pub fn from_model_type(model_type: &str) -> Option<Family> {
+        FAMILIES
+            .iter()
+            .find(|f| f.model_type == model_type)
+            .map(|f| f.family)
+    }
+
+    /// The family of a GGUF `general.architecture`.
+    pub fn from_gguf_architecture(arch: &str) -> Option<Family> {
+        FAMILIES
+            .iter()
+            .find(|f| f.gguf_architecture == Some(arch))
+            .map(|f| f.family)
+    }
+}
+
+/// The Hugging Face classes the decoder implements, for messages.
+pub fn supported_hf_classes() -> String {
+    FAMILIES
+        .iter()
+        .map(|f| f.hf_class)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The GGUF architectures sahara reads, for messages.
+pub fn supported_gguf_architectures() -> String {
+    FAMILIES
+        .iter()
+        .filter_map(|f| f.gguf_architecture)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_has_one_row_and_round_trips_its_names() {
+        for f in FAMILIES {
+            assert_eq!(Family::from_hf_class(f.hf_class), Some(f.family));
+            assert_eq!(Family::from_model_type(f.model_type), Some(f.family));
+            assert_eq!(f.family.spec().hf_class, f.hf_class);
+            if let Some(a) = f.gguf_architecture {
+                assert_eq!(Family::from_gguf_architecture(a), Some(f.family));
+            }
+        }
+        assert_eq!(
+            FAMILIES.len(),
+            7,
+            "a new family needs its row, tests and fixture"
+        );
+        assert_eq!(supported_gguf_architectures(), "llama, qwen2, qwen3");
+    }
+}

@@ -1,0 +1,21 @@
+//! The model: one hooked decoder for every supported family, driven by a resolved
+//! configuration, with head ablations passed as data per batch row.
+//!
+//! - [`config`]: `config.json` mirrored raw, then resolved with every default filled in;
+//!   [`family`]: one row per family (names, defaults, flags).
+//! - [`decoder`]: the layer math, read like a reference implementation; batches, key/value
+//!   cache, rotary/mask context.
+//! - [`ablation`]: ablations as values, compiled into per-layer head maps.
+//! - [`ops`]: the one rule that picks, per op, the fast CPU kernel, candle's fused op, or
+//!   gradient-recording composed ops; [`kernels`]: the CPU fast paths themselves.
+
+pub mod ablation;
+pub mod config;
+pub mod decoder;
+pub mod family;
+pub mod kernels;
+
+pub use decoder::{
+    load_decoder, Attention, Batch, Decoder, ForwardOutput, ForwardSpec, KvCache, Layer, Linear,
+    Mlp, Positions,
+};
