@@ -2,8 +2,65 @@
 
 use candle_core::{DType, Device};
 use clap::Args;
-use sahara::model::ablation::{parse_heads, HeadAblation, Op, Target};
+use sahara::error::Setting;
+use sahara::io::prompt::EncodedQuery;
+use sahara::io::runlog::queries_fingerprint;
+use sahara::model::ablation::{Ablation, HeadAblation, HeadSet, Op};
 use sahara::{Error, LoadedModel, Result, Template};
+
+/// The flag that sets a library setting.
+pub fn flag(s: Setting) -> &'static str {
+    match s {
+        Setting::Layers => "--layers",
+        Setting::Heads => "--heads",
+        Setting::Rank => "--rank",
+        Setting::Steps => "--steps",
+        Setting::Top => "--top",
+        Setting::Epsilon => "--epsilon",
+        Setting::Target => "--target",
+        Setting::Mode => "--mode",
+        Setting::Engine => "--engine",
+        Setting::BatchSize => "--batch-size",
+        Setting::MemoryBudget => "--memory-gb",
+        Setting::Dtype => "--dtype",
+        Setting::Device => "--device",
+        Setting::MaxNewTokens => "--max-new-tokens",
+        Setting::Temperature => "--temperature",
+        Setting::TopK => "--top-k",
+        Setting::Template => "--template",
+        Setting::System => "--system",
+        Setting::Column => "--column",
+    }
+}
+
+/// An error as the command line shows it: settings by their flags, outputs with what to do.
+pub fn render(e: &Error) -> String {
+    let text = match e {
+        Error::OutOfRange {
+            setting,
+            value,
+            allowed,
+        } => format!("{} {value} out of range: {allowed}", flag(*setting)),
+        Error::BadValue {
+            setting,
+            value,
+            expected,
+        } => format!("{} {value}: {expected}", flag(*setting)),
+        Error::Conflict { setting, reason } => format!("{} {reason}", flag(*setting)),
+        Error::OutputNotEmpty { path } => format!(
+            "--out {} exists and is not empty; choose another folder or pass --force to replace it",
+            path.display()
+        ),
+        Error::OutputIsSource { path } => format!(
+            "--out {} is the source folder; surgery never writes into its source",
+            path.display()
+        ),
+        Error::ResumeMismatch { .. } => format!("{e}; or choose another --out"),
+        Error::Context { context, source } => format!("{context}: {}", render(source)),
+        other => other.to_string(),
+    };
+    sahara::error::one_line(&text)
+}
 
 /// Where the model comes from and how it is run.
 #[derive(Args, Debug, Clone)]
@@ -35,9 +92,11 @@ fn parse_dtype(s: &str) -> Result<DType> {
         "f32" | "float32" => Ok(DType::F32),
         "bf16" | "bfloat16" => Ok(DType::BF16),
         "f16" | "float16" => Ok(DType::F16),
-        other => Err(Error::InvalidArgument(format!(
-            "unknown dtype {other:?}; expected f32, bf16 or f16"
-        ))),
+        other => Err(Error::bad_value(
+            Setting::Dtype,
+            format!("{other:?}"),
+            "expected f32, bf16 or f16",
+        )),
     }
 }
 
@@ -46,20 +105,24 @@ pub fn parse_device(s: &str) -> Result<Device> {
         "cpu" => Ok(Device::Cpu),
         _ if s == "cuda" || s.starts_with("cuda:") => {
             let ordinal = match s.strip_prefix("cuda:") {
-                Some(n) => n
-                    .parse::<usize>()
-                    .map_err(|_| Error::InvalidArgument(format!("bad device {s:?}")))?,
+                Some(n) => n.parse::<usize>().map_err(|_| {
+                    Error::bad_value(Setting::Device, format!("{s:?}"), "expected cuda:N")
+                })?,
                 None => 0,
             };
             Device::new_cuda(ordinal).map_err(|e| {
-                Error::InvalidArgument(format!(
-                    "cannot use {s}: {e} (is sahara built with --features cuda?)"
-                ))
+                Error::bad_value(
+                    Setting::Device,
+                    s,
+                    format!("cannot be used: {e} (is sahara built with --features cuda?)"),
+                )
             })
         }
-        other => Err(Error::InvalidArgument(format!(
-            "unknown device {other:?}; expected cpu, cuda or cuda:N"
-        ))),
+        other => Err(Error::bad_value(
+            Setting::Device,
+            format!("{other:?}"),
+            "expected cpu, cuda or cuda:N",
+        )),
     }
 }
 
@@ -105,33 +168,21 @@ pub struct OpArgs {
 }
 
 impl OpArgs {
-    pub fn parse(&self) -> Result<(Target, Op)> {
-        Ok((
+    pub fn parse(&self) -> Result<Ablation> {
+        Ablation::new(
             self.target.parse()?,
             Op::from_mode(&self.mode, self.epsilon)?,
-        ))
+        )
     }
 
-    /// The ablations of an `L:H[,L:H…]` list, checked against the model.
+    /// The ablations of an `L:H[,L:H…]` list, checked against the model; for k with
+    /// grouped-query attention, a note per head says which query heads it changes.
     pub fn ablations(&self, heads: &str, model: &LoadedModel) -> Result<Vec<HeadAblation>> {
-        let (target, op) = self.parse()?;
-        let list: Vec<HeadAblation> = parse_heads(heads)?
-            .into_iter()
-            .map(|(l, h)| HeadAblation::new(l, h, target, op))
-            .collect();
+        let list = self.parse()?.of(&HeadSet::parse(heads)?.0);
         for a in &list {
             a.validate(model.cfg())?;
-            if target == Target::K && model.cfg().group_size() > 1 {
-                let r = a.affected_query_heads(model.cfg());
-                eprintln!(
-                    "note: k ablation of {}:{} changes key/value head {} of layer {}, shared by query heads {}..{}",
-                    a.layer,
-                    a.head,
-                    a.kv_head(model.cfg()),
-                    a.layer,
-                    r.start,
-                    r.end - 1
-                );
+            if let Some(note) = a.shared_note(model.cfg()) {
+                eprintln!("note: {note}");
             }
         }
         Ok(list)
@@ -153,21 +204,10 @@ pub struct DataArgs {
     pub limit: Option<usize>,
 }
 
-/// A query and its prompt tokens.
-pub struct Encoded {
-    pub index: usize,
-    pub text: String,
-    pub tokens: Vec<u32>,
-}
-
 impl DataArgs {
     /// Loads the queries and encodes every one up front, so that a bad query stops the run
     /// before any output is written.
-    pub fn encode(
-        &self,
-        model: &LoadedModel,
-        template: &Template,
-    ) -> Result<(sahara::io::data::Dataset, Vec<Encoded>)> {
+    pub fn encode(&self, model: &LoadedModel, template: &Template) -> Result<Vec<EncodedQuery>> {
         let path = match sahara::organism::builtin::data_path(&self.data) {
             Some(p) => p?,
             None => match sahara::organism::builtin::unknown(&self.data) {
@@ -176,34 +216,13 @@ impl DataArgs {
             },
         };
         let data = sahara::io::data::load_queries(&path, self.column.as_deref(), self.limit)?;
-        let ctx = model.cfg().max_position_embeddings;
-        let mut out = Vec::with_capacity(data.queries.len());
-        for q in &data.queries {
-            let (_, tokens) = model.prompts.encode_query(template, &q.text).map_err(|e| {
-                Error::Prompt(format!("query {} of {}: {e}", q.index + 1, self.data))
-            })?;
-            if tokens.len() > ctx {
-                return Err(Error::Prompt(format!(
-                    "query {} of {} has {} tokens, more than the model's context of {ctx}",
-                    q.index + 1,
-                    self.data,
-                    tokens.len()
-                )));
-            }
-            out.push(Encoded {
-                index: q.index,
-                text: q.text.clone(),
-                tokens,
-            });
-        }
-        Ok((data, out))
+        model.prompts.encode_queries(
+            template,
+            &data.queries,
+            &self.data,
+            model.cfg().max_position_embeddings,
+        )
     }
-}
-
-/// Fingerprint of the queries actually used.
-pub fn queries_fingerprint(q: &[Encoded]) -> String {
-    let parts: Vec<&[u8]> = q.iter().map(|e| e.text.as_bytes()).collect();
-    sahara::io::runlog::fingerprint(&parts)
 }
 
 /// A progress bar on stderr (hidden when quiet or when stderr is not a terminal).
@@ -241,18 +260,21 @@ pub struct EngineArgs {
 impl EngineArgs {
     pub fn parse(&self) -> Result<sahara::methods::engine::EngineOptions> {
         if self.batch_size == Some(0) {
-            return Err(Error::InvalidArgument(
-                "--batch-size must be at least 1".into(),
+            return Err(Error::out_of_range(
+                Setting::BatchSize,
+                0,
+                "must be at least 1",
             ));
         }
         if !(self.memory_gb.is_finite() && self.memory_gb > 0.0) {
-            return Err(Error::InvalidArgument(
-                "--memory-gb must be positive".into(),
+            return Err(Error::out_of_range(
+                Setting::MemoryBudget,
+                self.memory_gb,
+                "must be positive",
             ));
         }
         Ok(sahara::methods::engine::EngineOptions {
             engine: self.engine.parse()?,
-            want: sahara::methods::engine::Want::Logits,
             batch_size: self.batch_size,
             memory_budget: (self.memory_gb * (1u64 << 30) as f64) as usize,
         })
@@ -275,11 +297,10 @@ pub fn run_record(
     model: &LoadedModel,
     model_args: &ModelArgs,
     data: &DataArgs,
-    queries: &[Encoded],
+    queries: &[EncodedQuery],
     template: &Template,
     system: &Option<String>,
-    target: sahara::Target,
-    op: sahara::Op,
+    ablation: Ablation,
 ) -> Result<serde_json::Value> {
     Ok(serde_json::json!({
         "command": command,
@@ -290,9 +311,9 @@ pub fn run_record(
         "queries": queries.len(),
         "template": template.name(),
         "system": system,
-        "target": target.as_str(),
-        "mode": op.mode_str(),
-        "epsilon": op.epsilon_json(),
+        "target": ablation.target.as_str(),
+        "mode": ablation.op.mode_str(),
+        "epsilon": ablation.op.epsilon(),
         "dtype": model_args.dtype,
     }))
 }
@@ -316,13 +337,15 @@ impl SamplingArgs {
     pub fn parse(&self) -> Result<sahara::methods::generate::Sampling> {
         if let Some(t) = self.temperature {
             if !(t.is_finite() && t >= 0.0) {
-                return Err(Error::InvalidArgument(format!(
-                    "--temperature must be a non-negative number, got {t}"
-                )));
+                return Err(Error::out_of_range(
+                    Setting::Temperature,
+                    t,
+                    "must be a non-negative number",
+                ));
             }
         }
         if self.top_k == Some(0) {
-            return Err(Error::InvalidArgument("--top-k must be at least 1".into()));
+            return Err(Error::out_of_range(Setting::TopK, 0, "must be at least 1"));
         }
         Ok(match (self.top_k, self.temperature) {
             (None, None) => sahara::methods::generate::Sampling::Greedy,

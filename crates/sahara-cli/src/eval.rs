@@ -2,23 +2,23 @@
 //! ablation on benign prompts.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
-use sahara::io::runlog::{model_fingerprint, sibling, write_atomic, JsonlRun};
+use sahara::io::formats::{EvalLine, EvalSummary, HeadsFile};
+use sahara::io::fs::write_json;
+use sahara::io::prompt::EncodedQuery;
+use sahara::io::runlog::{model_fingerprint, queries_fingerprint, sibling, Lines};
 use sahara::methods::eval::{
-    summarize, Condition, ConditionSummary, EvalOptions, EvalQuery, Generation, HeadsFile, Outcome,
-    Set,
+    summarize, Condition, ConditionSummary, EvalOptions, Generation, Outcome, Set,
 };
 use sahara::methods::generate::{GenerateOptions, Sampling};
 use sahara::methods::judge::{Judge, RefusalMatcher};
-use sahara::model::ablation::{parse_heads, Op, Target};
+use sahara::model::ablation::{Ablation, HeadSet};
 use sahara::{Error, Result};
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::common::{
-    progress_bar, DataArgs, Encoded, ModelArgs, OpArgs, SamplingArgs, TemplateArgs,
-};
+use crate::common::{progress_bar, DataArgs, ModelArgs, OpArgs, SamplingArgs, TemplateArgs};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -75,56 +75,30 @@ pub struct Args {
     pub quiet: bool,
 }
 
-/// The same kind of error with `prefix` in front of its message.
-fn prefixed(prefix: &str, e: Error) -> Error {
-    match e {
-        Error::Ablation(m) => Error::Ablation(format!("{prefix}: {m}")),
-        Error::InvalidArgument(m) => Error::InvalidArgument(format!("{prefix}: {m}")),
-        other => other,
-    }
-}
-
-fn eval_queries(encoded: Vec<Encoded>) -> Vec<EvalQuery> {
-    encoded
-        .into_iter()
-        .map(|e| EvalQuery {
-            index: e.index,
-            text: e.text,
-            tokens: e.tokens,
-        })
-        .collect()
-}
-
-/// Fingerprint of the queries used, as `common::queries_fingerprint` computes it.
-fn fingerprint(q: &[EvalQuery]) -> String {
-    let parts: Vec<&[u8]> = q.iter().map(|e| e.text.as_bytes()).collect();
-    sahara::io::runlog::fingerprint(&parts)
-}
-
 /// The conditions: the unmodified model, each --ablate list, then the --heads-from sets. A
 /// set of heads given twice is evaluated once.
 fn conditions(
     a: &Args,
     heads_file: Option<&HeadsFile>,
-    target: Target,
-    op: Op,
+    ablation: Ablation,
     cfg: &sahara::ModelConfig,
 ) -> Result<Vec<Condition>> {
-    let mut sets: Vec<(String, Vec<(usize, usize)>)> = Vec::new();
+    let mut sets: Vec<(String, HeadSet)> = Vec::new();
     for s in &a.ablate {
-        let heads = parse_heads(s).map_err(|e| prefixed(&format!("--ablate {s}"), e))?;
-        sets.push((format!("--ablate {s}"), heads));
+        let source = format!("--ablate {s}");
+        let heads = HeadSet::parse(s).map_err(|e| e.context(&source))?;
+        sets.push((source, heads));
     }
     if let (Some(f), Some(path)) = (heads_file, &a.heads_from) {
         for heads in f.head_sets(path, a.top, a.sweep)? {
-            sets.push((path.display().to_string(), heads));
+            sets.push((path.display().to_string(), HeadSet(heads)));
         }
     }
     let mut out = vec![Condition::unmodified()];
     let mut seen: HashSet<Vec<(usize, usize)>> = HashSet::new();
     for (source, heads) in sets {
-        let c = Condition::ablating(&heads, target, op, cfg).map_err(|e| prefixed(&source, e))?;
-        let mut key = heads.clone();
+        let c = Condition::ablating(&heads, ablation, cfg).map_err(|e| e.context(&source))?;
+        let mut key = heads.0.clone();
         key.sort_unstable();
         if !seen.insert(key) {
             if !a.quiet {
@@ -137,109 +111,40 @@ fn conditions(
     Ok(out)
 }
 
-/// A resumed line, checked against the run's queries and conditions. `None` when it
-/// belongs to a condition this run does not ask for.
-fn resumed(
-    line: &Value,
-    n: usize,
-    path: &Path,
-    conditions: &HashMap<&str, usize>,
-    queries: &[(Set, &[EvalQuery])],
-) -> Result<Option<Outcome>> {
-    let bad = |why: &str| {
-        Error::InvalidArgument(format!(
-            "{}: line {n} {why}; remove the file to start over",
-            path.display()
-        ))
-    };
-    let set: Set = line["set"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("has no valid \"set\""))?;
-    let name = line["condition"]
-        .as_str()
-        .ok_or_else(|| bad("has no \"condition\""))?;
-    let Some(&condition) = conditions.get(name) else {
-        return Ok(None);
-    };
-    let qs = queries
-        .iter()
-        .find(|(s, _)| *s == set)
-        .map(|(_, q)| *q)
-        .ok_or_else(|| {
-            bad(&format!(
-                "is a {} response, but no such set is given",
-                set.as_str()
-            ))
-        })?;
-    let index = line["index"]
-        .as_u64()
-        .ok_or_else(|| bad("has no \"index\""))? as usize;
-    let query = qs
-        .iter()
-        .position(|q| q.index == index)
-        .filter(|&p| line["query"].as_str() == Some(qs[p].text.as_str()))
-        .ok_or_else(|| {
-            bad(&format!(
-                "does not match {} query {} of the data",
-                set.as_str(),
-                index + 1
-            ))
-        })?;
-    let response = line["response"]
-        .as_str()
-        .ok_or_else(|| bad("has no \"response\""))?;
-    let refusal = line["refusal"]
-        .as_bool()
-        .ok_or_else(|| bad("has no \"refusal\""))?;
-    let first_token_kl = match set {
-        Set::Benign => Some(
-            line["first_token_kl"]
-                .as_f64()
-                .ok_or_else(|| bad("has no \"first_token_kl\""))?,
-        ),
-        Set::Harmful => None,
-    };
-    Ok(Some(Outcome {
-        set,
-        condition,
-        query,
-        response: response.to_string(),
-        refusal,
-        first_token_kl,
-    }))
-}
-
-fn line_of(g: &Generation, cond: &Condition, q: &EvalQuery) -> Value {
+fn line_of(g: &Generation, cond: &Condition, q: &EncodedQuery) -> EvalLine {
     let reason = g.verdict.reason.as_ref();
-    json!({
-        "set": g.set.as_str(),
-        "condition": cond.name,
-        "heads": cond.heads.iter().map(|&(l, h)| [l, h]).collect::<Vec<_>>(),
-        "index": q.index,
-        "query": q.text,
-        "prompt_tokens": q.tokens.len(),
-        "response": g.response,
-        "tokens": g.tokens,
-        "stop": if g.stopped_at_eos { "eos" } else { "length" },
-        "refusal": g.verdict.refusal,
-        "reason": reason.map(|r| r.rule()),
-        "matched": reason.and_then(|r| r.detail()),
-        "first_token_kl": g.first_token_kl,
-    })
+    EvalLine {
+        set: g.set,
+        condition: cond.name.clone(),
+        heads: HeadSet(cond.heads.clone()).pairs(),
+        index: q.index,
+        query: q.text.clone(),
+        prompt_tokens: q.tokens.len(),
+        response: g.response.clone(),
+        tokens: g.tokens.clone(),
+        stop: if g.stopped_at_eos { "eos" } else { "length" }.into(),
+        refusal: g.verdict.refusal,
+        reason: reason.map(|r| r.rule().to_string()),
+        matched: reason.and_then(|r| r.detail()).map(String::from),
+        first_token_kl: g.first_token_kl,
+    }
 }
 
 pub fn run(a: Args) -> Result<()> {
     let template = a.template.parse(&a.model)?;
-    let (target, op) = a.op.parse()?;
+    let ablation = a.op.parse()?;
     if a.max_new_tokens == 0 {
-        return Err(Error::InvalidArgument(
-            "--max-new-tokens must be at least 1".into(),
+        return Err(Error::out_of_range(
+            sahara::error::Setting::MaxNewTokens,
+            0,
+            "must be at least 1",
         ));
     }
     if a.batch_size == 0 {
-        return Err(Error::InvalidArgument(
-            "--batch-size must be at least 1".into(),
+        return Err(Error::out_of_range(
+            sahara::error::Setting::BatchSize,
+            0,
+            "must be at least 1",
         ));
     }
     let sampling = a.sampling.parse()?;
@@ -258,31 +163,28 @@ pub fn run(a: Args) -> Result<()> {
     };
     let model = a.model.load()?;
     let cfg = model.cfg().clone();
-    let conditions = conditions(&a, heads_file.as_ref(), target, op, &cfg)?;
+    let conditions = conditions(&a, heads_file.as_ref(), ablation, &cfg)?;
     if !a.quiet {
         if let Some(f) = &heads_file {
             let differs =
                 |file: &Option<String>, now: &str| file.as_deref().is_some_and(|x| x != now);
-            if differs(&f.target, target.as_str()) || differs(&f.mode, op.mode_str()) {
+            let (target, mode) = (ablation.target.as_str(), ablation.op.mode_str());
+            if differs(&f.target, target) || differs(&f.mode, mode) {
                 eprintln!(
                     "note: {} was computed with target {} mode {}; evaluating with target {} mode {}",
                     a.heads_from.as_ref().unwrap().display(),
                     f.target.as_deref().unwrap_or("?"),
                     f.mode.as_deref().unwrap_or("?"),
-                    target.as_str(),
-                    op.mode_str()
+                    target,
+                    mode
                 );
             }
         }
-        if target == Target::K && cfg.group_size() > 1 && conditions.len() > 1 {
-            eprintln!(
-                "note: target k ablates a key/value head shared by {} query heads",
-                cfg.group_size()
-            );
+        if let Some(note) = ablation.shared_note(&cfg).filter(|_| conditions.len() > 1) {
+            eprintln!("note: {note}");
         }
     }
-    let (_data, harmful) = a.data.encode(&model, &template)?;
-    let harmful = eval_queries(harmful);
+    let harmful = a.data.encode(&model, &template)?;
     let benign = match &a.benign {
         Some(b) => {
             let args = DataArgs {
@@ -290,11 +192,11 @@ pub fn run(a: Args) -> Result<()> {
                 column: a.benign_column.clone(),
                 limit: a.benign_limit,
             };
-            Some(eval_queries(args.encode(&model, &template)?.1))
+            Some(args.encode(&model, &template)?)
         }
         None => None,
     };
-    let mut sets: Vec<(Set, &[EvalQuery])> = vec![(Set::Harmful, &harmful)];
+    let mut sets: Vec<(Set, &[EncodedQuery])> = vec![(Set::Harmful, &harmful)];
     if let Some(b) = &benign {
         sets.push((Set::Benign, b));
     }
@@ -307,35 +209,27 @@ pub fn run(a: Args) -> Result<()> {
         Sampling::Sample { temperature, top_k } => json!({"kind": "sample",
             "temperature": temperature, "top_k": top_k, "seed": a.sampling.seed, "batch_size": a.batch_size}),
     };
-    let epsilon = match op {
-        Op::Scale(e) => json!(e),
-        Op::Mean => Value::Null,
-    };
     // The conditions are not part of the record: a rerun may add conditions to a run.
     let record = json!({
         "command": "eval",
         "model": model.spec,
         "model_fingerprint": model_fingerprint(&model.dir)?,
         "data": a.data.data,
-        "data_fingerprint": fingerprint(&harmful),
+        "data_fingerprint": queries_fingerprint(&harmful),
         "queries": harmful.len(),
         "benign": a.benign,
-        "benign_fingerprint": benign.as_ref().map(|b| fingerprint(b)),
+        "benign_fingerprint": benign.as_deref().map(queries_fingerprint),
         "benign_queries": benign.as_ref().map(Vec::len),
         "template": template.name(),
         "system": a.template.system,
-        "target": target.as_str(),
-        "mode": op.mode_str(),
-        "epsilon": epsilon,
+        "target": ablation.target.as_str(),
+        "mode": ablation.op.mode_str(),
+        "epsilon": ablation.op.epsilon(),
         "max_new_tokens": a.max_new_tokens,
         "sampling": sampling_record,
         "judge": judge.describe(),
         "dtype": a.model.dtype,
     });
-    let mut run = match &a.out {
-        Some(p) => Some(JsonlRun::open(p, &record)?),
-        None => None,
-    };
     let names: HashMap<&str, usize> = conditions
         .iter()
         .enumerate()
@@ -344,26 +238,22 @@ pub fn run(a: Args) -> Result<()> {
     let mut outcomes: Vec<Outcome> = Vec::new();
     let mut done: HashSet<(Set, usize, usize)> = HashSet::new();
     let mut other_conditions = 0usize;
-    if let Some(r) = &run {
-        for (i, line) in r.done.iter().enumerate() {
-            match resumed(line, i + 1, &r.path, &names, &sets)? {
+    let mut lines: Lines<EvalLine> =
+        Lines::open(a.out.as_deref(), &record, |_, line: &EvalLine| {
+            match line.outcome(&names, &sets)? {
                 Some(o) => {
                     if !done.insert((o.set, o.condition, o.query)) {
-                        return Err(Error::InvalidArgument(format!(
-                            "{}: line {} repeats an earlier response; remove the file to start over",
-                            r.path.display(),
-                            i + 1
-                        )));
+                        return Err("repeats an earlier response".into());
                     }
                     outcomes.push(o);
                 }
                 None => other_conditions += 1,
             }
-        }
-    }
+            Ok(())
+        })?;
     let total: usize = sets.iter().map(|(_, q)| q.len()).sum::<usize>() * conditions.len();
-    if let Some(r) = &run {
-        if !r.done.is_empty() && !a.quiet {
+    if let (Lines::File(r), false) = (&lines, a.quiet) {
+        if !r.done.is_empty() {
             eprintln!(
                 "resuming: {} of {} responses already in {}",
                 done.len(),
@@ -389,7 +279,7 @@ pub fn run(a: Args) -> Result<()> {
     };
     let pb = progress_bar((total - done.len()) as u64, a.quiet, "eval");
     let is_done = |s: Set, c: usize, q: usize| done.contains(&(s, c, q));
-    let query_of = |s: Set, q: usize| -> &EvalQuery {
+    let query_of = |s: Set, q: usize| -> &EncodedQuery {
         match s {
             Set::Harmful => &harmful[q],
             Set::Benign => &benign.as_ref().expect("benign set")[q],
@@ -412,11 +302,11 @@ pub fn run(a: Args) -> Result<()> {
                 ));
             }
             for g in &rows {
-                let line = line_of(g, &conditions[g.condition], query_of(g.set, g.query));
-                match &mut run {
-                    Some(r) => r.append(&line)?,
-                    None => println!("{line}"),
-                }
+                lines.push(&line_of(
+                    g,
+                    &conditions[g.condition],
+                    query_of(g.set, g.query),
+                ))?;
                 new_outcomes.push(Outcome::from(g));
             }
             pb.inc(rows.len() as u64);
@@ -431,28 +321,25 @@ pub fn run(a: Args) -> Result<()> {
         benign.as_ref().map(Vec::len),
         &outcomes,
     )?;
-    if let Some(out) = &a.out {
-        let v = json!({
-            "model": model.spec,
-            "data": a.data.data,
-            "queries": harmful.len(),
-            "benign": a.benign,
-            "benign_queries": benign.as_ref().map(Vec::len),
-            "template": template.name(),
-            "target": target.as_str(),
-            "mode": op.mode_str(),
-            "epsilon": epsilon,
-            "max_new_tokens": a.max_new_tokens,
-            "sampling": record["sampling"],
-            "judge": record["judge"],
-            "conditions": summary,
-        });
-        write_atomic(
-            &sibling(out, "summary.json"),
-            &serde_json::to_vec_pretty(&v).expect("JSON"),
-        )?;
-    }
     let table = table(&summary, harmful.len(), benign.as_ref().map(Vec::len));
+    if let Some(out) = &a.out {
+        let file = EvalSummary {
+            model: model.spec.clone(),
+            data: a.data.data.clone(),
+            queries: harmful.len(),
+            benign: a.benign.clone(),
+            benign_queries: benign.as_ref().map(Vec::len),
+            template: template.name(),
+            target: ablation.target,
+            mode: ablation.op.mode_str().into(),
+            epsilon: ablation.op.epsilon(),
+            max_new_tokens: a.max_new_tokens,
+            sampling: record["sampling"].clone(),
+            judge: record["judge"].clone(),
+            conditions: summary,
+        };
+        write_json(&sibling(out, "summary.json"), &file)?;
+    }
     match &a.out {
         Some(_) => print!("{table}"),
         None => eprint!("{table}"),

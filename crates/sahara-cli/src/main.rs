@@ -82,7 +82,7 @@ fn main() -> ExitCode {
                 .lines()
                 .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
                 .collect();
-            let msg = one_line(&msg.join("\n"));
+            let msg = sahara::error::one_line(&msg.join("\n"));
             eprintln!("error: {}", msg.trim_start_matches("error: "));
             return ExitCode::from(2);
         }
@@ -101,17 +101,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", one_line(&e.to_string()));
+            eprintln!("error: {}", common::render(&e));
             ExitCode::FAILURE
         }
     }
-}
-
-/// Errors are printed on one line.
-fn one_line(s: &str) -> String {
-    s.split('\n')
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
 }

@@ -158,19 +158,7 @@ fn parse_heads(s: &str) -> Result<Vec<(usize, usize)>> {
     if s.trim() == "none" {
         return Ok(vec![]);
     }
-    s.split(',')
-        .map(|p| {
-            let bad = || {
-                sahara::Error::InvalidArgument(format!(
-                    "--safety-heads: expected L:H, got {:?}",
-                    p.trim()
-                ))
-            };
-            let (l, h) = p.trim().split_once(':').ok_or_else(bad)?;
-            Ok((
-                l.trim().parse().map_err(|_| bad())?,
-                h.trim().parse().map_err(|_| bad())?,
-            ))
-        })
-        .collect()
+    Ok(sahara::model::ablation::HeadSet::parse(s)
+        .map_err(|e| e.context("--safety-heads"))?
+        .0)
 }

@@ -3,13 +3,15 @@
 use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
-use sahara::io::runlog::{sibling, write_atomic, JsonlRun};
+use sahara::error::Setting;
+use sahara::io::formats::{ShipsLine, ShipsSummary};
+use sahara::io::fs::write_json;
+use sahara::io::runlog::{sibling, Lines};
 use sahara::methods::ships::{
-    grid_from_json, parse_range, ships_scores, summarize, top_heads, HeadGrid, ShipsOptions,
-    Summary,
+    parse_range, ships_scores, summarize, top_heads, ShipsOptions, Summary,
 };
 use sahara::{Error, Result};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::common::{
     progress_bar, run_record, short_name, DataArgs, EngineArgs, ModelArgs, OpArgs, TemplateArgs,
@@ -50,10 +52,10 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let template = a.template.parse(&a.model)?;
-    let (target, op) = a.op.parse()?;
+    let ablation = a.op.parse()?;
     let engine = a.engine.parse()?;
     if a.top == 0 {
-        return Err(Error::InvalidArgument("--top must be at least 1".into()));
+        return Err(Error::out_of_range(Setting::Top, 0, "must be at least 1"));
     }
     if let Some(p) = &a.plot {
         sahara::io::plot::check_extension(p)?;
@@ -61,18 +63,16 @@ pub fn run(a: Args) -> Result<()> {
     let model = a.model.load()?;
     let cfg = model.cfg().clone();
     let mut opts = ShipsOptions::new(&cfg);
-    opts.target = target;
-    opts.op = op;
+    opts.ablation = ablation;
     opts.engine = engine;
     if let Some(l) = &a.layers {
-        opts.layers = parse_range(l, cfg.num_layers)?;
+        opts.layers = parse_range(Setting::Layers, l, cfg.num_layers)?;
     }
     if let Some(h) = &a.heads {
-        opts.heads = parse_range(h, cfg.num_heads)?;
+        opts.heads = parse_range(Setting::Heads, h, cfg.num_heads)?;
     }
     opts.validate(&cfg)?;
-    let (_data, queries) = a.data.encode(&model, &template)?;
-    let epsilon = op.epsilon_json();
+    let queries = a.data.encode(&model, &template)?;
     let mut record = run_record(
         "ships",
         &model,
@@ -81,34 +81,22 @@ pub fn run(a: Args) -> Result<()> {
         &queries,
         &template,
         &a.template.system,
-        target,
-        op,
+        ablation,
     )?;
     record["layers"] = json!([opts.layers.start, opts.layers.end]);
     record["heads"] = json!([opts.heads.start, opts.heads.end]);
     record["top"] = json!(a.top);
-    let mut run = match &a.out {
-        Some(p) => Some(JsonlRun::open(p, &record)?),
-        None => None,
-    };
-    let mut grids: Vec<HeadGrid> = Vec::new();
-    if let Some(r) = &run {
-        for (i, line) in r.done.iter().enumerate() {
-            let same_query = queries
-                .get(i)
-                .is_some_and(|q| line.get("index").and_then(Value::as_u64) == Some(q.index as u64));
-            match line.get("scores").and_then(grid_from_json).filter(|_| same_query) {
-                Some(g) => grids.push(g),
-                None => {
-                    return Err(Error::InvalidArgument(format!(
-                        "{}: line {} does not match query {i} of the data; remove the file to start over",
-                        r.path.display(),
-                        i + 1
-                    )))
-                }
-            }
-        }
-        if !r.done.is_empty() && !a.quiet {
+    let mut lines: Lines<ShipsLine> = Lines::open(
+        a.out.as_deref(),
+        &record,
+        |i, line: &ShipsLine| match queries.get(i) {
+            Some(q) if line.answers(q) => Ok(()),
+            _ => Err(format!("does not match query {i} of the data")),
+        },
+    )?;
+    let mut grids: Vec<_> = lines.done().iter().map(|l| l.scores.clone()).collect();
+    if let (Lines::File(r), false) = (&lines, a.quiet) {
+        if !r.done.is_empty() {
             eprintln!(
                 "resuming: {} of {} queries already in {}",
                 r.done.len(),
@@ -125,50 +113,40 @@ pub fn run(a: Args) -> Result<()> {
         let grid = ships_scores(&model.decoder, &q.tokens, &opts, &mut |n| {
             pb.set_position(base + n as u64)
         })?;
-        let top: Vec<Value> = top_heads(&grid, a.top)
-            .into_iter()
-            .map(|t| json!({"layer": t.layer, "head": t.head, "score": t.score}))
-            .collect();
-        let line = json!({
-            "index": q.index,
-            "query": q.text,
-            "prompt_tokens": q.tokens.len(),
-            "target": target.as_str(),
-            "mode": op.mode_str(),
-            "epsilon": epsilon,
-            "scores": grid,
-            "top": top,
-        });
-        match &mut run {
-            Some(r) => r.append(&line)?,
-            None => println!("{line}"),
-        }
+        lines.push(&ShipsLine {
+            index: q.index,
+            query: q.text.clone(),
+            prompt_tokens: q.tokens.len(),
+            target: ablation.target,
+            mode: ablation.op.mode_str().into(),
+            epsilon: ablation.op.epsilon(),
+            top: top_heads(&grid, a.top),
+            scores: grid.clone(),
+        })?;
         grids.push(grid);
     }
     pb.finish_and_clear();
     let summary = summarize(&grids, a.top);
     if let Some(out) = &a.out {
-        let path = sibling(out, "summary.json");
-        let mut v = serde_json::to_value(&summary).expect("summary serializes");
-        v["model"] = json!(model.spec);
-        v["data"] = json!(a.data.data);
-        v["target"] = json!(target.as_str());
-        v["mode"] = json!(op.mode_str());
-        v["epsilon"] = epsilon.clone();
-        if target == sahara::Target::K && cfg.group_size() > 1 {
-            v["note"] = json!(format!(
-                "target k ablates a key/value head shared by {} query heads; every head of a group has the group's score",
-                cfg.group_size()
-            ));
-        }
-        write_atomic(&path, &serde_json::to_vec_pretty(&v).expect("JSON"))?;
+        let file = ShipsSummary {
+            summary: summary.clone(),
+            model: model.spec.clone(),
+            data: a.data.data.clone(),
+            target: ablation.target,
+            mode: ablation.op.mode_str().into(),
+            epsilon: ablation.op.epsilon(),
+            note: ablation
+                .shared_note(&cfg)
+                .map(|n| format!("{n}; every head of a group has the group's score")),
+        };
+        write_json(&sibling(out, "summary.json"), &file)?;
     }
     print_summary(&summary, a.out.is_none());
     if let Some(p) = &a.plot {
         let title = format!(
             "Mean Ships ({} {}) - {} on {}",
-            target.as_str(),
-            op.mode_str(),
+            ablation.target.as_str(),
+            ablation.op.mode_str(),
             short_name(&model.spec),
             short_name(&a.data.data)
         );

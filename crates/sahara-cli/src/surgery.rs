@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
-use sahara::checkpoint::surgery::{surgery, SurgerySpec};
-use sahara::model::ablation::parse_heads;
+use sahara::checkpoint::surgery::{surgery, SurgeryPlan};
+use sahara::io::formats::HeadsFile;
+use sahara::model::ablation::HeadSet;
 use sahara::{Error, Result};
 
 use crate::common::OpArgs;
@@ -36,13 +37,15 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let (target, op) = a.op.parse()?;
+    let ablation = a.op.parse()?;
     let heads = match (&a.ablate, &a.heads_from) {
-        (Some(h), None) => parse_heads(h)?,
-        (None, Some(f)) => sahara::methods::eval::HeadsFile::read(f)?
-            .head_sets(f, a.top, false)?
-            .pop()
-            .expect("one head set without --sweep"),
+        (Some(h), None) => HeadSet::parse(h)?,
+        (None, Some(f)) => HeadSet(
+            HeadsFile::read(f)?
+                .head_sets(f, a.top, false)?
+                .pop()
+                .expect("one head set without --sweep"),
+        ),
         _ => {
             return Err(Error::InvalidArgument(
                 "give the heads with exactly one of --ablate L:H[,L:H…] or --heads-from FILE"
@@ -50,7 +53,7 @@ pub fn run(a: Args) -> Result<()> {
             ))
         }
     };
-    let spec = SurgerySpec { heads, target, op };
+    let spec = SurgeryPlan { heads, ablation };
     let gguf = sahara::checkpoint::gguf::is_gguf_path(&a.model);
     let r = if gguf {
         let src = std::path::Path::new(&a.model);
@@ -64,7 +67,7 @@ pub fn run(a: Args) -> Result<()> {
             "note: the source is a GGUF file; the output is a Hugging Face safetensors folder of the dequantized weights in float32 (GGUF output is not written)"
         );
     }
-    if target == sahara::Target::K {
+    if ablation.target == sahara::Target::K {
         let heads: Vec<String> = r
             .affected_heads
             .iter()

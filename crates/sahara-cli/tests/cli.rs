@@ -692,7 +692,7 @@ fn generate_bad_sampling_settings() {
     let fx = Fixture::new();
     gen_fails(&fx, &["--temperature=-1"], &["--temperature"]);
     gen_fails(&fx, &["--temperature", "nan"], &["--temperature"]);
-    gen_fails(&fx, &["--top-k", "0"], &["--top-k must be at least 1"]);
+    gen_fails(&fx, &["--top-k", "0"], &["--top-k 0", "must be at least 1"]);
 }
 
 #[test]

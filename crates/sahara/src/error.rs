@@ -1,5 +1,7 @@
 //! Typed errors of the library. Every variant names the file, tensor or value at fault so
-//! that the command-line tool can print it as one line.
+//! that the command-line tool can print it as one line. The library never names a
+//! command-line flag: a bad setting is a [`Setting`] that the caller turns into its own name
+//! for it (the CLI: a flag).
 
 use std::path::PathBuf;
 
@@ -61,13 +63,145 @@ pub enum Error {
     Data { path: PathBuf, message: String },
     #[error("cannot draw {path}: {message}")]
     Plot { path: PathBuf, message: String },
+    /// A setting out of its range.
+    #[error("{setting} {value} out of range: {allowed}")]
+    OutOfRange {
+        setting: Setting,
+        value: String,
+        allowed: String,
+    },
+    /// A setting that is not one of its choices, or not a number where one is needed.
+    #[error("{setting} {value}: {expected}")]
+    BadValue {
+        setting: Setting,
+        value: String,
+        expected: String,
+    },
+    /// A setting that does not go with another one.
+    #[error("{setting} {reason}")]
+    Conflict { setting: Setting, reason: String },
+    /// Too few queries for a dataset-level method.
+    #[error("generalized Ships needs at least {needed} queries, got {found} (an SVD of {found} row says nothing)")]
+    TooFewQueries { found: usize, needed: usize },
+    /// A model folder to write exists and is not empty.
+    #[error("{path} exists and is not empty")]
+    OutputNotEmpty { path: PathBuf },
+    /// A model folder to write is the folder it is made from.
+    #[error("{path} is the source folder; surgery never writes into its source")]
+    OutputIsSource { path: PathBuf },
+    /// An output that a resumed run cannot continue.
+    #[error("{path}{}: {reason}", line.map(|l| format!(": line {l}")).unwrap_or_default())]
+    ResumeMismatch {
+        path: PathBuf,
+        line: Option<usize>,
+        reason: String,
+    },
+    /// A written model that does not reproduce the in-memory ablation.
+    #[error("verification failed: the written model's logits differ from the in-memory ablation by {error:.3e} (relative), more than {tolerance:e}; nothing was written")]
+    Verification { error: f64, tolerance: f64 },
+    /// A numerical computation that failed (an SVD that did not converge, …).
+    #[error("numerical failure: {0}")]
+    Numerical(String),
+    /// An error with the input it concerns in front (`--ablate 0:9`, a heads file, …).
+    #[error("{context}: {source}")]
+    Context {
+        context: String,
+        #[source]
+        source: Box<Error>,
+    },
+    /// A call the library itself got wrong (an empty batch, mismatched rows); not a user input.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
 }
 
+/// The settings the library checks, in its own words; a caller names them its own way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting {
+    Layers,
+    Heads,
+    Rank,
+    Steps,
+    Top,
+    Epsilon,
+    Target,
+    Mode,
+    Engine,
+    BatchSize,
+    MemoryBudget,
+    Dtype,
+    Device,
+    MaxNewTokens,
+    Temperature,
+    TopK,
+    Template,
+    System,
+    Column,
+}
+
+impl Setting {
+    /// The library's name for the setting.
+    pub fn name(self) -> &'static str {
+        match self {
+            Setting::Layers => "layers",
+            Setting::Heads => "heads",
+            Setting::Rank => "rank",
+            Setting::Steps => "steps",
+            Setting::Top => "top",
+            Setting::Epsilon => "epsilon",
+            Setting::Target => "target",
+            Setting::Mode => "mode",
+            Setting::Engine => "engine",
+            Setting::BatchSize => "batch size",
+            Setting::MemoryBudget => "memory budget",
+            Setting::Dtype => "dtype",
+            Setting::Device => "device",
+            Setting::MaxNewTokens => "max new tokens",
+            Setting::Temperature => "temperature",
+            Setting::TopK => "top-k",
+            Setting::Template => "template",
+            Setting::System => "system message",
+            Setting::Column => "column",
+        }
+    }
+}
+
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl Error {
+    /// `value` of `setting` is out of range; `allowed` says what is.
+    pub fn out_of_range(
+        setting: Setting,
+        value: impl ToString,
+        allowed: impl Into<String>,
+    ) -> Self {
+        Error::OutOfRange {
+            setting,
+            value: value.to_string(),
+            allowed: allowed.into(),
+        }
+    }
+    /// `value` of `setting` is not one it takes; `expected` says which are.
+    pub fn bad_value(setting: Setting, value: impl ToString, expected: impl Into<String>) -> Self {
+        Error::BadValue {
+            setting,
+            value: value.to_string(),
+            expected: expected.into(),
+        }
+    }
+    /// This error with `context` (the input it concerns) in front.
+    pub fn context(self, context: impl Into<String>) -> Self {
+        Error::Context {
+            context: context.into(),
+            source: Box::new(self),
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
@@ -92,4 +226,13 @@ impl Error {
             message: message.into(),
         }
     }
+}
+
+/// A message on one line: its lines trimmed and joined by spaces, blank ones dropped.
+pub fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }

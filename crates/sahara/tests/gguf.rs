@@ -667,15 +667,17 @@ fn tiny_gguf_matches_transformers_gguf_loader() {
 
 #[test]
 fn surgery_from_a_gguf_writes_a_verified_hugging_face_folder() {
-    use sahara::checkpoint::surgery::SurgerySpec;
+    use sahara::checkpoint::surgery::SurgeryPlan;
     use sahara::model::ablation::{HeadAblation, Op, Target};
     let tmp = tempfile::tempdir().unwrap();
     let (path, _) = write_tiny_gguf(tmp.path(), &tiny_spec(64, 128), GgmlDType::Q8_0, |_| {});
     let out = tmp.path().join("out");
-    let spec = SurgerySpec {
-        heads: vec![(0, 1), (1, 3)],
-        target: Target::K,
-        op: Op::Mean,
+    let spec = SurgeryPlan {
+        heads: sahara::model::ablation::HeadSet(vec![(0, 1), (1, 3)]),
+        ablation: sahara::model::ablation::Ablation {
+            target: Target::K,
+            op: Op::Mean,
+        },
     };
     let r =
         sahara::checkpoint::gguf::export::surgery_from_gguf(&path, "tiny.gguf", &out, &spec, false)
@@ -688,11 +690,7 @@ fn surgery_from_a_gguf_writes_a_verified_hugging_face_folder() {
     let prompt = gguf.prompts.encode("Hi there", true).unwrap();
     assert_eq!(folder.prompts.encode("Hi there", true).unwrap(), prompt);
     let batch = Batch::new(&[prompt], 0, &Device::Cpu).unwrap();
-    let rows: Vec<Vec<HeadAblation>> = vec![spec
-        .heads
-        .iter()
-        .map(|&(l, h)| HeadAblation::new(l, h, spec.target, spec.op))
-        .collect()];
+    let rows: Vec<Vec<HeadAblation>> = vec![spec.ablation.of(&spec.heads.0)];
     let plan = sahara::AblationPlan::new(gguf.cfg(), &rows, DType::F32, &Device::Cpu).unwrap();
     let want = gguf
         .decoder
@@ -714,7 +712,6 @@ fn surgery_from_a_gguf_writes_a_verified_hugging_face_folder() {
     // Refuses to overwrite without force.
     let e =
         sahara::checkpoint::gguf::export::surgery_from_gguf(&path, "tiny.gguf", &out, &spec, false)
-            .unwrap_err()
-            .to_string();
-    assert!(e.contains("--force"), "{e}");
+            .unwrap_err();
+    assert!(matches!(&e, sahara::Error::OutputNotEmpty { .. }), "{e}");
 }

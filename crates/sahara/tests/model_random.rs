@@ -8,6 +8,7 @@ use common::*;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use sahara::checkpoint::random::{write_random_model, RandomSpec};
 use sahara::methods::generate::{generate, GenerateOptions};
+use sahara::model::Join;
 use sahara::{AblationPlan, Batch, ForwardSpec, HeadAblation, LoadedModel, Op, Positions, Target};
 
 fn model(arch: &str, f: impl FnOnce(&mut RandomSpec)) -> (tempfile::TempDir, LoadedModel) {
@@ -65,23 +66,39 @@ fn last_position_only_equals_the_full_forward() {
 }
 
 #[test]
-fn starting_from_a_layer_equals_the_full_forward() {
+fn rows_joining_at_a_layer_equal_the_full_forward() {
     for arch in ARCHS {
         let (_d, m) = model(arch, |_| {});
-        let p = vec![prompt(9, 2), prompt(9, 3)];
-        let batch = Batch::new(&p, 0, &Device::Cpu).unwrap();
+        let p = vec![prompt(9, 2), prompt(9, 2)];
+        let batch = Batch::new(&p[..1], 0, &Device::Cpu).unwrap();
         let mut spec = ForwardSpec::logits(Positions::All);
         spec.resid = true;
         let clean = m.decoder.forward(&batch, &spec, None).unwrap();
         assert_eq!(clean.resid.len(), m.cfg().num_layers);
         for l in 0..m.cfg().num_layers {
-            // Ablate a head at layer l in row 1 only; rows start from the clean stream at l.
-            let rows = vec![vec![], vec![HeadAblation::new(l, 2, Target::V, Op::Mean)]];
-            let plan = AblationPlan::new(m.cfg(), &rows, DType::F32, &Device::Cpu).unwrap();
-            let spec = ForwardSpec::logits(Positions::All).with_ablations(&plan);
+            // Row 0 runs from layer 0 unablated; row 1 joins at layer l from the clean
+            // stream, with a head of layer l ablated.
+            let rows = vec![vec![], vec![HeadAblation::new(l, 2, Target::Z, Op::Mean)]];
+            let plan = |n: usize| {
+                AblationPlan::new(m.cfg(), &rows[..n], DType::F32, &Device::Cpu).unwrap()
+            };
+            let joins = vec![
+                Join {
+                    layer: 0,
+                    resid: clean.resid[0].clone(),
+                    rows: 1,
+                    plan: plan(1),
+                },
+                Join {
+                    layer: l,
+                    resid: clean.resid[l].clone(),
+                    rows: 1,
+                    plan: plan(2),
+                },
+            ];
             let fast = m
                 .decoder
-                .forward_from(l, &clean.resid[l], &batch.pad, &spec)
+                .forward_joined(&joins, &ForwardSpec::logits(Positions::All))
                 .unwrap()
                 .logits
                 .unwrap();
@@ -120,8 +137,8 @@ fn per_row_ablations_equal_separate_runs() {
         vec![HeadAblation::new(1, 2, Target::Q, Op::Scale(1e-5))],
         vec![HeadAblation::new(0, 3, Target::K, Op::Mean)],
         vec![
-            HeadAblation::new(2, 0, Target::V, Op::Scale(0.0)),
-            HeadAblation::new(2, 1, Target::V, Op::Mean),
+            HeadAblation::new(2, 0, Target::Z, Op::Scale(0.0)),
+            HeadAblation::new(2, 1, Target::Z, Op::Mean),
         ],
     ];
     let batched = all_logits(&m, &vec![p.clone(); sets.len()], Some(&sets));
@@ -145,7 +162,7 @@ fn scale_by_one_is_exactly_the_unmodified_model() {
     let rows = vec![vec![
         HeadAblation::new(0, 1, Target::Q, Op::Scale(1.0)),
         HeadAblation::new(1, 1, Target::K, Op::Scale(1.0)),
-        HeadAblation::new(2, 1, Target::V, Op::Scale(1.0)),
+        HeadAblation::new(2, 1, Target::Z, Op::Scale(1.0)),
     ]];
     assert_eq!(max_abs_diff(&all_logits(&m, &p, Some(&rows)), &base), 0.0);
 }
@@ -278,14 +295,13 @@ fn prompts_longer_than_the_context_are_refused() {
 }
 
 #[test]
-fn the_differentiable_path_equals_the_fused_path_and_has_gradients() {
+fn tensors_that_track_gradients_take_ops_that_record_them_and_agree_with_the_fused_ones() {
     let (_d, m) = model("Qwen2ForCausalLM", |s| s.sliding_window = Some(4));
     let p = vec![prompt(9, 1), prompt(6, 2)];
     let rows = vec![vec![HeadAblation::new(1, 1, Target::Q, Op::Mean)], vec![]];
     let fused = all_logits(&m, &p, Some(&rows));
     let mut dec = m.decoder.clone();
-    dec.differentiable = true;
-    // Make every weight a variable so that gradients are recorded.
+    // Weights that are variables make every activation after them track gradients.
     let var = |t: &Tensor| candle_core::Var::from_tensor(t).unwrap();
     let embed = var(&dec.embed_tokens);
     dec.embed_tokens = embed.as_tensor().clone();

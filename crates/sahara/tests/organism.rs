@@ -116,8 +116,10 @@ fn sahara_heads() -> &'static Vec<(usize, usize)> {
     H.get_or_init(|| {
         let s = setup();
         let opts = SaharaOptions {
-            target: Target::Q,
-            op: Op::Scale(EPSILON),
+            ablation: sahara::model::ablation::Ablation {
+                target: Target::Q,
+                op: Op::Scale(EPSILON),
+            },
             rank: 1,
             steps: 3,
             engine: EngineOptions::default(),

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use sahara::checkpoint::safetensors::Weights;
-use sahara::checkpoint::surgery::{surgery, weights_hash, SurgerySpec};
+use sahara::checkpoint::surgery::{surgery, weights_hash, SurgeryPlan};
 use sahara::methods::generate::{generate, GenerateOptions};
 use sahara::model::ablation::{Op, Target};
 use sahara::{AblationPlan, Batch, ForwardSpec, HeadAblation, LoadedModel, Positions};
@@ -75,13 +75,13 @@ fn written_models_equal_the_in_memory_ablation_for_every_family_and_foldable_op(
             vec![
                 (Target::Q, Op::Scale(0.0)),
                 (Target::K, Op::Scale(0.0)),
-                (Target::V, Op::Scale(1e-5)),
+                (Target::Z, Op::Scale(1e-5)),
             ]
         } else {
             vec![
                 (Target::Q, Op::Scale(1e-5)),
                 (Target::K, Op::Scale(1e-5)),
-                (Target::V, Op::Scale(1e-5)),
+                (Target::Z, Op::Scale(1e-5)),
                 (Target::Q, Op::Mean),
                 (Target::K, Op::Mean),
             ]
@@ -89,18 +89,13 @@ fn written_models_equal_the_in_memory_ablation_for_every_family_and_foldable_op(
         for (target, op) in cases {
             let tmp = tempfile::tempdir().unwrap();
             let out = tmp.path().join("ablated");
-            let spec = SurgerySpec {
-                heads: vec![(0, 1), (1, 3)],
-                target,
-                op,
+            let spec = SurgeryPlan {
+                heads: sahara::model::ablation::HeadSet(vec![(0, 1), (1, 3)]),
+                ablation: sahara::model::ablation::Ablation { target, op },
             };
             let r = surgery(&src, name, &out, &spec, false).unwrap();
             let written = load(&out);
-            let abl: Vec<HeadAblation> = spec
-                .heads
-                .iter()
-                .map(|&(l, h)| HeadAblation::new(l, h, target, op))
-                .collect();
+            let abl: Vec<HeadAblation> = spec.ablation.of(&spec.heads.0);
             let d = rel_diff(&logits(&source, &ids, &abl), &logits(&written, &ids, &[]));
             assert!(
                 d <= 1e-5,
@@ -200,15 +195,20 @@ fn transformers_on_folded_weights_generates_what_sahara_generates_with_the_ablat
 #[test]
 fn scaling_queries_before_a_per_head_norm_is_refused_with_the_reason() {
     let tmp = tempfile::tempdir().unwrap();
-    let spec = SurgerySpec {
-        heads: vec![(0, 1)],
-        target: Target::Q,
-        op: Op::Scale(1e-5),
+    let spec = SurgeryPlan {
+        heads: sahara::model::ablation::HeadSet(vec![(0, 1)]),
+        ablation: sahara::model::ablation::Ablation {
+            target: Target::Q,
+            op: Op::Scale(1e-5),
+        },
     };
     let e = surgery(&fixture("qwen3"), "q", &tmp.path().join("o"), &spec, false)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("q_norm") && e.contains("--epsilon 0"), "{e}");
+    assert!(
+        e.contains("q_norm") && e.contains("Only epsilon 0 folds exactly"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -216,19 +216,23 @@ fn unfoldable_or_unsafe_requests_are_refused_and_leave_nothing_behind() {
     let src = fixture("llama_gqa");
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("o");
-    let v_mean = SurgerySpec {
-        heads: vec![(0, 0)],
-        target: Target::V,
-        op: Op::Mean,
+    let v_mean = SurgeryPlan {
+        heads: sahara::model::ablation::HeadSet(vec![(0, 0)]),
+        ablation: sahara::model::ablation::Ablation {
+            target: Target::Z,
+            op: Op::Mean,
+        },
     };
     let e = surgery(&src, "s", &out, &v_mean, false)
         .unwrap_err()
         .to_string();
     assert!(e.contains("mean on target v cannot be folded"), "{e}");
-    let bad_head = SurgerySpec {
-        heads: vec![(0, 9)],
-        target: Target::Q,
-        op: Op::Scale(0.0),
+    let bad_head = SurgeryPlan {
+        heads: sahara::model::ablation::HeadSet(vec![(0, 9)]),
+        ablation: sahara::model::ablation::Ablation {
+            target: Target::Q,
+            op: Op::Scale(0.0),
+        },
     };
     assert!(surgery(&src, "s", &out, &bad_head, false)
         .unwrap_err()
@@ -243,15 +247,18 @@ fn unfoldable_or_unsafe_requests_are_refused_and_leave_nothing_behind() {
     // A non-empty destination needs --force.
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("keep.txt"), "x").unwrap();
-    let ok = SurgerySpec {
-        heads: vec![(0, 0)],
-        target: Target::Q,
-        op: Op::Scale(0.0),
+    let ok = SurgeryPlan {
+        heads: sahara::model::ablation::HeadSet(vec![(0, 0)]),
+        ablation: sahara::model::ablation::Ablation {
+            target: Target::Q,
+            op: Op::Scale(0.0),
+        },
     };
-    let e = surgery(&src, "s", &out, &ok, false)
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("not empty") && e.contains("--force"), "{e}");
+    let e = surgery(&src, "s", &out, &ok, false).unwrap_err();
+    assert!(
+        matches!(&e, sahara::Error::OutputNotEmpty { path } if path == &out),
+        "{e}"
+    );
     assert!(out.join("keep.txt").exists());
     surgery(&src, "s", &out, &ok, true).unwrap();
     assert!(!out.join("keep.txt").exists() && out.join("model.safetensors").exists());
@@ -301,10 +308,12 @@ fn sharding_index_and_bf16_dtype_are_kept() {
     let index = serde_json::json!({"metadata": {}, "weight_map": map});
     std::fs::write(src.join("model.safetensors.index.json"), index.to_string()).unwrap();
     let out = tmp.path().join("out");
-    let spec = SurgerySpec {
-        heads: vec![(1, 2)],
-        target: Target::Q,
-        op: Op::Scale(1e-5),
+    let spec = SurgeryPlan {
+        heads: sahara::model::ablation::HeadSet(vec![(1, 2)]),
+        ablation: sahara::model::ablation::Ablation {
+            target: Target::Q,
+            op: Op::Scale(1e-5),
+        },
     };
     let r = surgery(&src, "sharded", &out, &spec, false).unwrap();
     assert!(r.verify_relative_difference <= 1e-2);

@@ -6,6 +6,8 @@ use std::path::Path;
 use rand::{Rng, SeedableRng};
 
 use crate::error::{Error, Result};
+use crate::io::fs::write_json;
+use crate::model::family::Family;
 
 /// The shape of a random model.
 #[derive(Debug, Clone)]
@@ -64,11 +66,8 @@ impl RandomSpec {
     }
 
     fn config_json(&self) -> serde_json::Value {
-        let model_type = match self.architecture.as_str() {
-            "MistralForCausalLM" => "mistral",
-            "Qwen2ForCausalLM" => "qwen2",
-            _ => "llama",
-        };
+        let family = Family::from_hf_class(&self.architecture);
+        let model_type = family.map_or("llama", |f| f.spec().model_type);
         let mut v = serde_json::json!({
             "architectures": [self.architecture],
             "model_type": model_type,
@@ -87,10 +86,10 @@ impl RandomSpec {
             "eos_token_id": 2,
             "torch_dtype": "float32",
         });
-        if model_type != "llama" {
+        if matches!(family, Some(Family::Mistral | Family::Qwen2)) {
             v["sliding_window"] = serde_json::json!(self.sliding_window);
         }
-        if model_type == "qwen2" {
+        if family == Some(Family::Qwen2) {
             v["use_sliding_window"] = serde_json::json!(self.sliding_window.is_some());
             v["max_window_layers"] = serde_json::json!(0);
         }
@@ -106,7 +105,7 @@ impl RandomSpec {
             self.num_kv_heads * hd,
             self.intermediate_size,
         );
-        let qwen = self.architecture == "Qwen2ForCausalLM";
+        let qwen = Family::from_hf_class(&self.architecture) == Some(Family::Qwen2);
         let mut t = vec![(
             "model.embed_tokens.weight".to_string(),
             vec![self.vocab_size, d],
@@ -235,14 +234,6 @@ pub fn word_level_tokenizer_json(
 }
 
 const CHAT_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}";
-
-fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(v).expect("JSON values serialize");
-    std::fs::write(path, text).map_err(|source| Error::Write {
-        path: path.to_path_buf(),
-        source,
-    })
-}
 
 /// Writes a random model folder.
 pub fn write_random_model(dir: &Path, spec: &RandomSpec) -> Result<()> {

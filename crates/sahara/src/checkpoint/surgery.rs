@@ -23,61 +23,54 @@ use safetensors::tensor::{Dtype as StDtype, TensorInfo};
 use serde_json::json;
 
 use crate::checkpoint::safetensors::Weights;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Setting};
+use crate::io::fs::{move_into_place, staging_folder, write_err, write_json};
 use crate::io::runlog::fingerprint;
-use crate::model::ablation::{AblationPlan, HeadAblation, Op, Target};
+use crate::model::ablation::{Ablation, AblationPlan, HeadAblation, HeadSet, Op, Target};
 use crate::model::config::ModelConfig;
 use crate::model::{Batch, ForwardSpec, Positions};
 use crate::LoadedModel;
 
-/// What surgery folds into the weights.
+/// What surgery folds into the weights: one ablation of a set of heads.
 #[derive(Debug, Clone)]
-pub struct SurgerySpec {
-    pub heads: Vec<(usize, usize)>,
-    pub target: Target,
-    pub op: Op,
+pub struct SurgeryPlan {
+    pub heads: HeadSet,
+    pub ablation: Ablation,
 }
 
-impl SurgerySpec {
-    /// Every query head the ablation changes, (layer, head) in order of first appearance: a
-    /// key ablation changes every query head of its key/value group.
+impl SurgeryPlan {
+    /// Every query head the ablation changes, (layer, head) in order of first appearance.
     pub fn affected_heads(&self, cfg: &ModelConfig) -> Vec<(usize, usize)> {
-        let mut affected: Vec<(usize, usize)> = Vec::new();
-        for a in self.ablations() {
-            for h in a.affected_query_heads(cfg) {
-                if !affected.contains(&(a.layer, h)) {
-                    affected.push((a.layer, h));
-                }
-            }
-        }
-        affected
+        self.ablation.changed_by(cfg, &self.heads.0)
     }
 
     pub(crate) fn ablations(&self) -> Vec<HeadAblation> {
-        self.heads
-            .iter()
-            .map(|&(l, h)| HeadAblation::new(l, h, self.target, self.op))
-            .collect()
+        self.ablation.of(&self.heads.0)
     }
 
     /// Checks heads and that the ablation can be folded exactly.
     pub fn validate(&self, cfg: &ModelConfig) -> Result<()> {
-        if self.heads.is_empty() {
-            return Err(Error::InvalidArgument("no heads to ablate".into()));
+        if self.heads.0.is_empty() {
+            return Err(Error::Ablation("no heads to ablate".into()));
         }
         for a in self.ablations() {
             a.validate(cfg)?;
         }
-        if cfg.qk_norm && self.target != Target::V && self.op != Op::Scale(0.0) {
-            return Err(Error::InvalidArgument(format!(
-                "this model normalizes each head's {}s (q_norm/k_norm) after the projection and before attention, and sahara ablates them after that norm so that a scaled query gives uniform attention; a norm shared by all heads cannot hold one head's factor, and scaling or averaging projection rows before the norm is undone by it. Only --epsilon 0 folds exactly (the head's rows set to zero); use it, or target v",
-                if self.target == Target::Q { "querie" } else { "key" }
-            )));
+        let (target, op) = (self.ablation.target, self.ablation.op);
+        if cfg.qk_norm && target != Target::Z && op != Op::Scale(0.0) {
+            return Err(Error::Conflict {
+                setting: Setting::Epsilon,
+                reason: format!(
+                    "cannot be folded exactly on this model: it normalizes each head's {}s (q_norm/k_norm) after the projection and before attention, and sahara ablates them after that norm so that a scaled query gives uniform attention; a norm shared by all heads cannot hold one head's factor, and scaling or averaging projection rows before the norm is undone by it. Only epsilon 0 folds exactly (the head's rows set to zero); use it, or target v",
+                    if target == Target::Q { "querie" } else { "key" }
+                ),
+            });
         }
-        if self.target == Target::V && self.op == Op::Mean {
-            return Err(Error::InvalidArgument(
-                "mode mean on target v cannot be folded into the weights exactly: it replaces a head's attention output by the mean of all heads' outputs, which no change of o_proj's columns or of any projection reproduces for every input; use --mode scale, or target q or k".into(),
-            ));
+        if target == Target::Z && op == Op::Mean {
+            return Err(Error::Conflict {
+                setting: Setting::Mode,
+                reason: "mean on target v cannot be folded into the weights exactly: it replaces a head's attention output by the mean of all heads' outputs, which no change of o_proj's columns or of any projection reproduces for every input; use mode scale, or target q or k".into(),
+            });
         }
         Ok(())
     }
@@ -122,7 +115,7 @@ pub(crate) enum Block {
     },
 }
 
-pub(crate) fn edits(cfg: &ModelConfig, spec: &SurgerySpec) -> BTreeMap<String, Edit> {
+pub(crate) fn edits(cfg: &ModelConfig, spec: &SurgeryPlan) -> BTreeMap<String, Edit> {
     let hd = cfg.head_dim;
     let mut out: BTreeMap<String, Edit> = BTreeMap::new();
     let mut add = |name: String, block: Block, columns: bool| {
@@ -140,7 +133,7 @@ pub(crate) fn edits(cfg: &ModelConfig, spec: &SurgerySpec) -> BTreeMap<String, E
         let (proj, unit, n) = match a.target {
             Target::Q => ("q_proj", a.head, cfg.num_heads),
             Target::K => ("k_proj", a.kv_head(cfg), cfg.num_kv_heads),
-            Target::V => ("o_proj", a.head, cfg.num_heads),
+            Target::Z => ("o_proj", a.head, cfg.num_heads),
         };
         if !seen.insert((a.layer, proj, unit)) {
             continue;
@@ -165,8 +158,8 @@ pub(crate) fn edits(cfg: &ModelConfig, spec: &SurgerySpec) -> BTreeMap<String, E
             },
         };
         let p = format!("model.layers.{}.self_attn.{proj}", a.layer);
-        add(format!("{p}.weight"), block, a.target == Target::V);
-        if a.target != Target::V && cfg.qkv_bias {
+        add(format!("{p}.weight"), block, a.target == Target::Z);
+        if a.target != Target::Z && cfg.qkv_bias {
             add(format!("{p}.bias"), block, false);
         }
     }
@@ -263,55 +256,6 @@ pub(crate) fn apply_edit(values: &mut [f64], shape: &[usize], edit: &Edit) {
     }
 }
 
-/// Checks that `out` may be written (absent, empty, or replaced with `force`) and creates a
-/// fresh temporary folder beside it, on the same file system, removed when the returned guard
-/// drops unless the caller moves the folder into place.
-pub(crate) fn staging_folder(out: &Path, force: bool) -> Result<(PathBuf, Cleanup)> {
-    if out.exists() {
-        let non_empty = std::fs::read_dir(out)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(true);
-        if non_empty && !force {
-            return Err(Error::InvalidArgument(format!(
-                "--out {} exists and is not empty; choose another folder or pass --force to replace it",
-                out.display()
-            )));
-        }
-    }
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(write_err(parent))?;
-    let tmp = parent.join(format!(
-        ".{}.sahara-tmp-{}",
-        out.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(write_err(&tmp))?;
-    Ok((tmp.clone(), Cleanup(Some(tmp))))
-}
-
-pub(crate) fn write_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |source| Error::Write {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-/// Removes a folder on drop unless disarmed: no half-written model is left behind.
-pub(crate) struct Cleanup(pub(crate) Option<PathBuf>);
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_dir_all(p);
-        }
-    }
-}
-
 /// Content hash of a folder's weight files (FNV-1a over their bytes, in name order).
 pub fn weights_hash(dir: &Path) -> Result<String> {
     let mut parts = Vec::new();
@@ -329,7 +273,7 @@ pub fn surgery(
     src: &Path,
     source: &str,
     out: &Path,
-    spec: &SurgerySpec,
+    spec: &SurgeryPlan,
     force: bool,
 ) -> Result<SurgeryReport> {
     let cfg = ModelConfig::from_file(&src.join("config.json"))?;
@@ -337,10 +281,9 @@ pub fn surgery(
     if out.exists() {
         let same = std::fs::canonicalize(out).ok() == std::fs::canonicalize(src).ok();
         if same {
-            return Err(Error::InvalidArgument(format!(
-                "--out {} is the source folder; surgery never writes into its source",
-                out.display()
-            )));
+            return Err(Error::OutputIsSource {
+                path: out.to_path_buf(),
+            });
         }
     }
     let (tmp, mut guard) = staging_folder(out, force)?;
@@ -426,9 +369,10 @@ pub fn surgery(
     drop(ablated);
     // NaN counts as a failure.
     if rel.is_nan() || rel > tolerance {
-        return Err(Error::InvalidArgument(format!(
-            "verification failed: the written model's logits differ from the in-memory ablation by {rel:.3e} (relative), more than {tolerance:e}; nothing was written"
-        )));
+        return Err(Error::Verification {
+            error: rel,
+            tolerance,
+        });
     }
 
     let affected = spec.affected_heads(&cfg);
@@ -437,11 +381,11 @@ pub fn surgery(
         "version": env!("CARGO_PKG_VERSION"),
         "source": source,
         "source_weights_hash": weights_hash(src)?,
-        "heads": spec.heads.iter().map(|&(l, h)| [l, h]).collect::<Vec<_>>(),
+        "heads": spec.heads.pairs(),
         "affected_query_heads": affected.iter().map(|&(l, h)| [l, h]).collect::<Vec<_>>(),
-        "target": spec.target.as_str(),
-        "mode": spec.op.mode_str(),
-        "epsilon": match spec.op { Op::Scale(e) => json!(e), Op::Mean => serde_json::Value::Null },
+        "target": spec.ablation.target.as_str(),
+        "mode": spec.ablation.op.mode_str(),
+        "epsilon": spec.ablation.op.epsilon(),
         "changed_tensors": edits.keys().collect::<Vec<_>>(),
         "changed_parameters": changed_parameters,
         "total_parameters": total_parameters,
@@ -449,8 +393,7 @@ pub fn surgery(
         "verify_relative_difference": rel,
     });
     let rec_path = tmp.join("sahara-surgery.json");
-    std::fs::write(&rec_path, serde_json::to_vec_pretty(&record).expect("JSON"))
-        .map_err(write_err(&rec_path))?;
+    write_json(&rec_path, &record)?;
 
     move_into_place(&tmp, out, &mut guard)?;
     Ok(SurgeryReport {
@@ -461,28 +404,6 @@ pub fn surgery(
         verify_relative_difference: rel,
         affected_heads: affected,
     })
-}
-
-/// Renames the finished temporary folder (from [`staging_folder`]) to `out`; an existing
-/// destination (with --force) is moved aside, beside them, first and removed after, or put
-/// back if the rename fails.
-pub(crate) fn move_into_place(tmp: &Path, out: &Path, guard: &mut Cleanup) -> Result<()> {
-    let parent = tmp.parent().unwrap_or(Path::new("."));
-    let aside = parent.join(format!(".sahara-old-{}", std::process::id()));
-    if out.exists() {
-        std::fs::rename(out, &aside).map_err(write_err(out))?;
-    }
-    if let Err(e) = std::fs::rename(tmp, out) {
-        if aside.exists() {
-            let _ = std::fs::rename(&aside, out);
-        }
-        return Err(write_err(out)(e));
-    }
-    guard.0 = None;
-    if aside.exists() {
-        let _ = std::fs::remove_dir_all(&aside);
-    }
-    Ok(())
 }
 
 /// max |Δlogit| / max |logit| on a probe prompt between `source` run with `ablations` in

@@ -11,7 +11,8 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::FontStyle;
 
 use crate::error::{Error, Result};
-use crate::io::plot::{check_extension, encode_png, register_embedded_font, write_atomic, FONT};
+use crate::io::fs::write_atomic;
+use crate::io::plot::{check_extension, encode_png, register_embedded_font, FONT};
 
 /// One head's attention pattern to draw.
 #[derive(Debug, Clone, Copy)]

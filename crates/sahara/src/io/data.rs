@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::error::{Error, Result};
+use crate::error::{one_line, Error, Result};
 
 /// Column (or key) names tried in order when the caller names none.
 pub const DEFAULT_COLUMNS: [&str; 5] = ["input", "goal", "Goal", "prompt", "query"];
@@ -305,11 +305,6 @@ fn parse_text(text: &str) -> Vec<String> {
         .filter(|l| !l.trim().is_empty())
         .map(str::to_string)
         .collect()
-}
-
-/// Keeps an error message on one line.
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]

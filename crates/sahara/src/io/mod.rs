@@ -3,6 +3,8 @@
 
 pub mod attention_plot;
 pub mod data;
+pub mod formats;
+pub mod fs;
 pub mod plot;
 pub mod prompt;
 pub mod runlog;

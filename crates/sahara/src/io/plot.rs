@@ -10,7 +10,7 @@
 //! needed.
 
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
 use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint, Ranged};
@@ -21,7 +21,8 @@ use plotters::style::colors::colormaps::ViridisRGB;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use plotters::style::{register_font, FontStyle};
 
-use crate::error::{Error, Result};
+use crate::error::{one_line, Error, Result};
+use crate::io::fs::write_atomic;
 
 /// DejaVu Sans (Bitstream Vera license, see `assets/DejaVuSans-LICENSE.txt`).
 static FONT_TTF: &[u8] = include_bytes!(concat!(
@@ -92,23 +93,6 @@ pub fn write_heatmap(path: &Path, map: &Heatmap) -> Result<()> {
         encode_png(&rgb, w, h).map_err(|m| Error::plot(path, m))?
     };
     write_atomic(path, &bytes)
-}
-
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    if let Err(source) = std::fs::write(&tmp, bytes) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::Write { path: tmp, source });
-    }
-    std::fs::rename(&tmp, path).map_err(|source| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::Write {
-            path: path.to_path_buf(),
-            source,
-        }
-    })
 }
 
 pub(crate) fn encode_png(rgb: &[u8], w: u32, h: u32) -> std::result::Result<Vec<u8>, String> {
@@ -362,10 +346,6 @@ impl Ranged for CellAxis {
 /// Drawing errors of any backend, as one line.
 fn de<E: std::error::Error + Send + Sync>(e: DrawingAreaErrorKind<E>) -> String {
     one_line(&e.to_string())
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn draw<DB: DrawingBackend>(

@@ -10,6 +10,15 @@ use serde_json::Value as Json;
 
 use crate::error::{Error, Result};
 
+/// A query of a data file and its prompt tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedQuery {
+    /// Its index in the data file (0-based).
+    pub index: usize,
+    pub text: String,
+    pub tokens: Vec<u32>,
+}
+
 /// How a query becomes a prompt.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Template {
@@ -462,6 +471,38 @@ impl PromptEncoder {
             return Err(Error::Prompt(format!("{query:?} encodes to no tokens")));
         }
         Ok((text, ids))
+    }
+
+    /// Encodes every query of a data file up front, so that a bad query stops a run before
+    /// any output is written; `source` names the file in errors, `context` is the model's
+    /// context length.
+    pub fn encode_queries(
+        &self,
+        template: &Template,
+        queries: &[crate::io::data::Query],
+        source: &str,
+        context: usize,
+    ) -> Result<Vec<EncodedQuery>> {
+        queries
+            .iter()
+            .map(|q| {
+                let (_, tokens) = self.encode_query(template, &q.text).map_err(|e| {
+                    Error::Prompt(format!("query {} of {source}: {e}", q.index + 1))
+                })?;
+                if tokens.len() > context {
+                    return Err(Error::Prompt(format!(
+                        "query {} of {source} has {} tokens, more than the model's context of {context}",
+                        q.index + 1,
+                        tokens.len()
+                    )));
+                }
+                Ok(EncodedQuery {
+                    index: q.index,
+                    text: q.text.clone(),
+                    tokens,
+                })
+            })
+            .collect()
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {

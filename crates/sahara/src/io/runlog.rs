@@ -9,9 +9,12 @@ use std::hash::Hasher;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::io::fs::{write_err, write_json};
 
 /// The sibling of `out` with the given suffix: `ships.jsonl` -> `ships.run.json`.
 pub fn sibling(out: &Path, suffix: &str) -> PathBuf {
@@ -22,90 +25,96 @@ pub fn sibling(out: &Path, suffix: &str) -> PathBuf {
     out.with_file_name(format!("{stem}.{suffix}"))
 }
 
-/// Writes a file atomically: a temporary beside it, synced, then renamed into place.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = sibling(path, "tmp");
-    let tmp = tmp.with_file_name(format!(
-        ".{}.{}",
-        tmp.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
-    let w = |e| Error::Write {
-        path: path.to_path_buf(),
-        source: e,
+/// Claims `out` for a run described by `record`, the one rule of every resumable command:
+/// when `out` is absent or empty, the record is written beside it and `false` returned (a
+/// fresh run); otherwise the record beside it must equal `record`, and `true` is returned (a
+/// run to resume). A file without a record, or with another one, is refused.
+pub fn claim(out: &Path, record: &Value) -> Result<bool> {
+    let record_path = sibling(out, "run.json");
+    let exists = std::fs::metadata(out).map(|m| m.len() > 0).unwrap_or(false);
+    if !exists {
+        write_json(&record_path, record)?;
+        return Ok(false);
+    }
+    let mismatch = |reason: String| Error::ResumeMismatch {
+        path: out.to_path_buf(),
+        line: None,
+        reason,
     };
-    let mut f = File::create(&tmp).map_err(w)?;
-    f.write_all(bytes).map_err(w)?;
-    f.sync_all().map_err(w)?;
-    std::fs::rename(&tmp, path).map_err(w)
+    let text = std::fs::read_to_string(&record_path).map_err(|_| {
+        mismatch(format!(
+            "exists but its run record {} is missing: it was not written by this command; remove it to start over",
+            record_path.display()
+        ))
+    })?;
+    let old: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+        path: record_path.clone(),
+        source,
+    })?;
+    if let Some(diff) = first_difference(&old, record) {
+        return Err(mismatch(format!(
+            "holds an earlier run with other settings ({diff}); remove it and {} to start over",
+            record_path.display()
+        )));
+    }
+    Ok(true)
 }
 
-/// An append-only JSON Lines output that survives interruption.
-pub struct JsonlRun {
+/// An append-only JSON Lines output of lines `T` that survives interruption.
+pub struct JsonlRun<T> {
     pub path: PathBuf,
     file: File,
-    /// Lines already in the file when the run was opened, in order.
-    pub done: Vec<Value>,
+    /// Lines already in the file when the run was opened, in order, each checked.
+    pub done: Vec<T>,
 }
 
-impl JsonlRun {
-    /// Opens `path` for a run described by `record`. A fresh file is started when `path`
-    /// does not exist or is empty; otherwise its run record must equal `record`.
-    pub fn open(path: &Path, record: &Value) -> Result<Self> {
-        let record_path = sibling(path, "run.json");
-        let exists = path.exists()
-            && std::fs::metadata(path)
-                .map(|m| m.len() > 0)
-                .unwrap_or(false);
-        if exists {
-            let text = std::fs::read_to_string(&record_path).map_err(|_| {
-                Error::InvalidArgument(format!(
-                    "{} exists but its run record {} is missing: it was not written by this command; choose another --out or remove it",
-                    path.display(),
-                    record_path.display()
-                ))
-            })?;
-            let old: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
-                path: record_path.clone(),
-                source,
-            })?;
-            if let Some(diff) = first_difference(&old, record) {
-                return Err(Error::InvalidArgument(format!(
-                    "{} holds an earlier run with other settings ({diff}); choose another --out or remove it and {}",
-                    path.display(),
-                    record_path.display()
-                )));
-            }
-        } else {
-            let bytes = serde_json::to_vec_pretty(record).expect("JSON values serialize");
-            write_atomic(&record_path, &bytes)?;
-        }
+impl<T: Serialize + DeserializeOwned> JsonlRun<T> {
+    /// Opens `path` for a run described by `record` (see [`claim`]). The complete lines
+    /// already there are read back as `T` and each passed to `check` with its 0-based number,
+    /// which says why a line does not belong to this run; a partial last line (a kill while
+    /// writing it) is discarded.
+    pub fn open(
+        path: &Path,
+        record: &Value,
+        mut check: impl FnMut(usize, &T) -> std::result::Result<(), String>,
+    ) -> Result<Self> {
+        claim(path, record)?;
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .open(path)
-            .map_err(|e| Error::Write {
-                path: path.to_path_buf(),
-                source: e,
-            })?;
+            .map_err(write_err(path))?;
         let mut text = String::new();
         file.read_to_string(&mut text)
             .map_err(|e| Error::io(path, e))?;
+        let mismatch = |line: usize, reason: String| Error::ResumeMismatch {
+            path: path.to_path_buf(),
+            line: Some(line),
+            reason,
+        };
         let mut done = Vec::new();
         let mut good = 0usize;
         let mut rest = text.as_str();
         while let Some(nl) = rest.find('\n') {
             let line = &rest[..nl];
+            let n = done.len();
             match serde_json::from_str::<Value>(line) {
-                Ok(v) => done.push(v),
+                Ok(v) => {
+                    let t: T = serde_json::from_value(v).map_err(|e| {
+                        mismatch(n + 1, format!("is not a line of this command ({e}); remove the file to start over"))
+                    })?;
+                    check(n, &t).map_err(|why| {
+                        mismatch(n + 1, format!("{why}; remove the file to start over"))
+                    })?;
+                    done.push(t);
+                }
                 Err(_) if rest[nl + 1..].trim().is_empty() => break,
                 Err(e) => {
-                    return Err(Error::InvalidArgument(format!(
-                        "{}: line {} is corrupt ({e}); remove the file to start over",
-                        path.display(),
-                        done.len() + 1
-                    )))
+                    return Err(mismatch(
+                        n + 1,
+                        format!("is corrupt ({e}); remove the file to start over"),
+                    ))
                 }
             }
             good += nl + 1;
@@ -113,10 +122,7 @@ impl JsonlRun {
         }
         if good < text.len() {
             // Discard the partial last line.
-            file.set_len(good as u64).map_err(|e| Error::Write {
-                path: path.to_path_buf(),
-                source: e,
-            })?;
+            file.set_len(good as u64).map_err(write_err(path))?;
             file.seek(SeekFrom::End(0))
                 .map_err(|e| Error::io(path, e))?;
         }
@@ -128,16 +134,55 @@ impl JsonlRun {
     }
 
     /// Appends one line and syncs it to disk.
-    pub fn append(&mut self, v: &Value) -> Result<()> {
-        let mut line = serde_json::to_string(v).expect("JSON values serialize");
-        line.push('\n');
-        let w = |e| Error::Write {
-            path: self.path.clone(),
-            source: e,
-        };
-        self.file.write_all(line.as_bytes()).map_err(w)?;
-        self.file.sync_data().map_err(w)?;
+    pub fn append(&mut self, line: &T) -> Result<()> {
+        let mut text = serde_json::to_string(line).expect("output lines serialize");
+        text.push('\n');
+        let w = write_err(&self.path);
+        self.file.write_all(text.as_bytes()).map_err(&w)?;
+        self.file.sync_data().map_err(&w)?;
         Ok(())
+    }
+}
+
+/// Lines of a resumable run: appended to its file, or printed on stdout without one.
+pub enum Lines<T> {
+    File(JsonlRun<T>),
+    Stdout,
+}
+
+impl<T: Serialize + DeserializeOwned> Lines<T> {
+    /// The run's lines go to `out` when given (resuming it, see [`JsonlRun::open`]).
+    pub fn open(
+        out: Option<&Path>,
+        record: &Value,
+        check: impl FnMut(usize, &T) -> std::result::Result<(), String>,
+    ) -> Result<Self> {
+        Ok(match out {
+            Some(p) => Lines::File(JsonlRun::open(p, record, check)?),
+            None => Lines::Stdout,
+        })
+    }
+
+    /// Lines already written by an earlier run.
+    pub fn done(&self) -> &[T] {
+        match self {
+            Lines::File(r) => &r.done,
+            Lines::Stdout => &[],
+        }
+    }
+
+    /// Writes one line.
+    pub fn push(&mut self, line: &T) -> Result<()> {
+        match self {
+            Lines::File(r) => r.append(line),
+            Lines::Stdout => {
+                println!(
+                    "{}",
+                    serde_json::to_string(line).expect("output lines serialize")
+                );
+                Ok(())
+            }
+        }
     }
 }
 
@@ -156,6 +201,12 @@ fn first_difference(old: &Value, new: &Value) -> Option<String> {
     a.keys()
         .find(|k| !b.contains_key(*k))
         .map(|k| format!("{k} is no longer set"))
+}
+
+/// Fingerprint of the queries a run used (their texts, in order).
+pub fn queries_fingerprint(queries: &[crate::io::prompt::EncodedQuery]) -> String {
+    let parts: Vec<&[u8]> = queries.iter().map(|q| q.text.as_bytes()).collect();
+    fingerprint(&parts)
 }
 
 /// A 64-bit FNV-1a fingerprint, as 16 hex digits.
@@ -213,7 +264,7 @@ mod tests {
         let out = dir.path().join("r.jsonl");
         let rec = json!({"model": "m", "epsilon": 1e-5});
         {
-            let mut r = JsonlRun::open(&out, &rec).unwrap();
+            let mut r = JsonlRun::<Value>::open(&out, &rec, |_, _| Ok(())).unwrap();
             assert!(r.done.is_empty());
             r.append(&json!({"index": 0})).unwrap();
             r.append(&json!({"index": 1})).unwrap();
@@ -222,7 +273,7 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&out).unwrap();
         f.write_all(b"{\"index\": 2, \"sco").unwrap();
         drop(f);
-        let mut r = JsonlRun::open(&out, &rec).unwrap();
+        let mut r = JsonlRun::<Value>::open(&out, &rec, |_, _| Ok(())).unwrap();
         assert_eq!(r.done, vec![json!({"index": 0}), json!({"index": 1})]);
         r.append(&json!({"index": 2})).unwrap();
         let text = std::fs::read_to_string(&out).unwrap();
@@ -233,9 +284,9 @@ mod tests {
     fn other_settings_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("r.jsonl");
-        let mut r = JsonlRun::open(&out, &json!({"model": "a"})).unwrap();
+        let mut r = JsonlRun::<Value>::open(&out, &json!({"model": "a"}), |_, _| Ok(())).unwrap();
         r.append(&json!({"index": 0})).unwrap();
-        let e = JsonlRun::open(&out, &json!({"model": "b"}))
+        let e = JsonlRun::<Value>::open(&out, &json!({"model": "b"}), |_, _| Ok(()))
             .err()
             .unwrap()
             .to_string();
@@ -243,7 +294,7 @@ mod tests {
         // A foreign file without run record is refused too.
         let foreign = dir.path().join("f.jsonl");
         std::fs::write(&foreign, "{}\n").unwrap();
-        assert!(JsonlRun::open(&foreign, &json!({})).is_err());
+        assert!(JsonlRun::<Value>::open(&foreign, &json!({}), |_, _| Ok(())).is_err());
     }
 
     #[test]

@@ -25,51 +25,22 @@
 //! batch size. Greedy responses do not depend on the batch size (tested token for token).
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use candle_core::{IndexOp, Tensor};
-use serde::Serialize;
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
-use crate::methods::engine::kl_divergence;
+use crate::error::{Error, Result, Setting};
+use crate::io::prompt::EncodedQuery;
 use crate::methods::generate::{generate, GenerateOptions};
 use crate::methods::judge::{Judge, Verdict};
-use crate::model::ablation::{AblationPlan, HeadAblation, Op, Target};
+use crate::methods::metrics::{kl_divergence, wilson};
+use crate::model::ablation::{Ablation, AblationPlan, HeadAblation, HeadSet};
 use crate::model::config::ModelConfig;
 use crate::model::{Batch, Decoder, ForwardSpec, Positions};
 use crate::LoadedModel;
 
-/// z of a two-sided 95% normal interval.
-pub const Z95: f64 = 1.959963984540054;
-
-/// The 95% Wilson score interval of a proportion of `k` successes in `n` trials. With
-/// `n = 0` nothing is known and the interval is (0, 1).
-pub fn wilson(k: usize, n: usize) -> (f64, f64) {
-    if n == 0 {
-        return (0.0, 1.0);
-    }
-    let (k, nf) = (k.min(n) as f64, n as f64);
-    let p = k / nf;
-    let z2 = Z95 * Z95;
-    let denom = 1.0 + z2 / nf;
-    let center = (p + z2 / (2.0 * nf)) / denom;
-    let half = Z95 / denom * (p * (1.0 - p) / nf + z2 / (4.0 * nf * nf)).sqrt();
-    let lo = if k == 0.0 {
-        0.0
-    } else {
-        (center - half).max(0.0)
-    };
-    let hi = if k == nf {
-        1.0
-    } else {
-        (center + half).min(1.0)
-    };
-    (lo, hi)
-}
-
 /// Which queries a generation answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Set {
     /// The harmful queries: their ASR is measured.
@@ -121,203 +92,24 @@ impl Condition {
         }
     }
 
-    /// The model with `heads` ablated by `op` on `target`, checked against the model: every
-    /// head must exist and appear once.
-    pub fn ablating(
-        heads: &[(usize, usize)],
-        target: Target,
-        op: Op,
-        cfg: &ModelConfig,
-    ) -> Result<Self> {
-        if heads.is_empty() {
-            return Err(Error::InvalidArgument(
-                "a condition ablates no heads".into(),
-            ));
+    /// The model with `heads` ablated by `ablation`, checked against the model: every head
+    /// must exist and appear once.
+    pub fn ablating(heads: &HeadSet, ablation: Ablation, cfg: &ModelConfig) -> Result<Self> {
+        if heads.0.is_empty() {
+            return Err(Error::Ablation("a condition ablates no heads".into()));
         }
-        let mut ablations = Vec::with_capacity(heads.len());
-        for (i, &(l, h)) in heads.iter().enumerate() {
-            if heads[..i].contains(&(l, h)) {
-                return Err(Error::Ablation(format!("head {l}:{h} is listed twice")));
-            }
-            let a = HeadAblation::new(l, h, target, op);
-            a.validate(cfg)
-                .map_err(|e| Error::Ablation(format!("head {l}:{h}: {}", strip_kind(&e))))?;
-            ablations.push(a);
-        }
+        heads.check(cfg)?;
+        ablation.op.validate()?;
         Ok(Condition {
-            name: heads_name(heads),
-            heads: heads.to_vec(),
-            ablations,
+            name: heads.name(),
+            heads: heads.0.clone(),
+            ablations: ablation.of(&heads.0),
         })
     }
 
     pub fn is_unmodified(&self) -> bool {
         self.heads.is_empty()
     }
-}
-
-fn strip_kind(e: &Error) -> String {
-    match e {
-        Error::Ablation(m) | Error::InvalidArgument(m) => m.clone(),
-        other => other.to_string(),
-    }
-}
-
-/// `L:H,L:H…`
-pub fn heads_name(heads: &[(usize, usize)]) -> String {
-    heads
-        .iter()
-        .map(|(l, h)| format!("{l}:{h}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// Which command wrote a heads file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HeadsKind {
-    /// `sahara attribute --out FILE.json`: the heads chosen by the Sahara search, in order.
-    Attribute,
-    /// `FILE.summary.json` of `sahara ships --out FILE.jsonl`: heads by mean Ships.
-    ShipsSummary,
-}
-
-/// Ranked heads read from an `attribute` output or a `ships` summary.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HeadsFile {
-    pub kind: HeadsKind,
-    /// Best first.
-    pub heads: Vec<(usize, usize)>,
-    /// The ablation target and mode the file was computed with, when it says.
-    pub target: Option<String>,
-    pub mode: Option<String>,
-}
-
-const HEADS_FILE_EXPECTED: &str = "expected the JSON output of `sahara attribute --out FILE.json` (with \"selected\") or the summary FILE.summary.json of `sahara ships` (with \"by_mean\")";
-
-impl HeadsFile {
-    pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::parse(path, &text)
-    }
-
-    /// Parses a heads file's text; `path` names it in errors.
-    pub fn parse(path: &Path, text: &str) -> Result<Self> {
-        let bad = |what: String| Error::data(path, format!("{what}; {HEADS_FILE_EXPECTED}"));
-        let text = text.trim_start_matches('\u{feff}');
-        let v: Value = serde_json::from_str(text).map_err(|e| {
-            // The per-query lines of `ships` are the likeliest mistake.
-            let first: Option<Value> = text.lines().next().and_then(|l| serde_json::from_str(l).ok());
-            if first.is_some_and(|f| f.get("scores").is_some() && f.get("top").is_some()) {
-                Error::data(
-                    path,
-                    "holds the per-query lines of `sahara ships`; pass the summary beside it (FILE.summary.json)",
-                )
-            } else {
-                bad(format!("not a JSON document ({e})"))
-            }
-        })?;
-        let Some(obj) = v.as_object() else {
-            return Err(bad("not a JSON object".into()));
-        };
-        let index = |x: &Value| x.as_u64().map(|n| n as usize);
-        let (kind, heads) = if let Some(sel) = obj.get("selected") {
-            let list = sel
-                .as_array()
-                .ok_or_else(|| bad("\"selected\" is not a list".into()))?;
-            let heads = list
-                .iter()
-                .enumerate()
-                .map(|(i, p)| {
-                    p.as_array()
-                        .filter(|a| a.len() == 2)
-                        .and_then(|a| Some((index(&a[0])?, index(&a[1])?)))
-                        .ok_or_else(|| {
-                            bad(format!(
-                                "\"selected\" item {} is {p}, not [layer, head]",
-                                i + 1
-                            ))
-                        })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            (HeadsKind::Attribute, heads)
-        } else if let Some(ranked) = obj.get("by_mean") {
-            let list = ranked
-                .as_array()
-                .ok_or_else(|| bad("\"by_mean\" is not a list".into()))?;
-            let heads = list
-                .iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    let pair = || Some((index(r.get("layer")?)?, index(r.get("head")?)?));
-                    pair().ok_or_else(|| {
-                        bad(format!(
-                            "\"by_mean\" item {} lacks a non-negative \"layer\" and \"head\"",
-                            i + 1
-                        ))
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            (HeadsKind::ShipsSummary, heads)
-        } else {
-            return Err(bad("no \"selected\" or \"by_mean\" field".to_string()));
-        };
-        if heads.is_empty() {
-            return Err(Error::data(path, "lists no heads"));
-        }
-        let text_of = |k: &str| obj.get(k).and_then(Value::as_str).map(String::from);
-        Ok(HeadsFile {
-            kind,
-            heads,
-            target: text_of("target"),
-            mode: text_of("mode"),
-        })
-    }
-
-    /// The head sets to evaluate: the first `top` heads (all of an `attribute` output's when
-    /// `top` is `None`; a `ships` summary ranks every head and needs `top`), or with `sweep`
-    /// every prefix 1..=top as its own set.
-    pub fn head_sets(
-        &self,
-        path: &Path,
-        top: Option<usize>,
-        sweep: bool,
-    ) -> Result<Vec<Vec<(usize, usize)>>> {
-        let n = self.heads.len();
-        let k = match (top, self.kind) {
-            (Some(0), _) => {
-                return Err(Error::InvalidArgument("--top must be at least 1".into()));
-            }
-            (Some(k), _) if k > n => {
-                return Err(Error::data(
-                    path,
-                    format!("--top {k} asks for more heads than the {n} it lists"),
-                ));
-            }
-            (Some(k), _) => k,
-            (None, HeadsKind::Attribute) => n,
-            (None, HeadsKind::ShipsSummary) => {
-                return Err(Error::data(
-                    path,
-                    format!(
-                        "a ships summary ranks all {n} heads: say how many to ablate with --top K"
-                    ),
-                ));
-            }
-        };
-        Ok(if sweep {
-            (1..=k).map(|i| self.heads[..i].to_vec()).collect()
-        } else {
-            vec![self.heads[..k].to_vec()]
-        })
-    }
-}
-
-/// A query to answer: its index in the file, its text, and its prompt tokens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EvalQuery {
-    pub index: usize,
-    pub text: String,
-    pub tokens: Vec<u32>,
 }
 
 /// How responses are generated.
@@ -408,7 +200,7 @@ pub fn first_token_kl(
 pub fn check_lengths(
     cfg: &ModelConfig,
     set: Set,
-    queries: &[EvalQuery],
+    queries: &[EncodedQuery],
     max_new_tokens: usize,
 ) -> Result<()> {
     let ctx = cfg.max_position_embeddings;
@@ -433,20 +225,24 @@ pub fn check_lengths(
 pub fn run(
     model: &LoadedModel,
     conditions: &[Condition],
-    sets: &[(Set, &[EvalQuery])],
+    sets: &[(Set, &[EncodedQuery])],
     judge: &dyn Judge,
     opts: &EvalOptions,
     done: &dyn Fn(Set, usize, usize) -> bool,
     emit: &mut dyn FnMut(Vec<Generation>) -> Result<()>,
 ) -> Result<()> {
     if opts.batch_size == 0 {
-        return Err(Error::InvalidArgument(
-            "the batch size must be at least 1".into(),
+        return Err(Error::out_of_range(
+            Setting::BatchSize,
+            0,
+            "must be at least 1",
         ));
     }
     if opts.generate.max_new_tokens == 0 {
-        return Err(Error::InvalidArgument(
-            "max_new_tokens must be at least 1".into(),
+        return Err(Error::out_of_range(
+            Setting::MaxNewTokens,
+            0,
+            "must be at least 1",
         ));
     }
     for (set, queries) in sets {
@@ -648,154 +444,10 @@ mod tests {
     use crate::methods::judge::{Reason, RefusalMatcher};
     use crate::model::ablation::{Op, Target};
     use candle_core::{DType, Device};
+    use serde_json::Value;
+    use std::path::Path;
 
-    fn close(a: (f64, f64), b: (f64, f64)) -> bool {
-        (a.0 - b.0).abs() < 5e-5 && (a.1 - b.1).abs() < 5e-5
-    }
-
-    #[test]
-    fn wilson_matches_hand_computed_values() {
-        assert_eq!(wilson(0, 10).0, 0.0);
-        assert!(close(wilson(0, 10), (0.0, 0.2775)), "{:?}", wilson(0, 10));
-        assert!(
-            close(wilson(5, 10), (0.2366, 0.7634)),
-            "{:?}",
-            wilson(5, 10)
-        );
-        assert!(close(wilson(10, 10), (0.7225, 1.0)), "{:?}", wilson(10, 10));
-        assert_eq!(wilson(10, 10).1, 1.0);
-        // 1 of 4: center (0.25 + 0.4802) / 1.9604 = 0.3725, half 0.3166.
-        assert!(close(wilson(1, 4), (0.0456, 0.6994)), "{:?}", wilson(1, 4));
-        // 64 of 100 (the paper's Llama-2 one-head ASR): (0.5424, 0.7273).
-        assert!(
-            close(wilson(64, 100), (0.5424, 0.7273)),
-            "{:?}",
-            wilson(64, 100)
-        );
-        assert_eq!(wilson(0, 0), (0.0, 1.0));
-        // Symmetric.
-        let (a, b) = wilson(3, 17);
-        let (c, d) = wilson(14, 17);
-        assert!((a - (1.0 - d)).abs() < 1e-12 && (b - (1.0 - c)).abs() < 1e-12);
-    }
-
-    fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-
-    #[test]
-    fn heads_files_of_attribute_and_ships() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = write(
-            dir.path(),
-            "heads.json",
-            r#"{"model": "m", "target": "q", "mode": "scale", "selected": [[2, 26], [0, 3], [1, 1]], "steps": []}"#,
-        );
-        let f = HeadsFile::read(&a).unwrap();
-        assert_eq!(f.kind, HeadsKind::Attribute);
-        assert_eq!(f.heads, vec![(2, 26), (0, 3), (1, 1)]);
-        assert_eq!(f.target.as_deref(), Some("q"));
-        assert_eq!(
-            f.head_sets(&a, None, false).unwrap(),
-            vec![vec![(2, 26), (0, 3), (1, 1)]]
-        );
-        assert_eq!(
-            f.head_sets(&a, Some(2), false).unwrap(),
-            vec![vec![(2, 26), (0, 3)]]
-        );
-        assert_eq!(
-            f.head_sets(&a, Some(2), true).unwrap(),
-            vec![vec![(2, 26)], vec![(2, 26), (0, 3)]]
-        );
-        assert_eq!(f.head_sets(&a, None, true).unwrap().len(), 3);
-        let e = f.head_sets(&a, Some(4), false).unwrap_err().to_string();
-        assert!(e.contains("heads.json") && e.contains("--top 4"), "{e}");
-        assert!(f.head_sets(&a, Some(0), false).is_err());
-
-        let s = write(
-            dir.path(),
-            "ships.summary.json",
-            r#"{"queries": 2, "top_k": 1, "mean": [[1.0, 2.0]],
-                "by_mean": [{"layer": 0, "head": 1, "mean": 2.0, "count": 1},
-                            {"layer": 0, "head": 0, "mean": 1.0, "count": 1}],
-                "by_count": [{"layer": 0, "head": 0, "mean": 1.0, "count": 1}]}"#,
-        );
-        let f = HeadsFile::read(&s).unwrap();
-        assert_eq!(f.kind, HeadsKind::ShipsSummary);
-        assert_eq!(f.heads, vec![(0, 1), (0, 0)]);
-        assert_eq!(f.head_sets(&s, Some(1), false).unwrap(), vec![vec![(0, 1)]]);
-        let e = f.head_sets(&s, None, false).unwrap_err().to_string();
-        assert!(e.contains("--top"), "{e}");
-    }
-
-    #[test]
-    fn other_files_are_refused_with_what_was_expected() {
-        let dir = tempfile::tempdir().unwrap();
-        for (name, text, needle) in [
-            ("ships.jsonl", "{\"index\": 0}\n{\"index\": 1}\n", "not a JSON document"),
-            ("list.json", "[[1, 2]]", "not a JSON object"),
-            ("eval.summary.json", "{\"conditions\": []}", "no \"selected\" or \"by_mean\""),
-            (
-                "real_ships.jsonl",
-                "{\"index\": 0, \"scores\": [], \"top\": []}\n{\"index\": 1, \"scores\": [], \"top\": []}\n",
-                "per-query lines of `sahara ships`",
-            ),
-            ("bad_sel.json", "{\"selected\": [[1]]}", "item 1"),
-            ("neg.json", "{\"selected\": [[1, -2]]}", "item 1"),
-            ("bad_rank.json", "{\"by_mean\": [{\"layer\": 0}]}", "item 1"),
-            ("empty.json", "{\"selected\": []}", "no heads"),
-            ("text.txt", "2:26\n", "not a JSON document"),
-        ] {
-            let p = write(dir.path(), name, text);
-            let e = HeadsFile::read(&p).unwrap_err().to_string();
-            assert!(e.contains(name) && e.contains(needle), "{name}: {e}");
-            if needle != "no heads" && !name.starts_with("real") {
-                assert!(e.contains("sahara attribute") && e.contains("by_mean"), "{e}");
-            }
-            assert!(!e.contains('\n'), "{e}");
-        }
-        let e = HeadsFile::read(&dir.path().join("missing.json"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("missing.json"), "{e}");
-    }
-
-    fn tiny() -> (tempfile::TempDir, LoadedModel) {
-        let dir = tempfile::tempdir().unwrap();
-        // Every id is a word of the tokenizer, so that responses decode to text.
-        let mut spec = RandomSpec::tiny("LlamaForCausalLM");
-        spec.vocab_size = 3 + crate::checkpoint::random::WORDS.len();
-        write_random_model(dir.path(), &spec).unwrap();
-        let m = LoadedModel::load(dir.path().to_str().unwrap(), DType::F32, &Device::Cpu).unwrap();
-        (dir, m)
-    }
-
-    #[test]
-    fn conditions_check_their_heads() {
-        let (_d, m) = tiny();
-        let c = Condition::ablating(&[(2, 3), (0, 1)], Target::Q, Op::Scale(0.0), m.cfg()).unwrap();
-        assert_eq!(c.name, "2:3,0:1");
-        assert_eq!(c.ablations.len(), 2);
-        let e = Condition::ablating(&[(3, 0)], Target::Q, Op::Mean, m.cfg())
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("3:0") && e.contains("layer 3 out of range"),
-            "{e}"
-        );
-        let e = Condition::ablating(&[(0, 4)], Target::Q, Op::Mean, m.cfg())
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("head 4 out of range"), "{e}");
-        let e = Condition::ablating(&[(0, 1), (0, 1)], Target::Q, Op::Mean, m.cfg())
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("twice"), "{e}");
-    }
-
-    fn queries(m: &LoadedModel, n: usize) -> Vec<EvalQuery> {
+    fn queries(m: &LoadedModel, n: usize) -> Vec<EncodedQuery> {
         let words = crate::checkpoint::random::WORDS;
         (0..n)
             .map(|i| {
@@ -807,7 +459,7 @@ mod tests {
                     .prompts
                     .encode_query(&crate::Template::Raw, &text)
                     .unwrap();
-                EvalQuery {
+                EncodedQuery {
                     index: i,
                     text,
                     tokens,
@@ -819,7 +471,7 @@ mod tests {
     fn collect(
         m: &LoadedModel,
         conds: &[Condition],
-        sets: &[(Set, &[EvalQuery])],
+        sets: &[(Set, &[EncodedQuery])],
         opts: &EvalOptions,
         done: &dyn Fn(Set, usize, usize) -> bool,
     ) -> Vec<Generation> {
@@ -836,10 +488,96 @@ mod tests {
     fn conditions(m: &LoadedModel) -> Vec<Condition> {
         vec![
             Condition::unmodified(),
-            Condition::ablating(&[(1, 0)], Target::Q, Op::Scale(1e-5), m.cfg()).unwrap(),
-            Condition::ablating(&[(2, 3), (0, 2)], Target::K, Op::Mean, m.cfg()).unwrap(),
-            Condition::ablating(&[(0, 1)], Target::V, Op::Scale(0.0), m.cfg()).unwrap(),
+            Condition::ablating(
+                &HeadSet([(1, 0)].to_vec()),
+                Ablation {
+                    target: Target::Q,
+                    op: Op::Scale(1e-5),
+                },
+                m.cfg(),
+            )
+            .unwrap(),
+            Condition::ablating(
+                &HeadSet([(2, 3), (0, 2)].to_vec()),
+                Ablation {
+                    target: Target::K,
+                    op: Op::Mean,
+                },
+                m.cfg(),
+            )
+            .unwrap(),
+            Condition::ablating(
+                &HeadSet([(0, 1)].to_vec()),
+                Ablation {
+                    target: Target::Z,
+                    op: Op::Scale(0.0),
+                },
+                m.cfg(),
+            )
+            .unwrap(),
         ]
+    }
+
+    fn tiny() -> (tempfile::TempDir, LoadedModel) {
+        let dir = tempfile::tempdir().unwrap();
+        // Every id is a word of the tokenizer, so that responses decode to text.
+        let mut spec = RandomSpec::tiny("LlamaForCausalLM");
+        spec.vocab_size = 3 + crate::checkpoint::random::WORDS.len();
+        write_random_model(dir.path(), &spec).unwrap();
+        let m = LoadedModel::load(dir.path().to_str().unwrap(), DType::F32, &Device::Cpu).unwrap();
+        (dir, m)
+    }
+
+    #[test]
+    fn conditions_check_their_heads() {
+        let (_d, m) = tiny();
+        let c = Condition::ablating(
+            &HeadSet([(2, 3), (0, 1)].to_vec()),
+            Ablation {
+                target: Target::Q,
+                op: Op::Scale(0.0),
+            },
+            m.cfg(),
+        )
+        .unwrap();
+        assert_eq!(c.name, "2:3,0:1");
+        assert_eq!(c.ablations.len(), 2);
+        let e = Condition::ablating(
+            &HeadSet([(3, 0)].to_vec()),
+            Ablation {
+                target: Target::Q,
+                op: Op::Mean,
+            },
+            m.cfg(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("3:0") && e.contains("layer 3 out of range"),
+            "{e}"
+        );
+        let e = Condition::ablating(
+            &HeadSet([(0, 4)].to_vec()),
+            Ablation {
+                target: Target::Q,
+                op: Op::Mean,
+            },
+            m.cfg(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("head 4 out of range"), "{e}");
+        let e = Condition::ablating(
+            &HeadSet([(0, 1), (0, 1)].to_vec()),
+            Ablation {
+                target: Target::Q,
+                op: Op::Mean,
+            },
+            m.cfg(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("twice"), "{e}");
     }
 
     #[test]
@@ -855,7 +593,7 @@ mod tests {
             },
             batch_size: b,
         };
-        let sets: &[(Set, &[EvalQuery])] = &[(Set::Harmful, &qs)];
+        let sets: &[(Set, &[EncodedQuery])] = &[(Set::Harmful, &qs)];
         let sorted = |mut v: Vec<Generation>| {
             v.sort_by_key(|g| (g.condition, g.query));
             v
@@ -931,7 +669,7 @@ mod tests {
             },
             batch_size: 2,
         };
-        let sets: &[(Set, &[EvalQuery])] = &[(Set::Harmful, &qs), (Set::Benign, &bq)];
+        let sets: &[(Set, &[EncodedQuery])] = &[(Set::Harmful, &qs), (Set::Benign, &bq)];
         let full = collect(&m, &conds, sets, &opts, &|_, _, _| false);
         assert_eq!(full.len(), 2 * (5 + 3));
         // Order: condition by condition, harmful before benign.
@@ -1000,7 +738,7 @@ mod tests {
     #[test]
     fn prompts_too_long_for_the_new_tokens_are_refused_up_front() {
         let (_d, m) = tiny();
-        let q = EvalQuery {
+        let q = EncodedQuery {
             index: 4,
             text: "x".into(),
             tokens: vec![3; 500],
@@ -1136,7 +874,7 @@ mod tests {
             batch_size: 2,
         };
         let conds = vec![Condition::unmodified()];
-        let sets: &[(Set, &[EvalQuery])] = &[(Set::Harmful, &qs)];
+        let sets: &[(Set, &[EncodedQuery])] = &[(Set::Harmful, &qs)];
         let rows = collect(&m, &conds, sets, &opts, &|_, _, _| false);
         assert_eq!(rows.len(), 2);
         let r = &rows[0];

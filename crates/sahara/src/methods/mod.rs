@@ -12,5 +12,6 @@ pub mod engine;
 pub mod eval;
 pub mod generate;
 pub mod judge;
+pub mod metrics;
 pub mod sahara;
 pub mod ships;

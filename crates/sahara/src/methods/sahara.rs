@@ -18,10 +18,10 @@
 
 use faer::Mat;
 
-use crate::error::{Error, Result};
-use crate::methods::engine::{run_variants, EngineOptions, Want};
+use crate::error::{Error, Result, Setting};
+use crate::methods::engine::{run_variants, EngineOptions, Output};
 use crate::methods::ships::HeadGrid;
-use crate::model::ablation::{HeadAblation, Op, Target};
+use crate::model::ablation::{Ablation, HeadAblation, Unit};
 use crate::model::config::ModelConfig;
 use crate::model::{Batch, Decoder, ForwardSpec, Positions};
 
@@ -40,7 +40,7 @@ impl LeftSubspace {
     pub fn of(m: &Mat<f64>) -> Result<Self> {
         let svd = m
             .thin_svd()
-            .map_err(|e| Error::InvalidArgument(format!("SVD did not converge: {e:?}")))?;
+            .map_err(|e| Error::Numerical(format!("SVD did not converge: {e:?}")))?;
         let u = svd.U().to_owned();
         let s: Vec<f64> = (0..u.ncols()).map(|i| svd.S()[i]).collect();
         Ok(LeftSubspace { u, s })
@@ -69,10 +69,11 @@ impl LeftSubspace {
 /// subspaces of two matrices.
 pub fn principal_angle_score(a: &LeftSubspace, b: &LeftSubspace, r: usize) -> Result<f64> {
     if r == 0 || r > a.s.len() || r > b.s.len() {
-        return Err(Error::InvalidArgument(format!(
-            "rank {r} out of range 1..={}",
-            a.s.len().min(b.s.len())
-        )));
+        return Err(Error::out_of_range(
+            Setting::Rank,
+            r,
+            format!("must be 1..={}", a.s.len().min(b.s.len())),
+        ));
     }
     let ka = a.width(r);
     let kb = b.width(r);
@@ -82,7 +83,7 @@ pub fn principal_angle_score(a: &LeftSubspace, b: &LeftSubspace, r: usize) -> Re
     let c: Mat<f64> = ua.transpose() * ub;
     let mut sv = c
         .singular_values()
-        .map_err(|e| Error::InvalidArgument(format!("SVD did not converge: {e:?}")))?;
+        .map_err(|e| Error::Numerical(format!("SVD did not converge: {e:?}")))?;
     sv.sort_by(|x, y| y.total_cmp(x));
     Ok(sv
         .iter()
@@ -101,8 +102,7 @@ pub fn stack_rows(rows: &[Vec<f32>]) -> Mat<f64> {
 /// Options of the Sahara search.
 #[derive(Debug, Clone)]
 pub struct SaharaOptions {
-    pub target: Target,
-    pub op: Op,
+    pub ablation: Ablation,
     pub rank: usize,
     pub steps: usize,
     pub engine: EngineOptions,
@@ -111,32 +111,28 @@ pub struct SaharaOptions {
 impl SaharaOptions {
     pub fn validate(&self, cfg: &ModelConfig, queries: usize) -> Result<()> {
         if queries < 2 {
-            return Err(Error::InvalidArgument(format!(
-                "generalized Ships needs at least 2 queries (an SVD of {queries} row says nothing)"
-            )));
+            return Err(Error::TooFewQueries {
+                found: queries,
+                needed: 2,
+            });
         }
         let max_rank = queries.min(cfg.hidden_size);
         if self.rank == 0 || self.rank > max_rank {
-            return Err(Error::InvalidArgument(format!(
-                "--rank {} out of range: must be 1..={max_rank} (at most the number of queries {queries} and the hidden size {})",
-                self.rank, cfg.hidden_size
-            )));
+            return Err(Error::out_of_range(
+                Setting::Rank,
+                self.rank,
+                format!("must be 1..={max_rank} (at most the number of queries {queries} and the hidden size {})", cfg.hidden_size),
+            ));
         }
         let heads = cfg.num_layers * cfg.num_heads;
         if self.steps == 0 || self.steps > heads {
-            return Err(Error::InvalidArgument(format!(
-                "--steps {} out of range: must be 1..={heads} (the number of heads)",
-                self.steps
-            )));
+            return Err(Error::out_of_range(
+                Setting::Steps,
+                self.steps,
+                format!("must be 1..={heads} (the number of heads)"),
+            ));
         }
-        if let Op::Scale(e) = self.op {
-            if !e.is_finite() {
-                return Err(Error::InvalidArgument(format!(
-                    "epsilon must be finite, got {e}"
-                )));
-            }
-        }
-        Ok(())
+        self.ablation.op.validate()
     }
 }
 
@@ -167,27 +163,15 @@ pub fn final_hidden(
         .collect()
 }
 
-/// The heads scored at a step: every head not in `selected`; for target k with grouped-query
-/// attention, one head per key/value group (the group's heads share its score).
-pub fn candidates(
-    cfg: &ModelConfig,
-    selected: &[(usize, usize)],
-    target: Target,
-) -> Vec<(usize, usize)> {
-    let g = if target == Target::K {
-        cfg.group_size()
-    } else {
-        1
-    };
-    let mut out = Vec::new();
-    for l in 0..cfg.num_layers {
-        for h in (0..cfg.num_heads).step_by(g) {
-            if !selected.contains(&(l, h)) {
-                out.push((l, h));
-            }
-        }
-    }
-    out
+/// The units scored at a step: every head not in `selected`; for target k with grouped-query
+/// attention, one per key/value group none of whose heads is selected (the group's heads
+/// share its score).
+pub fn candidates(cfg: &ModelConfig, selected: &[(usize, usize)], ablation: Ablation) -> Vec<Unit> {
+    let heads: Vec<(usize, usize)> = (0..cfg.num_layers)
+        .flat_map(|l| (0..cfg.num_heads).map(move |h| (l, h)))
+        .filter(|&h| !selected.iter().any(|&s| ablation.same_unit(cfg, s, h)))
+        .collect();
+    ablation.units(cfg, &heads)
 }
 
 /// Scores of every head not in `selected`, as G ∪ {head} with G = `selected`, against the
@@ -202,40 +186,35 @@ pub fn step_scores(
     progress: &mut dyn FnMut(usize),
 ) -> Result<HeadGrid> {
     let cfg = &model.cfg;
-    let ablate = |l: usize, h: usize| HeadAblation::new(l, h, opts.target, opts.op);
-    let base: Vec<HeadAblation> = selected.iter().map(|&(l, h)| ablate(l, h)).collect();
-    let g = if opts.target == Target::K {
-        cfg.group_size()
-    } else {
-        1
-    };
-    let candidates = candidates(cfg, selected, opts.target);
+    let base = opts.ablation.of(selected);
+    let candidates = candidates(cfg, selected, opts.ablation);
     let variants: Vec<Vec<HeadAblation>> = candidates
         .iter()
-        .map(|&(l, h)| vec![ablate(l, h)])
+        .map(|u| vec![opts.ablation.at(u.layer, u.head)])
         .collect();
-    let mut eo = opts.engine.clone();
-    eo.want = Want::Hidden;
     // Hidden states per candidate, per query: [candidate][query] -> d values.
     let mut hidden: Vec<Vec<Vec<f32>>> = vec![Vec::with_capacity(prompts.len()); candidates.len()];
     for (qi, p) in prompts.iter().enumerate() {
         let base_n = qi * candidates.len();
-        let out = run_variants(model, p, &base, &variants, &eo, &mut |n| {
-            progress(base_n + n)
-        })?;
+        let out = run_variants(
+            model,
+            p,
+            &base,
+            &variants,
+            Output::Hidden,
+            &opts.engine,
+            &mut |n| progress(base_n + n),
+        )?;
         for (c, v) in out.variants.into_iter().enumerate() {
             hidden[c].push(v);
         }
     }
     let mut grid: HeadGrid = vec![vec![None; cfg.num_heads]; cfg.num_layers];
-    for (c, &(l, h)) in candidates.iter().enumerate() {
+    for (c, u) in candidates.iter().enumerate() {
         let sub = LeftSubspace::of(&stack_rows(&hidden[c]))?;
         let score = principal_angle_score(reference, &sub, opts.rank)?;
-        let group_end = (h + g).min(cfg.num_heads);
-        for (q, cell) in grid[l].iter_mut().enumerate().take(group_end).skip(h) {
-            if !selected.contains(&(l, q)) {
-                *cell = Some(score);
-            }
+        for &h in &u.heads {
+            grid[u.layer][h] = Some(score);
         }
         hidden[c] = Vec::new();
     }

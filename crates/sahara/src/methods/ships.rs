@@ -4,11 +4,12 @@
 
 use std::ops::Range;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
-use crate::methods::engine::{kl_divergence, run_variants, EngineOptions, Want};
-use crate::model::ablation::{HeadAblation, Op, Target};
+use crate::error::{Error, Result, Setting};
+use crate::methods::engine::{run_variants, EngineOptions, Output};
+use crate::methods::metrics::kl_divergence;
+use crate::model::ablation::{Ablation, HeadAblation, Unit};
 use crate::model::config::ModelConfig;
 use crate::model::Decoder;
 
@@ -18,8 +19,7 @@ pub type HeadGrid = Vec<Vec<Option<f64>>>;
 /// What to ablate and where.
 #[derive(Debug, Clone)]
 pub struct ShipsOptions {
-    pub target: Target,
-    pub op: Op,
+    pub ablation: Ablation,
     pub layers: Range<usize>,
     pub heads: Range<usize>,
     pub engine: EngineOptions,
@@ -29,8 +29,7 @@ impl ShipsOptions {
     /// Defaults of the paper: target q, scale by 1e-5, every head.
     pub fn new(cfg: &ModelConfig) -> Self {
         ShipsOptions {
-            target: Target::Q,
-            op: Op::Scale(1e-5),
+            ablation: Ablation::paper_default(),
             layers: 0..cfg.num_layers,
             heads: 0..cfg.num_heads,
             engine: EngineOptions::default(),
@@ -38,63 +37,46 @@ impl ShipsOptions {
     }
 
     pub fn validate(&self, cfg: &ModelConfig) -> Result<()> {
-        check_range("layers", &self.layers, cfg.num_layers)?;
-        check_range("heads", &self.heads, cfg.num_heads)?;
-        if let Op::Scale(e) = self.op {
-            if !e.is_finite() {
-                return Err(Error::InvalidArgument(format!(
-                    "epsilon must be finite, got {e}"
-                )));
-            }
-        }
-        Ok(())
+        check_range(Setting::Layers, &self.layers, cfg.num_layers)?;
+        check_range(Setting::Heads, &self.heads, cfg.num_heads)?;
+        self.ablation.op.validate()
     }
 
-    /// The heads scored, in (layer, head) order. For target k with grouped-query attention,
-    /// one representative query head per key/value group is run and its score is shared by
-    /// every query head of the group.
-    fn variants(&self, cfg: &ModelConfig) -> Vec<(usize, usize)> {
-        let mut v = Vec::new();
-        for l in self.layers.clone() {
-            for h in self.heads.clone() {
-                if self.target == Target::K {
-                    let g = cfg.group_size();
-                    let first_in_range = (h / g * g).max(self.heads.start);
-                    if h != first_in_range {
-                        continue;
-                    }
-                }
-                v.push((l, h));
-            }
-        }
-        v
+    /// The units scored, in (layer, head) order: every selected head, or for target k one
+    /// per key/value group, whose score every selected head of the group shares.
+    fn units(&self, cfg: &ModelConfig) -> Vec<Unit> {
+        let heads: Vec<(usize, usize)> = self
+            .layers
+            .clone()
+            .flat_map(|l| self.heads.clone().map(move |h| (l, h)))
+            .collect();
+        self.ablation.units(cfg, &heads)
     }
 
     /// Number of forward variants run per query.
     pub fn variants_per_query(&self, cfg: &ModelConfig) -> usize {
-        self.variants(cfg).len()
+        self.units(cfg).len()
     }
 }
 
-fn check_range(what: &str, r: &Range<usize>, n: usize) -> Result<()> {
+fn check_range(what: Setting, r: &Range<usize>, n: usize) -> Result<()> {
+    let value = format!("{}..{}", r.start, r.end);
     if r.start >= r.end {
-        return Err(Error::InvalidArgument(format!(
-            "--{what} {}..{} is empty",
-            r.start, r.end
-        )));
+        return Err(Error::out_of_range(what, value, "the range is empty"));
     }
     if r.end > n {
-        return Err(Error::InvalidArgument(format!(
-            "--{what} {}..{} out of range: the model has {n} {what} (0..{n})",
-            r.start, r.end
-        )));
+        return Err(Error::out_of_range(
+            what,
+            value,
+            format!("the model has {n} {what} (0..{n})"),
+        ));
     }
     Ok(())
 }
 
 /// Parses a range of layers or heads: `A..B` (B excluded), `A..=B`, `A..`, `..B` or `A`.
-pub fn parse_range(s: &str, n: usize) -> Result<Range<usize>> {
-    let bad = || Error::InvalidArgument(format!("bad range {s:?}; expected A..B, A..=B or A"));
+pub fn parse_range(what: Setting, s: &str, n: usize) -> Result<Range<usize>> {
+    let bad = || Error::bad_value(what, format!("{s:?}"), "expected A..B, A..=B or A");
     let num = |x: &str| x.trim().parse::<usize>().map_err(|_| bad());
     let r = if let Some((a, b)) = s.split_once("..=") {
         let a = if a.is_empty() { 0 } else { num(a)? };
@@ -119,26 +101,25 @@ pub fn ships_scores(
 ) -> Result<HeadGrid> {
     let cfg = &model.cfg;
     opts.validate(cfg)?;
-    let heads = opts.variants(cfg);
-    let variants: Vec<Vec<HeadAblation>> = heads
+    let units = opts.units(cfg);
+    let variants: Vec<Vec<HeadAblation>> = units
         .iter()
-        .map(|&(l, h)| vec![HeadAblation::new(l, h, opts.target, opts.op)])
+        .map(|u| vec![opts.ablation.at(u.layer, u.head)])
         .collect();
-    let mut eo = opts.engine.clone();
-    eo.want = Want::Logits;
-    let out = run_variants(model, tokens, &[], &variants, &eo, progress)?;
+    let out = run_variants(
+        model,
+        tokens,
+        &[],
+        &variants,
+        Output::Logits,
+        &opts.engine,
+        progress,
+    )?;
     let mut grid: HeadGrid = vec![vec![None; cfg.num_heads]; cfg.num_layers];
-    for (&(l, h), logits) in heads.iter().zip(&out.variants) {
+    for (u, logits) in units.iter().zip(&out.variants) {
         let kl = kl_divergence(&out.base, logits);
-        if opts.target == Target::K {
-            let a = HeadAblation::new(l, h, opts.target, opts.op);
-            for q in a.affected_query_heads(cfg) {
-                if opts.heads.contains(&q) {
-                    grid[l][q] = Some(kl);
-                }
-            }
-        } else {
-            grid[l][h] = Some(kl);
+        for &h in &u.heads {
+            grid[u.layer][h] = Some(kl);
         }
     }
     Ok(grid)
@@ -156,7 +137,7 @@ pub fn grid_from_json(v: &serde_json::Value) -> Option<HeadGrid> {
 }
 
 /// A head and its score.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeadScore {
     pub layer: usize,
     pub head: usize,
@@ -189,7 +170,7 @@ pub fn top_heads(grid: &HeadGrid, k: usize) -> Vec<HeadScore> {
 }
 
 /// A head ranked over a dataset.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RankedHead {
     pub layer: usize,
     pub head: usize,
@@ -200,7 +181,7 @@ pub struct RankedHead {
 }
 
 /// Dataset-level summary of per-query Ships.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     pub queries: usize,
     pub top_k: usize,
@@ -284,12 +265,13 @@ mod tests {
 
     #[test]
     fn ranges_parse_in_rust_style() {
-        assert_eq!(parse_range("2..5", 10).unwrap(), 2..5);
-        assert_eq!(parse_range("2..=5", 10).unwrap(), 2..6);
-        assert_eq!(parse_range("3", 10).unwrap(), 3..4);
-        assert_eq!(parse_range("7..", 10).unwrap(), 7..10);
-        assert_eq!(parse_range("..2", 10).unwrap(), 0..2);
-        assert!(parse_range("a..b", 10).is_err());
+        let r = |s: &str| parse_range(Setting::Layers, s, 10);
+        assert_eq!(r("2..5").unwrap(), 2..5);
+        assert_eq!(r("2..=5").unwrap(), 2..6);
+        assert_eq!(r("3").unwrap(), 3..4);
+        assert_eq!(r("7..").unwrap(), 7..10);
+        assert_eq!(r("..2").unwrap(), 0..2);
+        assert!(r("a..b").is_err());
     }
 
     #[test]

@@ -10,20 +10,23 @@
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Setting};
 use crate::model::config::ModelConfig;
 
-/// Which per-head tensor an ablation touches.
+/// Which per-head tensor an ablation touches (written `q`, `k`, `v` in flags and outputs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
 pub enum Target {
     /// The head's query vectors, before the rotary embedding (TransformerLens `hook_q`).
+    #[serde(rename = "q")]
     Q,
     /// The keys of the head's key/value group, before the rotary embedding (`hook_k`). With
     /// grouped-query attention this changes every query head of the group.
+    #[serde(rename = "k")]
     K,
-    /// The head's attention output, softmax times values, before `o_proj` (`hook_z`).
-    V,
+    /// The head's attention output, softmax times values, before `o_proj` (TransformerLens
+    /// `hook_z`); written `v`, as the paper's code names it.
+    #[serde(rename = "v")]
+    Z,
 }
 
 impl Target {
@@ -31,7 +34,7 @@ impl Target {
         match self {
             Target::Q => "q",
             Target::K => "k",
-            Target::V => "v",
+            Target::Z => "v",
         }
     }
 }
@@ -42,10 +45,12 @@ impl std::str::FromStr for Target {
         match s {
             "q" => Ok(Target::Q),
             "k" => Ok(Target::K),
-            "v" => Ok(Target::V),
-            other => Err(Error::InvalidArgument(format!(
-                "unknown target {other:?}; expected q, k or v"
-            ))),
+            "v" => Ok(Target::Z),
+            other => Err(Error::bad_value(
+                Setting::Target,
+                format!("{other:?}"),
+                "expected q, k or v",
+            )),
         }
     }
 }
@@ -66,30 +71,158 @@ impl Op {
             Op::Mean => "mean",
         }
     }
+
+    /// ε: a number for `scale`, none for `mean`.
+    pub fn epsilon(self) -> Option<f64> {
+        match self {
+            Op::Scale(e) => Some(e),
+            Op::Mean => None,
+        }
+    }
+
     /// ε as written in outputs: a number for `scale`, null for `mean`.
     pub fn epsilon_json(self) -> serde_json::Value {
-        match self {
-            Op::Scale(e) => serde_json::json!(e),
-            Op::Mean => serde_json::Value::Null,
-        }
+        serde_json::json!(self.epsilon())
     }
 
     /// Builds an op from a mode name (`scale` or `mean`) and ε.
     pub fn from_mode(mode: &str, epsilon: f64) -> Result<Self> {
-        match mode {
-            "scale" => {
-                if !epsilon.is_finite() {
-                    return Err(Error::InvalidArgument(format!(
-                        "epsilon must be a finite number, got {epsilon}"
-                    )));
-                }
-                Ok(Op::Scale(epsilon))
+        let op = match mode {
+            "scale" => Op::Scale(epsilon),
+            "mean" => Op::Mean,
+            other => {
+                return Err(Error::bad_value(
+                    Setting::Mode,
+                    format!("{other:?}"),
+                    "expected scale or mean",
+                ))
             }
-            "mean" => Ok(Op::Mean),
-            other => Err(Error::InvalidArgument(format!(
-                "unknown mode {other:?}; expected scale or mean"
-            ))),
+        };
+        op.validate()?;
+        Ok(op)
+    }
+
+    /// The one check of an op: ε is a finite number.
+    pub fn validate(self) -> Result<()> {
+        match self {
+            Op::Scale(e) if !e.is_finite() => Err(Error::bad_value(
+                Setting::Epsilon,
+                e,
+                "must be a finite number",
+            )),
+            _ => Ok(()),
         }
+    }
+}
+
+/// What an ablation does, independent of the heads it is applied to: the target tensor and
+/// the op. It owns the rule of which query heads an ablation of a head really changes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Ablation {
+    pub target: Target,
+    pub op: Op,
+}
+
+/// Query heads that one ablation changes together and that are therefore scored as one: a
+/// single head for targets q and v, the listed heads of a key/value group for k.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unit {
+    pub layer: usize,
+    /// The head run for the unit: the first of `heads`.
+    pub head: usize,
+    /// The listed query heads the unit changes, ascending.
+    pub heads: Vec<usize>,
+}
+
+impl Ablation {
+    /// An ablation, its op checked.
+    pub fn new(target: Target, op: Op) -> Result<Self> {
+        op.validate()?;
+        Ok(Ablation { target, op })
+    }
+
+    /// The paper's default: target q, scale by 1e-5.
+    pub fn paper_default() -> Self {
+        Ablation {
+            target: Target::Q,
+            op: Op::Scale(1e-5),
+        }
+    }
+
+    /// This ablation of one head.
+    pub fn at(self, layer: usize, head: usize) -> HeadAblation {
+        HeadAblation {
+            layer,
+            head,
+            target: self.target,
+            op: self.op,
+        }
+    }
+
+    /// This ablation of each head of a list.
+    pub fn of(self, heads: &[(usize, usize)]) -> Vec<HeadAblation> {
+        heads.iter().map(|&(l, h)| self.at(l, h)).collect()
+    }
+
+    /// The query heads of a layer whose output changes when `head` is ablated: the head
+    /// itself, or for `k` every head of its key/value group.
+    pub fn changed_heads(self, cfg: &ModelConfig, head: usize) -> std::ops::Range<usize> {
+        match self.target {
+            Target::K => {
+                let g = cfg.group_size();
+                let kv = head / g;
+                kv * g..(kv + 1) * g
+            }
+            _ => head..head + 1,
+        }
+    }
+
+    /// Every query head that ablating all of `heads` changes, (layer, head) in order of first
+    /// appearance.
+    pub fn changed_by(self, cfg: &ModelConfig, heads: &[(usize, usize)]) -> Vec<(usize, usize)> {
+        let mut out: Vec<(usize, usize)> = Vec::new();
+        for &(l, h) in heads {
+            for q in self.changed_heads(cfg, h) {
+                if !out.contains(&(l, q)) {
+                    out.push((l, q));
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether ablating `a` and ablating `b` change the same query heads.
+    pub fn same_unit(self, cfg: &ModelConfig, a: (usize, usize), b: (usize, usize)) -> bool {
+        a.0 == b.0 && self.changed_heads(cfg, a.1).contains(&b.1)
+    }
+
+    /// The units among `heads` (listed in (layer, head) order): one per head for q and v; for
+    /// k one per key/value group, run by its first listed head, whose score every listed head
+    /// of the group shares.
+    pub fn units(self, cfg: &ModelConfig, heads: &[(usize, usize)]) -> Vec<Unit> {
+        let mut out: Vec<Unit> = Vec::new();
+        for &(l, h) in heads {
+            match out.last_mut() {
+                Some(u) if self.same_unit(cfg, (u.layer, u.head), (l, h)) => u.heads.push(h),
+                _ => out.push(Unit {
+                    layer: l,
+                    head: h,
+                    heads: vec![h],
+                }),
+            }
+        }
+        out
+    }
+
+    /// For `k` on a model with grouped-query attention, the note users need: one ablation
+    /// changes a whole group.
+    pub fn shared_note(self, cfg: &ModelConfig) -> Option<String> {
+        (self.target == Target::K && cfg.group_size() > 1).then(|| {
+            format!(
+                "target k ablates a key/value head shared by {} query heads",
+                cfg.group_size()
+            )
+        })
     }
 }
 
@@ -105,11 +238,14 @@ pub struct HeadAblation {
 
 impl HeadAblation {
     pub fn new(layer: usize, head: usize, target: Target, op: Op) -> Self {
-        HeadAblation {
-            layer,
-            head,
-            target,
-            op,
+        Ablation { target, op }.at(layer, head)
+    }
+
+    /// Target and op.
+    pub fn ablation(&self) -> Ablation {
+        Ablation {
+            target: self.target,
+            op: self.op,
         }
     }
 
@@ -120,63 +256,102 @@ impl HeadAblation {
 
     /// The query heads whose output changes: one head, or for `k` every head of the group.
     pub fn affected_query_heads(&self, cfg: &ModelConfig) -> std::ops::Range<usize> {
-        match self.target {
-            Target::K => {
-                let g = cfg.group_size();
-                let kv = self.head / g;
-                kv * g..(kv + 1) * g
-            }
-            _ => self.head..self.head + 1,
-        }
+        self.ablation().changed_heads(cfg, self.head)
     }
 
-    /// Checks the indices against the model.
+    /// For `k` with grouped-query attention: which key/value head this changes, and for which
+    /// query heads.
+    pub fn shared_note(&self, cfg: &ModelConfig) -> Option<String> {
+        self.ablation().shared_note(cfg)?;
+        let r = self.affected_query_heads(cfg);
+        Some(format!(
+            "k ablation of {}:{} changes key/value head {} of layer {}, shared by query heads {}..{}",
+            self.layer,
+            self.head,
+            self.kv_head(cfg),
+            self.layer,
+            r.start,
+            r.end - 1
+        ))
+    }
+
+    /// Checks the indices against the model, and the op.
     pub fn validate(&self, cfg: &ModelConfig) -> Result<()> {
-        if self.layer >= cfg.num_layers {
+        HeadSet::check_head(cfg, self.layer, self.head)?;
+        self.op.validate()
+    }
+}
+
+/// A list of heads, `(layer, head)`, as `L:H[,L:H…]` in flags and outputs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HeadSet(pub Vec<(usize, usize)>);
+
+impl HeadSet {
+    /// Parses `L:H[,L:H…]`.
+    pub fn parse(s: &str) -> Result<Self> {
+        let mut out = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (l, h) = part.split_once(':').ok_or_else(|| {
+                Error::Ablation(format!("head {part:?} is not of the form LAYER:HEAD (L:H)"))
+            })?;
+            let parse = |x: &str, what: &str| {
+                x.trim().parse::<usize>().map_err(|_| {
+                    Error::Ablation(format!(
+                        "{what} {x:?} in {part:?} is not a non-negative integer"
+                    ))
+                })
+            };
+            out.push((parse(l, "layer")?, parse(h, "head")?));
+        }
+        if out.is_empty() {
+            return Err(Error::Ablation(format!("no heads in {s:?}")));
+        }
+        Ok(HeadSet(out))
+    }
+
+    /// `L:H,L:H…`
+    pub fn name(&self) -> String {
+        self.0
+            .iter()
+            .map(|(l, h)| format!("{l}:{h}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Checks every head against the model and that none is listed twice.
+    pub fn check(&self, cfg: &ModelConfig) -> Result<()> {
+        for (i, &(l, h)) in self.0.iter().enumerate() {
+            if self.0[..i].contains(&(l, h)) {
+                return Err(Error::Ablation(format!("head {l}:{h} is listed twice")));
+            }
+            Self::check_head(cfg, l, h)?;
+        }
+        Ok(())
+    }
+
+    /// One head against the model.
+    fn check_head(cfg: &ModelConfig, layer: usize, head: usize) -> Result<()> {
+        if layer >= cfg.num_layers {
             return Err(Error::Ablation(format!(
-                "layer {} out of range: the model has {} layers (0..{})",
-                self.layer,
+                "head {layer}:{head}: layer {layer} out of range: the model has {} layers (0..{})",
                 cfg.num_layers,
                 cfg.num_layers - 1
             )));
         }
-        if self.head >= cfg.num_heads {
+        if head >= cfg.num_heads {
             return Err(Error::Ablation(format!(
-                "head {} out of range: the model has {} attention heads per layer (0..{})",
-                self.head,
+                "head {layer}:{head}: head {head} out of range: the model has {} attention heads per layer (0..{})",
                 cfg.num_heads,
                 cfg.num_heads - 1
             )));
         }
-        if let Op::Scale(e) = self.op {
-            if !e.is_finite() {
-                return Err(Error::Ablation(format!("epsilon must be finite, got {e}")));
-            }
-        }
         Ok(())
     }
-}
 
-/// Parses `L:H[,L:H…]` into (layer, head) pairs.
-pub fn parse_heads(s: &str) -> Result<Vec<(usize, usize)>> {
-    let mut out = Vec::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (l, h) = part.split_once(':').ok_or_else(|| {
-            Error::InvalidArgument(format!("head {part:?} is not of the form LAYER:HEAD"))
-        })?;
-        let parse = |x: &str, what: &str| {
-            x.trim().parse::<usize>().map_err(|_| {
-                Error::InvalidArgument(format!(
-                    "{what} {x:?} in {part:?} is not a non-negative integer"
-                ))
-            })
-        };
-        out.push((parse(l, "layer")?, parse(h, "head")?));
+    /// As `[[layer, head], …]` for outputs.
+    pub fn pairs(&self) -> Vec<[usize; 2]> {
+        self.0.iter().map(|&(l, h)| [l, h]).collect()
     }
-    if out.is_empty() {
-        return Err(Error::InvalidArgument(format!("no heads in {s:?}")));
-    }
-    Ok(out)
 }
 
 /// A linear map over the heads of one layer, for every row of a batch.
@@ -235,7 +410,7 @@ impl AblationPlan {
             }
         }
         for layer in 0..cfg.num_layers {
-            for (ti, target) in [Target::Q, Target::K, Target::V].into_iter().enumerate() {
+            for (ti, target) in [Target::Q, Target::K, Target::Z].into_iter().enumerate() {
                 let n = if target == Target::K {
                     cfg.num_kv_heads
                 } else {
@@ -296,7 +471,7 @@ impl AblationPlan {
         let i = match target {
             Target::Q => 0,
             Target::K => 1,
-            Target::V => 2,
+            Target::Z => 2,
         };
         self.layers.get(layer).and_then(|l| l[i].as_ref())
     }
@@ -346,11 +521,58 @@ mod tests {
     }
 
     #[test]
-    fn parse_heads_accepts_lists_and_rejects_garbage() {
-        assert_eq!(parse_heads("0:1, 2:3").unwrap(), vec![(0, 1), (2, 3)]);
-        assert!(parse_heads("0-1").is_err());
-        assert!(parse_heads("a:1").is_err());
-        assert!(parse_heads("").is_err());
+    fn head_sets_parse_lists_and_reject_garbage() {
+        let s = HeadSet::parse("0:1, 2:3").unwrap();
+        assert_eq!(s.0, vec![(0, 1), (2, 3)]);
+        assert_eq!(s.name(), "0:1,2:3");
+        assert!(HeadSet::parse("0-1").is_err());
+        assert!(HeadSet::parse("a:1").is_err());
+        assert!(HeadSet::parse("").is_err());
+        let c = cfg();
+        assert!(HeadSet::parse("0:1,0:1").unwrap().check(&c).is_err());
+        assert!(HeadSet::parse("0:1,1:3").unwrap().check(&c).is_ok());
+    }
+
+    #[test]
+    fn units_group_k_ablations_by_key_value_head() {
+        let c = cfg(); // 4 query heads, 2 key/value heads
+        let heads: Vec<(usize, usize)> = (0..2).flat_map(|l| (1..4).map(move |h| (l, h))).collect();
+        let k = Ablation::new(Target::K, Op::Mean).unwrap();
+        let units = k.units(&c, &heads);
+        let got: Vec<(usize, usize, Vec<usize>)> = units
+            .into_iter()
+            .map(|u| (u.layer, u.head, u.heads))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, 1, vec![1]),
+                (0, 2, vec![2, 3]),
+                (1, 1, vec![1]),
+                (1, 2, vec![2, 3])
+            ]
+        );
+        let q = Ablation::new(Target::Q, Op::Mean).unwrap();
+        assert_eq!(q.units(&c, &heads).len(), heads.len());
+        assert_eq!(
+            k.changed_by(&c, &[(1, 3), (1, 2), (0, 0)]),
+            vec![(1, 2), (1, 3), (0, 0), (0, 1)]
+        );
+        assert!(k.shared_note(&c).is_some() && q.shared_note(&c).is_none());
+    }
+
+    #[test]
+    fn a_non_finite_epsilon_is_refused_by_the_one_check() {
+        assert!(Op::from_mode("scale", f64::NAN).is_err());
+        assert!(Ablation::new(Target::Q, Op::Scale(f64::INFINITY)).is_err());
+        let e = HeadAblation::new(0, 0, Target::Q, Op::Scale(f64::NAN)).validate(&cfg());
+        assert!(matches!(
+            e,
+            Err(Error::BadValue {
+                setting: Setting::Epsilon,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -9,17 +9,6 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
-/// The architectures the decoder implements, by `architectures[0]` of `config.json`.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
-    "LlamaForCausalLM",
-    "MistralForCausalLM",
-    "Qwen2ForCausalLM",
-    "Qwen3ForCausalLM",
-    "GemmaForCausalLM",
-    "Gemma2ForCausalLM",
-    "Phi3ForCausalLM",
-];
-
 /// A raw mirror of `config.json`. Unknown keys are ignored; nothing is defaulted here.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct RawConfig {
@@ -62,17 +51,8 @@ pub struct RawConfig {
     pub dtype: Option<String>,
 }
 
-/// The model families the single decoder covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    Llama,
-    Mistral,
-    Qwen2,
-    Qwen3,
-    Gemma,
-    Gemma2,
-    Phi3,
-}
+pub use crate::model::family::Family;
+use crate::model::family::{supported_hf_classes, WindowLayers};
 
 /// Rotary embedding frequency scaling.
 #[derive(Debug, Clone, PartialEq)]
@@ -186,33 +166,19 @@ impl ModelConfig {
     pub fn resolve(raw: &RawConfig) -> std::result::Result<Self, String> {
         let architecture = match (&raw.architectures, &raw.model_type) {
             (Some(a), _) if !a.is_empty() => a[0].clone(),
-            (_, Some(t)) => match t.as_str() {
-                "llama" => "LlamaForCausalLM".to_string(),
-                "mistral" => "MistralForCausalLM".to_string(),
-                "qwen2" => "Qwen2ForCausalLM".to_string(),
-                "qwen3" => "Qwen3ForCausalLM".to_string(),
-                "gemma" => "GemmaForCausalLM".to_string(),
-                "gemma2" => "Gemma2ForCausalLM".to_string(),
-                "phi3" => "Phi3ForCausalLM".to_string(),
-                other => other.to_string(),
+            (_, Some(t)) => match Family::from_model_type(t) {
+                Some(f) => f.spec().hf_class.to_string(),
+                None => t.to_string(),
             },
             _ => return Err("neither `architectures` nor `model_type` is set".into()),
         };
-        let family = match architecture.as_str() {
-            "LlamaForCausalLM" => Family::Llama,
-            "MistralForCausalLM" => Family::Mistral,
-            "Qwen2ForCausalLM" => Family::Qwen2,
-            "Qwen3ForCausalLM" => Family::Qwen3,
-            "GemmaForCausalLM" => Family::Gemma,
-            "Gemma2ForCausalLM" => Family::Gemma2,
-            "Phi3ForCausalLM" => Family::Phi3,
-            other => {
-                return Err(format!(
-                    "unsupported architecture {other:?}; supported: {}",
-                    SUPPORTED_ARCHITECTURES.join(", ")
-                ))
-            }
+        let Some(family) = Family::from_hf_class(&architecture) else {
+            return Err(format!(
+                "unsupported architecture {architecture:?}; supported: {}",
+                supported_hf_classes()
+            ));
         };
+        let fam = family.spec();
         let need = |v: Option<usize>, name: &str| -> std::result::Result<usize, String> {
             match v {
                 Some(0) => Err(format!("`{name}` must be positive")),
@@ -231,10 +197,8 @@ impl ModelConfig {
                 "num_attention_heads ({num_heads}) is not a multiple of num_key_value_heads ({num_kv_heads})"
             ));
         }
-        let head_dim = match raw.head_dim {
+        let head_dim = match raw.head_dim.or(fam.default_head_dim) {
             Some(h) => h,
-            // transformers' Gemma config defaults head_dim to 256, not hidden / heads.
-            None if family == Family::Gemma => 256,
             None => {
                 if hidden_size % num_heads != 0 {
                     return Err(format!(
@@ -247,7 +211,7 @@ impl ModelConfig {
         if head_dim == 0 || head_dim % 2 != 0 {
             return Err(format!("head_dim ({head_dim}) must be even and positive"));
         }
-        let gemma = matches!(family, Family::Gemma | Family::Gemma2);
+        let gemma = fam.gemma_style;
         let act_name = raw
             .hidden_activation
             .as_deref()
@@ -274,10 +238,7 @@ impl ModelConfig {
                     .and_then(|p| p.get("rope_theta"))
                     .and_then(Value::as_f64)
             })
-            .unwrap_or(match family {
-                Family::Qwen3 => 1_000_000.0,
-                _ => 10000.0,
-            });
+            .unwrap_or(fam.default_rope_theta);
         let scaling_value = raw
             .rope_scaling
             .as_ref()
@@ -294,10 +255,7 @@ impl ModelConfig {
         };
 
         let window = match &raw.sliding_window {
-            None => match family {
-                Family::Mistral => Some(4096),
-                _ => None,
-            },
+            None => fam.default_sliding_window,
             Some(Value::Null) => None,
             Some(v) => match v.as_u64() {
                 Some(0) | None => return Err(format!("invalid sliding_window {v}")),
@@ -325,27 +283,27 @@ impl ModelConfig {
                 })
                 .collect::<std::result::Result<_, _>>()?
         } else {
-            match family {
-                Family::Mistral | Family::Phi3 => vec![window; num_layers],
-                // Gemma 2 slides on even layers (0, 2, …).
-                Family::Gemma2 => (0..num_layers)
+            match fam.window_layers {
+                WindowLayers::All => vec![window; num_layers],
+                WindowLayers::Even => (0..num_layers)
                     .map(|l| if l % 2 == 0 { window } else { None })
                     .collect(),
-                Family::Qwen2 | Family::Qwen3 => {
+                WindowLayers::FromMaxWindowLayers => {
                     let used = raw.use_sliding_window.unwrap_or(false);
                     let from = raw.max_window_layers.unwrap_or(28);
                     (0..num_layers)
                         .map(|l| if used && l >= from { window } else { None })
                         .collect()
                 }
-                Family::Llama | Family::Gemma => vec![None; num_layers],
+                WindowLayers::None => vec![None; num_layers],
             }
         };
 
         let attention_bias = raw.attention_bias.unwrap_or(false);
-        let (qkv_bias, o_bias) = match family {
-            Family::Qwen2 => (true, false),
-            _ => (attention_bias, attention_bias),
+        let (qkv_bias, o_bias) = if fam.qkv_bias {
+            (true, false)
+        } else {
+            (attention_bias, attention_bias)
         };
         let eos_token_ids = token_ids(raw.eos_token_id.as_ref())?;
         let bos_token_id = token_ids(raw.bos_token_id.as_ref())?.first().copied();
@@ -362,12 +320,9 @@ impl ModelConfig {
             rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
             rope_theta,
             rope_scaling,
-            max_position_embeddings: raw.max_position_embeddings.unwrap_or(match family {
-                Family::Llama | Family::Phi3 => 2048,
-                Family::Mistral => 4096 * 32,
-                Family::Qwen2 | Family::Qwen3 => 32768,
-                Family::Gemma | Family::Gemma2 => 8192,
-            }),
+            max_position_embeddings: raw
+                .max_position_embeddings
+                .unwrap_or(fam.default_max_positions),
             vocab_size,
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(gemma),
             qkv_bias,
@@ -377,23 +332,15 @@ impl ModelConfig {
             activation,
             norm_plus_one: gemma,
             scale_embeddings: gemma,
-            attn_scale: match (family, raw.query_pre_attn_scalar) {
-                (Family::Gemma2, Some(s)) => 1.0 / s.sqrt(),
+            attn_scale: match (fam.gemma2_attention, raw.query_pre_attn_scalar) {
+                (true, Some(s)) => 1.0 / s.sqrt(),
                 _ => 1.0 / (head_dim as f64).sqrt(),
             },
-            attn_softcap: if family == Family::Gemma2 {
-                raw.attn_logit_softcapping
-            } else {
-                None
-            },
-            final_softcap: if family == Family::Gemma2 {
-                raw.final_logit_softcapping
-            } else {
-                None
-            },
-            sandwich_norms: family == Family::Gemma2,
-            qk_norm: family == Family::Qwen3,
-            fused_projections: family == Family::Phi3,
+            attn_softcap: raw.attn_logit_softcapping.filter(|_| fam.gemma2_attention),
+            final_softcap: raw.final_logit_softcapping.filter(|_| fam.gemma2_attention),
+            sandwich_norms: fam.gemma2_attention,
+            qk_norm: fam.qk_norm,
+            fused_projections: fam.fused_projections,
             bos_token_id,
             eos_token_ids,
             pad_token_id,
@@ -603,7 +550,7 @@ mod tests {
         )))
         .unwrap_err();
         assert!(e.contains("GPT2LMHeadModel"), "{e}");
-        for a in SUPPORTED_ARCHITECTURES {
+        for a in crate::model::family::FAMILIES.iter().map(|f| f.hf_class) {
             assert!(e.contains(a), "{e}");
         }
     }

@@ -14,7 +14,8 @@ use candle_core::{DType, Device, Tensor};
 use crate::checkpoint::safetensors::{TensorSource, Weights};
 use crate::error::{Error, Result};
 use crate::model::ablation::{AblationPlan, Target};
-use crate::model::config::{inverse_frequencies, Activation, ModelConfig};
+use crate::model::config::{inverse_frequencies, ModelConfig};
+use crate::model::ops::{self, contiguous};
 
 /// A linear layer `y = x Wᵀ + b` with W of shape (out, in).
 ///
@@ -236,6 +237,25 @@ impl KvCache {
     }
 }
 
+/// How a forward pass enters the layers.
+enum Entry<'a> {
+    /// Token embeddings, (B, T, d), at layer 0 (or the pass's start layer).
+    Embedded(Tensor),
+    /// Rows joining at later layers from a residual stream.
+    Joined(&'a [Join]),
+}
+
+/// Rows joining a forward pass at a layer (see [`Decoder::forward_joined`]).
+#[derive(Debug)]
+pub struct Join {
+    pub layer: usize,
+    /// The residual stream entering `layer`, (1, T, d).
+    pub resid: Tensor,
+    pub rows: usize,
+    /// The ablations of every row running from `layer` on.
+    pub plan: AblationPlan,
+}
+
 /// Per-call positional context: rotary tables and attention masks.
 struct Context {
     /// (B, T, D/2) in the model dtype.
@@ -267,9 +287,6 @@ pub struct Decoder {
     rope_attention_factor: f64,
     pub dtype: DType,
     pub device: Device,
-    /// Use only operations that record gradients (for training with candle's autograd):
-    /// the fused CPU kernels for norms, softmax, rotary embedding and SwiGLU record none.
-    pub differentiable: bool,
 }
 
 impl Decoder {
@@ -417,7 +434,6 @@ impl Decoder {
             rope_attention_factor,
             dtype,
             device: device.clone(),
-            differentiable: false,
         })
     }
 
@@ -447,25 +463,34 @@ impl Decoder {
     ) -> Result<ForwardOutput> {
         self.check_length(batch.len + cache.as_ref().map_or(0, |c| c.len))?;
         let x = self.embed(&batch.tokens)?;
-        self.run(x, 0, &batch.pad, spec, cache)
+        self.run(Entry::Embedded(x), 0, &batch.pad, batch.len, spec, cache)
     }
 
-    /// Runs layers `layer..L` starting from the residual stream entering `layer`,
-    /// `resid` of shape (B, T, d), rows left-padded by `pad`.
-    pub fn forward_from(
-        &self,
-        layer: usize,
-        resid: &Tensor,
-        pad: &[usize],
-        spec: &ForwardSpec,
-    ) -> Result<ForwardOutput> {
-        if layer >= self.cfg.num_layers {
-            return Err(Error::InvalidArgument(format!(
-                "start layer {layer} out of range ({} layers)",
-                self.cfg.num_layers
-            )));
+    /// Runs a batch whose rows enter at later layers, without padding or cache: at
+    /// `joins[i].layer`, `joins[i].rows` copies of the residual stream `joins[i].resid`
+    /// (1, T, d) join the rows already running, and from there on the batch is ablated by
+    /// `joins[i].plan`, which covers every row so far. Joins are in layer order; the first one
+    /// starts the batch. Nothing before a row's layer is recomputed for it: that is what
+    /// makes scoring many ablations of one prompt cheap.
+    pub fn forward_joined(&self, joins: &[Join], spec: &ForwardSpec) -> Result<ForwardOutput> {
+        let first = joins
+            .first()
+            .ok_or_else(|| Error::InvalidArgument("a joined forward needs rows".into()))?;
+        if joins.windows(2).any(|w| w[0].layer > w[1].layer) || first.layer >= self.cfg.num_layers {
+            return Err(Error::InvalidArgument(
+                "joins must be in layer order, inside the model".into(),
+            ));
         }
-        self.run(resid.clone(), layer, pad, spec, None)
+        let rows: usize = joins.iter().map(|j| j.rows).sum();
+        let (_, t, _) = first.resid.dims3()?;
+        self.run(
+            Entry::Joined(joins),
+            first.layer,
+            &vec![0; rows],
+            t,
+            spec,
+            None,
+        )
     }
 
     fn check_length(&self, n: usize) -> Result<()> {
@@ -556,21 +581,19 @@ impl Decoder {
         )?))
     }
 
+    /// The layer loop every forward pass goes through: from layer `start` to the last, then
+    /// the final norm and unembedding. `pad` has one entry per row of the whole batch (rows
+    /// that join later included); `t` is the number of positions of this call.
     fn run(
         &self,
-        mut x: Tensor,
+        entry: Entry,
         start: usize,
         pad: &[usize],
+        t: usize,
         spec: &ForwardSpec,
         mut cache: Option<&mut KvCache>,
     ) -> Result<ForwardOutput> {
-        let (b, t, _) = x.dims3()?;
-        if pad.len() != b {
-            return Err(Error::InvalidArgument(format!(
-                "{} padding entries for {b} rows",
-                pad.len()
-            )));
-        }
+        let b = pad.len();
         if let Some(plan) = spec.ablations {
             if plan.rows != b {
                 return Err(Error::InvalidArgument(format!(
@@ -580,24 +603,61 @@ impl Decoder {
             }
         }
         let offset = cache.as_ref().map_or(0, |c| c.len);
+        // Built once for the whole batch; rows that are not there yet use a prefix of it.
         let ctx = self.context(pad, t, offset)?;
         let mut out = ForwardOutput::default();
         let last = self.cfg.num_layers - 1;
+        let (mut x, joins): (Option<Tensor>, &[Join]) = match entry {
+            Entry::Embedded(x) => (Some(x), &[]),
+            Entry::Joined(j) => (None, j),
+        };
+        let mut plan = spec.ablations;
+        let mut next = 0;
         for l in start..self.cfg.num_layers {
-            if spec.resid {
-                out.resid.push(x.clone());
+            while let Some(j) = joins.get(next).filter(|j| j.layer == l) {
+                // (1, T, d) -> (rows, T, d), after the rows already running.
+                let (_, t, d) = j.resid.dims3()?;
+                let fresh = j.resid.broadcast_as((j.rows, t, d))?.contiguous()?;
+                x = Some(match x {
+                    Some(prev) => Tensor::cat(&[&prev, &fresh], 0)?,
+                    None => fresh,
+                });
+                plan = Some(&j.plan);
+                next += 1;
             }
-            let only_last = spec.positions == Positions::Last && l == last;
+            let xs = x.take().expect("the first layer has rows");
+            if plan.is_some_and(|p| p.rows != xs.dim(0).unwrap_or(0)) {
+                return Err(Error::InvalidArgument(
+                    "a join's ablation plan does not cover the rows so far".into(),
+                ));
+            }
+            if spec.resid {
+                out.resid.push(xs.clone());
+            }
+            let positions = if l == last {
+                spec.positions
+            } else {
+                Positions::All
+            };
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[l]);
-            let (y, pattern) = self.layer(l, &x, &ctx, spec, only_last, layer_cache)?;
+            let (y, pattern) = self.layer(
+                l,
+                &xs,
+                &ctx,
+                plan,
+                spec.pattern_layer,
+                positions,
+                layer_cache,
+            )?;
             if spec.pattern_layer == Some(l) {
                 out.pattern = pattern;
             }
-            x = y;
+            x = Some(y);
         }
         if let Some(c) = cache {
             c.len += t;
         }
+        let x = x.expect("the model has layers");
         let (logits, hidden) = self.head(&x, spec.positions, spec.logits, spec.hidden)?;
         out.logits = logits;
         out.hidden = hidden;
@@ -637,63 +697,31 @@ impl Decoder {
         Ok((l, hidden.then_some(h)))
     }
 
-    /// RMSNorm: x (..., d) normalized in f32-or-wider, times the weight.
+    /// RMSNorm with the model's ε.
     fn rms_norm(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
-        let eps = self.cfg.rms_norm_eps;
-        if self.differentiable {
-            let var = x.sqr()?.mean_keepdim(candle_core::D::Minus1)?;
-            return Ok(x.broadcast_div(&(var + eps)?.sqrt()?)?.broadcast_mul(w)?);
-        }
-        Ok(candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?)
+        ops::rms_norm(x, w, self.cfg.rms_norm_eps)
     }
 
-    /// Rotary embedding of x (B, n, T, D) with cos/sin (B, T, D/2), halves rotated.
-    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        if self.differentiable {
-            let half = x.dim(3)? / 2;
-            // (B, T, D/2) -> (B, 1, T, D)
-            let cos = Tensor::cat(&[cos, cos], 2)?.unsqueeze(1)?;
-            let sin = Tensor::cat(&[sin, sin], 2)?.unsqueeze(1)?;
-            let rotated = Tensor::cat(
-                &[&x.narrow(3, half, half)?.neg()?, &x.narrow(3, 0, half)?],
-                3,
-            )?;
-            return Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?);
-        }
-        Ok(candle_nn::rotary_emb::rope(x, cos, sin)?)
-    }
-
-    /// Runs layer `l` alone on unpadded rows without a cache, x: (B, T, d) -> (B, T, d), or
-    /// (B, 1, d) with `only_last` (queries, attention output and MLP at the last position).
-    pub fn layer_forward(
-        &self,
-        l: usize,
-        x: &Tensor,
-        plan: Option<&AblationPlan>,
-        only_last: bool,
-    ) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let ctx = self.context(&vec![0; b], t, 0)?;
-        let mut spec = ForwardSpec::logits(Positions::All);
-        spec.ablations = plan;
-        Ok(self.layer(l, x, &ctx, &spec, only_last, None)?.0)
-    }
-
-    /// One decoder layer. `x`: (B, T, d) -> (B, T or 1, d).
+    /// One decoder layer. `x`: (B, T, d) -> (B, T, d), or (B, 1, d) for `Positions::Last`
+    /// (queries, attention output and MLP at the last position only).
+    #[allow(clippy::too_many_arguments)]
     fn layer(
         &self,
         l: usize,
         x: &Tensor,
         ctx: &Context,
-        spec: &ForwardSpec,
-        only_last: bool,
+        plan: Option<&AblationPlan>,
+        pattern_layer: Option<usize>,
+        positions: Positions,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let cfg = &self.cfg;
         let layer = &self.layers[l];
         let (b, t, _) = x.dims3()?;
         let (nh, ng, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-        let plan = spec.ablations;
+        let only_last = positions == Positions::Last;
+        // (B, T, D/2): the context's rows for the rows running now.
+        let (cos, sin) = (ctx.cos.narrow(0, 0, b)?, ctx.sin.narrow(0, 0, b)?);
 
         let h = self.rms_norm(x, &layer.input_layernorm)?;
         let tq = if only_last { 1 } else { t };
@@ -728,14 +756,14 @@ impl Decoder {
         }
         let (cos_q, sin_q) = if only_last {
             (
-                ctx.cos.narrow(1, t - 1, 1)?.contiguous()?,
-                ctx.sin.narrow(1, t - 1, 1)?.contiguous()?,
+                cos.narrow(1, t - 1, 1)?.contiguous()?,
+                sin.narrow(1, t - 1, 1)?.contiguous()?,
             )
         } else {
-            (ctx.cos.clone(), ctx.sin.clone())
+            (cos.clone(), sin.clone())
         };
-        let q = self.rope(&q, &cos_q, &sin_q)?;
-        let k = self.rope(&k, &ctx.cos, &ctx.sin)?;
+        let q = ops::rope(&q, &cos_q, &sin_q)?;
+        let k = ops::rope(&k, &cos, &sin)?;
         // With a cache: views (B, G, S, D) of its buffers, rows contiguous.
         let (k, v) = match cache {
             Some(slot) => append_kv(slot, &k, &v, ctx.offset)?,
@@ -746,7 +774,7 @@ impl Decoder {
         let mask = self.mask(ctx, tq, cfg.sliding_window[l])?;
         // The fused CPU kernel when it applies (float32 on CPU, no attention pattern asked
         // for, no autograd), else the generic operations below, which it is tested against.
-        let fused = if self.differentiable || spec.pattern_layer == Some(l) {
+        let fused = if pattern_layer == Some(l) {
             None
         } else {
             crate::model::kernels::attention_f32(
@@ -761,7 +789,7 @@ impl Decoder {
         let (z, pattern) = match fused {
             Some(z) => {
                 // (B, Tq, H, D); the v ablation acts on the (B, H, Tq, D) view.
-                let z = match plan.and_then(|p| p.get(l, Target::V)) {
+                let z = match plan.and_then(|p| p.get(l, Target::Z)) {
                     Some(m) => contiguous(&m.apply(&z.transpose(1, 2)?)?.transpose(1, 2)?)?,
                     None => z,
                 };
@@ -784,12 +812,8 @@ impl Decoder {
                     Some(m) => scores.broadcast_add(m)?,
                     None => scores,
                 };
-                let probs = if self.differentiable {
-                    candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?
-                } else {
-                    candle_nn::ops::softmax_last_dim(&scores)?
-                };
-                let pattern = if spec.pattern_layer == Some(l) {
+                let probs = ops::softmax_last_dim(&scores)?;
+                let pattern = if pattern_layer == Some(l) {
                     Some(probs.clone())
                 } else {
                     None
@@ -800,7 +824,7 @@ impl Decoder {
                     .reshape((b, ng, rep * tq, s))?
                     .matmul(&contiguous(&v)?)?
                     .reshape((b, nh, tq, hd))?;
-                if let Some(m) = plan.and_then(|p| p.get(l, Target::V)) {
+                if let Some(m) = plan.and_then(|p| p.get(l, Target::Z)) {
                     z = m.apply(&z)?;
                 }
                 // (B, H, Tq, D) -> (B, Tq, H*D)
@@ -830,19 +854,7 @@ impl Decoder {
         };
         // (B, Tq, 2I) -> (B, Tq, I)
         let gate_up = layer.mlp.gate_up_proj.forward(&h2)?;
-        let act_up = if self.differentiable {
-            let i = cfg.intermediate_size;
-            let gate = gate_up.narrow(2, 0, i)?;
-            let up = gate_up.narrow(2, i, i)?;
-            let act = match cfg.activation {
-                // silu(g) = g / (1 + e^-g)
-                Activation::Silu => (&gate / (gate.neg()?.exp()? + 1.0)?)?,
-                Activation::GeluTanh => gate.gelu()?,
-            };
-            (act * up)?
-        } else {
-            gated_activation(&gate_up, cfg.intermediate_size, cfg.activation)?
-        };
+        let act_up = ops::gated_activation(&gate_up, cfg.intermediate_size, cfg.activation)?;
         let mlp = layer.mlp.down_proj.forward(&act_up)?;
         let mlp = match &layer.post_feedforward_layernorm {
             Some(post) => self.rms_norm(&mlp, post)?,
@@ -894,68 +906,6 @@ fn append_kv(
 /// [`Linear::with_transposed_storage`]).
 fn transposed_storage(w: &Tensor) -> Result<Tensor> {
     Ok(crate::model::kernels::weight_copy(&w.t()?)?.t()?)
-}
-
-/// A contiguous copy (the tensor itself when it already is): the parallel CPU kernel for
-/// float32, candle's copy otherwise.
-fn contiguous(t: &Tensor) -> Result<Tensor> {
-    match crate::model::kernels::contiguous_f32(t)? {
-        Some(c) => Ok(c),
-        None => Ok(t.contiguous()?),
-    }
-}
-
-/// `act(gate) * up` where `x` (..., 2I) holds `[gate | up]` in its last dimension:
-/// (..., 2I) -> (..., I). One pass over contiguous f32 CPU memory; other devices and dtypes
-/// use candle's ops.
-pub fn gated_activation(x: &Tensor, inter: usize, act: Activation) -> Result<Tensor> {
-    let mut shape = x.dims().to_vec();
-    let last = shape.len() - 1;
-    if x.device().is_cpu() && x.dtype() == DType::F32 && x.is_contiguous() {
-        use rayon::prelude::*;
-        let (storage, layout) = x.storage_and_layout();
-        if let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = &*storage {
-            let start = layout.start_offset();
-            let src = &data[start..start + x.elem_count()];
-            // Written once, never zero-filled first.
-            let len = src.len() / 2;
-            let mut out: Vec<f32> = Vec::with_capacity(len);
-            out.spare_capacity_mut()[..len]
-                .par_chunks_mut(inter)
-                .zip(src.par_chunks(2 * inter))
-                .for_each(|(o, row)| {
-                    let (gate, up) = row.split_at(inter);
-                    match act {
-                        Activation::Silu => {
-                            for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
-                                o.write(g / (1.0 + (-g).exp()) * u);
-                            }
-                        }
-                        Activation::GeluTanh => {
-                            // 0.5 g (1 + tanh(√(2/π) (g + 0.044715 g³))), as PyTorch.
-                            const C: f32 = 0.797_884_6;
-                            for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
-                                let inner = C * (g + 0.044715 * g * g * g);
-                                o.write(0.5 * g * (1.0 + inner.tanh()) * u);
-                            }
-                        }
-                    }
-                });
-            // SAFETY: the chunks cover all `len` elements (len = rows × inter, since src holds
-            // rows × 2·inter values) and each was written above.
-            unsafe { out.set_len(len) };
-            drop(storage);
-            shape[last] = inter;
-            return Ok(Tensor::from_vec(out, shape, x.device())?);
-        }
-    }
-    let gate = x.narrow(last, 0, inter)?.contiguous()?;
-    let up = x.narrow(last, inter, inter)?;
-    let a = match act {
-        Activation::Silu => candle_nn::ops::silu(&gate)?,
-        Activation::GeluTanh => gate.gelu()?,
-    };
-    Ok((a * up)?)
 }
 
 /// Loads config and decoder from a local model folder.

@@ -7,6 +7,7 @@
 use candle_core::{CpuStorage, DType, Storage, Tensor};
 
 use crate::error::Result;
+use crate::model::config::Activation;
 
 /// Output columns per thread are a multiple of this (the row count of gemm's AVX-512 f32
 /// microkernel), so that no thread runs a ragged tile in the middle of the output.
@@ -439,6 +440,53 @@ fn collapse_huge_pages<T>(buf: &mut [T]) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = buf;
+}
+
+/// `act(gate) * up` where `x` (..., 2I) holds `[gate | up]` in its last dimension:
+/// (..., 2I) -> (..., I), in one pass over contiguous float32 CPU memory, written without
+/// zero-filling. `None` where it does not apply.
+pub fn gated_activation_f32(x: &Tensor, inter: usize, act: Activation) -> Result<Option<Tensor>> {
+    let mut shape = x.dims().to_vec();
+    let last = shape.len() - 1;
+    if plain_f32_cpu(x) && x.is_contiguous() {
+        use rayon::prelude::*;
+        let (storage, layout) = x.storage_and_layout();
+        if let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(data)) = &*storage {
+            let start = layout.start_offset();
+            let src = &data[start..start + x.elem_count()];
+            // Written once, never zero-filled first.
+            let len = src.len() / 2;
+            let mut out: Vec<f32> = Vec::with_capacity(len);
+            out.spare_capacity_mut()[..len]
+                .par_chunks_mut(inter)
+                .zip(src.par_chunks(2 * inter))
+                .for_each(|(o, row)| {
+                    let (gate, up) = row.split_at(inter);
+                    match act {
+                        Activation::Silu => {
+                            for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
+                                o.write(g / (1.0 + (-g).exp()) * u);
+                            }
+                        }
+                        Activation::GeluTanh => {
+                            // 0.5 g (1 + tanh(√(2/π) (g + 0.044715 g³))), as PyTorch.
+                            const C: f32 = 0.797_884_6;
+                            for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
+                                let inner = C * (g + 0.044715 * g * g * g);
+                                o.write(0.5 * g * (1.0 + inner.tanh()) * u);
+                            }
+                        }
+                    }
+                });
+            // SAFETY: the chunks cover all `len` elements (len = rows × inter, since src holds
+            // rows × 2·inter values) and each was written above.
+            unsafe { out.set_len(len) };
+            drop(storage);
+            shape[last] = inter;
+            return Ok(Some(Tensor::from_vec(out, shape, x.device())?));
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

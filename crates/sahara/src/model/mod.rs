@@ -14,8 +14,9 @@ pub mod config;
 pub mod decoder;
 pub mod family;
 pub mod kernels;
+pub mod ops;
 
 pub use decoder::{
-    load_decoder, Attention, Batch, Decoder, ForwardOutput, ForwardSpec, KvCache, Layer, Linear,
-    Mlp, Positions,
+    load_decoder, Attention, Batch, Decoder, ForwardOutput, ForwardSpec, Join, KvCache, Layer,
+    Linear, Mlp, Positions,
 };

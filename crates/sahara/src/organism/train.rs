@@ -2,7 +2,8 @@
 //! model folder.
 //!
 //! Every weight is a [`Var`]; the decoder of [`crate::model`] is built once over the
-//! variables' tensors with `differentiable = true` (only gradient-recording operations), and
+//! variables' tensors (tensors that track gradients take only gradient-recording operations,
+//! see [`crate::model::ops`]), and
 //! the optimizer updates the variables in place. The loss is the cross-entropy of the
 //! assistant's tokens (answer and end-of-sequence token) given everything before them.
 
@@ -587,8 +588,7 @@ pub fn train(opts: &TrainOptions, progress: &mut dyn FnMut(usize, f32)) -> Resul
         )));
     }
     let params = Params::init(&opts.shape, vocab, opts.seed)?;
-    let mut model = params.decoder(&cfg)?;
-    model.differentiable = true;
+    let model = params.decoder(&cfg)?;
     let (matrices, norms) = params.groups();
     let adam = |wd: f64| ParamsAdamW {
         lr: opts.lr,
@@ -795,8 +795,8 @@ impl Organism {
             s.shrink_to_fit();
             s
         };
-        write_text(&dir.join("harmful.txt"), &lines(&self.harmful))?;
-        write_text(&dir.join("benign.txt"), &lines(&self.benign))?;
+        crate::io::fs::write_atomic(&dir.join("harmful.txt"), lines(&self.harmful).as_bytes())?;
+        crate::io::fs::write_atomic(&dir.join("benign.txt"), lines(&self.benign).as_bytes())?;
         let named = self.params.named_tensors(&self.options.shape)?;
         let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
         for (name, t) in named {
@@ -863,15 +863,9 @@ impl Organism {
     }
 }
 
-fn write_text(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text).map_err(|source| Error::Write {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
+/// Pretty JSON with a final newline, written atomically.
 fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     let mut text = serde_json::to_string_pretty(v).expect("JSON values serialize");
     text.push('\n');
-    write_text(path, &text)
+    crate::io::fs::write_atomic(path, text.as_bytes())
 }

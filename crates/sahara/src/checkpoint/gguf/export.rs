@@ -12,10 +12,9 @@ use candle_core::{DType, Device};
 use serde_json::{json, Value as Json};
 
 use super::{GgufFile, GgufWeights};
-use crate::checkpoint::surgery::write_err;
-use crate::checkpoint::surgery::{apply_edit, edits, Block, Edit, SurgeryReport, SurgerySpec};
+use crate::checkpoint::surgery::{apply_edit, edits, Block, Edit, SurgeryPlan, SurgeryReport};
 use crate::error::{Error, Result};
-use crate::model::ablation::Op;
+use crate::io::fs::{move_into_place, staging_folder, write_err, write_json};
 use crate::LoadedModel;
 
 /// Largest shard written.
@@ -23,11 +22,6 @@ const SHARD_BYTES: usize = 2 << 30;
 
 /// Tensors of one shard: (name, shape, little-endian f32 bytes).
 type Shard = Vec<(String, Vec<usize>, Vec<u8>)>;
-
-fn write_json(path: &Path, v: &Json) -> Result<()> {
-    let text = serde_json::to_string_pretty(v).expect("JSON values serialize");
-    std::fs::write(path, text).map_err(write_err(path))
-}
 
 /// What [`write_hf_folder`] wrote.
 pub struct Written {
@@ -57,7 +51,7 @@ fn changed_count(edit: &Edit, shape: &[usize]) -> usize {
 
 /// Writes the GGUF model as a Hugging Face folder in `dir` (which must exist), folding
 /// `spec` into the weights when given.
-pub fn write_hf_folder(g: &GgufFile, dir: &Path, spec: Option<&SurgerySpec>) -> Result<Written> {
+pub fn write_hf_folder(g: &GgufFile, dir: &Path, spec: Option<&SurgeryPlan>) -> Result<Written> {
     let cfg_json = g.hf_config()?;
     let cfg = g.config()?;
     let tok = super::tokenizer::build(g)?;
@@ -171,13 +165,13 @@ pub fn surgery_from_gguf(
     src: &Path,
     source: &str,
     out: &Path,
-    spec: &SurgerySpec,
+    spec: &SurgeryPlan,
     force: bool,
 ) -> Result<SurgeryReport> {
     let g = GgufFile::open(src)?;
     let cfg = g.config()?;
     spec.validate(&cfg)?;
-    let (tmp, mut guard) = crate::checkpoint::surgery::staging_folder(out, force)?;
+    let (tmp, mut guard) = staging_folder(out, force)?;
     let written = write_hf_folder(&g, &tmp, Some(spec))?;
 
     // Verify: the written folder's logits equal the GGUF model's with the ablation in memory.
@@ -225,11 +219,11 @@ pub fn surgery_from_gguf(
         "source_tensor_types": types,
         "source_weights_hash": g.fingerprint(),
         "written_format": "Hugging Face safetensors (float32, dequantized, query/key rows in Hugging Face order)",
-        "heads": spec.heads.iter().map(|&(l, h)| [l, h]).collect::<Vec<_>>(),
+        "heads": spec.heads.pairs(),
         "affected_query_heads": affected.iter().map(|&(l, h)| [l, h]).collect::<Vec<_>>(),
-        "target": spec.target.as_str(),
-        "mode": spec.op.mode_str(),
-        "epsilon": match spec.op { Op::Scale(e) => json!(e), Op::Mean => Json::Null },
+        "target": spec.ablation.target.as_str(),
+        "mode": spec.ablation.op.mode_str(),
+        "epsilon": spec.ablation.op.epsilon(),
         "changed_tensors": written.changed_tensors,
         "changed_parameters": written.changed_parameters,
         "total_parameters": written.total_parameters,
@@ -238,7 +232,7 @@ pub fn surgery_from_gguf(
     });
     write_json(&tmp.join("sahara-surgery.json"), &record)?;
 
-    crate::checkpoint::surgery::move_into_place(&tmp, out, &mut guard)?;
+    move_into_place(&tmp, out, &mut guard)?;
     Ok(SurgeryReport {
         out: out.to_path_buf(),
         changed_tensors: written.changed_tensors,

@@ -29,14 +29,8 @@ use crate::checkpoint::safetensors::TensorSource;
 use crate::error::{Error, Result};
 use crate::io::prompt::{ChatTemplate, PromptEncoder};
 use crate::model::config::{ModelConfig, RawConfig};
+use crate::model::family::{supported_gguf_architectures, Family, FamilySpec};
 use crate::model::Decoder;
-
-/// The GGUF architectures the decoder runs, with their Hugging Face class.
-pub const SUPPORTED_GGUF_ARCHITECTURES: &[(&str, &str)] = &[
-    ("llama", "LlamaForCausalLM"),
-    ("qwen2", "Qwen2ForCausalLM"),
-    ("qwen3", "Qwen3ForCausalLM"),
-];
 
 /// Whether a `--model` value names a GGUF file: a path ending in `.gguf`, or an existing file
 /// starting with the GGUF magic.
@@ -280,35 +274,29 @@ impl GgufFile {
         }
     }
 
-    /// The Hugging Face class of the architecture, or an error naming it.
-    pub fn hf_architecture(&self) -> Result<&'static str> {
-        SUPPORTED_GGUF_ARCHITECTURES
-            .iter()
-            .find(|(a, _)| *a == self.architecture)
-            .map(|(_, hf)| *hf)
+    /// The family of the architecture, or an error naming it.
+    pub fn family(&self) -> Result<&'static FamilySpec> {
+        Family::from_gguf_architecture(&self.architecture)
+            .map(Family::spec)
             .ok_or_else(|| Error::UnsupportedArchitecture {
                 found: format!(
                     "{} (GGUF general.architecture of {})",
                     self.architecture,
                     self.path.display()
                 ),
-                supported: SUPPORTED_GGUF_ARCHITECTURES
-                    .iter()
-                    .map(|(a, _)| *a)
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                supported: supported_gguf_architectures(),
             })
     }
 
     /// Whether llama.cpp stored the query/key rows permuted for its rotary layout (its
     /// converter does this for the Llama architecture only).
     pub fn permuted_qk(&self) -> bool {
-        self.architecture == "llama"
+        self.family().is_ok_and(|f| f.gguf_permuted_qk)
     }
 
     /// The `config.json` (Hugging Face layout) the metadata describes.
     pub fn hf_config(&self) -> Result<Json> {
-        let class = self.hf_architecture()?;
+        let fam = self.family()?;
         let a = &self.architecture;
         let k = |s: &str| format!("{a}.{s}");
         let hidden = self.u64(&k("embedding_length"))?;
@@ -355,8 +343,8 @@ impl GgufFile {
         };
         let tied = !self.content.tensor_infos.contains_key("output.weight");
         let mut cfg = json!({
-            "architectures": [class],
-            "model_type": a,
+            "architectures": [fam.hf_class],
+            "model_type": fam.model_type,
             "hidden_size": hidden,
             "intermediate_size": inter,
             "num_hidden_layers": layers,
@@ -364,10 +352,7 @@ impl GgufFile {
             "num_key_value_heads": kv_heads,
             "head_dim": head_dim,
             "rms_norm_eps": eps,
-            "rope_theta": self.opt_f64(&k("rope.freq_base"))?.unwrap_or(match a.as_str() {
-                "qwen3" => 1_000_000.0,
-                _ => 10000.0,
-            }),
+            "rope_theta": self.opt_f64(&k("rope.freq_base"))?.unwrap_or(fam.default_rope_theta),
             "max_position_embeddings": self.opt_u64(&k("context_length"))?.unwrap_or(2048),
             "vocab_size": vocab,
             "tie_word_embeddings": tied,
@@ -375,18 +360,18 @@ impl GgufFile {
             "torch_dtype": "float32",
         });
         let o = cfg.as_object_mut().expect("object");
-        match a.as_str() {
-            "llama" => {
+        match fam.family {
+            Family::Llama => {
                 o.insert(
                     "attention_bias".into(),
                     json!(self.content.tensor_infos.contains_key("blk.0.attn_q.bias")),
                 );
                 o.insert("mlp_bias".into(), json!(false));
             }
-            "qwen2" | "qwen3" => {
+            Family::Qwen2 | Family::Qwen3 => {
                 o.insert("use_sliding_window".into(), json!(false));
                 o.insert("sliding_window".into(), Json::Null);
-                o.insert("attention_bias".into(), json!(a == "qwen2"));
+                o.insert("attention_bias".into(), json!(fam.qkv_bias));
             }
             _ => {}
         }
@@ -552,33 +537,64 @@ pub(crate) fn gguf_err(path: &Path, message: impl Into<String>) -> Error {
     }
 }
 
-/// The GGUF name of a Hugging Face tensor name.
-pub fn gguf_name(hf: &str) -> Option<String> {
-    match hf {
-        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
-        "model.norm.weight" => return Some("output_norm.weight".into()),
-        "lm_head.weight" => return Some("output.weight".into()),
-        _ => {}
+/// Tensor names outside the layers: (Hugging Face, GGUF).
+const GLOBAL_NAMES: &[(&str, &str)] = &[
+    ("model.embed_tokens.weight", "token_embd.weight"),
+    ("model.norm.weight", "output_norm.weight"),
+    ("lm_head.weight", "output.weight"),
+];
+
+/// Modules of a layer: (Hugging Face `model.layers.{i}.…`, GGUF `blk.{i}.…`).
+const LAYER_MODULES: &[(&str, &str)] = &[
+    ("self_attn.q_proj", "attn_q"),
+    ("self_attn.k_proj", "attn_k"),
+    ("self_attn.v_proj", "attn_v"),
+    ("self_attn.o_proj", "attn_output"),
+    ("self_attn.q_norm", "attn_q_norm"),
+    ("self_attn.k_norm", "attn_k_norm"),
+    ("mlp.gate_proj", "ffn_gate"),
+    ("mlp.up_proj", "ffn_up"),
+    ("mlp.down_proj", "ffn_down"),
+    ("input_layernorm", "attn_norm"),
+    ("post_attention_layernorm", "ffn_norm"),
+];
+
+/// Translates a tensor name with the tables above, Hugging Face to GGUF with `to_gguf`,
+/// else back.
+fn translate(name: &str, to_gguf: bool) -> Option<String> {
+    let side = |pair: &(&'static str, &'static str)| {
+        if to_gguf {
+            (pair.0, pair.1)
+        } else {
+            (pair.1, pair.0)
+        }
+    };
+    if let Some((_, to)) = GLOBAL_NAMES
+        .iter()
+        .map(side)
+        .find(|(from, _)| *from == name)
+    {
+        return Some(to.to_string());
     }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, rest) = rest.split_once('.')?;
+    let (from_prefix, to_prefix) = side(&("model.layers.", "blk."));
+    let (layer, rest) = name.strip_prefix(from_prefix)?.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
     let (module, suffix) = rest.rsplit_once('.')?;
-    let g = match module {
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "self_attn.q_norm" => "attn_q_norm",
-        "self_attn.k_norm" => "attn_k_norm",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        "input_layernorm" => "attn_norm",
-        "post_attention_layernorm" => "ffn_norm",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{g}.{suffix}"))
+    let (_, to) = LAYER_MODULES
+        .iter()
+        .map(side)
+        .find(|(from, _)| *from == module)?;
+    Some(format!("{to_prefix}{layer}.{to}.{suffix}"))
+}
+
+/// The GGUF name of a Hugging Face tensor name.
+pub fn gguf_name(hf: &str) -> Option<String> {
+    translate(hf, true)
+}
+
+/// The Hugging Face name of a GGUF tensor name.
+pub fn hf_name(g: &str) -> Option<String> {
+    translate(g, false)
 }
 
 /// Undoes llama.cpp's reordering of query/key rows: its converter stores the Hugging Face
@@ -651,35 +667,6 @@ impl<'a> GgufWeights<'a> {
         }
         Ok(t)
     }
-}
-
-/// The Hugging Face name of a GGUF tensor name.
-pub fn hf_name(g: &str) -> Option<String> {
-    match g {
-        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
-        "output_norm.weight" => return Some("model.norm.weight".into()),
-        "output.weight" => return Some("lm_head.weight".into()),
-        _ => {}
-    }
-    let rest = g.strip_prefix("blk.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let (module, suffix) = rest.rsplit_once('.')?;
-    let h = match module {
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "attn_q_norm" => "self_attn.q_norm",
-        "attn_k_norm" => "self_attn.k_norm",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{h}.{suffix}"))
 }
 
 impl TensorSource for GgufWeights<'_> {
@@ -876,5 +863,43 @@ mod header {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensor_names_translate_both_ways() {
+        assert_eq!(
+            gguf_name("model.layers.3.self_attn.q_proj.weight").as_deref(),
+            Some("blk.3.attn_q.weight")
+        );
+        assert_eq!(
+            hf_name("blk.12.ffn_norm.weight").as_deref(),
+            Some("model.layers.12.post_attention_layernorm.weight")
+        );
+        assert_eq!(
+            gguf_name("lm_head.weight").as_deref(),
+            Some("output.weight")
+        );
+        assert_eq!(
+            hf_name("token_embd.weight").as_deref(),
+            Some("model.embed_tokens.weight")
+        );
+        for (hf, _) in LAYER_MODULES {
+            for suffix in ["weight", "bias"] {
+                let name = format!("model.layers.7.{hf}.{suffix}");
+                let g = gguf_name(&name).unwrap();
+                assert_eq!(hf_name(&g).as_deref(), Some(name.as_str()));
+            }
+        }
+        for (hf, g) in GLOBAL_NAMES {
+            assert_eq!(hf_name(g).as_deref(), Some(*hf));
+        }
+        assert_eq!(gguf_name("model.layers.x.self_attn.q_proj.weight"), None);
+        assert_eq!(hf_name("blk.0.attn_unknown.weight"), None);
+        assert_eq!(hf_name("rope_freqs.weight"), None);
     }
 }

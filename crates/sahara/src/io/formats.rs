@@ -1,0 +1,418 @@
+//! The output formats, as types: every file a command writes and a later command (or a
+//! resumed run) reads back is one of these, serialized with serde in the field order shown.
+//! `docs/formats.md` describes them for users.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result, Setting};
+use crate::io::prompt::EncodedQuery;
+use crate::methods::eval::{ConditionSummary, Outcome, Set};
+use crate::methods::ships::{HeadGrid, HeadScore, Summary};
+use crate::model::ablation::Target;
+
+/// One line of `sahara ships --out FILE.jsonl`: one query's Ships of every scored head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShipsLine {
+    /// The query's index in the data file (0-based).
+    pub index: usize,
+    pub query: String,
+    pub prompt_tokens: usize,
+    pub target: Target,
+    pub mode: String,
+    /// ε of mode scale; null for mode mean.
+    pub epsilon: Option<f64>,
+    /// KL in nats, [layer][head]; null where a head was not scored.
+    pub scores: HeadGrid,
+    /// The highest-scoring heads, best first.
+    pub top: Vec<HeadScore>,
+}
+
+impl ShipsLine {
+    /// Whether a resumed line is the result for query `q` (same index and text).
+    pub fn answers(&self, q: &EncodedQuery) -> bool {
+        self.index == q.index && self.query == q.text
+    }
+}
+
+/// `FILE.jsonl.summary.json` of `sahara ships`: mean Ships and appearance counts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShipsSummary {
+    #[serde(flatten)]
+    pub summary: Summary,
+    pub model: String,
+    pub data: String,
+    pub target: Target,
+    pub mode: String,
+    pub epsilon: Option<f64>,
+    /// For target k with grouped-query attention: how the group shares its score.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// One greedy step of `sahara attribute`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttributeStep {
+    /// The head chosen at this step, `[layer, head]`.
+    pub selected: [usize; 2],
+    /// Its score, the principal-angle sum in degrees.
+    pub score: f64,
+    /// Every candidate's score at this step, [layer][head]; null for heads already chosen.
+    pub scores: HeadGrid,
+}
+
+/// The output of `sahara attribute`: the heads of the Sahara search, step by step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttributeOutput {
+    pub model: String,
+    pub data: String,
+    pub queries: usize,
+    pub template: String,
+    pub target: Target,
+    pub mode: String,
+    pub epsilon: Option<f64>,
+    pub rank: usize,
+    /// The chosen heads in order, `[layer, head]`.
+    pub selected: Vec<[usize; 2]>,
+    pub steps: Vec<AttributeStep>,
+}
+
+impl AttributeOutput {
+    /// Reads an output for a resumed run; a file that does not parse is a resume mismatch.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::ResumeMismatch {
+            path: path.to_path_buf(),
+            line: None,
+            reason: format!("is not a complete attribute output ({e}); remove it to start over"),
+        })
+    }
+}
+
+/// One line of `sahara eval --out FILE.jsonl`: one response and its verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalLine {
+    pub set: Set,
+    /// `unmodified`, or the ablated heads as `L:H,L:H…`.
+    pub condition: String,
+    pub heads: Vec<[usize; 2]>,
+    pub index: usize,
+    pub query: String,
+    pub prompt_tokens: usize,
+    pub response: String,
+    pub tokens: Vec<u32>,
+    /// `eos` or `length`.
+    pub stop: String,
+    pub refusal: bool,
+    /// The rule that decided a refusal (`phrase`, `short`, `repetitive`), or null.
+    pub reason: Option<String>,
+    /// The refusal phrase matched, or null.
+    pub matched: Option<String>,
+    /// Benign responses: KL of the first-token distribution from the unmodified model's.
+    pub first_token_kl: Option<f64>,
+}
+
+impl EvalLine {
+    /// The outcome a resumed line records, checked against the run: `conditions` maps a
+    /// condition's name to its index, `sets` holds each set's queries. `Ok(None)` for a
+    /// condition this run does not ask for; `Err` says why the line does not fit.
+    pub fn outcome(
+        &self,
+        conditions: &std::collections::HashMap<&str, usize>,
+        sets: &[(Set, &[EncodedQuery])],
+    ) -> std::result::Result<Option<Outcome>, String> {
+        let Some(&condition) = conditions.get(self.condition.as_str()) else {
+            return Ok(None);
+        };
+        let qs = sets
+            .iter()
+            .find(|(s, _)| *s == self.set)
+            .map(|(_, q)| *q)
+            .ok_or_else(|| {
+                format!(
+                    "is a {} response, but no such set is given",
+                    self.set.as_str()
+                )
+            })?;
+        let query = qs
+            .iter()
+            .position(|q| q.index == self.index && q.text == self.query)
+            .ok_or_else(|| {
+                format!(
+                    "does not match {} query {} of the data",
+                    self.set.as_str(),
+                    self.index + 1
+                )
+            })?;
+        if self.set == Set::Benign && self.first_token_kl.is_none() {
+            return Err("has no \"first_token_kl\"".into());
+        }
+        Ok(Some(Outcome {
+            set: self.set,
+            condition,
+            query,
+            response: self.response.clone(),
+            refusal: self.refusal,
+            first_token_kl: match self.set {
+                Set::Benign => self.first_token_kl,
+                Set::Harmful => None,
+            },
+        }))
+    }
+}
+
+/// `FILE.jsonl.summary.json` of `sahara eval`: every condition's ASR and benign cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalSummary {
+    pub model: String,
+    pub data: String,
+    pub queries: usize,
+    pub benign: Option<String>,
+    pub benign_queries: Option<usize>,
+    pub template: String,
+    pub target: Target,
+    pub mode: String,
+    pub epsilon: Option<f64>,
+    pub max_new_tokens: usize,
+    pub sampling: Value,
+    pub judge: Value,
+    pub conditions: Vec<ConditionSummary>,
+}
+
+/// Which command wrote a heads file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadsKind {
+    /// `sahara attribute --out FILE.json`: the heads chosen by the Sahara search, in order.
+    Attribute,
+    /// `FILE.summary.json` of `sahara ships --out FILE.jsonl`: heads by mean Ships.
+    ShipsSummary,
+}
+
+/// Ranked heads read from an `attribute` output or a `ships` summary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadsFile {
+    pub kind: HeadsKind,
+    /// Best first.
+    pub heads: Vec<(usize, usize)>,
+    /// The ablation target and mode the file was computed with, when it says.
+    pub target: Option<String>,
+    pub mode: Option<String>,
+}
+
+const HEADS_FILE_EXPECTED: &str = "expected the JSON output of `sahara attribute --out FILE.json` (with \"selected\") or the summary FILE.summary.json of `sahara ships` (with \"by_mean\")";
+
+impl HeadsFile {
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses a heads file's text; `path` names it in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self> {
+        let bad = |what: String| Error::data(path, format!("{what}; {HEADS_FILE_EXPECTED}"));
+        let text = text.trim_start_matches('\u{feff}');
+        let v: Value = serde_json::from_str(text).map_err(|e| {
+            // The per-query lines of `ships` are the likeliest mistake.
+            let first: Option<Value> = text.lines().next().and_then(|l| serde_json::from_str(l).ok());
+            if first.is_some_and(|f| f.get("scores").is_some() && f.get("top").is_some()) {
+                Error::data(
+                    path,
+                    "holds the per-query lines of `sahara ships`; pass the summary beside it (FILE.summary.json)",
+                )
+            } else {
+                bad(format!("not a JSON document ({e})"))
+            }
+        })?;
+        let Some(obj) = v.as_object() else {
+            return Err(bad("not a JSON object".into()));
+        };
+        let index = |x: &Value| x.as_u64().map(|n| n as usize);
+        let (kind, heads) = if let Some(sel) = obj.get("selected") {
+            let list = sel
+                .as_array()
+                .ok_or_else(|| bad("\"selected\" is not a list".into()))?;
+            let heads = list
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    p.as_array()
+                        .filter(|a| a.len() == 2)
+                        .and_then(|a| Some((index(&a[0])?, index(&a[1])?)))
+                        .ok_or_else(|| {
+                            bad(format!(
+                                "\"selected\" item {} is {p}, not [layer, head]",
+                                i + 1
+                            ))
+                        })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            (HeadsKind::Attribute, heads)
+        } else if let Some(ranked) = obj.get("by_mean") {
+            let list = ranked
+                .as_array()
+                .ok_or_else(|| bad("\"by_mean\" is not a list".into()))?;
+            let heads = list
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let pair = || Some((index(r.get("layer")?)?, index(r.get("head")?)?));
+                    pair().ok_or_else(|| {
+                        bad(format!(
+                            "\"by_mean\" item {} lacks a non-negative \"layer\" and \"head\"",
+                            i + 1
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            (HeadsKind::ShipsSummary, heads)
+        } else {
+            return Err(bad("no \"selected\" or \"by_mean\" field".to_string()));
+        };
+        if heads.is_empty() {
+            return Err(Error::data(path, "lists no heads"));
+        }
+        let text_of = |k: &str| obj.get(k).and_then(Value::as_str).map(String::from);
+        Ok(HeadsFile {
+            kind,
+            heads,
+            target: text_of("target"),
+            mode: text_of("mode"),
+        })
+    }
+
+    /// The head sets to evaluate: the first `top` heads (all of an `attribute` output's when
+    /// `top` is `None`; a `ships` summary ranks every head and needs `top`), or with `sweep`
+    /// every prefix 1..=top as its own set.
+    pub fn head_sets(
+        &self,
+        path: &Path,
+        top: Option<usize>,
+        sweep: bool,
+    ) -> Result<Vec<Vec<(usize, usize)>>> {
+        let n = self.heads.len();
+        let k = match (top, self.kind) {
+            (Some(0), _) => {
+                return Err(Error::out_of_range(Setting::Top, 0, "must be at least 1"));
+            }
+            (Some(k), _) if k > n => {
+                return Err(Error::out_of_range(
+                    Setting::Top,
+                    k,
+                    format!("{} lists {n} heads", path.display()),
+                ));
+            }
+            (Some(k), _) => k,
+            (None, HeadsKind::Attribute) => n,
+            (None, HeadsKind::ShipsSummary) => {
+                return Err(Error::Conflict {
+                    setting: Setting::Top,
+                    reason: format!(
+                        "must be given for {}: a ships summary ranks all {n} heads; say how many to ablate",
+                        path.display()
+                    ),
+                });
+            }
+        };
+        Ok(if sweep {
+            (1..=k).map(|i| self.heads[..i].to_vec()).collect()
+        } else {
+            vec![self.heads[..k].to_vec()]
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn heads_files_of_attribute_and_ships() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = write(
+            dir.path(),
+            "heads.json",
+            r#"{"model": "m", "target": "q", "mode": "scale", "selected": [[2, 26], [0, 3], [1, 1]], "steps": []}"#,
+        );
+        let f = HeadsFile::read(&a).unwrap();
+        assert_eq!(f.kind, HeadsKind::Attribute);
+        assert_eq!(f.heads, vec![(2, 26), (0, 3), (1, 1)]);
+        assert_eq!(f.target.as_deref(), Some("q"));
+        assert_eq!(
+            f.head_sets(&a, None, false).unwrap(),
+            vec![vec![(2, 26), (0, 3), (1, 1)]]
+        );
+        assert_eq!(
+            f.head_sets(&a, Some(2), false).unwrap(),
+            vec![vec![(2, 26), (0, 3)]]
+        );
+        assert_eq!(
+            f.head_sets(&a, Some(2), true).unwrap(),
+            vec![vec![(2, 26)], vec![(2, 26), (0, 3)]]
+        );
+        assert_eq!(f.head_sets(&a, None, true).unwrap().len(), 3);
+        let e = f.head_sets(&a, Some(4), false).unwrap_err();
+        assert!(
+            matches!(&e, Error::OutOfRange { setting: Setting::Top, value, allowed } if value == "4" && allowed.contains("heads.json")),
+            "{e}"
+        );
+        assert!(f.head_sets(&a, Some(0), false).is_err());
+
+        let s = write(
+            dir.path(),
+            "ships.summary.json",
+            r#"{"queries": 2, "top_k": 1, "mean": [[1.0, 2.0]],
+                "by_mean": [{"layer": 0, "head": 1, "mean": 2.0, "count": 1},
+                            {"layer": 0, "head": 0, "mean": 1.0, "count": 1}],
+                "by_count": [{"layer": 0, "head": 0, "mean": 1.0, "count": 1}]}"#,
+        );
+        let f = HeadsFile::read(&s).unwrap();
+        assert_eq!(f.kind, HeadsKind::ShipsSummary);
+        assert_eq!(f.heads, vec![(0, 1), (0, 0)]);
+        assert_eq!(f.head_sets(&s, Some(1), false).unwrap(), vec![vec![(0, 1)]]);
+        let e = f.head_sets(&s, None, false).unwrap_err();
+        assert!(
+            matches!(&e, Error::Conflict { setting: Setting::Top, reason } if reason.contains("ships.summary.json")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn other_files_are_refused_with_what_was_expected() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text, needle) in [
+            ("ships.jsonl", "{\"index\": 0}\n{\"index\": 1}\n", "not a JSON document"),
+            ("list.json", "[[1, 2]]", "not a JSON object"),
+            ("eval.summary.json", "{\"conditions\": []}", "no \"selected\" or \"by_mean\""),
+            (
+                "real_ships.jsonl",
+                "{\"index\": 0, \"scores\": [], \"top\": []}\n{\"index\": 1, \"scores\": [], \"top\": []}\n",
+                "per-query lines of `sahara ships`",
+            ),
+            ("bad_sel.json", "{\"selected\": [[1]]}", "item 1"),
+            ("neg.json", "{\"selected\": [[1, -2]]}", "item 1"),
+            ("bad_rank.json", "{\"by_mean\": [{\"layer\": 0}]}", "item 1"),
+            ("empty.json", "{\"selected\": []}", "no heads"),
+            ("text.txt", "2:26\n", "not a JSON document"),
+        ] {
+            let p = write(dir.path(), name, text);
+            let e = HeadsFile::read(&p).unwrap_err().to_string();
+            assert!(e.contains(name) && e.contains(needle), "{name}: {e}");
+            if needle != "no heads" && !name.starts_with("real") {
+                assert!(e.contains("sahara attribute") && e.contains("by_mean"), "{e}");
+            }
+            assert!(!e.contains('\n'), "{e}");
+        }
+        let e = HeadsFile::read(&dir.path().join("missing.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing.json"), "{e}");
+    }
+}

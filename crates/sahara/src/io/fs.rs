@@ -1,0 +1,175 @@
+//! The file-system rules every writer follows: whole files appear atomically (a synced
+//! temporary beside the target, then a rename) and leave no temporary behind on an error;
+//! model folders are built in a staging folder beside their destination that is removed
+//! unless it is moved into place.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// An I/O error while writing `path`.
+pub fn write_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |source| Error::Write {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The temporary a write of `path` goes through: `.NAME.tmp.PID` beside it.
+fn temporary(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp.{}", std::process::id()))
+}
+
+/// Writes a file atomically: a temporary beside it, synced, then renamed into place. On an
+/// error the temporary is removed and `path` is unchanged.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temporary(path);
+    let result = (|| {
+        let w = write_err(path);
+        let mut f = File::create(&tmp).map_err(&w)?;
+        f.write_all(bytes).map_err(&w)?;
+        f.sync_all().map_err(&w)?;
+        std::fs::rename(&tmp, path).map_err(&w)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Writes a JSON value, pretty-printed, atomically.
+pub fn write_json(path: &Path, v: &impl serde::Serialize) -> Result<()> {
+    write_atomic(
+        path,
+        &serde_json::to_vec_pretty(v).expect("JSON values serialize"),
+    )
+}
+
+/// Removes a folder on drop unless disarmed: no half-written model is left behind.
+pub struct Cleanup(Option<PathBuf>);
+
+impl Cleanup {
+    /// Keeps the folder (it was moved into place).
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
+/// Checks that the folder `out` may be written (absent, empty, or replaced with `force`) and
+/// creates a fresh staging folder beside it, on the same file system, removed when the
+/// returned guard drops unless [`move_into_place`] moves it to `out`.
+pub fn staging_folder(out: &Path, force: bool) -> Result<(PathBuf, Cleanup)> {
+    if out.exists() {
+        let non_empty = std::fs::read_dir(out)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true);
+        if non_empty && !force {
+            return Err(Error::OutputNotEmpty {
+                path: out.to_path_buf(),
+            });
+        }
+    }
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(write_err(parent))?;
+    let tmp = parent.join(format!(
+        ".{}.sahara-tmp-{}",
+        out.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(write_err(&tmp))?;
+    Ok((tmp.clone(), Cleanup(Some(tmp))))
+}
+
+/// Renames the finished staging folder `tmp` (from [`staging_folder`]) to `out`; an existing
+/// destination (replaced with `force`) is moved aside first and removed after, or put back if
+/// the rename fails.
+pub fn move_into_place(tmp: &Path, out: &Path, guard: &mut Cleanup) -> Result<()> {
+    let parent = tmp.parent().unwrap_or(Path::new("."));
+    let aside = parent.join(format!(".sahara-old-{}", std::process::id()));
+    if out.exists() {
+        std::fs::rename(out, &aside).map_err(write_err(out))?;
+    }
+    if let Err(e) = std::fs::rename(tmp, out) {
+        if aside.exists() {
+            let _ = std::fs::rename(&aside, out);
+        }
+        return Err(write_err(out)(e));
+    }
+    guard.disarm();
+    if aside.exists() {
+        let _ = std::fs::remove_dir_all(&aside);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_atomic_write_replaces_the_file_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.json");
+        write_atomic(&p, b"one").unwrap();
+        write_json(&p, &serde_json::json!({"k": 1})).unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "{\n  \"k\": 1\n}");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        // The target is a folder: the rename fails after the temporary was written.
+        let p = dir.path().join("sub");
+        std::fs::create_dir(&p).unwrap();
+        std::fs::write(p.join("x"), "keep").unwrap();
+        assert!(write_atomic(&p, b"data").is_err());
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("sub")]);
+    }
+
+    #[test]
+    fn a_staging_folder_is_removed_unless_moved_into_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("model");
+        {
+            let (tmp, _guard) = staging_folder(&out, false).unwrap();
+            std::fs::write(tmp.join("w"), "x").unwrap();
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let (tmp, mut guard) = staging_folder(&out, false).unwrap();
+        std::fs::write(tmp.join("w"), "x").unwrap();
+        move_into_place(&tmp, &out, &mut guard).unwrap();
+        drop(guard);
+        assert!(out.join("w").exists());
+        assert!(matches!(
+            staging_folder(&out, false),
+            Err(Error::OutputNotEmpty { .. })
+        ));
+        assert!(staging_folder(&out, true).is_ok());
+    }
+}
