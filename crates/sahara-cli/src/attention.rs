@@ -114,7 +114,7 @@ pub fn run(a: Args) -> Result<()> {
             "Head {}:{} of {}: attention from the last position ({:?}) over the {} prompt tokens",
             a.layer,
             a.head,
-            model.spec,
+            model.source,
             tokens.last().map(String::as_str).unwrap_or(""),
             tokens.len()
         );
@@ -133,7 +133,7 @@ pub fn run(a: Args) -> Result<()> {
             "Attention of head {}:{} - {}",
             a.layer,
             a.head,
-            short_name(&model.spec)
+            short_name(&model.source)
         );
         sahara::io::attention_plot::write_pattern_heatmap(
             p,

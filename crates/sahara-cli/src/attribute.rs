@@ -75,7 +75,7 @@ pub fn run(a: Args) -> Result<()> {
     )?;
     record["rank"] = json!(a.rank);
     let mut out = AttributeOutput {
-        model: model.spec.clone(),
+        model: model.source.clone(),
         data: a.data.data.clone(),
         queries: queries.len(),
         template: template.name(),
@@ -182,7 +182,7 @@ pub fn run(a: Args) -> Result<()> {
             "Generalized Ships, step 1 ({} {}) - {} on {}",
             ablation.target.as_str(),
             ablation.op.mode_str(),
-            short_name(&model.spec),
+            short_name(&model.source),
             short_name(&a.data.data)
         );
         sahara::io::plot::write_heatmap(

@@ -274,7 +274,7 @@ impl EngineArgs {
             ));
         }
         Ok(sahara::methods::engine::EngineOptions {
-            engine: self.engine.parse()?,
+            kind: self.engine.parse()?,
             batch_size: self.batch_size,
             memory_budget: (self.memory_gb * (1u64 << 30) as f64) as usize,
         })
@@ -304,8 +304,8 @@ pub fn run_record(
 ) -> Result<serde_json::Value> {
     Ok(serde_json::json!({
         "command": command,
-        "model": model.spec,
-        "model_fingerprint": sahara::io::runlog::model_fingerprint(&model.dir)?,
+        "model": model.source,
+        "model_fingerprint": model.checkpoint.fingerprint()?,
         "data": data.data,
         "data_fingerprint": queries_fingerprint(queries),
         "queries": queries.len(),

@@ -8,7 +8,7 @@ use clap::Args as ClapArgs;
 use sahara::io::formats::{EvalLine, EvalSummary, HeadsFile};
 use sahara::io::fs::write_json;
 use sahara::io::prompt::EncodedQuery;
-use sahara::io::runlog::{model_fingerprint, queries_fingerprint, sibling, Lines};
+use sahara::io::runlog::{queries_fingerprint, sibling, Lines};
 use sahara::methods::eval::{
     summarize, Condition, ConditionSummary, EvalOptions, Generation, Outcome, Set,
 };
@@ -212,8 +212,8 @@ pub fn run(a: Args) -> Result<()> {
     // The conditions are not part of the record: a rerun may add conditions to a run.
     let record = json!({
         "command": "eval",
-        "model": model.spec,
-        "model_fingerprint": model_fingerprint(&model.dir)?,
+        "model": model.source,
+        "model_fingerprint": model.checkpoint.fingerprint()?,
         "data": a.data.data,
         "data_fingerprint": queries_fingerprint(&harmful),
         "queries": harmful.len(),
@@ -324,7 +324,7 @@ pub fn run(a: Args) -> Result<()> {
     let table = table(&summary, harmful.len(), benign.as_ref().map(Vec::len));
     if let Some(out) = &a.out {
         let file = EvalSummary {
-            model: model.spec.clone(),
+            model: model.source.clone(),
             data: a.data.data.clone(),
             queries: harmful.len(),
             benign: a.benign.clone(),

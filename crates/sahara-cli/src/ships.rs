@@ -130,7 +130,7 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(out) = &a.out {
         let file = ShipsSummary {
             summary: summary.clone(),
-            model: model.spec.clone(),
+            model: model.source.clone(),
             data: a.data.data.clone(),
             target: ablation.target,
             mode: ablation.op.mode_str().into(),
@@ -147,7 +147,7 @@ pub fn run(a: Args) -> Result<()> {
             "Mean Ships ({} {}) - {} on {}",
             ablation.target.as_str(),
             ablation.op.mode_str(),
-            short_name(&model.spec),
+            short_name(&model.source),
             short_name(&a.data.data)
         );
         sahara::io::plot::write_heatmap(

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
-use sahara::checkpoint::surgery::{surgery, SurgeryPlan};
+use sahara::checkpoint::surgery::SurgeryPlan;
 use sahara::io::formats::HeadsFile;
 use sahara::model::ablation::HeadSet;
 use sahara::{Error, Result};
@@ -54,15 +54,9 @@ pub fn run(a: Args) -> Result<()> {
         }
     };
     let spec = SurgeryPlan { heads, ablation };
-    let gguf = sahara::checkpoint::gguf::is_gguf_path(&a.model);
-    let r = if gguf {
-        let src = std::path::Path::new(&a.model);
-        sahara::checkpoint::gguf::export::surgery_from_gguf(src, &a.model, &a.out, &spec, a.force)?
-    } else {
-        let src = sahara::checkpoint::hub::resolve_model_dir(&a.model)?;
-        surgery(&src, &a.model, &a.out, &spec, a.force)?
-    };
-    if gguf {
+    let checkpoint = sahara::Checkpoint::resolve(&a.model)?;
+    let r = checkpoint.surgery(&a.model, &a.out, &spec, a.force)?;
+    if matches!(checkpoint, sahara::Checkpoint::Gguf(_)) {
         eprintln!(
             "note: the source is a GGUF file; the output is a Hugging Face safetensors folder of the dequantized weights in float32 (GGUF output is not written)"
         );

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::{close, fails, jsonl, ok, ok_both, parse_json, sahara, Fixture};
-use sahara::checkpoint::random::{write_random_model, RandomSpec, WORDS};
+use sahara::checkpoint::random::{write_random_model, RandomModel, WORDS};
 use serde_json::{json, Map, Value};
 
 // ---------------------------------------------------------------------------------------------
@@ -351,7 +351,7 @@ fn generate_and_ships_on_every_architecture() {
     for arch in ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"] {
         let dir = tempfile::tempdir().unwrap();
         let model = dir.path().join("m");
-        write_random_model(&model, &RandomSpec::tiny(arch)).unwrap();
+        write_random_model(&model, &RandomModel::tiny(arch)).unwrap();
         let out = ok(sahara().args(["generate", "--model"]).arg(&model).args([
             "--prompt",
             PROMPT,

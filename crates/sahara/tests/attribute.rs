@@ -2,7 +2,7 @@
 //! query and head), and the greedy search behaves as defined.
 
 use candle_core::{DType, Device};
-use sahara::checkpoint::random::{write_random_model, RandomSpec};
+use sahara::checkpoint::random::{write_random_model, RandomModel};
 use sahara::methods::engine::{Engine, EngineOptions};
 use sahara::methods::sahara::{
     best_head, final_hidden, stack_rows, step_scores, LeftSubspace, SaharaOptions,
@@ -12,7 +12,7 @@ use sahara::LoadedModel;
 
 fn model(arch: &str) -> (tempfile::TempDir, LoadedModel) {
     let dir = tempfile::tempdir().unwrap();
-    write_random_model(dir.path(), &RandomSpec::tiny(arch)).unwrap();
+    write_random_model(dir.path(), &RandomModel::tiny(arch)).unwrap();
     let m = LoadedModel::load(dir.path().to_str().unwrap(), DType::F32, &Device::Cpu).unwrap();
     (dir, m)
 }
@@ -23,7 +23,7 @@ fn opts(target: Target, op: Op, engine: Engine, rank: usize) -> SaharaOptions {
         rank,
         steps: 2,
         engine: EngineOptions {
-            engine,
+            kind: engine,
             batch_size: Some(5),
             ..Default::default()
         },

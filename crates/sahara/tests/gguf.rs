@@ -18,7 +18,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use common::max_abs_diff;
 use sahara::checkpoint::gguf::{GgufFile, GgufWeights};
-use sahara::checkpoint::random::{write_random_model, RandomSpec};
+use sahara::checkpoint::random::{write_random_model, RandomModel};
 use sahara::methods::generate::{generate, GenerateOptions};
 use sahara::{Batch, ForwardSpec, LoadedModel, Positions, Template};
 use serde_json::Value as Json;
@@ -263,7 +263,7 @@ fn gguf_name(hf: &str) -> String {
 /// model folder.
 fn write_tiny_gguf(
     dir: &std::path::Path,
-    spec: &RandomSpec,
+    spec: &RandomModel,
     dtype: GgmlDType,
     edit_meta: impl FnOnce(&mut Vec<(String, Value)>),
 ) -> (PathBuf, PathBuf) {
@@ -376,8 +376,8 @@ fn rope_freqs_divide_the_rotary_frequencies() {
     assert!(max_abs_diff(&plain, &slow) > 1e-3);
 }
 
-fn tiny_spec(hidden: usize, inter: usize) -> RandomSpec {
-    let mut s = RandomSpec::tiny("LlamaForCausalLM");
+fn tiny_spec(hidden: usize, inter: usize) -> RandomModel {
+    let mut s = RandomModel::tiny("LlamaForCausalLM");
     s.hidden_size = hidden;
     s.intermediate_size = inter;
     s.num_layers = 2;
@@ -427,7 +427,7 @@ fn f32_gguf_reproduces_the_hugging_face_folder() {
 #[test]
 fn qwen2_gguf_reproduces_the_hugging_face_folder() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut spec = RandomSpec::tiny("Qwen2ForCausalLM");
+    let mut spec = RandomModel::tiny("Qwen2ForCausalLM");
     spec.num_layers = 2;
     let (path, folder) = write_tiny_gguf(tmp.path(), &spec, GgmlDType::F32, |_| {});
     let g = LoadedModel::load(path.to_str().unwrap(), DType::F32, &Device::Cpu).unwrap();

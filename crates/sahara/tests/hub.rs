@@ -108,7 +108,7 @@ fn hub_ids_download_into_the_cache_and_load_offline_afterwards() {
     let model = LoadedModel::load("org/tiny", DType::F32, &Device::Cpu).unwrap();
     let repo = cache.path().join("models--org--tiny");
     let snapshot = repo.join("snapshots").join(COMMIT);
-    assert_eq!(model.dir, snapshot);
+    assert_eq!(model.checkpoint.path(), snapshot);
     assert_eq!(
         std::fs::read_to_string(repo.join("refs/main")).unwrap(),
         COMMIT
@@ -140,7 +140,7 @@ fn hub_ids_download_into_the_cache_and_load_offline_afterwards() {
 
     // Found in the cache again: no request.
     let again = LoadedModel::load("org/tiny", DType::F32, &Device::Cpu).unwrap();
-    assert_eq!(again.dir, snapshot);
+    assert_eq!(again.checkpoint.path(), snapshot);
     assert_eq!(hits.load(Ordering::SeqCst), 5);
 
     // A model the hub does not have: one line naming the cache folder and the failure.

@@ -6,14 +6,14 @@ mod common;
 use common::*;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use sahara::checkpoint::random::{write_random_model, RandomSpec};
+use sahara::checkpoint::random::{write_random_model, RandomModel};
 use sahara::methods::generate::{generate, GenerateOptions};
 use sahara::model::Join;
 use sahara::{AblationPlan, Batch, ForwardSpec, HeadAblation, LoadedModel, Op, Positions, Target};
 
-fn model(arch: &str, f: impl FnOnce(&mut RandomSpec)) -> (tempfile::TempDir, LoadedModel) {
+fn model(arch: &str, f: impl FnOnce(&mut RandomModel)) -> (tempfile::TempDir, LoadedModel) {
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = RandomSpec::tiny(arch);
+    let mut spec = RandomModel::tiny(arch);
     f(&mut spec);
     write_random_model(dir.path(), &spec).unwrap();
     let m = LoadedModel::load(dir.path().to_str().unwrap(), DType::F32, &Device::Cpu).unwrap();

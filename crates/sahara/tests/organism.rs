@@ -56,7 +56,7 @@ fn setup() -> &'static Setup {
         let model = LoadedModel::load(&model_spec(), DType::F32, &Device::Cpu).unwrap();
         let chat = Template::Chat { system: None };
         let encode = |file: &str| -> Vec<Vec<u32>> {
-            let data = load_queries(&model.dir.join(file), None, None).unwrap();
+            let data = load_queries(&model.checkpoint.path().join(file), None, None).unwrap();
             data.queries
                 .iter()
                 .map(|q| model.prompts.encode_query(&chat, &q.text).unwrap().1)
@@ -267,7 +267,7 @@ fn ships_top_heads_include_saharas_first_head() {
 /// The heads the organism was trained to carry its refusal with (`organism.json`).
 fn planted_heads() -> Vec<(usize, usize)> {
     let s = setup();
-    let text = std::fs::read_to_string(s.model.dir.join("organism.json")).unwrap();
+    let text = std::fs::read_to_string(s.model.checkpoint.path().join("organism.json")).unwrap();
     let record: serde_json::Value = serde_json::from_str(&text).unwrap();
     record["safety_heads"]
         .as_array()

@@ -156,7 +156,7 @@ fn the_builtin_organism_unpacks_once_into_the_cache() {
     let fixed = organism::builtin::model_dir().unwrap();
     assert_eq!(fixed, dir);
     let model = LoadedModel::load("builtin:organism", DType::F32, &Device::Cpu).unwrap();
-    assert_eq!(model.dir, dir);
+    assert_eq!(model.checkpoint.path(), dir);
     let harmful = organism::builtin::data_path("builtin:harmful")
         .unwrap()
         .unwrap();

@@ -2,7 +2,7 @@
 //! head at batch size 1) on random models of every family, for every target and op.
 
 use candle_core::{DType, Device};
-use sahara::checkpoint::random::{write_random_model, RandomSpec};
+use sahara::checkpoint::random::{write_random_model, RandomModel};
 use sahara::methods::engine::{Engine, EngineOptions};
 use sahara::methods::ships::{ships_scores, HeadGrid, ShipsOptions};
 use sahara::model::ablation::{Op, Target};
@@ -10,7 +10,7 @@ use sahara::LoadedModel;
 
 fn model(arch: &str) -> (tempfile::TempDir, LoadedModel) {
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = RandomSpec::tiny(arch);
+    let mut spec = RandomModel::tiny(arch);
     spec.sliding_window = Some(6);
     write_random_model(dir.path(), &spec).unwrap();
     let m = LoadedModel::load(dir.path().to_str().unwrap(), DType::F32, &Device::Cpu).unwrap();
@@ -29,7 +29,7 @@ fn scores(
     o.ablation.target = target;
     o.ablation.op = op;
     o.engine = EngineOptions {
-        engine,
+        kind: engine,
         batch_size: batch,
         ..Default::default()
     };

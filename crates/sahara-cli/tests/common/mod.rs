@@ -5,7 +5,7 @@ use std::borrow::BorrowMut;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use sahara::checkpoint::random::{write_random_model, RandomSpec};
+use sahara::checkpoint::random::{write_random_model, RandomModel};
 use serde_json::Value;
 
 /// The binary under test.
@@ -127,15 +127,15 @@ pub struct Fixture {
 }
 
 impl Fixture {
-    /// A folder with the tiny Llama of [`RandomSpec::tiny`] in `model/`.
+    /// A folder with the tiny Llama of [`RandomModel::tiny`] in `model/`.
     pub fn new() -> Self {
         Self::with_spec(|_| {})
     }
 
     /// A folder with a tiny Llama, changed by `edit`, in `model/`.
-    pub fn with_spec(edit: impl FnOnce(&mut RandomSpec)) -> Self {
+    pub fn with_spec(edit: impl FnOnce(&mut RandomModel)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut spec = RandomSpec::tiny("LlamaForCausalLM");
+        let mut spec = RandomModel::tiny("LlamaForCausalLM");
         edit(&mut spec);
         write_random_model(&dir.path().join("model"), &spec).expect("random model");
         Fixture { dir }

@@ -6,3 +6,123 @@ pub mod hub;
 pub mod random;
 pub mod safetensors;
 pub mod surgery;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+
+use crate::error::{Error, Result};
+use crate::io::prompt::PromptEncoder;
+use crate::model::config::ModelConfig;
+use crate::model::Decoder;
+
+/// Where a model comes from, resolved once from what the user named (`--model`): the one
+/// place that tells the formats apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checkpoint {
+    /// A Hugging Face model folder (also a hub snapshot, or the unpacked built-in organism).
+    Folder(PathBuf),
+    /// A llama.cpp GGUF file.
+    Gguf(PathBuf),
+}
+
+impl Checkpoint {
+    /// Resolves a model name: a folder, a hub id in the local cache, a `.gguf` file, or
+    /// `builtin:organism`.
+    pub fn resolve(name: &str) -> Result<Self> {
+        if gguf::is_gguf_path(name) {
+            return Ok(Checkpoint::Gguf(PathBuf::from(name)));
+        }
+        Ok(Checkpoint::Folder(hub::resolve_model_dir(name)?))
+    }
+
+    /// The folder or file.
+    pub fn path(&self) -> &Path {
+        match self {
+            Checkpoint::Folder(p) | Checkpoint::Gguf(p) => p,
+        }
+    }
+
+    /// A cheap fingerprint of the weights and configuration, for run records.
+    pub fn fingerprint(&self) -> Result<String> {
+        match self {
+            Checkpoint::Folder(dir) => crate::io::runlog::folder_fingerprint(dir),
+            Checkpoint::Gguf(path) => Ok(gguf::GgufFile::open(path)?.fingerprint()),
+        }
+    }
+
+    /// Loads decoder, tokenizer and chat template; `source` is the name it was resolved from.
+    pub fn load(&self, source: &str, dtype: DType, device: &Device) -> Result<LoadedModel> {
+        let dir = match self {
+            Checkpoint::Gguf(path) => return gguf::load_model(path, source, dtype, device),
+            Checkpoint::Folder(dir) => dir,
+        };
+        let decoder = crate::model::load_decoder(dir, dtype, device)?;
+        let prompts = PromptEncoder::load(dir)?;
+        let mut eos = generation_eos(dir)?;
+        for id in &decoder.cfg.eos_token_ids {
+            if !eos.contains(id) {
+                eos.push(*id);
+            }
+        }
+        Ok(LoadedModel {
+            checkpoint: self.clone(),
+            source: source.to_string(),
+            decoder,
+            prompts,
+            eos,
+        })
+    }
+
+    /// Folds `plan` into the weights and writes a Hugging Face folder to `out` (a GGUF source
+    /// is written as its dequantized float32 weights); `source` names the model in the record.
+    pub fn surgery(
+        &self,
+        source: &str,
+        out: &Path,
+        plan: &surgery::SurgeryPlan,
+        force: bool,
+    ) -> Result<surgery::SurgeryReport> {
+        match self {
+            Checkpoint::Folder(dir) => surgery::surgery(dir, source, out, plan, force),
+            Checkpoint::Gguf(path) => {
+                gguf::export::surgery_from_gguf(path, source, out, plan, force)
+            }
+        }
+    }
+}
+
+/// A model loaded for use: decoder, tokenizer and chat template, end-of-sequence ids.
+pub struct LoadedModel {
+    pub checkpoint: Checkpoint,
+    /// The name it was resolved from (`--model`).
+    pub source: String,
+    pub decoder: Decoder,
+    pub prompts: PromptEncoder,
+    /// End-of-sequence ids of `generation_config.json` and `config.json`.
+    pub eos: Vec<u32>,
+}
+
+impl LoadedModel {
+    /// Resolves `name` (see [`Checkpoint::resolve`]) and loads it.
+    pub fn load(name: &str, dtype: DType, device: &Device) -> Result<Self> {
+        Checkpoint::resolve(name)?.load(name, dtype, device)
+    }
+
+    pub fn cfg(&self) -> &ModelConfig {
+        &self.decoder.cfg
+    }
+}
+
+fn generation_eos(dir: &Path) -> Result<Vec<u32>> {
+    let path = dir.join("generation_config.json");
+    if !path.exists() {
+        return Ok(vec![]);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+        path: path.clone(),
+        source,
+    })?;
+    crate::model::config::token_ids(v.get("eos_token_id")).map_err(|m| Error::config(&path, m))
+}

@@ -11,7 +11,7 @@ use crate::model::family::Family;
 
 /// The shape of a random model.
 #[derive(Debug, Clone)]
-pub struct RandomSpec {
+pub struct RandomModel {
     pub architecture: String,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -27,10 +27,10 @@ pub struct RandomSpec {
     pub seed: u64,
 }
 
-impl RandomSpec {
+impl RandomModel {
     /// A tiny Llama for tests.
     pub fn tiny(architecture: &str) -> Self {
-        RandomSpec {
+        RandomModel {
             architecture: architecture.into(),
             hidden_size: 64,
             intermediate_size: 128,
@@ -49,7 +49,7 @@ impl RandomSpec {
     /// The benchmark model: a ~100M-parameter Llama (12 layers × 12 heads, hidden 768,
     /// intermediate 2048, vocabulary 32000).
     pub fn bench_llama() -> Self {
-        RandomSpec {
+        RandomModel {
             architecture: "LlamaForCausalLM".into(),
             hidden_size: 768,
             intermediate_size: 2048,
@@ -67,7 +67,7 @@ impl RandomSpec {
 
     fn config_json(&self) -> serde_json::Value {
         let family = Family::from_hf_class(&self.architecture);
-        let model_type = family.map_or("llama", |f| f.spec().model_type);
+        let model_type = family.map_or("llama", |f| f.info().model_type);
         let mut v = serde_json::json!({
             "architectures": [self.architecture],
             "model_type": model_type,
@@ -236,7 +236,7 @@ pub fn word_level_tokenizer_json(
 const CHAT_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}";
 
 /// Writes a random model folder.
-pub fn write_random_model(dir: &Path, spec: &RandomSpec) -> Result<()> {
+pub fn write_random_model(dir: &Path, spec: &RandomModel) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|source| Error::Write {
         path: dir.to_path_buf(),
         source,

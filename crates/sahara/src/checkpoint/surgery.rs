@@ -20,10 +20,10 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use safetensors::tensor::{Dtype as StDtype, TensorInfo};
-use serde_json::json;
 
 use crate::checkpoint::safetensors::Weights;
 use crate::error::{Error, Result, Setting};
+use crate::io::formats::SurgeryRecord;
 use crate::io::fs::{move_into_place, staging_folder, write_err, write_json};
 use crate::io::runlog::fingerprint;
 use crate::model::ablation::{Ablation, AblationPlan, HeadAblation, HeadSet, Op, Target};
@@ -42,6 +42,37 @@ impl SurgeryPlan {
     /// Every query head the ablation changes, (layer, head) in order of first appearance.
     pub fn affected_heads(&self, cfg: &ModelConfig) -> Vec<(usize, usize)> {
         self.ablation.changed_by(cfg, &self.heads.0)
+    }
+
+    /// The record of a surgery of this plan (the GGUF path adds its source fields).
+    pub(crate) fn record(
+        &self,
+        source: &str,
+        source_weights_hash: String,
+        affected: &[(usize, usize)],
+        changed_tensors: &[String],
+        (changed, total): (usize, usize),
+        verify_relative_difference: f64,
+    ) -> SurgeryRecord {
+        SurgeryRecord {
+            tool: "sahara".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            source: source.into(),
+            source_format: None,
+            source_tensor_types: None,
+            source_weights_hash,
+            written_format: None,
+            heads: self.heads.pairs(),
+            affected_query_heads: HeadSet(affected.to_vec()).pairs(),
+            target: self.ablation.target,
+            mode: self.ablation.op.mode_str().into(),
+            epsilon: self.ablation.op.epsilon(),
+            changed_tensors: changed_tensors.to_vec(),
+            changed_parameters: changed,
+            total_parameters: total,
+            changed_fraction: changed as f64 / total.max(1) as f64,
+            verify_relative_difference,
+        }
     }
 
     pub(crate) fn ablations(&self) -> Vec<HeadAblation> {
@@ -376,22 +407,15 @@ pub fn surgery(
     }
 
     let affected = spec.affected_heads(&cfg);
-    let record = json!({
-        "tool": "sahara",
-        "version": env!("CARGO_PKG_VERSION"),
-        "source": source,
-        "source_weights_hash": weights_hash(src)?,
-        "heads": spec.heads.pairs(),
-        "affected_query_heads": affected.iter().map(|&(l, h)| [l, h]).collect::<Vec<_>>(),
-        "target": spec.ablation.target.as_str(),
-        "mode": spec.ablation.op.mode_str(),
-        "epsilon": spec.ablation.op.epsilon(),
-        "changed_tensors": edits.keys().collect::<Vec<_>>(),
-        "changed_parameters": changed_parameters,
-        "total_parameters": total_parameters,
-        "changed_fraction": changed_parameters as f64 / total_parameters.max(1) as f64,
-        "verify_relative_difference": rel,
-    });
+    let changed_tensors: Vec<String> = edits.keys().cloned().collect();
+    let record = spec.record(
+        source,
+        weights_hash(src)?,
+        &affected,
+        &changed_tensors,
+        (changed_parameters, total_parameters),
+        rel,
+    );
     let rec_path = tmp.join("sahara-surgery.json");
     write_json(&rec_path, &record)?;
 

@@ -159,7 +159,7 @@ fn choose_column<'a>(
         .find_map(|d| found.iter().copied().find(|c| c == d))
         .ok_or_else(|| {
             format!(
-                "no query {what}; expected one of {} (or --column); found: {}",
+                "no query {what}; expected one of {} (or name the column); found: {}",
                 DEFAULT_COLUMNS.join(", "),
                 list(found)
             )
@@ -370,7 +370,7 @@ mod tests {
         let e = err(&p, None, None);
         assert!(e.contains("data.csv: no query column"), "{e}");
         assert!(
-            e.contains("expected one of input, goal, Goal, prompt, query (or --column)"),
+            e.contains("expected one of input, goal, Goal, prompt, query (or name the column)"),
             "{e}"
         );
         assert!(e.ends_with("found: Index, Behavior"), "{e}");

@@ -52,6 +52,33 @@ pub struct ShipsSummary {
     pub note: Option<String>,
 }
 
+/// `sahara-surgery.json` in a folder written by `sahara surgery`: what was folded in, and the
+/// check that the written model reproduces the in-memory ablation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SurgeryRecord {
+    pub tool: String,
+    pub version: String,
+    pub source: String,
+    /// `gguf` for a GGUF source; absent for a Hugging Face folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_format: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_tensor_types: Option<Vec<String>>,
+    pub source_weights_hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_format: Option<String>,
+    pub heads: Vec<[usize; 2]>,
+    pub affected_query_heads: Vec<[usize; 2]>,
+    pub target: Target,
+    pub mode: String,
+    pub epsilon: Option<f64>,
+    pub changed_tensors: Vec<String>,
+    pub changed_parameters: usize,
+    pub total_parameters: usize,
+    pub changed_fraction: f64,
+    pub verify_relative_difference: f64,
+}
+
 /// One greedy step of `sahara attribute`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttributeStep {

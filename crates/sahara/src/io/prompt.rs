@@ -8,7 +8,7 @@ use minijinja::syntax::SyntaxConfig;
 use minijinja::{Environment, ErrorKind, Value};
 use serde_json::Value as Json;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Setting};
 
 /// A query of a data file and its prompt tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,23 +37,21 @@ impl Template {
         match s {
             "raw" => {
                 if system.is_some() {
-                    return Err(Error::InvalidArgument(
-                        "--system only applies to --template chat".into(),
-                    ));
+                    return Err(system_needs_chat());
                 }
                 Ok(Template::Raw)
             }
             "chat" => Ok(Template::Chat { system }),
             fmt => {
                 if !fmt.contains("{query}") {
-                    return Err(Error::InvalidArgument(format!(
-                        "template {fmt:?} is neither raw, chat, nor a format string containing {{query}}"
-                    )));
+                    return Err(Error::bad_value(
+                        Setting::Template,
+                        format!("{fmt:?}"),
+                        "is neither raw, chat, nor a format string containing {query}",
+                    ));
                 }
                 if system.is_some() {
-                    return Err(Error::InvalidArgument(
-                        "--system only applies to --template chat".into(),
-                    ));
+                    return Err(system_needs_chat());
                 }
                 Ok(Template::Format(unescape(fmt)))
             }
@@ -67,6 +65,14 @@ impl Template {
             Template::Chat { .. } => "chat".into(),
             Template::Format(f) => f.clone(),
         }
+    }
+}
+
+/// A system message is part of a chat; the other templates have no place for it.
+fn system_needs_chat() -> Error {
+    Error::Conflict {
+        setting: Setting::System,
+        reason: "only applies to the chat template".into(),
     }
 }
 
@@ -433,7 +439,7 @@ impl PromptEncoder {
                     .as_ref()
                     .ok_or_else(|| {
                         Error::Template(format!(
-                            "the model has no chat template (looked in tokenizer_config.json and chat_template.jinja beside {}); use --template raw or a format string",
+                            "the model has no chat template (looked in tokenizer_config.json and chat_template.jinja beside {}); use the raw template or a format string",
                             self.tokenizer_path.display()
                         ))
                     })?

@@ -234,10 +234,7 @@ impl Hasher for Fnv {
 
 /// Identifies a model folder's content cheaply: config.json and, for each weight file, its
 /// size and safetensors header.
-pub fn model_fingerprint(dir: &Path) -> Result<String> {
-    if dir.is_file() {
-        return Ok(crate::checkpoint::gguf::GgufFile::open(dir)?.fingerprint());
-    }
+pub fn folder_fingerprint(dir: &Path) -> Result<String> {
     let mut parts: Vec<Vec<u8>> = Vec::new();
     let cfg = dir.join("config.json");
     parts.push(std::fs::read(&cfg).map_err(|e| Error::io(&cfg, e))?);

@@ -46,7 +46,7 @@ pub enum Output {
 
 impl Output {
     /// The forward pass that computes this output at `positions`.
-    fn spec<'a>(self, positions: Positions) -> ForwardSpec<'a> {
+    fn forward_spec<'a>(self, positions: Positions) -> ForwardSpec<'a> {
         let mut s = ForwardSpec::logits(positions);
         s.logits = self == Output::Logits;
         s.hidden = self == Output::Hidden;
@@ -68,7 +68,8 @@ impl Output {
 /// Options of [`run_variants`].
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
-    pub engine: Engine,
+    /// Which engine computes the variants.
+    pub kind: Engine,
     /// Rows per batch; `None` sizes batches to `memory_budget`.
     pub batch_size: Option<usize>,
     /// Bytes of activations one batch may use when `batch_size` is `None`.
@@ -78,7 +79,7 @@ pub struct EngineOptions {
 impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
-            engine: Engine::Fast,
+            kind: Engine::Fast,
             batch_size: None,
             memory_budget: 1 << 30,
         }
@@ -136,11 +137,13 @@ pub fn run_variants(
     };
     let base_plan = AblationPlan::new(cfg, &[base.to_vec()], model.dtype, dev)?;
     let mut out = vec![Vec::new(); variants.len()];
-    match opts.engine {
+    match opts.kind {
         Engine::Naive => {
             let base_out = model.forward(
                 &batch,
-                &output.spec(Positions::All).with_ablations(&base_plan),
+                &output
+                    .forward_spec(Positions::All)
+                    .with_ablations(&base_plan),
                 None,
             )?;
             let base_vec = output.last(&base_out, 0)?;
@@ -148,7 +151,7 @@ pub fn run_variants(
                 let plan = AblationPlan::new(cfg, &[with_base(v)], model.dtype, dev)?;
                 let o = model.forward(
                     &batch,
-                    &output.spec(Positions::All).with_ablations(&plan),
+                    &output.forward_spec(Positions::All).with_ablations(&plan),
                     None,
                 )?;
                 out[i] = output.last(&o, 0)?;
@@ -160,7 +163,9 @@ pub fn run_variants(
             })
         }
         Engine::Fast => {
-            let mut base_spec = output.spec(Positions::Last).with_ablations(&base_plan);
+            let mut base_spec = output
+                .forward_spec(Positions::Last)
+                .with_ablations(&base_plan);
             base_spec.resid = true;
             let base_out = model.forward(&batch, &base_spec, None)?;
             let base_vec = output.last(&base_out, 0)?;
@@ -190,7 +195,7 @@ pub fn run_variants(
                         plan: AblationPlan::new(cfg, &sets, model.dtype, dev)?,
                     });
                 }
-                let o = model.forward_joined(&joins, &output.spec(Positions::Last))?;
+                let o = model.forward_joined(&joins, &output.forward_spec(Positions::Last))?;
                 for (row, &k) in active.iter().enumerate() {
                     out[k] = output.last(&o, row)?;
                 }

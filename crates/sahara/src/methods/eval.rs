@@ -440,7 +440,7 @@ pub fn summarize(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::random::{write_random_model, RandomSpec};
+    use crate::checkpoint::random::{write_random_model, RandomModel};
     use crate::methods::judge::{Reason, RefusalMatcher};
     use crate::model::ablation::{Op, Target};
     use candle_core::{DType, Device};
@@ -521,7 +521,7 @@ mod tests {
     fn tiny() -> (tempfile::TempDir, LoadedModel) {
         let dir = tempfile::tempdir().unwrap();
         // Every id is a word of the tokenizer, so that responses decode to text.
-        let mut spec = RandomSpec::tiny("LlamaForCausalLM");
+        let mut spec = RandomModel::tiny("LlamaForCausalLM");
         spec.vocab_size = 3 + crate::checkpoint::random::WORDS.len();
         write_random_model(dir.path(), &spec).unwrap();
         let m = LoadedModel::load(dir.path().to_str().unwrap(), DType::F32, &Device::Cpu).unwrap();

@@ -167,7 +167,7 @@ impl ModelConfig {
         let architecture = match (&raw.architectures, &raw.model_type) {
             (Some(a), _) if !a.is_empty() => a[0].clone(),
             (_, Some(t)) => match Family::from_model_type(t) {
-                Some(f) => f.spec().hf_class.to_string(),
+                Some(f) => f.info().hf_class.to_string(),
                 None => t.to_string(),
             },
             _ => return Err("neither `architectures` nor `model_type` is set".into()),
@@ -178,7 +178,7 @@ impl ModelConfig {
                 supported_hf_classes()
             ));
         };
-        let fam = family.spec();
+        let fam = family.info();
         let need = |v: Option<usize>, name: &str| -> std::result::Result<usize, String> {
             match v {
                 Some(0) => Err(format!("`{name}` must be positive")),

@@ -31,7 +31,7 @@ pub enum WindowLayers {
 
 /// One family's row.
 #[derive(Debug, Clone, Copy)]
-pub struct FamilySpec {
+pub struct FamilyInfo {
     pub family: Family,
     /// `architectures[0]` of `config.json`.
     pub hf_class: &'static str,
@@ -62,7 +62,7 @@ pub struct FamilySpec {
     pub fused_projections: bool,
 }
 
-const BASE: FamilySpec = FamilySpec {
+const BASE: FamilyInfo = FamilyInfo {
     family: Family::Llama,
     hf_class: "LlamaForCausalLM",
     model_type: "llama",
@@ -81,13 +81,13 @@ const BASE: FamilySpec = FamilySpec {
 };
 
 /// Every family, in the order error messages list them.
-pub const FAMILIES: &[FamilySpec] = &[
-    FamilySpec {
+pub const FAMILIES: &[FamilyInfo] = &[
+    FamilyInfo {
         gguf_architecture: Some("llama"),
         gguf_permuted_qk: true,
         ..BASE
     },
-    FamilySpec {
+    FamilyInfo {
         family: Family::Mistral,
         hf_class: "MistralForCausalLM",
         model_type: "mistral",
@@ -96,7 +96,7 @@ pub const FAMILIES: &[FamilySpec] = &[
         default_max_positions: 4096 * 32,
         ..BASE
     },
-    FamilySpec {
+    FamilyInfo {
         family: Family::Qwen2,
         hf_class: "Qwen2ForCausalLM",
         model_type: "qwen2",
@@ -106,7 +106,7 @@ pub const FAMILIES: &[FamilySpec] = &[
         qkv_bias: true,
         ..BASE
     },
-    FamilySpec {
+    FamilyInfo {
         family: Family::Qwen3,
         hf_class: "Qwen3ForCausalLM",
         model_type: "qwen3",
@@ -117,7 +117,7 @@ pub const FAMILIES: &[FamilySpec] = &[
         qk_norm: true,
         ..BASE
     },
-    FamilySpec {
+    FamilyInfo {
         family: Family::Gemma,
         hf_class: "GemmaForCausalLM",
         model_type: "gemma",
@@ -127,7 +127,7 @@ pub const FAMILIES: &[FamilySpec] = &[
         gemma_style: true,
         ..BASE
     },
-    FamilySpec {
+    FamilyInfo {
         family: Family::Gemma2,
         hf_class: "Gemma2ForCausalLM",
         model_type: "gemma2",
@@ -137,7 +137,7 @@ pub const FAMILIES: &[FamilySpec] = &[
         gemma2_attention: true,
         ..BASE
     },
-    FamilySpec {
+    FamilyInfo {
         family: Family::Phi3,
         hf_class: "Phi3ForCausalLM",
         model_type: "phi3",
@@ -149,7 +149,7 @@ pub const FAMILIES: &[FamilySpec] = &[
 
 impl Family {
     /// This family's row.
-    pub fn spec(self) -> &'static FamilySpec {
+    pub fn info(self) -> &'static FamilyInfo {
         FAMILIES
             .iter()
             .find(|f| f.family == self)
@@ -208,7 +208,7 @@ mod tests {
         for f in FAMILIES {
             assert_eq!(Family::from_hf_class(f.hf_class), Some(f.family));
             assert_eq!(Family::from_model_type(f.model_type), Some(f.family));
-            assert_eq!(f.family.spec().hf_class, f.hf_class);
+            assert_eq!(f.family.info().hf_class, f.hf_class);
             if let Some(a) = f.gguf_architecture {
                 assert_eq!(Family::from_gguf_architecture(a), Some(f.family));
             }

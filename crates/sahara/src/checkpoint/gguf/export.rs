@@ -199,9 +199,10 @@ pub fn surgery_from_gguf(
     drop(ablated);
     let tolerance = 1e-5;
     if rel.is_nan() || rel > tolerance {
-        return Err(Error::InvalidArgument(format!(
-            "verification failed: the written model's logits differ from the GGUF model with the ablation in memory by {rel:.3e} (relative), more than {tolerance:e}; nothing was written"
-        )));
+        return Err(Error::Verification {
+            error: rel,
+            tolerance,
+        });
     }
 
     let affected = spec.affected_heads(&cfg);
@@ -211,25 +212,20 @@ pub fn surgery_from_gguf(
         .values()
         .map(|i| format!("{:?}", i.ggml_dtype))
         .collect();
-    let record = json!({
-        "tool": "sahara",
-        "version": env!("CARGO_PKG_VERSION"),
-        "source": source,
-        "source_format": "gguf",
-        "source_tensor_types": types,
-        "source_weights_hash": g.fingerprint(),
-        "written_format": "Hugging Face safetensors (float32, dequantized, query/key rows in Hugging Face order)",
-        "heads": spec.heads.pairs(),
-        "affected_query_heads": affected.iter().map(|&(l, h)| [l, h]).collect::<Vec<_>>(),
-        "target": spec.ablation.target.as_str(),
-        "mode": spec.ablation.op.mode_str(),
-        "epsilon": spec.ablation.op.epsilon(),
-        "changed_tensors": written.changed_tensors,
-        "changed_parameters": written.changed_parameters,
-        "total_parameters": written.total_parameters,
-        "changed_fraction": written.changed_parameters as f64 / written.total_parameters.max(1) as f64,
-        "verify_relative_difference": rel,
-    });
+    let mut record = spec.record(
+        source,
+        g.fingerprint(),
+        &affected,
+        &written.changed_tensors,
+        (written.changed_parameters, written.total_parameters),
+        rel,
+    );
+    record.source_format = Some("gguf".into());
+    record.source_tensor_types = Some(types.into_iter().collect());
+    record.written_format = Some(
+        "Hugging Face safetensors (float32, dequantized, query/key rows in Hugging Face order)"
+            .into(),
+    );
     write_json(&tmp.join("sahara-surgery.json"), &record)?;
 
     move_into_place(&tmp, out, &mut guard)?;

@@ -29,7 +29,7 @@ use crate::checkpoint::safetensors::TensorSource;
 use crate::error::{Error, Result};
 use crate::io::prompt::{ChatTemplate, PromptEncoder};
 use crate::model::config::{ModelConfig, RawConfig};
-use crate::model::family::{supported_gguf_architectures, Family, FamilySpec};
+use crate::model::family::{supported_gguf_architectures, Family, FamilyInfo};
 use crate::model::Decoder;
 
 /// Whether a `--model` value names a GGUF file: a path ending in `.gguf`, or an existing file
@@ -275,9 +275,9 @@ impl GgufFile {
     }
 
     /// The family of the architecture, or an error naming it.
-    pub fn family(&self) -> Result<&'static FamilySpec> {
+    pub fn family(&self) -> Result<&'static FamilyInfo> {
         Family::from_gguf_architecture(&self.architecture)
-            .map(Family::spec)
+            .map(Family::info)
             .ok_or_else(|| Error::UnsupportedArchitecture {
                 found: format!(
                     "{} (GGUF general.architecture of {})",
@@ -714,8 +714,8 @@ pub fn load_model(
     let prompts = file.prompt_encoder()?;
     let eos = decoder.cfg.eos_token_ids.clone();
     Ok(crate::LoadedModel {
-        dir: path.to_path_buf(),
-        spec: spec.to_string(),
+        checkpoint: crate::Checkpoint::Gguf(path.to_path_buf()),
+        source: spec.to_string(),
         decoder,
         prompts,
         eos,
