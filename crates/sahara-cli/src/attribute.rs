@@ -4,14 +4,13 @@
 use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
-use sahara::io::formats::{AttributeOutput, AttributeStep};
+use sahara::io::formats::{schema, AttributeOutput, AttributeStep};
 use sahara::io::fs::write_json;
 use sahara::io::runlog::claim;
 use sahara::methods::sahara::{
     best_head, candidates, final_hidden, stack_rows, step_scores, LeftSubspace, SaharaOptions,
 };
 use sahara::{Error, Result};
-use serde_json::json;
 
 use crate::common::{
     progress_bar, run_record, short_name, DataArgs, EngineArgs, ModelArgs, OpArgs, TemplateArgs,
@@ -73,8 +72,9 @@ pub fn run(a: Args) -> Result<()> {
         &a.template.system,
         ablation,
     )?;
-    record["rank"] = json!(a.rank);
+    record.set("rank", a.rank);
     let mut out = AttributeOutput {
+        schema: schema::ATTRIBUTE.into(),
         model: model.source.clone(),
         data: a.data.data.clone(),
         queries: queries.len(),

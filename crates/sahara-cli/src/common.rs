@@ -3,8 +3,8 @@
 use candle_core::{DType, Device};
 use clap::Args;
 use sahara::error::Setting;
+use sahara::io::formats::RunRecord;
 use sahara::io::prompt::EncodedQuery;
-use sahara::io::runlog::queries_fingerprint;
 use sahara::model::ablation::{Ablation, HeadAblation, HeadSet, Op};
 use sahara::{Error, LoadedModel, Result, Template};
 
@@ -301,21 +301,13 @@ pub fn run_record(
     template: &Template,
     system: &Option<String>,
     ablation: Ablation,
-) -> Result<serde_json::Value> {
-    Ok(serde_json::json!({
-        "command": command,
-        "model": model.source,
-        "model_fingerprint": model.checkpoint.fingerprint()?,
-        "data": data.data,
-        "data_fingerprint": queries_fingerprint(queries),
-        "queries": queries.len(),
-        "template": template.name(),
-        "system": system,
-        "target": ablation.target.as_str(),
-        "mode": ablation.op.mode_str(),
-        "epsilon": ablation.op.epsilon(),
-        "dtype": model_args.dtype,
-    }))
+) -> Result<RunRecord> {
+    let mut r = RunRecord::new(command, model, &data.data, queries)?;
+    r.set("template", template.name())
+        .set("system", system)
+        .set_ablation(ablation)
+        .set("dtype", &model_args.dtype);
+    Ok(r)
 }
 
 /// Greedy decoding, or sampling with `--top-k` / `--temperature`.

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
-use sahara::io::formats::{EvalLine, EvalSummary, HeadsFile};
+use sahara::io::formats::{schema, EvalLine, EvalSummary, HeadsFile, RunRecord};
 use sahara::io::fs::write_json;
 use sahara::io::prompt::EncodedQuery;
 use sahara::io::runlog::{queries_fingerprint, sibling, Lines};
@@ -114,6 +114,7 @@ fn conditions(
 fn line_of(g: &Generation, cond: &Condition, q: &EncodedQuery) -> EvalLine {
     let reason = g.verdict.reason.as_ref();
     EvalLine {
+        schema: schema::EVAL_LINE.into(),
         set: g.set,
         condition: cond.name.clone(),
         heads: HeadSet(cond.heads.clone()).pairs(),
@@ -210,26 +211,21 @@ pub fn run(a: Args) -> Result<()> {
             "temperature": temperature, "top_k": top_k, "seed": a.sampling.seed, "batch_size": a.batch_size}),
     };
     // The conditions are not part of the record: a rerun may add conditions to a run.
-    let record = json!({
-        "command": "eval",
-        "model": model.source,
-        "model_fingerprint": model.checkpoint.fingerprint()?,
-        "data": a.data.data,
-        "data_fingerprint": queries_fingerprint(&harmful),
-        "queries": harmful.len(),
-        "benign": a.benign,
-        "benign_fingerprint": benign.as_deref().map(queries_fingerprint),
-        "benign_queries": benign.as_ref().map(Vec::len),
-        "template": template.name(),
-        "system": a.template.system,
-        "target": ablation.target.as_str(),
-        "mode": ablation.op.mode_str(),
-        "epsilon": ablation.op.epsilon(),
-        "max_new_tokens": a.max_new_tokens,
-        "sampling": sampling_record,
-        "judge": judge.describe(),
-        "dtype": a.model.dtype,
-    });
+    let mut record = RunRecord::new("eval", &model, &a.data.data, &harmful)?;
+    record
+        .set("benign", &a.benign)
+        .set(
+            "benign_fingerprint",
+            benign.as_deref().map(queries_fingerprint),
+        )
+        .set("benign_queries", benign.as_ref().map(Vec::len))
+        .set("template", template.name())
+        .set("system", &a.template.system)
+        .set_ablation(ablation)
+        .set("max_new_tokens", a.max_new_tokens)
+        .set("sampling", &sampling_record)
+        .set("judge", judge.describe())
+        .set("dtype", &a.model.dtype);
     let names: HashMap<&str, usize> = conditions
         .iter()
         .enumerate()
@@ -324,6 +320,7 @@ pub fn run(a: Args) -> Result<()> {
     let table = table(&summary, harmful.len(), benign.as_ref().map(Vec::len));
     if let Some(out) = &a.out {
         let file = EvalSummary {
+            schema: schema::EVAL_SUMMARY.into(),
             model: model.source.clone(),
             data: a.data.data.clone(),
             queries: harmful.len(),
@@ -334,8 +331,8 @@ pub fn run(a: Args) -> Result<()> {
             mode: ablation.op.mode_str().into(),
             epsilon: ablation.op.epsilon(),
             max_new_tokens: a.max_new_tokens,
-            sampling: record["sampling"].clone(),
-            judge: record["judge"].clone(),
+            sampling: sampling_record,
+            judge: judge.describe(),
             conditions: summary,
         };
         write_json(&sibling(out, "summary.json"), &file)?;

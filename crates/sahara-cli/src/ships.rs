@@ -4,14 +4,13 @@ use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
 use sahara::error::Setting;
-use sahara::io::formats::{ShipsLine, ShipsSummary};
+use sahara::io::formats::{schema, ShipsLine, ShipsSummary};
 use sahara::io::fs::write_json;
 use sahara::io::runlog::{sibling, Lines};
 use sahara::methods::ships::{
     parse_range, ships_scores, summarize, top_heads, ShipsOptions, Summary,
 };
 use sahara::{Error, Result};
-use serde_json::json;
 
 use crate::common::{
     progress_bar, run_record, short_name, DataArgs, EngineArgs, ModelArgs, OpArgs, TemplateArgs,
@@ -83,9 +82,10 @@ pub fn run(a: Args) -> Result<()> {
         &a.template.system,
         ablation,
     )?;
-    record["layers"] = json!([opts.layers.start, opts.layers.end]);
-    record["heads"] = json!([opts.heads.start, opts.heads.end]);
-    record["top"] = json!(a.top);
+    record
+        .set("layers", [opts.layers.start, opts.layers.end])
+        .set("heads", [opts.heads.start, opts.heads.end])
+        .set("top", a.top);
     let mut lines: Lines<ShipsLine> = Lines::open(
         a.out.as_deref(),
         &record,
@@ -114,6 +114,7 @@ pub fn run(a: Args) -> Result<()> {
             pb.set_position(base + n as u64)
         })?;
         lines.push(&ShipsLine {
+            schema: schema::SHIPS_LINE.into(),
             index: q.index,
             query: q.text.clone(),
             prompt_tokens: q.tokens.len(),
@@ -129,6 +130,7 @@ pub fn run(a: Args) -> Result<()> {
     let summary = summarize(&grids, a.top);
     if let Some(out) = &a.out {
         let file = ShipsSummary {
+            schema: schema::SHIPS_SUMMARY.into(),
             summary: summary.clone(),
             model: model.source.clone(),
             data: a.data.data.clone(),

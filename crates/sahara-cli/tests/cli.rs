@@ -712,7 +712,8 @@ fn generate_missing_required_argument_is_one_line() {
 // sahara ships
 // ---------------------------------------------------------------------------------------------
 
-const LINE_KEYS: [&str; 8] = [
+const LINE_KEYS: [&str; 9] = [
+    "schema",
     "index",
     "query",
     "prompt_tokens",
@@ -730,6 +731,7 @@ fn check_line(line: &Value, index: usize, query: &str, layers: usize, heads: usi
     let mut want = LINE_KEYS.to_vec();
     want.sort_unstable();
     assert_eq!(keys, want, "keys of {line}");
+    assert_eq!(line["schema"], "sahara.ships/1", "{line}");
     assert_eq!(line["index"], index, "{line}");
     assert_eq!(line["query"], query, "{line}");
     assert_eq!(
@@ -792,7 +794,8 @@ fn ships_scores_every_head_with_summary_and_plot() {
             "every head is scored, with a KL divergence: {line}"
         );
     }
-    let summary = parse_json(&std::fs::read_to_string(fx.path("ships.summary.json")).unwrap());
+    let summary =
+        parse_json(&std::fs::read_to_string(fx.path("ships.jsonl.summary.json")).unwrap());
     for k in ["by_mean", "by_count"] {
         let list = summary[k]
             .as_array()
@@ -809,7 +812,7 @@ fn ships_scores_every_head_with_summary_and_plot() {
             assert!(close(got.unwrap(), m, 1e-9), "mean of {l}:{h}");
         }
     }
-    let record = parse_json(&std::fs::read_to_string(fx.path("ships.run.json")).unwrap());
+    let record = parse_json(&std::fs::read_to_string(fx.path("ships.jsonl.run.json")).unwrap());
     assert_eq!(record["command"], "ships");
     let image = std::fs::read(&png).expect("the PNG is written");
     assert!(image.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
@@ -872,7 +875,7 @@ fn ships_layer_and_head_ranges_leave_nulls_elsewhere() {
             "only scored heads are ranked"
         );
     }
-    let summary = parse_json(&std::fs::read_to_string(fx.path("part.summary.json")).unwrap());
+    let summary = parse_json(&std::fs::read_to_string(fx.path("part.jsonl.summary.json")).unwrap());
     assert_eq!(summary["by_mean"].as_array().unwrap().len(), 2, "{summary}");
 }
 
@@ -966,7 +969,7 @@ fn ships_resumes_after_a_cut_line() {
     let complete = std::fs::read_to_string(&out).unwrap();
     let complete_lines: Vec<Value> = complete.lines().map(parse_json).collect();
     assert_eq!(complete_lines.len(), 6);
-    let complete_summary = std::fs::read_to_string(fx.path("ships.summary.json")).unwrap();
+    let complete_summary = std::fs::read_to_string(fx.path("ships.jsonl.summary.json")).unwrap();
 
     // Interrupted in the middle of writing line 3.
     let raw: Vec<&str> = complete.split_inclusive('\n').collect();
@@ -995,7 +998,8 @@ fn ships_resumes_after_a_cut_line() {
         );
         assert_grids_close(&grid(a), &grid(b), 1e-9, "resumed vs complete");
     }
-    let summary = parse_json(&std::fs::read_to_string(fx.path("ships.summary.json")).unwrap());
+    let summary =
+        parse_json(&std::fs::read_to_string(fx.path("ships.jsonl.summary.json")).unwrap());
     let before = parse_json(&complete_summary);
     assert_eq!(summary["queries"], 6);
     assert_grids_close(
@@ -1110,8 +1114,8 @@ fn ships_refuses_a_run_with_other_settings() {
         .arg("--out")
         .arg(&out));
     let before = std::fs::read(&out).unwrap();
-    let record = std::fs::read(fx.path("ships.run.json")).unwrap();
-    let summary = std::fs::read(fx.path("ships.summary.json")).unwrap();
+    let record = std::fs::read(fx.path("ships.jsonl.run.json")).unwrap();
+    let summary = std::fs::read(fx.path("ships.jsonl.summary.json")).unwrap();
     let m = fails(
         fx.ships(&["--epsilon", "0.5"])
             .arg("--data")
@@ -1126,9 +1130,12 @@ fn ships_refuses_a_run_with_other_settings() {
         before,
         "the earlier run was modified"
     );
-    assert_eq!(std::fs::read(fx.path("ships.run.json")).unwrap(), record);
     assert_eq!(
-        std::fs::read(fx.path("ships.summary.json")).unwrap(),
+        std::fs::read(fx.path("ships.jsonl.run.json")).unwrap(),
+        record
+    );
+    assert_eq!(
+        std::fs::read(fx.path("ships.jsonl.summary.json")).unwrap(),
         summary
     );
     // Other data too.
@@ -1177,7 +1184,7 @@ fn ships_fails(fx: &Fixture, data: &Path, extra: &[&str], needles: &[&str]) -> S
             .arg(&out),
         needles,
     );
-    for p in ["bad.jsonl", "bad.run.json", "bad.summary.json"] {
+    for p in ["bad.jsonl", "bad.jsonl.run.json", "bad.jsonl.summary.json"] {
         assert!(!fx.path(p).exists(), "{p} left behind after: {m}");
     }
     m

@@ -80,7 +80,8 @@ fn phrases(fx: &Fixture) -> PathBuf {
     fx.write("phrases.txt", "sorry\ncannot\n")
 }
 
-const LINE_KEYS: [&str; 13] = [
+const LINE_KEYS: [&str; 14] = [
+    "schema",
     "set",
     "condition",
     "heads",
@@ -103,6 +104,7 @@ fn check_line(l: &Value) {
     let mut want = LINE_KEYS.to_vec();
     want.sort_unstable();
     assert_eq!(keys, want, "keys of {l}");
+    assert_eq!(l["schema"], "sahara.eval/1", "{l}");
     let tokens = l["tokens"].as_array().expect("tokens");
     assert!(!tokens.is_empty() && tokens.len() <= 10, "{l}");
     let stop = l["stop"].as_str().unwrap();
@@ -246,7 +248,7 @@ fn eval_with_two_ablations_and_benign_prompts() {
         "no phrase matched"
     );
 
-    let summary = read_json(&fx.path("eval.summary.json"));
+    let summary = read_json(&fx.path("eval.jsonl.summary.json"));
     let conds = summary["conditions"].as_array().expect("conditions");
     let names: Vec<&str> = conds.iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["unmodified", "1:0", "2:3,0:1"]);
@@ -303,9 +305,9 @@ fn eval_with_two_ablations_and_benign_prompts() {
         stdout.contains("ASR") && stdout.contains("first-token KL"),
         "{stdout}"
     );
-    let record = read_json(&fx.path("eval.run.json"));
+    let record = read_json(&fx.path("eval.jsonl.run.json"));
     assert_eq!(record["command"], "eval");
-    assert_eq!(record["max_new_tokens"], 10);
+    assert_eq!(record["settings"]["max_new_tokens"], 10);
 }
 
 #[test]
@@ -381,7 +383,7 @@ fn heads_from_attribute_and_ships_outputs() {
         .arg(&attr)
         .arg("--out")
         .arg(&out));
-    let summary = read_json(&fx.path("sweep.summary.json"));
+    let summary = read_json(&fx.path("sweep.jsonl.summary.json"));
     let names: Vec<&str> = summary["conditions"]
         .as_array()
         .unwrap()
@@ -402,13 +404,13 @@ fn heads_from_attribute_and_ships_outputs() {
         .arg(&data)
         .arg("--out")
         .arg(&ships));
-    let ranked = read_json(&fx.path("ships.summary.json"))["by_mean"].clone();
+    let ranked = read_json(&fx.path("ships.jsonl.summary.json"))["by_mean"].clone();
     let (stdout, _) = ok(fx
         .eval(&["--top", "2"])
         .arg("--data")
         .arg(&data)
         .arg("--heads-from")
-        .arg(fx.path("ships.summary.json")));
+        .arg(fx.path("ships.jsonl.summary.json")));
     let conds: Vec<String> = stdout
         .lines()
         .map(parse_json)
@@ -460,7 +462,7 @@ fn an_empty_response_is_judged_and_recorded() {
     assert_eq!(l["stop"], "eos");
     assert_eq!(l["refusal"], true);
     assert_eq!(l["reason"], "short");
-    let summary = read_json(&fx.path("e.summary.json"));
+    let summary = read_json(&fx.path("e.jsonl.summary.json"));
     assert_eq!(summary["conditions"][0]["total"], 2);
 }
 
@@ -498,7 +500,7 @@ fn eval_resumes_after_a_cut_line() {
     ok(&mut cmd(&fx));
     let complete = std::fs::read_to_string(&out).unwrap();
     assert_eq!(complete.lines().count(), 2 * (5 + 3));
-    let complete_summary = std::fs::read_to_string(fx.path("eval.summary.json")).unwrap();
+    let complete_summary = std::fs::read_to_string(fx.path("eval.jsonl.summary.json")).unwrap();
 
     // Interrupted in the middle of writing line 4 (the second harmful batch).
     let raw: Vec<&str> = complete.split_inclusive('\n').collect();
@@ -518,7 +520,7 @@ fn eval_resumes_after_a_cut_line() {
     assert!(resumed.starts_with(&format!("{}{}{}", raw[0], raw[1], raw[2])));
     assert_eq!(resumed, complete);
     assert_eq!(
-        std::fs::read_to_string(fx.path("eval.summary.json")).unwrap(),
+        std::fs::read_to_string(fx.path("eval.jsonl.summary.json")).unwrap(),
         complete_summary
     );
     // Rerunning a finished run adds nothing.
@@ -531,7 +533,7 @@ fn eval_resumes_after_a_cut_line() {
     let lines = jsonl(&out);
     assert_eq!(lines.len(), 24);
     assert!(lines[16..].iter().all(|l| l["condition"] == "0:3"));
-    let summary = read_json(&fx.path("eval.summary.json"));
+    let summary = read_json(&fx.path("eval.jsonl.summary.json"));
     assert_eq!(summary["conditions"].as_array().unwrap().len(), 3);
 }
 
@@ -579,7 +581,7 @@ fn eval_fails(fx: &Fixture, extra: &[&str], needles: &[&str]) -> String {
             .arg(&out),
         needles,
     );
-    for p in ["bad.jsonl", "bad.run.json", "bad.summary.json"] {
+    for p in ["bad.jsonl", "bad.jsonl.run.json", "bad.jsonl.summary.json"] {
         assert!(!fx.path(p).exists(), "{p} left behind after: {m}");
     }
     m

@@ -55,6 +55,7 @@ impl SurgeryPlan {
         verify_relative_difference: f64,
     ) -> SurgeryRecord {
         SurgeryRecord {
+            schema: crate::io::formats::schema::SURGERY.into(),
             tool: "sahara".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             source: source.into(),

@@ -13,9 +13,122 @@ use crate::methods::eval::{ConditionSummary, Outcome, Set};
 use crate::methods::ships::{HeadGrid, HeadScore, Summary};
 use crate::model::ablation::Target;
 
+/// The `schema` of each kind of output, `sahara.KIND/VERSION`: the first field of every JSON
+/// document and JSON line sahara writes. A reader checks it; the version changes when a field
+/// changes meaning or goes away (adding a field keeps it).
+pub mod schema {
+    pub const RUN: &str = "sahara.run/1";
+    pub const SHIPS_LINE: &str = "sahara.ships/1";
+    pub const SHIPS_SUMMARY: &str = "sahara.ships-summary/1";
+    pub const ATTRIBUTE: &str = "sahara.attribute/1";
+    pub const EVAL_LINE: &str = "sahara.eval/1";
+    pub const EVAL_SUMMARY: &str = "sahara.eval-summary/1";
+    pub const SURGERY: &str = "sahara.surgery/1";
+}
+
+/// `FILE.run.json` beside a resumable output `FILE`: which command, model, data and
+/// settings produced it. A rerun continues the output only when its record is equal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub schema: String,
+    /// The command that wrote the output (`ships`, `attribute`, `eval`).
+    pub command: String,
+    /// sahara's version.
+    pub version: String,
+    /// The model as named (`--model`), and a fingerprint of its weights and configuration.
+    pub model: String,
+    pub model_fingerprint: String,
+    /// The data as named (`--data`), a fingerprint of the queries used, and how many.
+    pub data: String,
+    pub data_fingerprint: String,
+    pub queries: usize,
+    /// Everything else that changes the numbers: template, ablation, dtype, and the
+    /// command's own settings.
+    pub settings: serde_json::Map<String, Value>,
+}
+
+impl RunRecord {
+    /// A record of `command` over `queries`, with the settings every command has; the caller
+    /// adds its own with [`RunRecord::set`].
+    pub fn new(
+        command: &str,
+        model: &crate::LoadedModel,
+        data: &str,
+        queries: &[EncodedQuery],
+    ) -> Result<Self> {
+        Ok(RunRecord {
+            schema: schema::RUN.into(),
+            command: command.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            model: model.source.clone(),
+            model_fingerprint: model.checkpoint.fingerprint()?,
+            data: data.into(),
+            data_fingerprint: crate::io::runlog::queries_fingerprint(queries),
+            queries: queries.len(),
+            settings: serde_json::Map::new(),
+        })
+    }
+
+    /// Adds a setting.
+    pub fn set(&mut self, key: &str, value: impl Serialize) -> &mut Self {
+        self.settings.insert(
+            key.into(),
+            serde_json::to_value(value).expect("settings serialize"),
+        );
+        self
+    }
+
+    /// Target, mode and ε.
+    pub fn set_ablation(&mut self, a: crate::model::ablation::Ablation) -> &mut Self {
+        self.set("target", a.target)
+            .set("mode", a.op.mode_str())
+            .set("epsilon", a.op.epsilon())
+    }
+
+    /// Reads a record, also in the flat layout of sahara before the `schema` field (every
+    /// setting at the top level), which resumes as the same run.
+    pub fn parse(path: &Path, text: &str) -> Result<Self> {
+        let v: Value = serde_json::from_str(text).map_err(|source| Error::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let bad = |e: String| Error::ResumeMismatch {
+            path: path.to_path_buf(),
+            line: None,
+            reason: format!("is not a run record ({e})"),
+        };
+        if v.get("schema").is_some() {
+            return serde_json::from_value(v).map_err(|e| bad(e.to_string()));
+        }
+        let Value::Object(mut flat) = v else {
+            return Err(bad("not a JSON object".into()));
+        };
+        let mut take = |k: &str| flat.remove(k).unwrap_or(Value::Null);
+        let text_of = |v: Value| v.as_str().map(String::from).unwrap_or_default();
+        let command = text_of(take("command"));
+        let model = text_of(take("model"));
+        let model_fingerprint = text_of(take("model_fingerprint"));
+        let data = text_of(take("data"));
+        let data_fingerprint = text_of(take("data_fingerprint"));
+        let queries = take("queries").as_u64().unwrap_or(0) as usize;
+        Ok(RunRecord {
+            schema: schema::RUN.into(),
+            command,
+            version: String::new(),
+            model,
+            model_fingerprint,
+            data,
+            data_fingerprint,
+            queries,
+            settings: flat,
+        })
+    }
+}
+
 /// One line of `sahara ships --out FILE.jsonl`: one query's Ships of every scored head.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShipsLine {
+    pub schema: String,
     /// The query's index in the data file (0-based).
     pub index: usize,
     pub query: String,
@@ -40,6 +153,7 @@ impl ShipsLine {
 /// `FILE.jsonl.summary.json` of `sahara ships`: mean Ships and appearance counts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShipsSummary {
+    pub schema: String,
     #[serde(flatten)]
     pub summary: Summary,
     pub model: String,
@@ -56,6 +170,7 @@ pub struct ShipsSummary {
 /// check that the written model reproduces the in-memory ablation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SurgeryRecord {
+    pub schema: String,
     pub tool: String,
     pub version: String,
     pub source: String,
@@ -93,6 +208,7 @@ pub struct AttributeStep {
 /// The output of `sahara attribute`: the heads of the Sahara search, step by step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttributeOutput {
+    pub schema: String,
     pub model: String,
     pub data: String,
     pub queries: usize,
@@ -121,6 +237,7 @@ impl AttributeOutput {
 /// One line of `sahara eval --out FILE.jsonl`: one response and its verdict.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalLine {
+    pub schema: String,
     pub set: Set,
     /// `unmodified`, or the ablated heads as `L:H,L:H…`.
     pub condition: String,
@@ -193,6 +310,7 @@ impl EvalLine {
 /// `FILE.jsonl.summary.json` of `sahara eval`: every condition's ASR and benign cost.
 #[derive(Debug, Clone, Serialize)]
 pub struct EvalSummary {
+    pub schema: String,
     pub model: String,
     pub data: String,
     pub queries: usize,

@@ -43,12 +43,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     result
 }
 
-/// Writes a JSON value, pretty-printed, atomically.
+/// Writes a JSON value, pretty-printed and ending in a newline, atomically.
 pub fn write_json(path: &Path, v: &impl serde::Serialize) -> Result<()> {
-    write_atomic(
-        path,
-        &serde_json::to_vec_pretty(v).expect("JSON values serialize"),
-    )
+    let mut bytes = serde_json::to_vec_pretty(v).expect("JSON values serialize");
+    bytes.push(b'\n');
+    write_atomic(path, &bytes)
 }
 
 /// Removes a folder on drop unless disarmed: no half-written model is left behind.
@@ -132,7 +131,7 @@ mod tests {
         let p = dir.path().join("a.json");
         write_atomic(&p, b"one").unwrap();
         write_json(&p, &serde_json::json!({"k": 1})).unwrap();
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "{\n  \"k\": 1\n}");
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "{\n  \"k\": 1\n}\n");
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
     }

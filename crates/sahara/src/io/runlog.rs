@@ -14,10 +14,22 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::io::formats::RunRecord;
 use crate::io::fs::{write_err, write_json};
 
-/// The sibling of `out` with the given suffix: `ships.jsonl` -> `ships.run.json`.
+/// A side file of the output `out`, named from its whole name: `r.jsonl` -> `r.jsonl.run.json`,
+/// `r.jsonl.summary.json`, so that the outputs of two commands in one folder never share one.
 pub fn sibling(out: &Path, suffix: &str) -> PathBuf {
+    let name = out
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    out.with_file_name(format!("{name}.{suffix}"))
+}
+
+/// The name side files had before [`sibling`] (`r.jsonl` -> `r.run.json`), still read when a
+/// run written then is resumed.
+fn legacy_sibling(out: &Path, suffix: &str) -> PathBuf {
     let stem = out
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -26,10 +38,12 @@ pub fn sibling(out: &Path, suffix: &str) -> PathBuf {
 }
 
 /// Claims `out` for a run described by `record`, the one rule of every resumable command:
-/// when `out` is absent or empty, the record is written beside it and `false` returned (a
-/// fresh run); otherwise the record beside it must equal `record`, and `true` is returned (a
-/// run to resume). A file without a record, or with another one, is refused.
-pub fn claim(out: &Path, record: &Value) -> Result<bool> {
+/// when `out` is absent or empty, the record is written beside it (`out.run.json`) and
+/// `false` returned (a fresh run); otherwise the record beside it (or, for a run of an earlier
+/// sahara, `out`'s stem `.run.json`) must be the same run, and `true` is returned (a run to
+/// resume). A file without a record, one written by another command, or with other settings,
+/// is refused.
+pub fn claim(out: &Path, record: &RunRecord) -> Result<bool> {
     let record_path = sibling(out, "run.json");
     let exists = std::fs::metadata(out).map(|m| m.len() > 0).unwrap_or(false);
     if !exists {
@@ -41,23 +55,54 @@ pub fn claim(out: &Path, record: &Value) -> Result<bool> {
         line: None,
         reason,
     };
-    let text = std::fs::read_to_string(&record_path).map_err(|_| {
-        mismatch(format!(
-            "exists but its run record {} is missing: it was not written by this command; remove it to start over",
-            record_path.display()
-        ))
-    })?;
-    let old: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
-        path: record_path.clone(),
-        source,
-    })?;
-    if let Some(diff) = first_difference(&old, record) {
+    let legacy = legacy_sibling(out, "run.json");
+    let (path, text) = match std::fs::read_to_string(&record_path) {
+        Ok(t) => (record_path.clone(), t),
+        Err(_) => match std::fs::read_to_string(&legacy) {
+            Ok(t) => (legacy.clone(), t),
+            Err(_) => {
+                return Err(mismatch(format!(
+                    "exists but its run record {} is missing: it was not written by this command; remove it to start over",
+                    record_path.display()
+                )))
+            }
+        },
+    };
+    let old = RunRecord::parse(&path, &text)?;
+    if old.command != record.command {
+        return Err(mismatch(format!(
+            "was written by `sahara {}` (see {}), not `sahara {}`; remove it to start over",
+            old.command,
+            path.display(),
+            record.command
+        )));
+    }
+    // A record of an earlier sahara has no version; its settings still have to agree.
+    let mut now = serde_json::to_value(record).expect("records serialize");
+    let mut was = serde_json::to_value(&old).expect("records serialize");
+    if old.version.is_empty() {
+        now["version"] = Value::Null;
+        was["version"] = Value::Null;
+    }
+    if let Some(diff) = first_difference(&flatten(&was), &flatten(&now)) {
         return Err(mismatch(format!(
             "holds an earlier run with other settings ({diff}); remove it and {} to start over",
-            record_path.display()
+            path.display()
         )));
     }
     Ok(true)
+}
+
+/// A record with its settings at the top level, so that a difference names the setting.
+fn flatten(v: &Value) -> Value {
+    let mut out = v.clone();
+    if let Some(Value::Object(settings)) = out.as_object_mut().and_then(|o| o.remove("settings")) {
+        let o = out.as_object_mut().expect("an object");
+        for (k, v) in settings {
+            o.insert(k, v);
+        }
+    }
+    out
 }
 
 /// An append-only JSON Lines output of lines `T` that survives interruption.
@@ -75,7 +120,7 @@ impl<T: Serialize + DeserializeOwned> JsonlRun<T> {
     /// writing it) is discarded.
     pub fn open(
         path: &Path,
-        record: &Value,
+        record: &RunRecord,
         mut check: impl FnMut(usize, &T) -> std::result::Result<(), String>,
     ) -> Result<Self> {
         claim(path, record)?;
@@ -154,7 +199,7 @@ impl<T: Serialize + DeserializeOwned> Lines<T> {
     /// The run's lines go to `out` when given (resuming it, see [`JsonlRun::open`]).
     pub fn open(
         out: Option<&Path>,
-        record: &Value,
+        record: &RunRecord,
         check: impl FnMut(usize, &T) -> std::result::Result<(), String>,
     ) -> Result<Self> {
         Ok(match out {
@@ -255,13 +300,33 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn rec(command: &str, model: &str) -> RunRecord {
+        let mut r = RunRecord {
+            schema: crate::io::formats::schema::RUN.into(),
+            command: command.into(),
+            version: "0.1.0".into(),
+            model: model.into(),
+            model_fingerprint: "f".into(),
+            data: "d".into(),
+            data_fingerprint: "g".into(),
+            queries: 2,
+            settings: Default::default(),
+        };
+        r.set("epsilon", 1e-5);
+        r
+    }
+
+    fn open(out: &Path, r: &RunRecord) -> Result<JsonlRun<Value>> {
+        JsonlRun::<Value>::open(out, r, |_, _| Ok(()))
+    }
+
     #[test]
     fn resume_discards_a_partial_line_and_keeps_complete_ones() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("r.jsonl");
-        let rec = json!({"model": "m", "epsilon": 1e-5});
+        let rec = rec("ships", "m");
         {
-            let mut r = JsonlRun::<Value>::open(&out, &rec, |_, _| Ok(())).unwrap();
+            let mut r = open(&out, &rec).unwrap();
             assert!(r.done.is_empty());
             r.append(&json!({"index": 0})).unwrap();
             r.append(&json!({"index": 1})).unwrap();
@@ -270,7 +335,7 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&out).unwrap();
         f.write_all(b"{\"index\": 2, \"sco").unwrap();
         drop(f);
-        let mut r = JsonlRun::<Value>::open(&out, &rec, |_, _| Ok(())).unwrap();
+        let mut r = open(&out, &rec).unwrap();
         assert_eq!(r.done, vec![json!({"index": 0}), json!({"index": 1})]);
         r.append(&json!({"index": 2})).unwrap();
         let text = std::fs::read_to_string(&out).unwrap();
@@ -278,27 +343,72 @@ mod tests {
     }
 
     #[test]
-    fn other_settings_are_refused() {
+    fn other_settings_or_another_command_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("r.jsonl");
-        let mut r = JsonlRun::<Value>::open(&out, &json!({"model": "a"}), |_, _| Ok(())).unwrap();
+        let mut r = open(&out, &rec("ships", "a")).unwrap();
         r.append(&json!({"index": 0})).unwrap();
-        let e = JsonlRun::<Value>::open(&out, &json!({"model": "b"}), |_, _| Ok(()))
-            .err()
-            .unwrap()
-            .to_string();
+        let e = open(&out, &rec("ships", "b")).err().unwrap().to_string();
         assert!(e.contains("model was \"a\", now \"b\""), "{e}");
+        let mut eps = rec("ships", "a");
+        eps.set("epsilon", 0.5);
+        let e = open(&out, &eps).err().unwrap().to_string();
+        assert!(e.contains("epsilon was"), "{e}");
+        let e = open(&out, &rec("eval", "a")).err().unwrap().to_string();
+        assert!(e.contains("written by `sahara ships`"), "{e}");
         // A foreign file without run record is refused too.
         let foreign = dir.path().join("f.jsonl");
         std::fs::write(&foreign, "{}\n").unwrap();
-        assert!(JsonlRun::<Value>::open(&foreign, &json!({}), |_, _| Ok(())).is_err());
+        assert!(open(&foreign, &rec("ships", "a")).is_err());
     }
 
     #[test]
-    fn siblings_replace_the_extension() {
+    fn a_check_that_fails_names_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("r.jsonl");
+        let mut r = open(&out, &rec("ships", "a")).unwrap();
+        r.append(&json!({"index": 0})).unwrap();
+        r.append(&json!({"index": 5})).unwrap();
+        let e = JsonlRun::<Value>::open(&out, &rec("ships", "a"), |i, v| {
+            (v["index"] == json!(i))
+                .then_some(())
+                .ok_or("is not in order".into())
+        })
+        .err()
+        .unwrap();
+        assert!(
+            matches!(&e, Error::ResumeMismatch { line: Some(2), reason, .. } if reason.contains("not in order")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_run_of_an_earlier_sahara_resumes_from_its_old_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("r.jsonl");
+        std::fs::write(&out, "{\"index\":0}\n").unwrap();
+        // The flat record under the stem's name, as earlier versions wrote it.
+        std::fs::write(
+            dir.path().join("r.run.json"),
+            r#"{"command": "ships", "model": "a", "model_fingerprint": "f", "data": "d",
+                "data_fingerprint": "g", "queries": 2, "epsilon": 1e-5}"#,
+        )
+        .unwrap();
+        let r = open(&out, &rec("ships", "a")).unwrap();
+        assert_eq!(r.done.len(), 1);
+        let e = open(&out, &rec("ships", "b")).err().unwrap().to_string();
+        assert!(e.contains("model was"), "{e}");
+    }
+
+    #[test]
+    fn side_files_are_named_from_the_whole_output_name() {
         assert_eq!(
             sibling(Path::new("a/ships.jsonl"), "summary.json"),
-            Path::new("a/ships.summary.json")
+            Path::new("a/ships.jsonl.summary.json")
+        );
+        assert_ne!(
+            sibling(Path::new("r.jsonl"), "run.json"),
+            sibling(Path::new("r.json"), "run.json")
         );
     }
 }

@@ -17,6 +17,7 @@ use rand::{Rng, SeedableRng};
 
 use super::language::{self, Request};
 use crate::error::{Error, Result};
+use crate::io::fs::write_json;
 use crate::io::prompt::{ChatTemplate, Message, PromptEncoder};
 use crate::methods::generate::{generate, GenerateOptions};
 use crate::model::ablation::{AblationPlan, HeadAblation, Op, Target};
@@ -861,11 +862,4 @@ impl Organism {
         }
         write_json(&dir.join("organism.json"), &record)
     }
-}
-
-/// Pretty JSON with a final newline, written atomically.
-fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
-    let mut text = serde_json::to_string_pretty(v).expect("JSON values serialize");
-    text.push('\n');
-    crate::io::fs::write_atomic(path, text.as_bytes())
 }
