@@ -15,7 +15,7 @@ use sahara::checkpoint::random::WORDS;
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------------
-// Harness (as in tests/cli.rs)
+// Harness (the shared one is tests/common)
 // ---------------------------------------------------------------------------------------------
 
 /// A tiny Llama whose every token id is a word of its tokenizer, so that responses decode to

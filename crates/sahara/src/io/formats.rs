@@ -137,7 +137,7 @@ pub struct ShipsLine {
     pub mode: String,
     /// ε of mode scale; null for mode mean.
     pub epsilon: Option<f64>,
-    /// KL in nats, [layer][head]; null where a head was not scored.
+    /// KL in nats, `[layer][head]`; null where a head was not scored.
     pub scores: HeadGrid,
     /// The highest-scoring heads, best first.
     pub top: Vec<HeadScore>,
@@ -201,7 +201,7 @@ pub struct AttributeStep {
     pub selected: [usize; 2],
     /// Its score, the principal-angle sum in degrees.
     pub score: f64,
-    /// Every candidate's score at this step, [layer][head]; null for heads already chosen.
+    /// Every candidate's score at this step, `[layer][head]`; null for heads already chosen.
     pub scores: HeadGrid,
 }
 

@@ -92,7 +92,7 @@ pub fn parse_range(what: Setting, s: &str, n: usize) -> Result<Range<usize>> {
     Ok(r)
 }
 
-/// Ships of every selected head for one prompt: a grid [layer][head].
+/// Ships of every selected head for one prompt: a grid `[layer][head]`.
 pub fn ships_scores(
     model: &Decoder,
     tokens: &[u32],
@@ -123,17 +123,6 @@ pub fn ships_scores(
         }
     }
     Ok(grid)
-}
-
-/// A grid as written in outputs ([layer][head], numbers or null), read back.
-pub fn grid_from_json(v: &serde_json::Value) -> Option<HeadGrid> {
-    v.as_array()?
-        .iter()
-        .map(|row| {
-            row.as_array()
-                .map(|r| r.iter().map(serde_json::Value::as_f64).collect())
-        })
-        .collect()
 }
 
 /// A head and its score.
@@ -185,7 +174,7 @@ pub struct RankedHead {
 pub struct Summary {
     pub queries: usize,
     pub top_k: usize,
-    /// Mean Ships per head, [layer][head].
+    /// Mean Ships per head, `[layer][head]`.
     pub mean: HeadGrid,
     /// Heads by mean Ships, highest first.
     pub by_mean: Vec<RankedHead>,

@@ -4,7 +4,7 @@
 //!
 //! - [`language`]: the synthetic chat language, the held-out prompts, the tokenizer and the
 //!   chat template.
-//! - [`train`]: training with candle's autograd and AdamW, and writing the model folder.
+//! - [`mod@train`]: training with candle's autograd and AdamW, and writing the model folder.
 
 pub mod builtin;
 pub mod language;
