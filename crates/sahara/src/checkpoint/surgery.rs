@@ -147,7 +147,7 @@ pub(crate) enum Block {
     },
 }
 
-pub(crate) fn edits(cfg: &ModelConfig, spec: &SurgeryPlan) -> BTreeMap<String, Edit> {
+pub(crate) fn edits(cfg: &ModelConfig, plan: &SurgeryPlan) -> BTreeMap<String, Edit> {
     let hd = cfg.head_dim;
     let mut out: BTreeMap<String, Edit> = BTreeMap::new();
     let mut add = |name: String, block: Block, columns: bool| {
@@ -161,7 +161,7 @@ pub(crate) fn edits(cfg: &ModelConfig, spec: &SurgeryPlan) -> BTreeMap<String, E
     };
     // Each (layer, unit) once: two query heads of one group ablated on k touch one block.
     let mut seen = BTreeSet::new();
-    for a in spec.ablations() {
+    for a in plan.ablations() {
         let (proj, unit, n) = match a.target {
             Target::Q => ("q_proj", a.head, cfg.num_heads),
             Target::K => ("k_proj", a.kv_head(cfg), cfg.num_kv_heads),
@@ -298,18 +298,18 @@ pub fn weights_hash(dir: &Path) -> Result<String> {
     Ok(fingerprint(&refs))
 }
 
-/// Folds `spec` into the weights of the model folder `src` and writes the result to `out`.
+/// Folds `plan` into the weights of the model folder `src` and writes the result to `out`.
 /// `source` names the model for the record (a path or hub id). With `force`, an existing
 /// non-empty `out` is replaced.
 pub fn surgery(
     src: &Path,
     source: &str,
     out: &Path,
-    spec: &SurgeryPlan,
+    plan: &SurgeryPlan,
     force: bool,
 ) -> Result<SurgeryReport> {
     let cfg = ModelConfig::from_file(&src.join("config.json"))?;
-    spec.validate(&cfg)?;
+    plan.validate(&cfg)?;
     if out.exists() {
         let same = std::fs::canonicalize(out).ok() == std::fs::canonicalize(src).ok();
         if same {
@@ -320,7 +320,7 @@ pub fn surgery(
     }
     let (tmp, mut guard) = staging_folder(out, force)?;
     let weights = Weights::open_dir(src)?;
-    let edits = edits(&cfg, spec);
+    let edits = edits(&cfg, plan);
     for name in edits.keys() {
         weights.locate(name)?;
     }
@@ -388,7 +388,7 @@ pub fn surgery(
         .ok()
         .filter(|t| !t.is_empty())
         .unwrap_or_else(|| (0..8u32.min(cfg.vocab_size as u32)).collect());
-    let rel = relative_logit_difference(&ablated, &written, probe, &spec.ablations())?;
+    let rel = relative_logit_difference(&ablated, &written, probe, &plan.ablations())?;
     let dtypes: BTreeSet<StDtype> = written_dtypes(&tmp)?;
     let tolerance = if dtypes.iter().any(|d| matches!(d, StDtype::BF16)) {
         1e-2
@@ -407,9 +407,9 @@ pub fn surgery(
         });
     }
 
-    let affected = spec.affected_heads(&cfg);
+    let affected = plan.affected_heads(&cfg);
     let changed_tensors: Vec<String> = edits.keys().cloned().collect();
-    let record = spec.record(
+    let record = plan.record(
         source,
         weights_hash(src)?,
         &affected,

@@ -79,14 +79,8 @@ pub fn load_queries(path: &Path, column: Option<&str>, limit: Option<usize>) -> 
             path.display()
         )));
     }
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let text = std::str::from_utf8(&bytes).map_err(|e| {
-        Error::data(
-            path,
-            format!("not valid UTF-8 (at byte {})", e.valid_up_to()),
-        )
-    })?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let text = read_text(path)?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     if text.trim().is_empty() {
         return Err(Error::data(path, "no queries"));
     }
@@ -297,6 +291,17 @@ fn parse_json_array(
         .map(|(i, item)| json_query(item, column, &mut key, &format!("item {}", i + 1)))
         .collect::<std::result::Result<Vec<_>, _>>()?;
     Ok((texts, key))
+}
+
+/// A text file's contents; a file that is not UTF-8 is a data error naming the byte.
+pub fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    String::from_utf8(bytes).map_err(|e| {
+        Error::data(
+            path,
+            format!("not valid UTF-8 (at byte {})", e.utf8_error().valid_up_to()),
+        )
+    })
 }
 
 fn parse_text(text: &str) -> Vec<String> {

@@ -240,14 +240,7 @@ impl RefusalMatcher {
     /// Reads phrases from a file: one phrase a line, surrounding whitespace removed; blank
     /// lines are ignored. A file without any phrase is an error.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let text = std::str::from_utf8(&bytes).map_err(|e| {
-            Error::data(
-                path,
-                format!("not valid UTF-8 (at byte {})", e.valid_up_to()),
-            )
-        })?;
-        let phrases = parse_phrases(text);
+        let phrases = parse_phrases(&crate::io::data::read_text(path)?);
         if phrases.is_empty() {
             return Err(Error::data(
                 path,

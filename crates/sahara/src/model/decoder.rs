@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::checkpoint::safetensors::{TensorSource, Weights};
 use crate::error::{Error, Result};
-use crate::model::ablation::{AblationPlan, Target};
+use crate::model::ablation::{AblationPlan, HeadMix, Target};
 use crate::model::config::{inverse_frequencies, ModelConfig};
 use crate::model::ops::{self, contiguous};
 
@@ -769,69 +769,16 @@ impl Decoder {
             Some(slot) => append_kv(slot, &k, &v, ctx.offset)?,
             None => (k, v),
         };
-        let s = k.dim(2)?;
-        let rep = nh / ng;
         let mask = self.mask(ctx, tq, cfg.sliding_window[l])?;
-        // The fused CPU kernel when it applies (float32 on CPU, no attention pattern asked
-        // for, no autograd), else the generic operations below, which it is tested against.
-        let fused = if pattern_layer == Some(l) {
-            None
-        } else {
-            crate::model::kernels::attention_f32(
-                &q,
-                &k,
-                &v,
-                cfg.attn_scale,
-                cfg.attn_softcap,
-                mask.as_ref(),
-            )?
-        };
-        let (z, pattern) = match fused {
-            Some(z) => {
-                // (B, Tq, H, D); the v ablation acts on the (B, H, Tq, D) view.
-                let z = match plan.and_then(|p| p.get(l, Target::Z)) {
-                    Some(m) => contiguous(&m.apply(&z.transpose(1, 2)?)?.transpose(1, 2)?)?,
-                    None => z,
-                };
-                (z.reshape((b, tq, nh * hd))?, None)
-            }
-            None => {
-                // Grouped-query attention without copying keys: the `rep` query heads of a
-                // group are contiguous, so (B, H, Tq, D) is viewed as (B, G, rep*Tq, D).
-                let qg = q.reshape((b, ng, rep * tq, hd))?;
-                // (B, G, rep*Tq, D) @ (B, G, D, S) -> (B, G, rep*Tq, S) -> (B, H, Tq, S)
-                let k = contiguous(&k)?;
-                let scores = (qg.matmul(&k.t()?)? * cfg.attn_scale)?.reshape((b, nh, tq, s))?;
-                // Gemma 2 soft-caps the scores before the mask.
-                let scores = match cfg.attn_softcap {
-                    Some(c) => ((scores / c)?.tanh()? * c)?,
-                    None => scores,
-                };
-                let scores = scores.to_dtype(DType::F32)?;
-                let scores = match &mask {
-                    Some(m) => scores.broadcast_add(m)?,
-                    None => scores,
-                };
-                let probs = ops::softmax_last_dim(&scores)?;
-                let pattern = if pattern_layer == Some(l) {
-                    Some(probs.clone())
-                } else {
-                    None
-                };
-                // (B, G, rep*Tq, S) @ (B, G, S, D) -> (B, H, Tq, D)
-                let mut z = probs
-                    .to_dtype(self.dtype)?
-                    .reshape((b, ng, rep * tq, s))?
-                    .matmul(&contiguous(&v)?)?
-                    .reshape((b, nh, tq, hd))?;
-                if let Some(m) = plan.and_then(|p| p.get(l, Target::Z)) {
-                    z = m.apply(&z)?;
-                }
-                // (B, H, Tq, D) -> (B, Tq, H*D)
-                let z = contiguous(&z.transpose(1, 2)?)?.reshape((b, tq, nh * hd))?;
-                (z, pattern)
-            }
-        };
+        let z_ablation = plan.and_then(|p| p.get(l, Target::Z));
+        let (z, pattern) = self.attend(
+            &q,
+            &k,
+            &v,
+            mask.as_ref(),
+            z_ablation,
+            pattern_layer == Some(l),
+        )?;
         let attn_out = layer.attn.o_proj.forward(&z)?;
         let resid = if only_last {
             x.narrow(1, t - 1, 1)?
@@ -861,6 +808,78 @@ impl Decoder {
             None => mlp,
         };
         Ok(((x + mlp)?, pattern))
+    }
+
+    /// Attention of queries q (B, H, Tq, D) over keys and values k, v (B, G, S, D), with the
+    /// head-output ablation `z_ablation` applied to z: returns z as (B, Tq, H·D) for
+    /// `o_proj`, and the probabilities (B, H, Tq, S) when `want_pattern`.
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        z_ablation: Option<&HeadMix>,
+        want_pattern: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let cfg = &self.cfg;
+        let (b, nh, tq, hd) = q.dims4()?;
+        let ng = cfg.num_kv_heads;
+        let s = k.dim(2)?;
+        let rep = nh / ng;
+        // The fused CPU kernel when it applies (float32 on CPU, no attention pattern asked
+        // for, no autograd), else the generic operations below, which it is tested against.
+        let fused = if want_pattern {
+            None
+        } else {
+            crate::model::kernels::attention_f32(q, k, v, cfg.attn_scale, cfg.attn_softcap, mask)?
+        };
+        Ok(match fused {
+            Some(z) => {
+                // (B, Tq, H, D); the v ablation acts on the (B, H, Tq, D) view.
+                let z = match z_ablation {
+                    Some(m) => contiguous(&m.apply(&z.transpose(1, 2)?)?.transpose(1, 2)?)?,
+                    None => z,
+                };
+                (z.reshape((b, tq, nh * hd))?, None)
+            }
+            None => {
+                // Grouped-query attention without copying keys: the `rep` query heads of a
+                // group are contiguous, so (B, H, Tq, D) is viewed as (B, G, rep*Tq, D).
+                let qg = q.reshape((b, ng, rep * tq, hd))?;
+                // (B, G, rep*Tq, D) @ (B, G, D, S) -> (B, G, rep*Tq, S) -> (B, H, Tq, S)
+                let k = contiguous(k)?;
+                let scores = (qg.matmul(&k.t()?)? * cfg.attn_scale)?.reshape((b, nh, tq, s))?;
+                // Gemma 2 soft-caps the scores before the mask.
+                let scores = match cfg.attn_softcap {
+                    Some(c) => ((scores / c)?.tanh()? * c)?,
+                    None => scores,
+                };
+                let scores = scores.to_dtype(DType::F32)?;
+                let scores = match mask {
+                    Some(m) => scores.broadcast_add(m)?,
+                    None => scores,
+                };
+                let probs = ops::softmax_last_dim(&scores)?;
+                let pattern = if want_pattern {
+                    Some(probs.clone())
+                } else {
+                    None
+                };
+                // (B, G, rep*Tq, S) @ (B, G, S, D) -> (B, H, Tq, D)
+                let mut z = probs
+                    .to_dtype(self.dtype)?
+                    .reshape((b, ng, rep * tq, s))?
+                    .matmul(&contiguous(v)?)?
+                    .reshape((b, nh, tq, hd))?;
+                if let Some(m) = z_ablation {
+                    z = m.apply(&z)?;
+                }
+                // (B, H, Tq, D) -> (B, Tq, H*D)
+                let z = contiguous(&z.transpose(1, 2)?)?.reshape((b, tq, nh * hd))?;
+                (z, pattern)
+            }
+        })
     }
 }
 

@@ -50,8 +50,8 @@ fn changed_count(edit: &Edit, shape: &[usize]) -> usize {
 }
 
 /// Writes the GGUF model as a Hugging Face folder in `dir` (which must exist), folding
-/// `spec` into the weights when given.
-pub fn write_hf_folder(g: &GgufFile, dir: &Path, spec: Option<&SurgeryPlan>) -> Result<Written> {
+/// `plan` into the weights when given.
+pub fn write_hf_folder(g: &GgufFile, dir: &Path, plan: Option<&SurgeryPlan>) -> Result<Written> {
     let cfg_json = g.hf_config()?;
     let cfg = g.config()?;
     let tok = super::tokenizer::build(g)?;
@@ -66,7 +66,7 @@ pub fn write_hf_folder(g: &GgufFile, dir: &Path, spec: Option<&SurgeryPlan>) -> 
     write_json(&dir.join("tokenizer.json"), &tok.json)?;
     write_json(&dir.join("tokenizer_config.json"), &tok.config)?;
 
-    let edits = match spec {
+    let edits = match plan {
         Some(s) => edits(&cfg, s),
         None => BTreeMap::new(),
     };
@@ -159,20 +159,20 @@ pub fn write_hf_folder(g: &GgufFile, dir: &Path, spec: Option<&SurgeryPlan>) -> 
 }
 
 /// Surgery from a GGUF source: writes a Hugging Face folder (float32 safetensors of the
-/// dequantized weights) with `spec` folded in, verified against the GGUF model with the
+/// dequantized weights) with `plan` folded in, verified against the GGUF model with the
 /// ablation applied in memory.
 pub fn surgery_from_gguf(
     src: &Path,
     source: &str,
     out: &Path,
-    spec: &SurgeryPlan,
+    plan: &SurgeryPlan,
     force: bool,
 ) -> Result<SurgeryReport> {
     let g = GgufFile::open(src)?;
     let cfg = g.config()?;
-    spec.validate(&cfg)?;
+    plan.validate(&cfg)?;
     let (tmp, mut guard) = staging_folder(out, force)?;
-    let written = write_hf_folder(&g, &tmp, Some(spec))?;
+    let written = write_hf_folder(&g, &tmp, Some(plan))?;
 
     // Verify: the written folder's logits equal the GGUF model's with the ablation in memory.
     let dev = Device::Cpu;
@@ -193,7 +193,7 @@ pub fn surgery_from_gguf(
         &ablated,
         &reloaded,
         probe,
-        &spec.ablations(),
+        &plan.ablations(),
     )?;
     drop(reloaded);
     drop(ablated);
@@ -205,14 +205,14 @@ pub fn surgery_from_gguf(
         });
     }
 
-    let affected = spec.affected_heads(&cfg);
+    let affected = plan.affected_heads(&cfg);
     let types: BTreeSet<String> = g
         .content
         .tensor_infos
         .values()
         .map(|i| format!("{:?}", i.ggml_dtype))
         .collect();
-    let mut record = spec.record(
+    let mut record = plan.record(
         source,
         g.fingerprint(),
         &affected,
