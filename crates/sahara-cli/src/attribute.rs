@@ -140,6 +140,7 @@ pub fn run(a: Args) -> Result<()> {
             });
             if let Some(path) = &a.out {
                 write_json(path, &out)?;
+                sahara::io::runlog::unit_written();
             }
         }
         pb.finish_and_clear();

@@ -17,6 +17,25 @@ use crate::error::{Error, Result};
 use crate::io::formats::RunRecord;
 use crate::io::fs::{write_err, write_json};
 
+/// The environment variable of the deterministic fault point: with `SAHARA_FAULT_AFTER=N`,
+/// the process aborts (as `kill -9` would: no destructor runs, nothing is cleaned up) right
+/// after the N-th unit of resumable output (a JSON line, an attribute step) is on disk. Tests
+/// interrupt runs with it at exact moments.
+pub const FAULT_AFTER: &str = "SAHARA_FAULT_AFTER";
+
+/// Counts one unit of resumable output written, and aborts at the fault point.
+pub fn unit_written() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static WRITTEN: AtomicUsize = AtomicUsize::new(0);
+    let n = WRITTEN.fetch_add(1, Ordering::SeqCst) + 1;
+    let limit = std::env::var(FAULT_AFTER)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok());
+    if limit == Some(n) {
+        std::process::abort();
+    }
+}
+
 /// A side file of the output `out`, named from its whole name: `r.jsonl` -> `r.jsonl.run.json`,
 /// `r.jsonl.summary.json`, so that the outputs of two commands in one folder never share one.
 pub fn sibling(out: &Path, suffix: &str) -> PathBuf {
@@ -185,6 +204,7 @@ impl<T: Serialize + DeserializeOwned> JsonlRun<T> {
         let w = write_err(&self.path);
         self.file.write_all(text.as_bytes()).map_err(&w)?;
         self.file.sync_data().map_err(&w)?;
+        unit_written();
         Ok(())
     }
 }
