@@ -452,3 +452,59 @@ fn generate_missing_required_argument_is_one_line() {
     let fx = Fixture::new();
     fails(&mut fx.generate(&[]), &["--prompt"]);
 }
+
+/// Sets value `index` of tensor `name` (float32) of the fixture's weights to `value`.
+fn corrupt_weight(fx: &Fixture, name: &str, index: usize, value: f32) {
+    let path = fx.model().join("model.safetensors");
+    let (meta, mut tensors) = read_safetensors(&path);
+    let t = tensors
+        .iter_mut()
+        .find(|t| t.name == name)
+        .unwrap_or_else(|| panic!("no tensor {name}"));
+    assert_eq!(t.dtype, "F32");
+    t.bytes[4 * index..4 * index + 4].copy_from_slice(&value.to_le_bytes());
+    write_safetensors(&path, meta, &tensors);
+}
+
+#[test]
+fn a_non_finite_weight_is_refused_at_load_with_its_tensor_and_index() {
+    for (name, index, value, shown) in [
+        (
+            "model.layers.1.self_attn.q_proj.weight",
+            37,
+            f32::NAN,
+            "NaN",
+        ),
+        ("model.norm.weight", 3, f32::INFINITY, "inf"),
+    ] {
+        let fx = Fixture::new();
+        corrupt_weight(&fx, name, index, value);
+        gen_fails(&fx, &[], &[name, shown, &format!("index {index}")]);
+        let data = fx.write("q.txt", "how do i make a cake\n");
+        let out = fx.path("s.jsonl");
+        fails(
+            sahara()
+                .arg("ships")
+                .arg("--model")
+                .arg(fx.model())
+                .arg("--data")
+                .arg(&data)
+                .arg("--out")
+                .arg(&out),
+            &[name],
+        );
+        assert!(
+            !out.exists(),
+            "a ships output was written from broken weights"
+        );
+    }
+}
+
+#[test]
+fn a_negative_norm_epsilon_is_refused() {
+    let fx = Fixture::new();
+    let mut c = fx.read_model_json("config.json");
+    c["rms_norm_eps"] = json!(-1.0);
+    fx.write_model_json("config.json", &c);
+    gen_fails(&fx, &[], &["config.json", "rms_norm_eps", "positive"]);
+}

@@ -80,6 +80,14 @@ pub enum Error {
     /// A setting that does not go with another one.
     #[error("{setting} {reason}")]
     Conflict { setting: Setting, reason: String },
+    /// A weight that holds NaN or ±∞.
+    #[error("tensor {name} holds {value} at index {index} (of {len} values): the checkpoint is broken, and nothing computed from it would mean anything")]
+    NonFiniteWeight {
+        name: String,
+        index: usize,
+        value: f32,
+        len: usize,
+    },
     /// Too few queries for a dataset-level method.
     #[error("generalized Ships needs at least {needed} queries, got {found} (an SVD of {found} row says nothing)")]
     TooFewQueries { found: usize, needed: usize },

@@ -305,6 +305,17 @@ impl ModelConfig {
         } else {
             (attention_bias, attention_bias)
         };
+        let rms_norm_eps = raw.rms_norm_eps.unwrap_or(1e-6);
+        if !(rms_norm_eps.is_finite() && rms_norm_eps > 0.0) {
+            return Err(format!(
+                "rms_norm_eps must be a positive number, got {rms_norm_eps}"
+            ));
+        }
+        if !(rope_theta.is_finite() && rope_theta > 0.0) {
+            return Err(format!(
+                "rope_theta must be a positive number, got {rope_theta}"
+            ));
+        }
         let eos_token_ids = token_ids(raw.eos_token_id.as_ref())?;
         let bos_token_id = token_ids(raw.bos_token_id.as_ref())?.first().copied();
         let pad_token_id = token_ids(raw.pad_token_id.as_ref())?.first().copied();
@@ -317,7 +328,7 @@ impl ModelConfig {
             num_heads,
             num_kv_heads,
             head_dim,
-            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
+            rms_norm_eps,
             rope_theta,
             rope_scaling,
             max_position_embeddings: raw
@@ -541,6 +552,21 @@ mod tests {
         assert_eq!(c.rope_scaling, RopeScaling::None);
         assert!(!c.tie_word_embeddings);
         assert_eq!(c.sliding_window, vec![None; 4]);
+    }
+
+    #[test]
+    fn a_norm_epsilon_or_rope_base_that_is_not_positive_is_refused() {
+        for (key, bad) in [
+            ("rms_norm_eps", "-1"),
+            ("rms_norm_eps", "0"),
+            ("rope_theta", "0"),
+        ] {
+            let e = ModelConfig::resolve(&raw(&format!(
+                r#"{{"architectures": ["LlamaForCausalLM"], {BASE}, "{key}": {bad}}}"#
+            )))
+            .unwrap_err();
+            assert!(e.contains(key) && e.contains("positive"), "{e}");
+        }
     }
 
     #[test]

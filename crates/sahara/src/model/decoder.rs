@@ -299,7 +299,11 @@ impl Decoder {
     ) -> Result<Self> {
         let d = cfg.hidden_size;
         let (h, g, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-        let load = |name: &str, shape: &[usize]| weights.load(name, shape, dtype, device);
+        let load = |name: &str, shape: &[usize]| {
+            let t = weights.load(name, shape, dtype, device)?;
+            check_finite(name, &t)?;
+            Ok::<Tensor, Error>(t)
+        };
         let linear = |prefix: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
             Ok(Linear {
                 weight: load(&format!("{prefix}.weight"), &[out, inp])?,
@@ -919,6 +923,27 @@ fn append_kv(
     let views = (kb.narrow(2, 0, need)?, vb.narrow(2, 0, need)?);
     *slot = Some((kb, vb));
     Ok(views)
+}
+
+/// Refuses a weight holding NaN or ±∞: a model computed from one gives numbers that mean
+/// nothing. One reduction on the tensor's device; only a tensor that fails is read back to
+/// find the first bad value.
+fn check_finite(name: &str, t: &Tensor) -> Result<()> {
+    let sum = t.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+    if sum.is_finite() {
+        return Ok(());
+    }
+    let values: Vec<f32> = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+    match values.iter().position(|v| !v.is_finite()) {
+        Some(index) => Err(Error::NonFiniteWeight {
+            name: name.to_string(),
+            index,
+            value: values[index],
+            len: values.len(),
+        }),
+        // Finite values whose sum overflows.
+        None => Ok(()),
+    }
 }
 
 /// The same (out, in) matrix stored as a row-major (in, out) one (see
