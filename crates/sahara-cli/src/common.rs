@@ -51,6 +51,9 @@ pub fn render(e: &Error) -> String {
             "--out {} exists and is not empty; choose another folder or pass --force to replace it",
             path.display()
         ),
+        Error::OutputNotAFile { path, what } => {
+            format!("--out {} is {what}; name a file to write", path.display())
+        }
         Error::OutputIsSource { path } => format!(
             "--out {} is the source folder; surgery never writes into its source",
             path.display()

@@ -20,6 +20,9 @@ use serde_json::json;
 
 use crate::common::{progress_bar, DataArgs, ModelArgs, OpArgs, SamplingArgs, TemplateArgs};
 
+/// New tokens per response when `--max-new-tokens` is not given and the context has room.
+const DEFAULT_MAX_NEW_TOKENS: usize = 128;
+
 #[derive(ClapArgs, Debug)]
 pub struct Args {
     #[command(flatten)]
@@ -46,8 +49,10 @@ pub struct Args {
     #[command(flatten)]
     pub op: OpArgs,
     /// New tokens per response at most (generation stops earlier at end-of-sequence).
-    #[arg(long, default_value_t = 128)]
-    pub max_new_tokens: usize,
+    /// Default: 128, or fewer where the longest prompt leaves less room in the model's
+    /// context (a note says so).
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
     /// Prompts generated together in one batch.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
@@ -134,7 +139,7 @@ fn line_of(g: &Generation, cond: &Condition, q: &EncodedQuery) -> EvalLine {
 pub fn run(a: Args) -> Result<()> {
     let template = a.template.parse(&a.model)?;
     let ablation = a.op.parse()?;
-    if a.max_new_tokens == 0 {
+    if a.max_new_tokens == Some(0) {
         return Err(Error::out_of_range(
             sahara::error::Setting::MaxNewTokens,
             0,
@@ -201,8 +206,27 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(b) = &benign {
         sets.push((Set::Benign, b));
     }
+    let max_new_tokens = match a.max_new_tokens {
+        Some(n) => n,
+        None => {
+            let longest = sets
+                .iter()
+                .flat_map(|(_, qs)| qs.iter().map(|q| q.tokens.len()))
+                .max()
+                .unwrap_or(0);
+            let room = cfg.max_position_embeddings.saturating_sub(longest);
+            let n = DEFAULT_MAX_NEW_TOKENS.min(room).max(1);
+            if n < DEFAULT_MAX_NEW_TOKENS && !a.quiet {
+                eprintln!(
+                    "note: --max-new-tokens {n}: the longest prompt has {longest} tokens and the model's context is {}",
+                    cfg.max_position_embeddings
+                );
+            }
+            n
+        }
+    };
     for (set, qs) in &sets {
-        sahara::methods::eval::check_lengths(&cfg, *set, qs, a.max_new_tokens)?;
+        sahara::methods::eval::check_lengths(&cfg, *set, qs, max_new_tokens)?;
     }
     let sampling_record = match &sampling {
         Sampling::Greedy => json!({"kind": "greedy"}),
@@ -222,7 +246,7 @@ pub fn run(a: Args) -> Result<()> {
         .set("template", template.name())
         .set("system", &a.template.system)
         .set_ablation(ablation)
-        .set("max_new_tokens", a.max_new_tokens)
+        .set("max_new_tokens", max_new_tokens)
         .set("sampling", &sampling_record)
         .set("judge", judge.describe())
         .set("dtype", &a.model.dtype);
@@ -266,7 +290,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let opts = EvalOptions {
         generate: GenerateOptions {
-            max_new_tokens: a.max_new_tokens,
+            max_new_tokens,
             sampling,
             seed: a.sampling.seed,
             eos: model.eos.clone(),
@@ -330,7 +354,7 @@ pub fn run(a: Args) -> Result<()> {
             target: ablation.target,
             mode: ablation.op.mode_str().into(),
             epsilon: ablation.op.epsilon(),
-            max_new_tokens: a.max_new_tokens,
+            max_new_tokens,
             sampling: sampling_record,
             judge: judge.describe(),
             conditions: summary,

@@ -64,6 +64,10 @@ fn tune_allocator() {
 
 fn main() -> ExitCode {
     tune_allocator();
+    // Errors are one line: a library error must not carry a captured backtrace, whatever
+    // RUST_BACKTRACE says (panics still honour it).
+    // SAFETY: no other thread runs yet.
+    unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -229,3 +229,23 @@ fn organism_train_writes_a_model_folder_and_refuses_bad_options() {
         &["--safety-heads", "L:H"],
     );
 }
+
+#[test]
+fn eval_with_its_defaults_fits_the_new_tokens_to_the_context() {
+    let cache = tempfile::tempdir().unwrap();
+    let (out, err) = ok(sahara(cache.path()).args([
+        "eval",
+        "--limit",
+        "3",
+        "--benign",
+        "builtin:benign",
+        "--benign-limit",
+        "2",
+    ]));
+    assert!(
+        err.contains("note: --max-new-tokens") && err.contains("context is 128"),
+        "{err}"
+    );
+    assert!(err.contains("ASR on 3 harmful queries"), "{err}");
+    assert!(!out.is_empty());
+}

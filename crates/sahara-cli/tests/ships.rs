@@ -663,3 +663,22 @@ fn ships_broken_model_leaves_no_output() {
     std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
     ships_fails(&fx, &data, &[], &["model.safetensors", "truncated"]);
 }
+
+#[test]
+fn ships_out_that_is_a_folder_or_a_device_is_refused() {
+    let fx = Fixture::new();
+    let data = text_file(&fx, "q.txt", &queries(1, 4));
+    let folder = fx.path("outdir");
+    std::fs::create_dir(&folder).unwrap();
+    let run = |out: &Path, needles: &[&str]| {
+        fails(
+            fx.ships(&[]).arg("--data").arg(&data).arg("--out").arg(out),
+            needles,
+        )
+    };
+    run(&folder, &["outdir", "is a folder"]);
+    assert_eq!(std::fs::read_dir(&folder).unwrap().count(), 0);
+    let before = Path::new("/dev/null.run.json").exists();
+    run(Path::new("/dev/null"), &["/dev/null", "special file"]);
+    assert_eq!(Path::new("/dev/null.run.json").exists(), before);
+}

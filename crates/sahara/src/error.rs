@@ -94,6 +94,9 @@ pub enum Error {
     /// A model folder to write exists and is not empty.
     #[error("{path} exists and is not empty")]
     OutputNotEmpty { path: PathBuf },
+    /// An output path that names a folder or a device, not a file.
+    #[error("{path} is {what}, not a regular file")]
+    OutputNotAFile { path: PathBuf, what: &'static str },
     /// A model folder to write is the folder it is made from.
     #[error("{path} is the source folder; surgery never writes into its source")]
     OutputIsSource { path: PathBuf },
