@@ -113,6 +113,7 @@ fn train(a: TrainArgs) -> Result<()> {
         ..TrainOptions::default()
     };
     opts.validate()?;
+    sahara::io::fs::check_writable_folder(&a.out)?;
     let pb = crate::common::progress_bar(opts.steps as u64, a.quiet, "train");
     let every = (opts.steps / 20).max(1);
     let mut recent = 0f32;

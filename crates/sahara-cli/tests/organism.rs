@@ -249,3 +249,22 @@ fn eval_with_its_defaults_fits_the_new_tokens_to_the_context() {
     assert!(err.contains("ASR on 3 harmful queries"), "{err}");
     assert!(!out.is_empty());
 }
+
+#[test]
+fn organism_train_checks_its_output_before_training() {
+    let cache = tempfile::tempdir().unwrap();
+    let file = cache.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let start = Instant::now();
+    // A long training run whose output cannot be written fails at once.
+    fails(
+        sahara(cache.path())
+            .args(["organism", "train", "--steps", "100000", "--quiet", "--out"])
+            .arg(file.join("org")),
+        &["a-file"],
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "it trained first"
+    );
+}

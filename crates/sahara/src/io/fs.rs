@@ -50,6 +50,15 @@ pub fn write_json(path: &Path, v: &impl serde::Serialize) -> Result<()> {
     write_atomic(path, &bytes)
 }
 
+/// Creates the folder `dir` if needed and checks that a file can be written in it, so that a
+/// long computation whose result goes there fails before it starts, not after.
+pub fn check_writable_folder(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(write_err(dir))?;
+    let probe = dir.join(format!(".sahara-probe-{}", std::process::id()));
+    File::create(&probe).map_err(write_err(dir))?;
+    std::fs::remove_file(&probe).map_err(write_err(dir))
+}
+
 /// Removes a folder on drop unless disarmed: no half-written model is left behind.
 pub struct Cleanup(Option<PathBuf>);
 
