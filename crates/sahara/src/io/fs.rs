@@ -26,9 +26,51 @@ fn temporary(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp.{}", std::process::id()))
 }
 
+/// Whether process `pid` is alive. Where that cannot be told, every process counts as alive,
+/// so nothing of another run is ever removed.
+fn alive(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        Path::new("/proc").join(pid.to_string()).exists()
+    } else {
+        true
+    }
+}
+
+/// Removes the temporaries that writers of `target` left beside it when their process died
+/// (killed, or out of disk): `.NAME.tmp.PID` files and `.NAME.sahara-tmp-PID` staging folders
+/// of processes no longer alive. Those of live processes (a run writing now) are kept.
+pub fn remove_stale_temporaries(target: &Path) {
+    let Some(name) = target.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return;
+    };
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let pid = [".tmp.", ".sahara-tmp-"].iter().find_map(|sep| {
+            file.strip_prefix(&format!(".{name}{sep}"))
+                .and_then(|p| p.parse::<u32>().ok())
+        });
+        if pid.is_some_and(|p| p != std::process::id() && !alive(p)) {
+            let p = e.path();
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+        }
+    }
+}
+
 /// Writes a file atomically: a temporary beside it, synced, then renamed into place. On an
 /// error the temporary is removed and `path` is unchanged.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    remove_stale_temporaries(path);
     let tmp = temporary(path);
     let result = (|| {
         let w = write_err(path);
@@ -96,6 +138,7 @@ pub fn staging_folder(out: &Path, force: bool) -> Result<(PathBuf, Cleanup)> {
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(write_err(parent))?;
+    remove_stale_temporaries(out);
     let tmp = parent.join(format!(
         ".{}.sahara-tmp-{}",
         out.file_name()
@@ -158,6 +201,30 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("sub")]);
+    }
+
+    #[test]
+    fn temporaries_of_dead_processes_are_removed_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        // Above Linux's largest process id: never alive.
+        let dead = 4_194_400u32;
+        let mine = std::process::id();
+        let stale_file = dir.path().join(format!(".s.json.tmp.{dead}"));
+        let stale_folder = dir.path().join(format!(".model.sahara-tmp-{dead}"));
+        let live = dir.path().join(format!(".s.json.tmp.{}", 1));
+        let other = dir.path().join(format!(".other.json.tmp.{dead}"));
+        std::fs::write(&stale_file, "x").unwrap();
+        std::fs::create_dir(&stale_folder).unwrap();
+        std::fs::write(stale_folder.join("w"), "x").unwrap();
+        std::fs::write(&live, "x").unwrap();
+        std::fs::write(&other, "x").unwrap();
+        write_json(&dir.path().join("s.json"), &1).unwrap();
+        assert!(!stale_file.exists());
+        assert!(live.exists(), "a live process's temporary was removed");
+        assert!(other.exists(), "another output's temporary was removed");
+        let (tmp, _guard) = staging_folder(&dir.path().join("model"), false).unwrap();
+        assert!(!stale_folder.exists());
+        assert!(tmp.ends_with(format!(".model.sahara-tmp-{mine}")));
     }
 
     #[test]
