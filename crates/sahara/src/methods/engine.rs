@@ -53,15 +53,21 @@ impl Output {
         s
     }
 
-    /// Row `row` of this output at the last returned position, as f32.
-    fn last(self, out: &ForwardOutput, row: usize) -> Result<Vec<f32>> {
+    /// Every row of this output at the last returned position, as f32, in one transfer.
+    fn last_rows(self, out: &ForwardOutput) -> Result<Vec<Vec<f32>>> {
         let t = match self {
             Output::Logits => out.logits.as_ref(),
             Output::Hidden => out.hidden.as_ref(),
         }
         .expect("requested output");
         let n = t.dim(1)?;
-        Ok(t.i((row, n - 1))?.to_dtype(DType::F32)?.to_vec1()?)
+        // (B, T', n) -> (B, n)
+        Ok(t.i((.., n - 1))?.to_dtype(DType::F32)?.to_vec2()?)
+    }
+
+    /// Row 0 of this output at the last returned position.
+    fn last(self, out: &ForwardOutput) -> Result<Vec<f32>> {
+        Ok(self.last_rows(out)?.swap_remove(0))
     }
 }
 
@@ -146,7 +152,7 @@ pub fn run_variants(
                     .with_ablations(&base_plan),
                 None,
             )?;
-            let base_vec = output.last(&base_out, 0)?;
+            let base_vec = output.last(&base_out)?;
             for (i, v) in variants.iter().enumerate() {
                 let plan = AblationPlan::new(cfg, &[with_base(v)], model.dtype, dev)?;
                 let o = model.forward(
@@ -154,7 +160,7 @@ pub fn run_variants(
                     &output.forward_spec(Positions::All).with_ablations(&plan),
                     None,
                 )?;
-                out[i] = output.last(&o, 0)?;
+                out[i] = output.last(&o)?;
                 progress(i + 1);
             }
             Ok(VariantOutputs {
@@ -168,7 +174,7 @@ pub fn run_variants(
                 .with_ablations(&base_plan);
             base_spec.resid = true;
             let base_out = model.forward(&batch, &base_spec, None)?;
-            let base_vec = output.last(&base_out, 0)?;
+            let base_vec = output.last(&base_out)?;
             // Variants sorted by the first layer they change, in groups of at most `rows`.
             // Each group runs as a staircase: at layer l the variants that start at l join
             // the batch from the base residual stream entering l, so later layers run on
@@ -196,8 +202,8 @@ pub fn run_variants(
                     });
                 }
                 let o = model.forward_joined(&joins, &output.forward_spec(Positions::Last))?;
-                for (row, &k) in active.iter().enumerate() {
-                    out[k] = output.last(&o, row)?;
+                for (&k, v) in active.iter().zip(output.last_rows(&o)?) {
+                    out[k] = v;
                 }
                 done += group.len();
                 progress(done);
