@@ -35,7 +35,7 @@ pub struct Args {
     /// is always evaluated first.
     #[arg(long)]
     pub ablate: Vec<String>,
-    /// Heads from the JSON output of `sahara attribute` ("selected") or the FILE.summary.json
+    /// Heads from the JSON output of `sahara attribute` ("selected") or the FILE.jsonl.summary.json
     /// of `sahara ships` ("by_mean"), best first.
     #[arg(long)]
     pub heads_from: Option<PathBuf>,
@@ -72,7 +72,7 @@ pub struct Args {
     #[arg(long)]
     pub refusal_phrases: Option<PathBuf>,
     /// JSON Lines output, one line per response (resumable); the summary goes beside it as
-    /// FILE.summary.json. Without it, lines go to stdout and the table to stderr.
+    /// FILE.jsonl.summary.json. Without it, lines go to stdout and the table to stderr.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// No progress bar and no notes.

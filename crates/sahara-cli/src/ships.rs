@@ -36,7 +36,7 @@ pub struct Args {
     #[arg(long, default_value_t = 10)]
     pub top: usize,
     /// JSON Lines output, one line per query (resumable); the summary goes beside it as
-    /// FILE.summary.json. Without it, lines go to stdout.
+    /// FILE.jsonl.summary.json. Without it, lines go to stdout.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Heatmap of mean Ships (PNG or SVG by extension).

@@ -331,7 +331,7 @@ pub struct EvalSummary {
 pub enum HeadsKind {
     /// `sahara attribute --out FILE.json`: the heads chosen by the Sahara search, in order.
     Attribute,
-    /// `FILE.summary.json` of `sahara ships --out FILE.jsonl`: heads by mean Ships.
+    /// `FILE.jsonl.summary.json` of `sahara ships --out FILE.jsonl`: heads by mean Ships.
     ShipsSummary,
 }
 
@@ -346,7 +346,7 @@ pub struct HeadsFile {
     pub mode: Option<String>,
 }
 
-const HEADS_FILE_EXPECTED: &str = "expected the JSON output of `sahara attribute --out FILE.json` (with \"selected\") or the summary FILE.summary.json of `sahara ships` (with \"by_mean\")";
+const HEADS_FILE_EXPECTED: &str = "expected the JSON output of `sahara attribute --out FILE.json` (with \"selected\") or the summary FILE.jsonl.summary.json of `sahara ships` (with \"by_mean\")";
 
 impl HeadsFile {
     pub fn read(path: &Path) -> Result<Self> {
@@ -364,7 +364,7 @@ impl HeadsFile {
             if first.is_some_and(|f| f.get("scores").is_some() && f.get("top").is_some()) {
                 Error::data(
                     path,
-                    "holds the per-query lines of `sahara ships`; pass the summary beside it (FILE.summary.json)",
+                    "holds the per-query lines of `sahara ships`; pass the summary beside it (FILE.jsonl.summary.json)",
                 )
             } else {
                 bad(format!("not a JSON document ({e})"))
