@@ -12,6 +12,7 @@ import transformers
 from .build import build
 from .common import ROOT
 from .gguf_tiny import gguf_tiny_fixture
+from .paper_kl import paper_kl_fixture
 from .smollm2 import smollm2_fixture
 from .specs import SPECS
 from .surgery import surgery_fixture
@@ -25,6 +26,9 @@ def main(argv: list[str]) -> None:
         return
     if argv == ["gguf_tiny"]:
         gguf_tiny_fixture()
+        return
+    if argv == ["paper_kl"]:
+        paper_kl_fixture()
         return
     if argv[:1] == ["organism"]:
         # The built-in organism is trained by `sahara organism train`, not here; this checks
@@ -42,3 +46,4 @@ def main(argv: list[str]) -> None:
         build(n)
     if not argv:
         surgery_fixture()
+        paper_kl_fixture()

@@ -30,6 +30,7 @@ pub fn flag(s: Setting) -> &'static str {
         Setting::Template => "--template",
         Setting::System => "--system",
         Setting::Column => "--column",
+        Setting::Kl => "--kl",
     }
 }
 

@@ -32,6 +32,11 @@ pub struct Args {
     /// Heads to score in each layer: A..B, A..=B or A. Default: all.
     #[arg(long)]
     pub heads: Option<String>,
+    /// KL divergence: exact, or paper (the paper's code: float32 probabilities,
+    /// sum((p+1e-12)·ln((p+1e-12)/(q+1e-12))), which caps tokens an ablation drives below
+    /// about 1e-12).
+    #[arg(long, default_value = "exact")]
+    pub kl: String,
     /// How many top heads each query lists, and the K of the appearance count.
     #[arg(long, default_value_t = 10)]
     pub top: usize,
@@ -63,6 +68,7 @@ pub fn run(a: Args) -> Result<()> {
     let cfg = model.cfg().clone();
     let mut opts = ShipsOptions::new(&cfg);
     opts.ablation = ablation;
+    opts.kl = a.kl.parse()?;
     opts.engine = engine;
     if let Some(l) = &a.layers {
         opts.layers = parse_range(Setting::Layers, l, cfg.num_layers)?;
@@ -85,7 +91,8 @@ pub fn run(a: Args) -> Result<()> {
     record
         .set("layers", [opts.layers.start, opts.layers.end])
         .set("heads", [opts.heads.start, opts.heads.end])
-        .set("top", a.top);
+        .set("top", a.top)
+        .set("kl", opts.kl.as_str());
     let mut lines: Lines<ShipsLine> = Lines::open(
         a.out.as_deref(),
         &record,
@@ -137,6 +144,7 @@ pub fn run(a: Args) -> Result<()> {
             target: ablation.target,
             mode: ablation.op.mode_str().into(),
             epsilon: ablation.op.epsilon(),
+            kl: opts.kl.as_str().into(),
             note: ablation
                 .shared_note(&cfg)
                 .map(|n| format!("{n}; every head of a group has the group's score")),

@@ -682,3 +682,32 @@ fn ships_out_that_is_a_folder_or_a_device_is_refused() {
     run(Path::new("/dev/null"), &["/dev/null", "special file"]);
     assert_eq!(Path::new("/dev/null.run.json").exists(), before);
 }
+
+#[test]
+fn ships_kl_paper_is_recorded_and_a_resume_with_the_other_kl_is_refused() {
+    let fx = Fixture::new();
+    let data = text_file(&fx, "q.txt", &queries(2, 6));
+    let out = fx.path("paper.jsonl");
+    let run = |kl: &str| {
+        let mut c = fx.ships(&["--kl", kl]);
+        c.arg("--data").arg(&data).arg("--out").arg(&out);
+        c
+    };
+    ok(run("paper"));
+    let record = parse_json(&std::fs::read_to_string(fx.path("paper.jsonl.run.json")).unwrap());
+    assert_eq!(record["settings"]["kl"], "paper");
+    let summary =
+        parse_json(&std::fs::read_to_string(fx.path("paper.jsonl.summary.json")).unwrap());
+    assert_eq!(summary["kl"], "paper");
+    // On a model whose probabilities stay far above 1e-12 both formulas agree closely.
+    let exact = ok(fx.ships(&[]).arg("--data").arg(&data));
+    let paper_lines = jsonl(&out);
+    for (p, e) in paper_lines.iter().zip(exact.lines().map(parse_json)) {
+        assert_grids_close(&grid(p), &grid(&e), 1e-4, "paper vs exact");
+    }
+    fails(run("exact"), &["kl was \"paper\", now \"exact\""]);
+    fails(
+        fx.ships(&["--kl", "nope"]).arg("--data").arg(&data),
+        &["--kl", "\"nope\""],
+    );
+}

@@ -149,6 +149,7 @@ pub enum Setting {
     Template,
     System,
     Column,
+    Kl,
 }
 
 impl Setting {
@@ -174,6 +175,7 @@ impl Setting {
             Setting::Template => "template",
             Setting::System => "system message",
             Setting::Column => "column",
+            Setting::Kl => "KL divergence",
         }
     }
 }

@@ -111,6 +111,10 @@ impl RunRecord {
         let data = text_of(take("data"));
         let data_fingerprint = text_of(take("data_fingerprint"));
         let queries = take("queries").as_u64().unwrap_or(0) as usize;
+        // Settings added since, at the value those runs used.
+        if command == "ships" {
+            flat.entry("kl").or_insert_with(|| Value::from("exact"));
+        }
         Ok(RunRecord {
             schema: schema::RUN.into(),
             command,
@@ -161,6 +165,10 @@ pub struct ShipsSummary {
     pub target: Target,
     pub mode: String,
     pub epsilon: Option<f64>,
+    /// `exact`, or `paper` (the paper's code's formula); summaries of sahara before this field
+    /// are exact.
+    #[serde(default = "exact")]
+    pub kl: String,
     /// For target k with grouped-query attention: how the group shares its score.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -192,6 +200,10 @@ pub struct SurgeryRecord {
     pub total_parameters: usize,
     pub changed_fraction: f64,
     pub verify_relative_difference: f64,
+}
+
+fn exact() -> String {
+    "exact".into()
 }
 
 /// One greedy step of `sahara attribute`.

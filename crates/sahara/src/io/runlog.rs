@@ -426,8 +426,13 @@ mod tests {
                 "data_fingerprint": "g", "queries": 2, "epsilon": 1e-5}"#,
         )
         .unwrap();
-        let r = open(&out, &rec("ships", "a")).unwrap();
+        // Earlier sahara had no `kl` setting: its runs were exact.
+        let mut now = rec("ships", "a");
+        now.set("kl", "exact");
+        let r = open(&out, &now).unwrap();
         assert_eq!(r.done.len(), 1);
+        now.set("kl", "paper");
+        assert!(open(&out, &now).is_err());
         let e = open(&out, &rec("ships", "b")).err().unwrap().to_string();
         assert!(e.contains("model was"), "{e}");
     }

@@ -19,6 +19,66 @@ pub fn kl_divergence(p_logits: &[f32], q_logits: &[f32]) -> f64 {
         .max(0.0)
 }
 
+/// Which KL divergence Ships reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kl {
+    /// `KL(p ‖ q)` from log-softmax in f64 ([`kl_divergence`]).
+    Exact,
+    /// As the paper's code computes it ([`kl_paper`]).
+    Paper,
+}
+
+impl Kl {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kl::Exact => "exact",
+            Kl::Paper => "paper",
+        }
+    }
+
+    /// The divergence of the distribution of `q_logits` from that of `p_logits`.
+    pub fn divergence(self, p_logits: &[f32], q_logits: &[f32]) -> f64 {
+        match self {
+            Kl::Exact => kl_divergence(p_logits, q_logits),
+            Kl::Paper => kl_paper(p_logits, q_logits),
+        }
+    }
+}
+
+impl std::str::FromStr for Kl {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> crate::error::Result<Self> {
+        match s {
+            "exact" => Ok(Kl::Exact),
+            "paper" => Ok(Kl::Paper),
+            other => Err(crate::error::Error::bad_value(
+                crate::error::Setting::Kl,
+                format!("{other:?}"),
+                "expected exact or paper",
+            )),
+        }
+    }
+}
+
+/// Ships' KL as the paper's code computes it: float32 softmax probabilities p and q, then
+/// `sum((p + 1e-12) · ln((p + 1e-12) / (q + 1e-12)))`. Where an ablation drives q far below
+/// 1e-12 on tokens p cares about, the 1e-12 caps their ratio and this is smaller than the
+/// exact KL; elsewhere they agree to about 1e-10.
+pub fn kl_paper(p_logits: &[f32], q_logits: &[f32]) -> f64 {
+    let softmax = |x: &[f32]| -> Vec<f32> {
+        let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let e: Vec<f32> = x.iter().map(|&v| (v - max).exp()).collect();
+        let sum: f32 = e.iter().sum();
+        e.iter().map(|&v| v / sum).collect()
+    };
+    const EPS: f32 = 1e-12;
+    softmax(p_logits)
+        .iter()
+        .zip(&softmax(q_logits))
+        .map(|(&p, &q)| ((p + EPS) * ((p + EPS) / (q + EPS)).ln()) as f64)
+        .sum()
+}
+
 /// Log-softmax in f64.
 pub fn log_softmax(logits: &[f32]) -> Vec<f64> {
     let max = logits
@@ -113,6 +173,39 @@ mod tests {
         assert!((kl_divergence(&p, &q) - expected).abs() < 1e-7);
         // Asymmetric.
         assert!((kl_divergence(&q, &p) - expected).abs() > 1e-3);
+    }
+
+    #[test]
+    fn the_paper_kl_reproduces_the_papers_code_where_it_differs_from_the_exact_one() {
+        // fixtures/paper_kl/case.json: computed with torch in float32 by
+        // `python3 scripts/make_fixtures.py paper_kl`.
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/paper_kl/case.json");
+        let case: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let logits = |k: &str| -> Vec<f32> {
+            case[k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect()
+        };
+        let (p, q) = (logits("base_logits"), logits("ablated_logits"));
+        let paper = case["paper_kl"].as_f64().unwrap();
+        let exact = case["exact_kl"].as_f64().unwrap();
+        let got = Kl::Paper.divergence(&p, &q);
+        assert!(
+            (got - paper).abs() <= 1e-5 * paper,
+            "{got} vs torch {paper}"
+        );
+        let got = Kl::Exact.divergence(&p, &q);
+        assert!((got - exact).abs() <= 1e-6 * exact, "{got} vs {exact}");
+        assert!(exact > 2.0 * paper, "the case does not separate them");
+        // Where no probability is tiny, they agree.
+        let (a, b) = ([0.1f32, 0.5, -0.3], [0.2f32, 0.4, -0.1]);
+        assert!((kl_paper(&a, &b) - kl_divergence(&a, &b)).abs() < 1e-6);
+        assert!("nope".parse::<Kl>().is_err());
     }
 
     #[test]

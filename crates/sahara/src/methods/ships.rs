@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, Setting};
 use crate::methods::engine::{run_variants, EngineOptions, Output};
-use crate::methods::metrics::kl_divergence;
+use crate::methods::metrics::Kl;
 use crate::model::ablation::{Ablation, HeadAblation, Unit};
 use crate::model::config::ModelConfig;
 use crate::model::Decoder;
@@ -22,6 +22,8 @@ pub struct ShipsOptions {
     pub ablation: Ablation,
     pub layers: Range<usize>,
     pub heads: Range<usize>,
+    /// Which KL divergence scores a head.
+    pub kl: Kl,
     pub engine: EngineOptions,
 }
 
@@ -32,6 +34,7 @@ impl ShipsOptions {
             ablation: Ablation::paper_default(),
             layers: 0..cfg.num_layers,
             heads: 0..cfg.num_heads,
+            kl: Kl::Exact,
             engine: EngineOptions::default(),
         }
     }
@@ -117,7 +120,7 @@ pub fn ships_scores(
     )?;
     let mut grid: HeadGrid = vec![vec![None; cfg.num_heads]; cfg.num_layers];
     for (u, logits) in units.iter().zip(&out.variants) {
-        let kl = kl_divergence(&out.base, logits);
+        let kl = opts.kl.divergence(&out.base, logits);
         for &h in &u.heads {
             grid[u.layer][h] = Some(kl);
         }
