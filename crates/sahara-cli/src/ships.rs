@@ -120,7 +120,7 @@ pub fn run(a: Args) -> Result<()> {
         let grid = ships_scores(&model.decoder, &q.tokens, &opts, &mut |n| {
             pb.set_position(base + n as u64)
         })?;
-        lines.push(&ShipsLine {
+        let line = ShipsLine {
             schema: schema::SHIPS_LINE.into(),
             index: q.index,
             query: q.text.clone(),
@@ -129,9 +129,10 @@ pub fn run(a: Args) -> Result<()> {
             mode: ablation.op.mode_str().into(),
             epsilon: ablation.op.epsilon(),
             top: top_heads(&grid, a.top),
-            scores: grid.clone(),
-        })?;
-        grids.push(grid);
+            scores: grid,
+        };
+        lines.push(&line)?;
+        grids.push(line.scores);
     }
     pb.finish_and_clear();
     let summary = summarize(&grids, a.top);

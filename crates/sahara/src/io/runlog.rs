@@ -63,20 +63,19 @@ fn legacy_sibling(out: &Path, suffix: &str) -> PathBuf {
 /// resume). A file without a record, one written by another command, or with other settings,
 /// is refused.
 pub fn claim(out: &Path, record: &RunRecord) -> Result<bool> {
-    if let Ok(m) = std::fs::metadata(out) {
-        if !m.is_file() {
-            return Err(Error::OutputNotAFile {
-                path: out.to_path_buf(),
-                what: if m.is_dir() {
-                    "a folder"
-                } else {
-                    "a device or other special file"
-                },
-            });
-        }
+    let meta = std::fs::metadata(out).ok();
+    if let Some(m) = meta.as_ref().filter(|m| !m.is_file()) {
+        return Err(Error::OutputNotAFile {
+            path: out.to_path_buf(),
+            what: if m.is_dir() {
+                "a folder"
+            } else {
+                "a device or other special file"
+            },
+        });
     }
     let record_path = sibling(out, "run.json");
-    let exists = std::fs::metadata(out).map(|m| m.len() > 0).unwrap_or(false);
+    let exists = meta.is_some_and(|m| m.len() > 0);
     if !exists {
         write_json(&record_path, record)?;
         return Ok(false);
