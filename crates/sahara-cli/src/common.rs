@@ -1,9 +1,11 @@
 //! Arguments shared by several commands.
 
+use std::path::Path;
+
 use candle_core::{DType, Device};
 use clap::Args;
 use sahara::error::Setting;
-use sahara::io::formats::RunRecord;
+use sahara::io::formats::{HeadsFile, RunRecord};
 use sahara::io::prompt::EncodedQuery;
 use sahara::model::ablation::{Ablation, HeadAblation, HeadSet, Op};
 use sahara::{Error, LoadedModel, Result, Template};
@@ -60,10 +62,28 @@ pub fn render(e: &Error) -> String {
             path.display()
         ),
         Error::ResumeMismatch { .. } => format!("{e}; or choose another --out"),
+        Error::HeadsFromOtherModel { .. } => {
+            format!("--heads-from {e}; pass --heads-from-any-model to use its heads anyway")
+        }
         Error::Context { context, source } => format!("{context}: {}", render(source)),
         other => other.to_string(),
     };
     sahara::error::one_line(&text)
+}
+
+/// Refuses a `--heads-from` file computed for another model than the one of fingerprint
+/// `fingerprint`, unless `any_model`; says so when no run record lies beside it to tell.
+pub fn check_heads_model(path: &Path, fingerprint: &str, any_model: bool) -> Result<()> {
+    if any_model {
+        return Ok(());
+    }
+    if !HeadsFile::check_model(path, fingerprint)? {
+        eprintln!(
+            "note: no run record beside {}; which model its heads were computed for is not checked",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Where the model comes from and how it is run.

@@ -18,7 +18,9 @@ use sahara::model::ablation::{Ablation, HeadSet};
 use sahara::{Error, Result};
 use serde_json::json;
 
-use crate::common::{progress_bar, DataArgs, ModelArgs, OpArgs, SamplingArgs, TemplateArgs};
+use crate::common::{
+    check_heads_model, progress_bar, DataArgs, ModelArgs, OpArgs, SamplingArgs, TemplateArgs,
+};
 
 /// New tokens per response when `--max-new-tokens` is not given and the context has room.
 const DEFAULT_MAX_NEW_TOKENS: usize = 128;
@@ -46,6 +48,10 @@ pub struct Args {
     /// With --heads-from: evaluate each prefix 1..=K of the heads as its own condition.
     #[arg(long, requires = "heads_from")]
     pub sweep: bool,
+    /// Use a --heads-from file even when its run record says it was computed for another
+    /// model.
+    #[arg(long, requires = "heads_from")]
+    pub heads_from_any_model: bool,
     #[command(flatten)]
     pub op: OpArgs,
     /// New tokens per response at most (generation stops earlier at end-of-sequence).
@@ -168,6 +174,9 @@ pub fn run(a: Args) -> Result<()> {
         None => None,
     };
     let model = a.model.load()?;
+    if let Some(p) = &a.heads_from {
+        check_heads_model(p, &model.checkpoint.fingerprint()?, a.heads_from_any_model)?;
+    }
     let cfg = model.cfg().clone();
     let conditions = conditions(&a, heads_file.as_ref(), ablation, &cfg)?;
     if !a.quiet {

@@ -8,7 +8,7 @@ use sahara::io::formats::HeadsFile;
 use sahara::model::ablation::HeadSet;
 use sahara::{Error, Result};
 
-use crate::common::OpArgs;
+use crate::common::{check_heads_model, OpArgs};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -24,8 +24,12 @@ pub struct Args {
     pub heads_from: Option<PathBuf>,
     /// With --heads-from: how many heads (default: all of an attribute output; required for a
     /// ships summary).
-    #[arg(long)]
+    #[arg(long, requires = "heads_from")]
     pub top: Option<usize>,
+    /// Use a --heads-from file even when its run record says it was computed for another
+    /// model.
+    #[arg(long, requires = "heads_from")]
+    pub heads_from_any_model: bool,
     #[command(flatten)]
     pub op: OpArgs,
     /// Output folder (must not exist or be empty, unless --force).
@@ -55,6 +59,9 @@ pub fn run(a: Args) -> Result<()> {
     };
     let spec = SurgeryPlan { heads, ablation };
     let checkpoint = sahara::Checkpoint::resolve(&a.model)?;
+    if let Some(p) = &a.heads_from {
+        check_heads_model(p, &checkpoint.fingerprint()?, a.heads_from_any_model)?;
+    }
     let r = checkpoint.surgery(&a.model, &a.out, &spec, a.force)?;
     if matches!(checkpoint, sahara::Checkpoint::Gguf(_)) {
         eprintln!(

@@ -5,7 +5,7 @@ mod common;
 use std::process::Command;
 
 use common::{
-    fails, generate_json, ok, parse_json, queries, read_safetensors, sahara, text_file,
+    fails, generate_json, ok, ok_both, parse_json, queries, read_safetensors, sahara, text_file,
     write_safetensors, Fixture,
 };
 use serde_json::Value;
@@ -96,6 +96,39 @@ fn surgery_takes_heads_from_an_attribute_output() {
         serde_json::from_str(&std::fs::read_to_string(out.join("sahara-surgery.json")).unwrap())
             .unwrap();
     assert_eq!(rec["heads"], serde_json::json!([selected[0]]));
+}
+
+#[test]
+fn heads_from_another_models_run_is_refused_unless_asked() {
+    let fx = Fixture::new();
+    let data = text_file(&fx, "q.txt", &queries(3, 5));
+    let heads = fx.path("heads.json");
+    let h = heads.to_str().unwrap();
+    ok(fx.attribute(&["--data", data.to_str().unwrap(), "--steps", "1", "--out", h]));
+    // The record beside it now says another model: as if computed for another checkpoint.
+    let record = fx.path("heads.json.run.json");
+    let mut rec: Value = serde_json::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
+    rec["model"] = "org/other-model".into();
+    rec["model_fingerprint"] = "0123456789abcdef".into();
+    std::fs::write(&record, rec.to_string()).unwrap();
+    let out = fx.path("ablated");
+    let o = out.to_str().unwrap();
+    fails(
+        fx.surgery(&["--heads-from", h, "--out", o]),
+        &[
+            "--heads-from",
+            "heads.json was computed for model org/other-model",
+            "--heads-from-any-model",
+        ],
+    );
+    assert!(!out.exists());
+    ok(fx.surgery(&["--heads-from", h, "--heads-from-any-model", "--out", o]));
+    assert!(out.join("model.safetensors").exists());
+    // Without a record beside it, the file is used and the missing check said.
+    std::fs::remove_file(&record).unwrap();
+    let out2 = fx.path("ablated2");
+    let (_, stderr) = ok_both(fx.surgery(&["--heads-from", h, "--out", out2.to_str().unwrap()]));
+    assert!(stderr.contains("no run record beside"), "{stderr}");
 }
 
 #[test]

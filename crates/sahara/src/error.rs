@@ -107,6 +107,14 @@ pub enum Error {
         line: Option<usize>,
         reason: String,
     },
+    /// A heads file whose run record says it was computed for another model.
+    #[error("{path} was computed for model {model} (fingerprint {recorded}), not for this one (fingerprint {fingerprint})")]
+    HeadsFromOtherModel {
+        path: PathBuf,
+        model: String,
+        recorded: String,
+        fingerprint: String,
+    },
     /// A written model that does not reproduce the in-memory ablation.
     #[error("verification failed: the written model's logits differ from the in-memory ablation by {error:.3e} (relative), more than {tolerance:e}; nothing was written")]
     Verification { error: f64, tolerance: f64 },

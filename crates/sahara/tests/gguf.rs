@@ -601,6 +601,45 @@ fn a_truncated_file_is_named() {
     assert!(e.contains("missing.gguf"), "{e}");
 }
 
+/// Adds `delta` to the data offset of tensor `name` in a GGUF file's tensor directory.
+fn shift_tensor_offset(bytes: &mut [u8], name: &str, delta: u64) {
+    // A directory entry: name (u64 length, bytes), n_dims u32, dims u64 each, type u32, offset u64.
+    let mut key = (name.len() as u64).to_le_bytes().to_vec();
+    key.extend_from_slice(name.as_bytes());
+    let at = bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len();
+    let n_dims = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let off = at + 4 + 8 * n_dims + 4;
+    let old = u64::from_le_bytes(bytes[off..off + 8].try_into().unwrap());
+    bytes[off..off + 8].copy_from_slice(&(old + delta).to_le_bytes());
+}
+
+#[test]
+fn a_misaligned_or_overlapping_tensor_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (path, _) = write_tiny_gguf(tmp.path(), &tiny_spec(64, 128), GgmlDType::F32, |_| {});
+    let bytes = std::fs::read(&path).unwrap();
+    let bad = tmp.path().join("bad.gguf");
+    // One byte off: the tensor would be read from the wrong bytes (before this check, the
+    // model loaded and scored every head 0).
+    let mut b = bytes.clone();
+    shift_tensor_offset(&mut b, "blk.0.attn_q.weight", 1);
+    std::fs::write(&bad, &b).unwrap();
+    let e = load_err(&bad);
+    assert!(
+        e.contains("blk.0.attn_q.weight")
+            && e.contains("not a multiple of the file's alignment 32"),
+        "{e}"
+    );
+    // Aligned but moved onto the next tensor's bytes.
+    let mut b = bytes.clone();
+    shift_tensor_offset(&mut b, "blk.0.attn_q.weight", 32);
+    std::fs::write(&bad, &b).unwrap();
+    let e = load_err(&bad);
+    assert!(e.contains("overlaps tensor `"), "{e}");
+    // The file as written loads.
+    LoadedModel::load(path.to_str().unwrap(), DType::F32, &Device::Cpu).unwrap();
+}
+
 // ---------------------------------------------------------------------------------------------
 // fixtures/gguf_tiny: a committed tiny GGUF (every common tensor type, a SentencePiece
 // vocabulary) with transformers' outputs from its own GGUF loader and tokenizer conversion.

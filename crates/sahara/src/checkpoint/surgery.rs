@@ -24,7 +24,7 @@ use safetensors::tensor::{Dtype as StDtype, TensorInfo};
 use crate::checkpoint::safetensors::Weights;
 use crate::error::{Error, Result, Setting};
 use crate::io::formats::SurgeryRecord;
-use crate::io::fs::{move_into_place, staging_folder, write_err, write_json};
+use crate::io::fs::{copy_file, move_into_place, staging_folder, write_err, write_json};
 use crate::io::runlog::fingerprint;
 use crate::model::ablation::{Ablation, AblationPlan, HeadAblation, HeadSet, Op, Target};
 use crate::model::config::ModelConfig;
@@ -333,7 +333,7 @@ pub fn surgery(
             continue;
         }
         let dst = tmp.join(entry.file_name());
-        std::fs::copy(&p, &dst).map_err(write_err(&dst))?;
+        copy_file(&p, &dst)?;
     }
     let mut changed_parameters = 0;
     for (name, edit) in &edits {

@@ -366,6 +366,25 @@ impl HeadsFile {
         Self::parse(path, &text)
     }
 
+    /// Checks that the heads file at `path` was computed for the model of fingerprint
+    /// `fingerprint`, by the run record beside it ([`crate::io::runlog::record_of`]): a file of
+    /// another model is refused ([`Error::HeadsFromOtherModel`]). Returns `false` when no
+    /// record lies beside it, so that the caller can say the check was not possible.
+    pub fn check_model(path: &Path, fingerprint: &str) -> Result<bool> {
+        let Some(record) = crate::io::runlog::record_of(path)? else {
+            return Ok(false);
+        };
+        if record.model_fingerprint != fingerprint {
+            return Err(Error::HeadsFromOtherModel {
+                path: path.to_path_buf(),
+                model: record.model,
+                recorded: record.model_fingerprint,
+                fingerprint: fingerprint.to_string(),
+            });
+        }
+        Ok(true)
+    }
+
     /// Parses a heads file's text; `path` names it in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Self> {
         let bad = |what: String| Error::data(path, format!("{what}; {HEADS_FILE_EXPECTED}"));
@@ -571,5 +590,45 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing.json"), "{e}");
+    }
+
+    #[test]
+    fn a_heads_file_of_another_model_is_refused_by_its_run_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = |fp: &str| {
+            format!(
+                r#"{{"schema": "sahara.run/1", "command": "ships", "version": "0.1.0",
+                    "model": "org/other", "model_fingerprint": "{fp}", "data": "d.txt",
+                    "data_fingerprint": "0", "queries": 2, "settings": {{}}}}"#
+            )
+        };
+        // A ships summary: its record is the one of r.jsonl.
+        let summary = write(dir.path(), "r.jsonl.summary.json", "{}");
+        assert!(
+            !HeadsFile::check_model(&summary, "aaaa").unwrap(),
+            "no record: not checked"
+        );
+        write(dir.path(), "r.jsonl.run.json", &record("bbbb"));
+        assert!(HeadsFile::check_model(&summary, "bbbb").unwrap());
+        let e = HeadsFile::check_model(&summary, "aaaa").unwrap_err();
+        assert!(
+            matches!(&e, Error::HeadsFromOtherModel { model, recorded, fingerprint, .. }
+                if model == "org/other" && recorded == "bbbb" && fingerprint == "aaaa"),
+            "{e}"
+        );
+        // An attribute output: its record is beside it, under its whole name.
+        let a = write(dir.path(), "a.json", "{}");
+        assert!(!HeadsFile::check_model(&a, "aaaa").unwrap());
+        write(dir.path(), "a.json.run.json", &record("bbbb"));
+        assert!(HeadsFile::check_model(&a, "aaaa").is_err());
+        // An earlier sahara's names.
+        let old = write(dir.path(), "old.summary.json", "{}");
+        write(dir.path(), "old.run.json", &record("cccc"));
+        assert!(HeadsFile::check_model(&old, "cccc").unwrap());
+        assert!(HeadsFile::check_model(&old, "aaaa").is_err());
+        // A broken record is an error, not a pass.
+        let b = write(dir.path(), "b.json", "{}");
+        write(dir.path(), "b.json.run.json", "{not json");
+        assert!(HeadsFile::check_model(&b, "aaaa").is_err());
     }
 }

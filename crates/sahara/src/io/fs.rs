@@ -85,6 +85,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     result
 }
 
+/// Copies the file `src` to a new file `dst` whose mode follows the umask, as every other file
+/// `sahara` writes does (`std::fs::copy` would give it the source's mode: a model downloaded
+/// with mode 0600 would give an output others cannot read).
+pub fn copy_file(src: &Path, dst: &Path) -> Result<u64> {
+    let mut from = File::open(src).map_err(|e| Error::io(src, e))?;
+    let mut to = File::create(dst).map_err(write_err(dst))?;
+    std::io::copy(&mut from, &mut to).map_err(write_err(dst))
+}
+
 /// Writes a JSON value, pretty-printed and ending in a newline, atomically.
 pub fn write_json(path: &Path, v: &impl serde::Serialize) -> Result<()> {
     let mut bytes = serde_json::to_vec_pretty(v).expect("JSON values serialize");
@@ -246,5 +255,25 @@ mod tests {
             Err(Error::OutputNotEmpty { .. })
         ));
         assert!(staging_folder(&out, true).is_ok());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_copy_gets_the_mode_of_a_new_file_not_the_sources() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("private.safetensors");
+        std::fs::write(&src, b"weights").unwrap();
+        std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let fresh = dir.path().join("fresh");
+        File::create(&fresh).unwrap();
+        let dst = dir.path().join("copy.safetensors");
+        assert_eq!(copy_file(&src, &dst).unwrap(), 7);
+        assert_eq!(std::fs::read(&dst).unwrap(), b"weights");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        if mode(&fresh) == 0o600 {
+            eprintln!("umask 077: a new file's mode is the source's; nothing to tell apart");
+        }
+        assert_eq!(mode(&dst), mode(&fresh));
     }
 }

@@ -139,6 +139,7 @@ impl ChatTemplate {
             .build()
             .map_err(|e| Error::Template(e.to_string()))?;
         env.set_syntax(syntax);
+        env.set_fuel(Some(TEMPLATE_FUEL));
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
@@ -172,8 +173,72 @@ impl ChatTemplate {
         for (k, v) in &self.specials {
             ctx.insert(k.clone(), Value::from(v.clone()));
         }
-        tmpl.render(Value::from(ctx))
-            .map_err(|e| Error::Template(describe(&e)))
+        self.render_bounded(&tmpl, Value::from(ctx))
+            .map(|(text, _)| text)
+    }
+
+    /// Renders within [`TEMPLATE_FUEL`] and [`MAX_RENDERED_BYTES`]; returns the text and the
+    /// fuel it used.
+    fn render_bounded(
+        &self,
+        tmpl: &minijinja::Template<'_, '_>,
+        ctx: Value,
+    ) -> Result<(String, u64)> {
+        let mut out = Bounded {
+            text: Vec::new(),
+            full: false,
+        };
+        let result = tmpl.render_captured_to(ctx, &mut out);
+        if out.full {
+            return Err(Error::Template(format!(
+                "rendered more than {} MiB of text, far more than any model's context; the \
+                 template, not the model or the query, is at fault",
+                MAX_RENDERED_BYTES >> 20
+            )));
+        }
+        let captured = result.map_err(|e| match e.kind() {
+            ErrorKind::OutOfFuel => Error::Template(format!(
+                "did more work than the bound of {TEMPLATE_FUEL} steps (about {} MB of data) \
+                 allows: a loop that runs far longer, or strings far larger, than any chat \
+                 needs; the template, not the model or the query, is at fault",
+                TEMPLATE_FUEL * 64 / 1_000_000
+            )),
+            _ => Error::Template(describe(&e)),
+        })?;
+        let used = captured.state().fuel_levels().map_or(0, |(used, _)| used);
+        // The output is UTF-8: minijinja writes only whole strings.
+        let text = String::from_utf8(out.text)
+            .map_err(|_| Error::Template("rendered text that is not UTF-8".into()))?;
+        Ok((text, used))
+    }
+}
+
+/// The work a chat template may do in one render, in minijinja's fuel: one per instruction
+/// and one per 64 bytes of data it creates. Real chat templates use under 0.1% of it (a test
+/// measures two with 64 messages); a template that does not end fails in seconds, and one
+/// that builds huge strings fails before it holds more than about 320 MB.
+pub const TEMPLATE_FUEL: u64 = 5_000_000;
+
+/// The longest rendered prompt: 16 MiB, millions of tokens, above any model's context.
+pub const MAX_RENDERED_BYTES: usize = 16 << 20;
+
+/// The render's output, refused past [`MAX_RENDERED_BYTES`].
+struct Bounded {
+    text: Vec<u8>,
+    full: bool,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.text.len() + buf.len() > MAX_RENDERED_BYTES {
+            self.full = true;
+            return Err(std::io::Error::other("rendered prompt too long"));
+        }
+        self.text.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -567,5 +632,87 @@ mod tests {
     #[test]
     fn broken_template_is_an_error() {
         assert!(ChatTemplate::new("{% for m in messages %}", vec![]).is_err());
+    }
+
+    fn render_err(source: &str) -> String {
+        let t = ChatTemplate::new(source, vec![]).unwrap();
+        let start = std::time::Instant::now();
+        let e = t
+            .render(&[Message::new("user", "hi")], true)
+            .unwrap_err()
+            .to_string();
+        // Generous: the bound is about work, not time; this only catches a bound not applied.
+        assert!(start.elapsed().as_secs() < 60, "{e}");
+        e
+    }
+
+    #[test]
+    fn a_template_that_does_not_end_is_stopped_and_blamed() {
+        // Three nested loops of 10^4: 10^12 steps before the bound.
+        let e = render_err(
+            "{% for a in range(10000) %}{% for b in range(10000) %}{% for c in range(10000) %}\
+             {% endfor %}{% endfor %}{% endfor %}",
+        );
+        assert!(
+            e.starts_with("chat template: ") && e.contains("the template, not the model"),
+            "{e}"
+        );
+        assert!(e.contains("5000000 steps"), "{e}");
+    }
+
+    #[test]
+    fn a_template_that_builds_a_huge_string_is_stopped() {
+        // Doubling a string: 2^40 bytes after 40 steps.
+        let e = render_err(
+            "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}\
+             {% endfor %}{{ ns.s }}",
+        );
+        assert!(e.contains("the template, not the model"), "{e}");
+        // Emitting 10^9 characters in pieces.
+        let e = render_err("{% for i in range(100000) %}{{ 'x' * 10000 }}{% endfor %}");
+        assert!(e.contains("the template, not the model"), "{e}");
+    }
+
+    #[test]
+    fn a_long_render_within_the_fuel_is_refused_by_length() {
+        let t = ChatTemplate::new("{{ 'x' * 17000000 }}", vec![]).unwrap();
+        let e = t.render(&[], true).unwrap_err().to_string();
+        assert!(
+            e.contains("more than 16 MiB") && e.contains("the template, not the model"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn real_chat_templates_use_a_sliver_of_the_fuel() {
+        // ChatML (SmolLM2, Qwen2) and Llama 3's header format, 64 messages each.
+        let chatml = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + \
+            message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}\
+            {{ '<|im_start|>assistant\\n' }}{% endif %}";
+        let llama3 = "{{ bos_token }}{% for message in messages %}{% set content = \
+            '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + \
+            message['content'] | trim + '<|eot_id|>' %}{{ content }}{% endfor %}\
+            {% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}\
+            {% endif %}";
+        let messages: Vec<Message> = (0..64)
+            .map(|i| {
+                let role = if i % 2 == 0 { "user" } else { "assistant" };
+                Message::new(role, &"How do I bake bread at home? ".repeat(10))
+            })
+            .collect();
+        for source in [chatml, llama3] {
+            let t = ChatTemplate::new(source, vec![("bos_token".into(), "<s>".into())]).unwrap();
+            let tmpl = t.env.get_template("chat").unwrap();
+            let mut ctx = std::collections::BTreeMap::<String, Value>::new();
+            ctx.insert(
+                "messages".into(),
+                Value::from(minijinja::value::Serde(&messages)),
+            );
+            ctx.insert("add_generation_prompt".into(), Value::from(true));
+            ctx.insert("bos_token".into(), Value::from("<s>"));
+            let (text, used) = t.render_bounded(&tmpl, Value::from(ctx)).unwrap();
+            assert!(text.contains("bake bread"));
+            assert!(used > 0 && used < TEMPLATE_FUEL / 1000, "{used}");
+        }
     }
 }

@@ -56,6 +56,28 @@ fn legacy_sibling(out: &Path, suffix: &str) -> PathBuf {
     out.with_file_name(format!("{stem}.{suffix}"))
 }
 
+/// The run record of the run that wrote `file`, when one lies beside it: `file.run.json`, or
+/// for a summary `r.jsonl.summary.json` the record of `r.jsonl` (`r.jsonl.run.json`; also
+/// under the names of an earlier sahara). `None` when there is none (a file copied without its record).
+pub fn record_of(file: &Path) -> Result<Option<RunRecord>> {
+    let name = file
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let out = match name.strip_suffix(".summary.json") {
+        Some(stem) => file.with_file_name(stem),
+        None => file.to_path_buf(),
+    };
+    // An earlier sahara's names: `r.summary.json` and `a.json` beside `r.run.json`, `a.run.json`.
+    let candidates = [sibling(&out, "run.json"), legacy_sibling(&out, "run.json")];
+    for path in candidates {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            return RunRecord::parse(&path, &text).map(Some);
+        }
+    }
+    Ok(None)
+}
+
 /// Claims `out` for a run described by `record`, the one rule of every resumable command:
 /// when `out` is absent or empty, the record is written beside it (`out.run.json`) and
 /// `false` returned (a fresh run); otherwise the record beside it (or, for a run of an earlier

@@ -152,13 +152,40 @@ impl GgufFile {
         Ok(g)
     }
 
+    /// The alignment of tensor data: `general.alignment`, 32 when absent (the GGUF default).
+    fn alignment(&self) -> Result<u64> {
+        match self.get("general.alignment") {
+            None => Ok(32),
+            Some(v) => match as_u64(v) {
+                Some(a) if a > 0 && a.is_power_of_two() => Ok(a),
+                _ => Err(gguf_err(
+                    &self.path,
+                    format!("metadata `general.alignment` is {v:?}, not a power of two"),
+                )),
+            },
+        }
+    }
+
     /// Every tensor's bytes lie inside the file (a truncated download fails here, naming the
-    /// first tensor cut off).
+    /// first tensor cut off), start at a multiple of `general.alignment`, and overlap no other
+    /// tensor's: a directory that breaks these would be read as other bytes than were written.
     fn check_extents(&self) -> Result<()> {
         let len = self.mmap.len() as u64;
+        let alignment = self.alignment()?;
         let mut infos: Vec<(&String, &TensorInfo)> = self.content.tensor_infos.iter().collect();
         infos.sort_by_key(|(_, i)| i.offset);
+        // The end of the previous tensor's bytes, and its name.
+        let mut previous: Option<(u64, &String)> = None;
         for (name, info) in infos {
+            if info.offset % alignment != 0 {
+                return Err(gguf_err(
+                    &self.path,
+                    format!(
+                        "tensor `{name}` starts at data offset {}, not a multiple of the file's alignment {alignment}",
+                        info.offset
+                    ),
+                ));
+            }
             let n = info.shape.elem_count();
             let bs = info.ggml_dtype.block_size();
             if n % bs != 0 {
@@ -170,14 +197,24 @@ impl GgufFile {
                     ),
                 ));
             }
-            let size = (n / bs * info.ggml_dtype.type_size()) as u64;
-            let start = self.content.tensor_data_offset + info.offset;
-            if start + size > len {
+            // Saturating: a directory from a broken file may name sizes and offsets near 2^64.
+            let size = ((n / bs) as u64).saturating_mul(info.ggml_dtype.type_size() as u64);
+            if let Some((end, other)) = previous {
+                if info.offset < end {
+                    return Err(gguf_err(
+                        &self.path,
+                        format!("tensor `{name}` overlaps tensor `{other}`'s bytes"),
+                    ));
+                }
+            }
+            previous = Some((info.offset.saturating_add(size), name));
+            let start = self.content.tensor_data_offset.saturating_add(info.offset);
+            let end = start.saturating_add(size);
+            if end > len {
                 return Err(gguf_err(
                     &self.path,
                     format!(
-                        "truncated: tensor `{name}` needs bytes {start}..{} but the file has {len} bytes",
-                        start + size
+                        "truncated: tensor `{name}` needs bytes {start}..{end} but the file has {len} bytes"
                     ),
                 ));
             }
