@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use candle_core::IndexOp;
 use clap::Args as ClapArgs;
 use sahara::model::ablation::AblationPlan;
+use sahara::model::finite::{check_output, describe};
 use sahara::{Batch, Error, ForwardSpec, Positions, Result};
 
 use crate::common::{short_name, ModelArgs, OpArgs, TemplateArgs};
@@ -70,7 +71,7 @@ pub fn run(a: Args) -> Result<()> {
         )));
     }
     let dev = &model.decoder.device;
-    let plan = AblationPlan::new(cfg, &[ablations], model.decoder.dtype, dev)?;
+    let plan = AblationPlan::new(cfg, std::slice::from_ref(&ablations), model.decoder.dtype, dev)?;
     let mut spec = ForwardSpec::logits(Positions::All).with_ablations(&plan);
     spec.logits = false;
     spec.pattern_layer = Some(a.layer);
@@ -82,6 +83,15 @@ pub fn run(a: Args) -> Result<()> {
         .expect("pattern requested")
         .i((0, a.head))?
         .to_vec2()?;
+    let flat: Vec<f32> = pattern.iter().flatten().copied().collect();
+    check_output(
+        &model.decoder,
+        &ids,
+        &ablations,
+        &flat,
+        || describe(&ablations),
+        None,
+    )?;
     let tokens: Vec<String> = ids
         .iter()
         .map(|&id| {

@@ -174,11 +174,11 @@ pub fn run(a: Args) -> Result<()> {
         None => None,
     };
     let model = a.model.load()?;
+    let cfg = model.cfg().clone();
+    let conditions = conditions(&a, heads_file.as_ref(), ablation, &cfg)?;
     if let Some(p) = &a.heads_from {
         check_heads_model(p, &model.checkpoint.fingerprint()?, a.heads_from_any_model)?;
     }
-    let cfg = model.cfg().clone();
-    let conditions = conditions(&a, heads_file.as_ref(), ablation, &cfg)?;
     if !a.quiet {
         if let Some(f) = &heads_file {
             let differs =

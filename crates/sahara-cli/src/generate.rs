@@ -56,7 +56,8 @@ pub fn run(a: Args) -> Result<()> {
         &[ablations],
         model.prompts.pad_id,
         &opts,
-    )?;
+    )
+    .map_err(|e| e.name_row(|_| "the prompt".into()))?;
     let tokens = &out[0];
     let text = model.prompts.decode(tokens)?;
     if a.json {

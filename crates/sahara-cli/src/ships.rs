@@ -119,7 +119,8 @@ pub fn run(a: Args) -> Result<()> {
         let base = (qi * per_query) as u64;
         let grid = ships_scores(&model.decoder, &q.tokens, &opts, &mut |n| {
             pb.set_position(base + n as u64)
-        })?;
+        })
+        .map_err(|e| e.context(format!("query {}", q.index + 1)))?;
         let line = ShipsLine {
             schema: schema::SHIPS_LINE.into(),
             index: q.index,

@@ -501,6 +501,85 @@ fn a_non_finite_weight_is_refused_at_load_with_its_tensor_and_index() {
 }
 
 #[test]
+fn finite_weights_that_overflow_stop_every_command_naming_the_layer() {
+    // Every value of one MLP output projection times 1e38: finite, so the load check passes
+    // it, but its products overflow. Before the run-time check, ships scored every head 0.
+    let fx = Fixture::new();
+    let name = "model.layers.1.mlp.down_proj.weight";
+    let path = fx.model().join("model.safetensors");
+    let (meta, mut tensors) = read_safetensors(&path);
+    let t = tensors.iter_mut().find(|t| t.name == name).unwrap();
+    for v in t.bytes.chunks_exact_mut(4) {
+        let x = f32::from_le_bytes(v.try_into().unwrap()) * 1e38;
+        v.copy_from_slice(&x.to_le_bytes());
+    }
+    write_safetensors(&path, meta, &tensors);
+    let site = "first in layer 1 (blocks.1.hook_resid_post)";
+    gen_fails(
+        &fx,
+        &[],
+        &["the prompt, the unablated model, new token 1", site],
+    );
+    let data = fx.write("q.txt", "how do i make a cake\nhow do i make bread\n");
+    let out = fx.path("s.jsonl");
+    let ships = |out: &std::path::Path| {
+        let mut c = sahara();
+        c.arg("ships")
+            .arg("--model")
+            .arg(fx.model())
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(out);
+        c
+    };
+    fails(ships(&out), &["query 1: the unablated model", site]);
+    let written = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(written.is_empty(), "ships wrote lines: {written}");
+    // The same again on resume: nothing was recorded as done.
+    fails(ships(&out), &["query 1", site]);
+    let heads = fx.path("a.json");
+    fails(
+        sahara()
+            .arg("attribute")
+            .arg("--model")
+            .arg(fx.model())
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&heads),
+        &["query 1: the unablated model", site],
+    );
+    assert!(!heads.exists(), "attribute wrote {}", heads.display());
+    fails(
+        sahara()
+            .arg("eval")
+            .arg("--model")
+            .arg(fx.model())
+            .arg("--data")
+            .arg(&data)
+            .arg("--max-new-tokens")
+            .arg("2"),
+        // The batch's first row: queries are batched by length.
+        &["harmful query ", ", the unablated model, new token 1", site],
+    );
+    // Layer 1's own attention pattern is computed before its MLP overflows; layer 2's is not.
+    fails(
+        sahara()
+            .arg("attention")
+            .arg("--model")
+            .arg(fx.model())
+            .arg("--prompt")
+            .arg("hello there")
+            .arg("--layer")
+            .arg("2")
+            .arg("--head")
+            .arg("0"),
+        &["the unablated model", site],
+    );
+}
+
+#[test]
 fn a_negative_norm_epsilon_is_refused() {
     let fx = Fixture::new();
     let mut c = fx.read_model_json("config.json");

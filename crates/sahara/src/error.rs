@@ -88,6 +88,15 @@ pub enum Error {
         value: f32,
         len: usize,
     },
+    /// An output computed as NaN or ±∞ at run time, with where it first appeared.
+    #[error("{item}: the model computed NaN or an infinite value, first in {site}; nothing was computed from it{note}")]
+    NonFiniteActivation {
+        item: String,
+        /// The item's row in the caller's batch, until the caller names it.
+        row: Option<usize>,
+        site: String,
+        note: String,
+    },
     /// Too few queries for a dataset-level method.
     #[error("generalized Ships needs at least {needed} queries, got {found} (an SVD of {found} row says nothing)")]
     TooFewQueries { found: usize, needed: usize },
@@ -216,6 +225,25 @@ impl Error {
         }
     }
     /// This error with `context` (the input it concerns) in front.
+    /// Names the batch row of a [`Error::NonFiniteActivation`] with `name(row)` (a query and
+    /// its condition, say); other errors are returned as they are.
+    pub fn name_row(self, name: impl Fn(usize) -> String) -> Self {
+        match self {
+            Error::NonFiniteActivation {
+                item,
+                row: Some(r),
+                site,
+                note,
+            } => Error::NonFiniteActivation {
+                item: format!("{}, {item}", name(r)),
+                row: None,
+                site,
+                note,
+            },
+            other => other,
+        }
+    }
+
     pub fn context(self, context: impl Into<String>) -> Self {
         Error::Context {
             context: context.into(),

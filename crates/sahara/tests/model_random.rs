@@ -74,7 +74,8 @@ fn rows_joining_at_a_layer_equal_the_full_forward() {
         let mut spec = ForwardSpec::logits(Positions::All);
         spec.resid = true;
         let clean = m.decoder.forward(&batch, &spec, None).unwrap();
-        assert_eq!(clean.resid.len(), m.cfg().num_layers);
+        // Entering each layer, then leaving the last.
+        assert_eq!(clean.resid.len(), m.cfg().num_layers + 1);
         for l in 0..m.cfg().num_layers {
             // Row 0 runs from layer 0 unablated; row 1 joins at layer l from the clean
             // stream, with a head of layer l ablated.

@@ -36,6 +36,7 @@ use crate::methods::judge::{Judge, Verdict};
 use crate::methods::metrics::{kl_divergence, wilson};
 use crate::model::ablation::{Ablation, AblationPlan, HeadAblation, HeadSet};
 use crate::model::config::ModelConfig;
+use crate::model::finite::{check_output, describe};
 use crate::model::{Batch, Decoder, ForwardSpec, Positions};
 use crate::LoadedModel;
 
@@ -191,6 +192,10 @@ pub fn first_token_kl(
         .i((.., 0, ..))?
         .to_dtype(candle_core::DType::F32)?
         .to_vec2()?;
+    for (r, row) in rows.iter().enumerate() {
+        let (prompt, set) = (&prompts[r % b], &sets[r]);
+        check_output(model, prompt, set, row, || describe(set), Some(r % b))?;
+    }
     Ok((0..b)
         .map(|i| kl_divergence(&rows[i], &rows[b + i]))
         .collect())
@@ -262,9 +267,15 @@ pub fn run(
                 let ablations = vec![cond.ablations.clone(); rows.len()];
                 let mut g = opts.generate.clone();
                 g.seed = batch_seed(opts.generate.seed, set, bi);
-                let outs = generate(dec, &prompts, &ablations, pad, &g)?;
+                let name =
+                    |r: usize| format!("{} query {}", set.as_str(), queries[rows[r]].index + 1);
+                let outs =
+                    generate(dec, &prompts, &ablations, pad, &g).map_err(|e| e.name_row(name))?;
                 let kls = match set {
-                    Set::Benign => Some(first_token_kl(dec, &prompts, &cond.ablations, pad)?),
+                    Set::Benign => Some(
+                        first_token_kl(dec, &prompts, &cond.ablations, pad)
+                            .map_err(|e| e.name_row(name))?,
+                    ),
                     Set::Harmful => None,
                 };
                 let mut new = Vec::new();

@@ -5,6 +5,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::error::{Error, Result};
 use crate::model::ablation::{AblationPlan, HeadAblation};
+use crate::model::finite::{all_finite, check_output, describe};
 use crate::model::{Batch, Decoder, ForwardSpec, KvCache, Positions};
 
 /// How the next token is chosen.
@@ -143,6 +144,18 @@ pub fn generate(
                 next.push(pad_id);
                 seqs[r].push(pad_id);
                 continue;
+            }
+            // No token chosen from NaN or ±∞ (see `model::finite`): rerun alone to say where.
+            if !all_finite(row) {
+                let sequence: Vec<u32> = prompts[r].iter().chain(&out[r]).copied().collect();
+                check_output(
+                    model,
+                    &sequence,
+                    &ablations[r],
+                    row,
+                    || format!("{}, new token {}", describe(&ablations[r]), step + 1),
+                    Some(r),
+                )?;
             }
             let t = choose(row, &opts.sampling, &mut rng);
             out[r].push(t);

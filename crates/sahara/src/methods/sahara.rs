@@ -23,6 +23,7 @@ use crate::methods::engine::{run_variants, EngineOptions, Output};
 use crate::methods::ships::HeadGrid;
 use crate::model::ablation::{Ablation, HeadAblation, Unit};
 use crate::model::config::ModelConfig;
+use crate::model::finite::{check_output, describe};
 use crate::model::{Batch, Decoder, ForwardSpec, Positions};
 
 /// Relative gap under which two singular values count as tied.
@@ -153,12 +154,17 @@ pub fn final_hidden(
     spec.hidden = true;
     prompts
         .iter()
-        .map(|p| {
+        .enumerate()
+        .map(|(i, p)| {
             let b = Batch::new(std::slice::from_ref(p), 0, &model.device)?;
             let h = model.forward(&b, &spec, None)?.hidden.expect("hidden");
-            Ok(h.flatten_all()?
+            let h: Vec<f32> = h
+                .flatten_all()?
                 .to_dtype(candle_core::DType::F32)?
-                .to_vec1()?)
+                .to_vec1()?;
+            check_output(model, p, ablations, &h, || describe(ablations), None)
+                .map_err(|e| e.context(format!("query {}", i + 1)))?;
+            Ok(h)
         })
         .collect()
 }
@@ -204,7 +210,8 @@ pub fn step_scores(
             Output::Hidden,
             &opts.engine,
             &mut |n| progress(base_n + n),
-        )?;
+        )
+        .map_err(|e| e.context(format!("query {}", qi + 1)))?;
         for (c, v) in out.variants.into_iter().enumerate() {
             hidden[c].push(v);
         }

@@ -180,7 +180,8 @@ pub struct ForwardSpec<'a> {
     pub logits: bool,
     /// Final hidden state after the final norm at the returned positions.
     pub hidden: bool,
-    /// Residual stream entering each layer from the start layer on (`blocks.{l}.hook_resid_pre`).
+    /// Residual stream entering each layer from the start layer on (`blocks.{l}.hook_resid_pre`),
+    /// then the one leaving the last layer.
     pub resid: bool,
     /// Attention probabilities of one layer (`blocks.{l}.attn.hook_pattern`).
     pub pattern_layer: Option<usize>,
@@ -210,7 +211,8 @@ pub struct ForwardOutput {
     pub logits: Option<Tensor>,
     /// (B, T', d)
     pub hidden: Option<Tensor>,
-    /// Residual stream entering layer `start + i`: (B, T, d).
+    /// Residual stream entering layer `start + i`, the last one leaving the last layer (at the
+    /// returned positions): (B, T, d).
     pub resid: Vec<Tensor>,
     /// (B, H, T', S) f32
     pub pattern: Option<Tensor>,
@@ -662,6 +664,9 @@ impl Decoder {
             c.len += t;
         }
         let x = x.expect("the model has layers");
+        if spec.resid {
+            out.resid.push(x.clone());
+        }
         let (logits, hidden) = self.head(&x, spec.positions, spec.logits, spec.hidden)?;
         out.logits = logits;
         out.hidden = hidden;

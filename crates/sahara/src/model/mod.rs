@@ -6,6 +6,8 @@
 //! - [`decoder`]: the layer math, read like a reference implementation; batches, key/value
 //!   cache, rotary/mask context.
 //! - [`ablation`]: ablations as values, compiled into per-layer head maps.
+//! - [`finite`]: the run-time rule for NaN and ±∞ (final outputs checked, the item then
+//!   recomputed layer by layer to name where it appeared).
 //! - [`ops`]: the one rule that picks, per op, the fast CPU kernel, candle's fused op, or
 //!   gradient-recording composed ops; [`kernels`]: the CPU fast paths themselves.
 
@@ -13,6 +15,7 @@ pub mod ablation;
 pub mod config;
 pub mod decoder;
 pub mod family;
+pub mod finite;
 pub mod kernels;
 pub mod ops;
 
