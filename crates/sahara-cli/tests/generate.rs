@@ -580,6 +580,70 @@ fn finite_weights_that_overflow_stop_every_command_naming_the_layer() {
 }
 
 #[test]
+fn a_token_id_beyond_the_embeddings_is_refused_naming_the_token() {
+    // A tokenizer of another model (the tokenizer numbers the added token 420, one past the
+    // 420 embeddings): before this check, the embedding lookup failed with
+    // "index-select invalid index" from the tensor library.
+    // The BPE tokenizer of a fixture (its added tokens are matched before the model).
+    let fx = Fixture::new();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/llama_gqa");
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::copy(src.join(f), fx.model().join(f)).unwrap();
+    }
+    let path = fx.model().join("tokenizer.json");
+    let mut t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    t["added_tokens"].as_array_mut().unwrap().push(json!({
+        "id": 100000, "content": "zzqq", "single_word": false, "lstrip": false,
+        "rstrip": false, "normalized": false, "special": false
+    }));
+    std::fs::write(&path, t.to_string()).unwrap();
+    fails(
+        fx.generate(&["--prompt", "hello zzqq", "--template", "raw"]),
+        &[
+            "tokenizer.json",
+            "\"zzqq\" has id 420",
+            "420 token embeddings",
+            "does not belong",
+        ],
+    );
+    // Prompts without it still run.
+    ok(fx.generate(&[
+        "--prompt",
+        "hello",
+        "--template",
+        "raw",
+        "--max-new-tokens",
+        "2",
+    ]));
+}
+
+#[test]
+fn errors_stay_one_line_with_rust_backtrace_set() {
+    // RUST_BACKTRACE=1 makes the tensor library capture a backtrace into its errors; the
+    // message must still be one line, without frames.
+    let fx = Fixture::new();
+    corrupt_weight(&fx, "model.norm.weight", 0, f32::NAN);
+    for args in [
+        vec!["--prompt", "hello"],
+        vec!["--prompt", "hello", "--ablate", "9:0"],
+        vec!["--prompt", "hello", "--epsilon", "nan"],
+        vec!["--prompt", "hello", "--model"],
+    ] {
+        let mut c = fx.generate(&args);
+        c.env("RUST_BACKTRACE", "1");
+        let o = c.output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with("error: ") && !stderr.contains("backtrace"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
 fn a_negative_norm_epsilon_is_refused() {
     let fx = Fixture::new();
     let mut c = fx.read_model_json("config.json");

@@ -65,13 +65,13 @@ impl Checkpoint {
                 eos.push(*id);
             }
         }
-        Ok(LoadedModel {
-            checkpoint: self.clone(),
-            source: source.to_string(),
+        Ok(LoadedModel::new(
+            self.clone(),
+            source,
             decoder,
             prompts,
             eos,
-        })
+        ))
     }
 
     /// Folds `plan` into the weights and writes a Hugging Face folder to `out` (a GGUF source
@@ -104,6 +104,24 @@ pub struct LoadedModel {
 }
 
 impl LoadedModel {
+    /// A loaded model; its prompt encoder refuses token ids beyond the decoder's embeddings.
+    pub fn new(
+        checkpoint: Checkpoint,
+        source: &str,
+        decoder: Decoder,
+        mut prompts: PromptEncoder,
+        eos: Vec<u32>,
+    ) -> Self {
+        prompts.embeddings = Some(decoder.cfg.vocab_size);
+        LoadedModel {
+            checkpoint,
+            source: source.to_string(),
+            decoder,
+            prompts,
+            eos,
+        }
+    }
+
     /// Resolves `name` (see [`Checkpoint::resolve`]) and loads it.
     pub fn load(name: &str, dtype: DType, device: &Device) -> Result<Self> {
         Checkpoint::resolve(name)?.load(name, dtype, device)

@@ -408,6 +408,9 @@ pub struct PromptEncoder {
     pub tokenizer_path: PathBuf,
     /// Id used to left-pad batches.
     pub pad_id: u32,
+    /// The model's token embeddings, once a model is loaded with this encoder: an id at or
+    /// above it is refused (a tokenizer that does not belong to the model).
+    pub embeddings: Option<usize>,
 }
 
 fn special_token(cfg: &Json, key: &str) -> Option<String> {
@@ -490,6 +493,7 @@ impl PromptEncoder {
             chat,
             tokenizer_path,
             pad_id,
+            embeddings: None,
         })
     }
 
@@ -526,7 +530,17 @@ impl PromptEncoder {
             .tokenizer
             .encode(text, add_special_tokens)
             .map_err(|e| Error::Prompt(format!("cannot tokenize: {e}")))?;
-        Ok(enc.get_ids().to_vec())
+        let ids = enc.get_ids();
+        if let Some(n) = self.embeddings {
+            if let Some(&id) = ids.iter().find(|&&id| id as usize >= n) {
+                let token = self.tokenizer.id_to_token(id).unwrap_or_default();
+                return Err(Error::Prompt(format!(
+                    "{}: token {token:?} has id {id}, but the model has {n} token embeddings: the tokenizer does not belong to this model",
+                    self.tokenizer_path.display()
+                )));
+            }
+        }
+        Ok(ids.to_vec())
     }
 
     /// Renders and encodes a query. The chat template already holds its special tokens, so

@@ -226,6 +226,7 @@ pub fn prompt_encoder() -> Result<PromptEncoder> {
         chat: Some(Ok(chat)),
         tokenizer_path: "tokenizer.json".into(),
         pad_id: 2,
+        embeddings: None,
     })
 }
 

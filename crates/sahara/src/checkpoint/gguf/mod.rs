@@ -542,6 +542,7 @@ impl GgufFile {
             chat,
             tokenizer_path: self.path.clone(),
             pad_id: tok.pad_id,
+            embeddings: None,
         })
     }
 
@@ -750,13 +751,13 @@ pub fn load_model(
     let decoder = load_decoder(&file, dtype, device)?;
     let prompts = file.prompt_encoder()?;
     let eos = decoder.cfg.eos_token_ids.clone();
-    Ok(crate::LoadedModel {
-        checkpoint: crate::Checkpoint::Gguf(path.to_path_buf()),
-        source: spec.to_string(),
+    Ok(crate::LoadedModel::new(
+        crate::Checkpoint::Gguf(path.to_path_buf()),
+        spec,
         decoder,
         prompts,
         eos,
-    })
+    ))
 }
 
 mod header {
