@@ -71,7 +71,12 @@ pub fn run(a: Args) -> Result<()> {
         )));
     }
     let dev = &model.decoder.device;
-    let plan = AblationPlan::new(cfg, std::slice::from_ref(&ablations), model.decoder.dtype, dev)?;
+    let plan = AblationPlan::new(
+        cfg,
+        std::slice::from_ref(&ablations),
+        model.decoder.dtype,
+        dev,
+    )?;
     let mut spec = ForwardSpec::logits(Positions::All).with_ablations(&plan);
     spec.logits = false;
     spec.pattern_layer = Some(a.layer);

@@ -65,7 +65,6 @@ pub fn run(a: Args) -> Result<()> {
     let mut record = run_record(
         "attribute",
         &model,
-        &a.model,
         &a.data,
         &queries,
         &template,

@@ -94,8 +94,9 @@ pub struct ModelArgs {
     /// organism, the default).
     #[arg(long, default_value = sahara::organism::builtin::MODEL)]
     pub model: String,
-    /// Compute dtype: f32, bf16 or f16.
-    #[arg(long, default_value = "f32")]
+    /// Compute dtype: f32, bf16, f16, or auto: f32 on the CPU; on a GPU bf16 for checkpoints
+    /// stored in 16 bits (bf16 or f16) and f32 for the rest.
+    #[arg(long, default_value = "auto")]
     pub dtype: String,
     /// Device: cpu, cuda or cuda:N (cuda needs a build with the `cuda` feature).
     #[arg(long, default_value = "cpu")]
@@ -104,24 +105,34 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn load(&self) -> Result<LoadedModel> {
-        let dtype: DType = parse_dtype(&self.dtype)?;
+        let dtype = parse_dtype(&self.dtype)?;
         let device = parse_device(&self.device)?;
+        let dtype = match dtype {
+            Some(d) => d,
+            None => {
+                let cfg = sahara::Checkpoint::resolve(&self.model)?.config()?;
+                sahara::device::default_dtype(&cfg, &device)
+            }
+        };
         LoadedModel::load(&self.model, dtype, &device)
     }
 }
 
-/// Parses a `--dtype` value.
-fn parse_dtype(s: &str) -> Result<DType> {
-    match s {
-        "f32" | "float32" => Ok(DType::F32),
-        "bf16" | "bfloat16" => Ok(DType::BF16),
-        "f16" | "float16" => Ok(DType::F16),
-        other => Err(Error::bad_value(
-            Setting::Dtype,
-            format!("{other:?}"),
-            "expected f32, bf16 or f16",
-        )),
-    }
+/// Parses a `--dtype` value; `None` for auto.
+fn parse_dtype(s: &str) -> Result<Option<DType>> {
+    Ok(Some(match s {
+        "auto" => return Ok(None),
+        "f32" | "float32" => DType::F32,
+        "bf16" | "bfloat16" => DType::BF16,
+        "f16" | "float16" => DType::F16,
+        other => {
+            return Err(Error::bad_value(
+                Setting::Dtype,
+                format!("{other:?}"),
+                "expected auto, f32, bf16 or f16",
+            ))
+        }
+    }))
 }
 
 pub fn parse_device(s: &str) -> Result<Device> {
@@ -134,12 +145,16 @@ pub fn parse_device(s: &str) -> Result<Device> {
                 })?,
                 None => 0,
             };
-            Device::new_cuda(ordinal).map_err(|e| {
-                Error::bad_value(
+            if !cfg!(feature = "cuda") {
+                return Err(Error::bad_value(
                     Setting::Device,
                     s,
-                    format!("cannot be used: {e} (is sahara built with --features cuda?)"),
-                )
+                    "cannot be used: this sahara is built without CUDA (build it with --features cuda, or scripts/build-cuda.sh)",
+                ));
+            }
+            Device::new_cuda(ordinal).map_err(|e| {
+                let e = sahara::error::one_line(&e.to_string());
+                Error::bad_value(Setting::Device, s, format!("cannot be used: {e}"))
             })
         }
         other => Err(Error::bad_value(
@@ -319,7 +334,6 @@ pub fn short_name(s: &str) -> String {
 pub fn run_record(
     command: &str,
     model: &LoadedModel,
-    model_args: &ModelArgs,
     data: &DataArgs,
     queries: &[EncodedQuery],
     template: &Template,
@@ -330,7 +344,7 @@ pub fn run_record(
     r.set("template", template.name())
         .set("system", system)
         .set_ablation(ablation)
-        .set("dtype", &model_args.dtype);
+        .set("dtype", sahara::device::dtype_name(model.decoder.dtype));
     Ok(r)
 }
 

@@ -258,7 +258,7 @@ pub fn run(a: Args) -> Result<()> {
         .set("max_new_tokens", max_new_tokens)
         .set("sampling", &sampling_record)
         .set("judge", judge.describe())
-        .set("dtype", &a.model.dtype);
+        .set("dtype", sahara::device::dtype_name(model.decoder.dtype));
     let names: HashMap<&str, usize> = conditions
         .iter()
         .enumerate()

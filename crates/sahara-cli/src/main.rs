@@ -8,6 +8,7 @@ mod common;
 mod eval;
 mod generate;
 mod organism;
+mod selftest;
 mod ships;
 mod surgery;
 
@@ -42,6 +43,8 @@ enum Command {
     Attention(attention::Args),
     /// Train the built-in model organism, or show where it is unpacked.
     Organism(organism::Args),
+    /// Check this build against the committed fixtures (transformers' outputs) on a device.
+    Selftest(selftest::Args),
     /// Time a forward pass (benchmark harness).
     #[command(hide = true)]
     BenchForward(bench::ForwardArgs),
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => eval::run(a),
         Command::Attention(a) => attention::run(a),
         Command::Organism(a) => organism::run(a),
+        Command::Selftest(a) => selftest::run(a),
         Command::BenchForward(a) => bench::forward(a),
         Command::BenchGenerate(a) => bench::generate_cmd(a),
     };

@@ -81,7 +81,6 @@ pub fn run(a: Args) -> Result<()> {
     let mut record = run_record(
         "ships",
         &model,
-        &a.model,
         &a.data,
         &queries,
         &template,

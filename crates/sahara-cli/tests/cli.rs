@@ -2,7 +2,9 @@
 
 mod common;
 
-use common::{assert_grids_close, check_generate_output, grid, ok, parse_json, sahara, PROMPT};
+use common::{
+    assert_grids_close, check_generate_output, fails, grid, ok, ok_both, parse_json, sahara, PROMPT,
+};
 use sahara::checkpoint::random::{write_random_model, RandomModel};
 use serde_json::Value;
 
@@ -46,4 +48,51 @@ fn generate_and_ships_on_every_architecture() {
             assert_grids_close(&grid(f), &grid(n), 1e-5, arch);
         }
     }
+}
+
+#[test]
+fn selftest_passes_on_cpu_through_the_binary() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut c = sahara();
+    c.current_dir(&root)
+        .args(["selftest", "--device", "cpu", "--json"]);
+    let (out, err) = ok_both(c);
+    let checks: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Every fixture, both dtypes, every check passed.
+    assert!(checks.len() > 100, "{}", checks.len());
+    assert!(checks.iter().all(|c| c["passed"] == true));
+    for dtype in ["f32", "bf16"] {
+        assert!(checks
+            .iter()
+            .any(|c| c["dtype"] == dtype && c["check"] == "ships_fast_vs_naive"));
+    }
+    assert!(
+        err.contains("selftest: all") && err.contains("passed on cpu"),
+        "{err}"
+    );
+}
+
+#[test]
+fn selftest_bad_inputs_are_one_line() {
+    fails(
+        sahara().args(["selftest", "--fixtures", "/nonexistent-fixtures"]),
+        &["/nonexistent-fixtures"],
+    );
+    let empty = tempfile::tempdir().unwrap();
+    fails(
+        sahara().args(["selftest", "--fixtures"]).arg(empty.path()),
+        &["no fixture with a reference"],
+    );
+    fails(
+        sahara().args(["selftest", "--dtype", "f64"]),
+        &["--dtype", "f64"],
+    );
+    #[cfg(not(feature = "cuda"))]
+    fails(
+        sahara().args(["selftest", "--device", "cuda"]),
+        &["--device", "cuda", "--features cuda"],
+    );
 }

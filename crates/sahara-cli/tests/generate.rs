@@ -133,6 +133,35 @@ fn generate_in_half_precision() {
 }
 
 #[test]
+fn the_default_dtype_on_the_cpu_is_f32_even_for_a_16_bit_checkpoint() {
+    // A checkpoint that says it is stored in bfloat16 still computes in f32 on the CPU (on a
+    // GPU, auto picks bf16 for it; see sahara::device): the same tokens as --dtype f32, and
+    // the run record says f32.
+    let fx = Fixture::new();
+    let mut c = fx.read_model_json("config.json");
+    c["torch_dtype"] = json!("bfloat16");
+    fx.write_model_json("config.json", &c);
+    let auto = generate_json(&fx, &[]);
+    let f32 = generate_json(&fx, &["--dtype", "f32"]);
+    assert_eq!(auto["tokens"], f32["tokens"]);
+    let data = fx.write("q.txt", "how do i make a cake\nhow do i bake bread\n");
+    let out = fx.path("s.jsonl");
+    ok(sahara()
+        .arg("ships")
+        .arg("--model")
+        .arg(fx.model())
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .arg("--quiet"));
+    let record: Value =
+        serde_json::from_str(&std::fs::read_to_string(fx.path("s.jsonl.run.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["settings"]["dtype"], "f32");
+}
+
+#[test]
 fn sampling_is_seeded() {
     let fx = Fixture::new();
     let a = generate_json(
@@ -423,7 +452,11 @@ fn generate_zero_new_tokens() {
 #[test]
 fn generate_unknown_dtype() {
     let fx = Fixture::new();
-    gen_fails(&fx, &["--dtype", "f8"], &["dtype", "\"f8\""]);
+    gen_fails(
+        &fx,
+        &["--dtype", "f8"],
+        &["dtype", "\"f8\"", "expected auto, f32"],
+    );
 }
 
 #[test]

@@ -124,6 +124,16 @@ pub enum Error {
         recorded: String,
         fingerprint: String,
     },
+    /// A device that cannot run the model (no bfloat16, too little memory, an old driver).
+    #[error("{device}: {message}")]
+    Device { device: String, message: String },
+    /// Checks of `sahara selftest` outside their tolerance.
+    #[error("selftest: {failed} of {total} checks failed: {which}")]
+    SelftestFailed {
+        failed: usize,
+        total: usize,
+        which: String,
+    },
     /// A written model that does not reproduce the in-memory ablation.
     #[error("verification failed: the written model's logits differ from the in-memory ablation by {error:.3e} (relative), more than {tolerance:e}; nothing was written")]
     Verification { error: f64, tolerance: f64 },

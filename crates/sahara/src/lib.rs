@@ -35,11 +35,15 @@
 //!    [`io::fs::write_json`], and [`io::plot::write_heatmap`] draws the heatmap.
 
 pub mod checkpoint;
+pub mod device;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod io;
 pub mod methods;
 pub mod model;
 pub mod organism;
+pub mod selftest;
 
 pub use checkpoint::{Checkpoint, LoadedModel};
 pub use error::{Error, Result};

@@ -51,8 +51,18 @@ impl Checkpoint {
         }
     }
 
+    /// The resolved configuration (a GGUF file's from its metadata).
+    pub fn config(&self) -> Result<ModelConfig> {
+        match self {
+            Checkpoint::Folder(dir) => ModelConfig::from_file(&dir.join("config.json")),
+            Checkpoint::Gguf(path) => gguf::GgufFile::open(path)?.config(),
+        }
+    }
+
     /// Loads decoder, tokenizer and chat template; `source` is the name it was resolved from.
+    /// The device is readied and checked for the model first ([`crate::device::prepare`]).
     pub fn load(&self, source: &str, dtype: DType, device: &Device) -> Result<LoadedModel> {
+        crate::device::prepare(device, &self.config()?, dtype)?;
         let dir = match self {
             Checkpoint::Gguf(path) => return gguf::load_model(path, source, dtype, device),
             Checkpoint::Folder(dir) => dir,

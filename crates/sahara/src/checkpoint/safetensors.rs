@@ -155,6 +155,22 @@ impl Weights {
                 let f = f.as_str().ok_or_else(|| {
                     Error::config(&index_path, "weight_map values must be file names")
                 })?;
+                // A shard lies inside the model folder: no absolute path, no `..`.
+                let inside = !f.is_empty()
+                    && Path::new(f).components().all(|c| {
+                        matches!(
+                            c,
+                            std::path::Component::Normal(_) | std::path::Component::CurDir
+                        )
+                    });
+                if !inside {
+                    return Err(Error::config(
+                        &index_path,
+                        format!(
+                            "weight_map names {f:?}, which is not a file inside the model folder"
+                        ),
+                    ));
+                }
                 if !names.iter().any(|n| n == f) {
                     names.push(f.to_string());
                 }

@@ -73,14 +73,33 @@ enum Format {
 /// [`DEFAULT_COLUMNS`] present); it is ignored for text files and JSON strings. `limit`
 /// keeps the first N queries; the whole file is checked all the same.
 pub fn load_queries(path: &Path, column: Option<&str>, limit: Option<usize>) -> Result<Dataset> {
+    check_limit(path, limit)?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse_queries(path, &bytes, column, limit)
+}
+
+/// A limit of 0 keeps nothing: refused before the file is read.
+fn check_limit(path: &Path, limit: Option<usize>) -> Result<()> {
     if limit == Some(0) {
         return Err(Error::InvalidArgument(format!(
             "limit 0 for {}: must be at least 1",
             path.display()
         )));
     }
-    let text = read_text(path)?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    Ok(())
+}
+
+/// Reads the queries of a file's contents, as [`load_queries`] does; `path` chooses the format
+/// by its extension and names the file in errors.
+pub fn parse_queries(
+    path: &Path,
+    bytes: &[u8],
+    column: Option<&str>,
+    limit: Option<usize>,
+) -> Result<Dataset> {
+    check_limit(path, limit)?;
+    let text = text_of(path, bytes)?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if text.trim().is_empty() {
         return Err(Error::data(path, "no queries"));
     }
@@ -296,10 +315,15 @@ fn parse_json_array(
 /// A text file's contents; a file that is not UTF-8 is a data error naming the byte.
 pub fn read_text(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    String::from_utf8(bytes).map_err(|e| {
+    text_of(path, &bytes).map(str::to_string)
+}
+
+/// A file's contents as text; contents that are not UTF-8 are a data error naming the byte.
+fn text_of<'a>(path: &Path, bytes: &'a [u8]) -> Result<&'a str> {
+    std::str::from_utf8(bytes).map_err(|e| {
         Error::data(
             path,
-            format!("not valid UTF-8 (at byte {})", e.utf8_error().valid_up_to()),
+            format!("not valid UTF-8 (at byte {})", e.valid_up_to()),
         )
     })
 }

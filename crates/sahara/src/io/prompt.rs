@@ -157,24 +157,26 @@ impl ChatTemplate {
 
     /// Renders messages as transformers' `apply_chat_template(..., tokenize=False)` does.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        let tmpl = self
-            .env
-            .get_template("chat")
-            .map_err(|e| Error::Template(describe(&e)))?;
-        let mut ctx = std::collections::BTreeMap::<String, Value>::new();
-        ctx.insert(
-            "messages".into(),
-            Value::from(minijinja::value::Serde(messages)),
-        );
-        ctx.insert(
-            "add_generation_prompt".into(),
-            Value::from(add_generation_prompt),
-        );
-        for (k, v) in &self.specials {
-            ctx.insert(k.clone(), Value::from(v.clone()));
-        }
-        self.render_bounded(&tmpl, Value::from(ctx))
-            .map(|(text, _)| text)
+        on_render_stack(|| {
+            let tmpl = self
+                .env
+                .get_template("chat")
+                .map_err(|e| Error::Template(describe(&e)))?;
+            let mut ctx = std::collections::BTreeMap::<String, Value>::new();
+            ctx.insert(
+                "messages".into(),
+                Value::from(minijinja::value::Serde(messages)),
+            );
+            ctx.insert(
+                "add_generation_prompt".into(),
+                Value::from(add_generation_prompt),
+            );
+            for (k, v) in &self.specials {
+                ctx.insert(k.clone(), Value::from(v.clone()));
+            }
+            self.render_bounded(&tmpl, Value::from(ctx))
+                .map(|(text, _)| text)
+        })
     }
 
     /// Renders within [`TEMPLATE_FUEL`] and [`MAX_RENDERED_BYTES`]; returns the text and the
@@ -221,6 +223,27 @@ pub const TEMPLATE_FUEL: u64 = 5_000_000;
 
 /// The longest rendered prompt: 16 MiB, millions of tokens, above any model's context.
 pub const MAX_RENDERED_BYTES: usize = 16 << 20;
+
+/// The stack of the thread a chat template renders on. Within [`TEMPLATE_FUEL`] a template
+/// can nest a value about half a million levels deep (`{% set ns.x = [ns.x] %}` in a loop),
+/// and minijinja drops, prints and compares values recursively: about 200 MB of stack at that
+/// depth in an optimized build, far more than a thread's usual 2 or 8 MiB. The memory is
+/// reserved, not used, until a template goes that deep.
+const RENDER_STACK_BYTES: usize = 1 << 30;
+
+/// Runs `f` (a render) on a thread of its own with a [`RENDER_STACK_BYTES`] stack.
+fn on_render_stack<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|s| {
+        let render = std::thread::Builder::new()
+            .name("chat-template".into())
+            .stack_size(RENDER_STACK_BYTES)
+            .spawn_scoped(s, f)
+            .map_err(|e| Error::Template(format!("cannot start the thread to render it: {e}")))?;
+        render
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
 
 /// The render's output, refused past [`MAX_RENDERED_BYTES`].
 struct Bounded {
@@ -269,17 +292,42 @@ fn tojson(
     let json: Json = serde_json::to_value(&value)
         .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
     let mut out = String::new();
-    python_json(&json, indent, 0, &mut out);
+    python_json(&json, indent, 0, &mut out).map_err(|TooLong| {
+        minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!(
+                "tojson would write more than {} MiB (indent {}); the template, not the model \
+                 or the query, is at fault",
+                MAX_RENDERED_BYTES >> 20,
+                indent.unwrap_or(0)
+            ),
+        )
+    })?;
     Ok(Value::from_safe_string(out))
 }
 
-/// Writes JSON with Python's `json.dumps` separators (", " and ": ").
-fn python_json(v: &Json, indent: Option<usize>, level: usize, out: &mut String) {
+/// JSON text longer than [`MAX_RENDERED_BYTES`] was asked for.
+struct TooLong;
+
+/// Writes JSON with Python's `json.dumps` separators (", " and ": "), refusing to write more
+/// than [`MAX_RENDERED_BYTES`] of indentation (a huge `indent` would otherwise ask for more
+/// memory than there is).
+fn python_json(
+    v: &Json,
+    indent: Option<usize>,
+    level: usize,
+    out: &mut String,
+) -> std::result::Result<(), TooLong> {
     let newline = |out: &mut String, level: usize| {
         if let Some(n) = indent {
+            let width = n
+                .checked_mul(level)
+                .filter(|w| out.len().saturating_add(*w) <= MAX_RENDERED_BYTES)
+                .ok_or(TooLong)?;
             out.push('\n');
-            out.push_str(&" ".repeat(n * level));
+            out.extend(std::iter::repeat_n(' ', width));
         }
+        Ok(())
     };
     match v {
         Json::Array(items) if !items.is_empty() => {
@@ -291,10 +339,10 @@ fn python_json(v: &Json, indent: Option<usize>, level: usize, out: &mut String) 
                         out.push(' ');
                     }
                 }
-                newline(out, level + 1);
-                python_json(item, indent, level + 1, out);
+                newline(out, level + 1)?;
+                python_json(item, indent, level + 1, out)?;
             }
-            newline(out, level);
+            newline(out, level)?;
             out.push(']');
         }
         Json::Object(map) if !map.is_empty() => {
@@ -306,12 +354,12 @@ fn python_json(v: &Json, indent: Option<usize>, level: usize, out: &mut String) 
                         out.push(' ');
                     }
                 }
-                newline(out, level + 1);
+                newline(out, level + 1)?;
                 out.push_str(&serde_json::to_string(k).unwrap_or_default());
                 out.push_str(": ");
-                python_json(item, indent, level + 1, out);
+                python_json(item, indent, level + 1, out)?;
             }
-            newline(out, level);
+            newline(out, level)?;
             out.push('}');
         }
         Json::Number(n) if n.is_f64() => {
@@ -324,6 +372,7 @@ fn python_json(v: &Json, indent: Option<usize>, level: usize, out: &mut String) 
         }
         other => out.push_str(&serde_json::to_string(other).unwrap_or_default()),
     }
+    Ok(())
 }
 
 /// `strftime_now(fmt)`: the current UTC date and time, for the common strftime codes.

@@ -121,28 +121,39 @@ pub fn claim(out: &Path, record: &RunRecord) -> Result<bool> {
         },
     };
     let old = RunRecord::parse(&path, &text)?;
+    same_run(&old, &path, record).map_err(mismatch)?;
+    Ok(true)
+}
+
+/// Whether the record `old` read from `path` describes the same run as `record`; the error
+/// says why not.
+pub(crate) fn same_run(
+    old: &RunRecord,
+    path: &Path,
+    record: &RunRecord,
+) -> std::result::Result<(), String> {
     if old.command != record.command {
-        return Err(mismatch(format!(
+        return Err(format!(
             "was written by `sahara {}` (see {}), not `sahara {}`; remove it to start over",
             old.command,
             path.display(),
             record.command
-        )));
+        ));
     }
     // A record of an earlier sahara has no version; its settings still have to agree.
     let mut now = serde_json::to_value(record).expect("records serialize");
-    let mut was = serde_json::to_value(&old).expect("records serialize");
+    let mut was = serde_json::to_value(old).expect("records serialize");
     if old.version.is_empty() {
         now["version"] = Value::Null;
         was["version"] = Value::Null;
     }
     if let Some(diff) = first_difference(&flatten(&was), &flatten(&now)) {
-        return Err(mismatch(format!(
+        return Err(format!(
             "holds an earlier run with other settings ({diff}); remove it and {} to start over",
             path.display()
-        )));
+        ));
     }
-    Ok(true)
+    Ok(())
 }
 
 /// A record with its settings at the top level, so that a difference names the setting.
@@ -173,7 +184,7 @@ impl<T: Serialize + DeserializeOwned> JsonlRun<T> {
     pub fn open(
         path: &Path,
         record: &RunRecord,
-        mut check: impl FnMut(usize, &T) -> std::result::Result<(), String>,
+        check: impl FnMut(usize, &T) -> std::result::Result<(), String>,
     ) -> Result<Self> {
         claim(path, record)?;
         let mut file = OpenOptions::new()
@@ -185,38 +196,7 @@ impl<T: Serialize + DeserializeOwned> JsonlRun<T> {
         let mut text = String::new();
         file.read_to_string(&mut text)
             .map_err(|e| Error::io(path, e))?;
-        let mismatch = |line: usize, reason: String| Error::ResumeMismatch {
-            path: path.to_path_buf(),
-            line: Some(line),
-            reason,
-        };
-        let mut done = Vec::new();
-        let mut good = 0usize;
-        let mut rest = text.as_str();
-        while let Some(nl) = rest.find('\n') {
-            let line = &rest[..nl];
-            let n = done.len();
-            match serde_json::from_str::<Value>(line) {
-                Ok(v) => {
-                    let t: T = serde_json::from_value(v).map_err(|e| {
-                        mismatch(n + 1, format!("is not a line of this command ({e}); remove the file to start over"))
-                    })?;
-                    check(n, &t).map_err(|why| {
-                        mismatch(n + 1, format!("{why}; remove the file to start over"))
-                    })?;
-                    done.push(t);
-                }
-                Err(_) if rest[nl + 1..].trim().is_empty() => break,
-                Err(e) => {
-                    return Err(mismatch(
-                        n + 1,
-                        format!("is corrupt ({e}); remove the file to start over"),
-                    ))
-                }
-            }
-            good += nl + 1;
-            rest = &rest[nl + 1..];
-        }
+        let (done, good) = read_lines(path, &text, check)?;
         if good < text.len() {
             // Discard the partial last line.
             file.set_len(good as u64).map_err(write_err(path))?;
@@ -240,6 +220,54 @@ impl<T: Serialize + DeserializeOwned> JsonlRun<T> {
         unit_written();
         Ok(())
     }
+}
+
+/// Reads back the text of a resumed output `path` as [`JsonlRun::open`] does: its complete
+/// lines as `T`, each passed to `check` with its 0-based number, and the length of the text
+/// they take up (shorter than `text` when the last line is partial and is to be discarded).
+pub fn read_lines<T: DeserializeOwned>(
+    path: &Path,
+    text: &str,
+    mut check: impl FnMut(usize, &T) -> std::result::Result<(), String>,
+) -> Result<(Vec<T>, usize)> {
+    let mismatch = |line: usize, reason: String| Error::ResumeMismatch {
+        path: path.to_path_buf(),
+        line: Some(line),
+        reason,
+    };
+    let mut done = Vec::new();
+    let mut good = 0usize;
+    let mut rest = text;
+    while let Some(nl) = rest.find('\n') {
+        let line = &rest[..nl];
+        let n = done.len();
+        match serde_json::from_str::<Value>(line) {
+            Ok(v) => {
+                let t: T = serde_json::from_value(v).map_err(|e| {
+                    mismatch(
+                        n + 1,
+                        format!(
+                            "is not a line of this command ({e}); remove the file to start over"
+                        ),
+                    )
+                })?;
+                check(n, &t).map_err(|why| {
+                    mismatch(n + 1, format!("{why}; remove the file to start over"))
+                })?;
+                done.push(t);
+            }
+            Err(_) if rest[nl + 1..].trim().is_empty() => break,
+            Err(e) => {
+                return Err(mismatch(
+                    n + 1,
+                    format!("is corrupt ({e}); remove the file to start over"),
+                ))
+            }
+        }
+        good += nl + 1;
+        rest = &rest[nl + 1..];
+    }
+    Ok((done, good))
 }
 
 /// Lines of a resumable run: appended to its file, or printed on stdout without one.

@@ -132,13 +132,21 @@ pub struct ModelConfig {
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     pub pad_token_id: Option<u32>,
+    /// The dtype the checkpoint's weights are stored in, as `config.json` names it
+    /// (`torch_dtype`, or `dtype` in newer transformers): `bfloat16`, `float16`, `float32`.
+    pub stored_dtype: Option<String>,
 }
 
 impl ModelConfig {
     /// Reads and resolves `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let raw: RawConfig = serde_json::from_str(&text).map_err(|source| Error::Json {
+        Self::parse(path, &text)
+    }
+
+    /// Parses and resolves the text of a `config.json`; `path` names it in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Self> {
+        let raw: RawConfig = serde_json::from_str(text).map_err(|source| Error::Json {
             path: path.to_path_buf(),
             source,
         })?;
@@ -150,16 +158,32 @@ impl ModelConfig {
         self.num_heads / self.num_kv_heads
     }
 
-    /// Total number of parameters of the decoder's weights.
+    /// Total number of parameters of the decoder's weights (`usize::MAX` past it; a resolved
+    /// configuration never is).
     pub fn num_parameters(&self) -> usize {
+        self.checked_num_parameters().unwrap_or(usize::MAX)
+    }
+
+    /// Total number of parameters, `None` when it does not fit in a `usize`. Every tensor
+    /// shape of the decoder is a term of this sum, so none of them overflows either.
+    pub fn checked_num_parameters(&self) -> Option<usize> {
         let d = self.hidden_size;
-        let q = self.num_heads * self.head_dim;
-        let kv = self.num_kv_heads * self.head_dim;
-        let attn = d * q + 2 * d * kv + q * d + if self.qkv_bias { q + 2 * kv } else { 0 };
-        let mlp = 3 * d * self.intermediate_size;
-        let layer = attn + mlp + 2 * d;
-        let emb = self.vocab_size * d;
-        self.num_layers * layer + d + emb + if self.tie_word_embeddings { 0 } else { emb }
+        let q = self.num_heads.checked_mul(self.head_dim)?;
+        let kv = self.num_kv_heads.checked_mul(self.head_dim)?;
+        // Rows of the query, key and value projections together.
+        let qkv = q.checked_add(kv.checked_mul(2)?)?;
+        let attn = d
+            .checked_mul(qkv)?
+            .checked_add(q.checked_mul(d)?)?
+            .checked_add(if self.qkv_bias { qkv } else { 0 })?;
+        let mlp = d.checked_mul(self.intermediate_size)?.checked_mul(3)?;
+        let layer = attn.checked_add(mlp)?.checked_add(d.checked_mul(2)?)?;
+        let emb = self.vocab_size.checked_mul(d)?;
+        self.num_layers
+            .checked_mul(layer)?
+            .checked_add(d)?
+            .checked_add(emb)?
+            .checked_add(if self.tie_word_embeddings { 0 } else { emb })
     }
 
     /// Resolves a raw configuration; the error is a message about the value at fault.
@@ -189,6 +213,11 @@ impl ModelConfig {
         let hidden_size = need(raw.hidden_size, "hidden_size")?;
         let intermediate_size = need(raw.intermediate_size, "intermediate_size")?;
         let num_layers = need(raw.num_hidden_layers, "num_hidden_layers")?;
+        if num_layers > MAX_LAYERS {
+            return Err(format!(
+                "num_hidden_layers ({num_layers}) is more than {MAX_LAYERS}, far more than any model has"
+            ));
+        }
         let num_heads = need(raw.num_attention_heads, "num_attention_heads")?;
         let vocab_size = need(raw.vocab_size, "vocab_size")?;
         let num_kv_heads = raw.num_key_value_heads.unwrap_or(num_heads);
@@ -319,7 +348,7 @@ impl ModelConfig {
         let eos_token_ids = token_ids(raw.eos_token_id.as_ref())?;
         let bos_token_id = token_ids(raw.bos_token_id.as_ref())?.first().copied();
         let pad_token_id = token_ids(raw.pad_token_id.as_ref())?.first().copied();
-        Ok(ModelConfig {
+        let cfg = ModelConfig {
             architecture,
             family,
             hidden_size,
@@ -355,9 +384,27 @@ impl ModelConfig {
             bos_token_id,
             eos_token_ids,
             pad_token_id,
-        })
+            stored_dtype: raw.torch_dtype.clone().or_else(|| raw.dtype.clone()),
+        };
+        if cfg.checked_num_parameters().is_none() {
+            return Err(format!(
+                "hidden_size {}, intermediate_size {}, {} layers, {} heads of {} and vocab_size {} \
+                 make more parameters than can be counted",
+                cfg.hidden_size,
+                cfg.intermediate_size,
+                cfg.num_layers,
+                cfg.num_heads,
+                cfg.head_dim,
+                cfg.vocab_size
+            ));
+        }
+        Ok(cfg)
     }
 }
+
+/// The most layers a configuration may have: far more than any model (the largest have a
+/// few hundred), and a bound on the per-layer settings laid out before any weight is read.
+pub const MAX_LAYERS: usize = 1 << 16;
 
 /// Deserializes a field that is present (even as `null`) into `Some`.
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Value>, D::Error> {

@@ -410,7 +410,8 @@ fn huge_blocks(start: *const u8, bytes: usize) -> Option<(usize, usize)> {
     const HUGE: usize = 2 << 20;
     let start = start as usize;
     let (a, b) = (start.next_multiple_of(HUGE), (start + bytes) / HUGE * HUGE);
-    (b > a).then_some((a, b - a))
+    // Lazily: `b - a` overflows when the buffer holds no whole block.
+    (b > a).then(|| (a, b - a))
 }
 
 /// Asks the kernel for 2 MiB pages over the whole 2 MiB blocks of a not yet touched buffer.
@@ -493,6 +494,29 @@ pub fn gated_activation_f32(x: &Tensor, inter: usize, act: Activation) -> Result
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// Found by the gguf fuzz target (fuzz/corpus/gguf/seed-llama-bpe) in a build with
+    /// overflow checks: copying any weight smaller than a 2 MiB block panicked.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_buffer_without_a_whole_huge_block_has_none() {
+        const HUGE: usize = 2 << 20;
+        let at = |addr: usize| addr as *const u8;
+        assert_eq!(huge_blocks(at(HUGE + 16), 1024), None);
+        assert_eq!(huge_blocks(at(HUGE - 16), 32), None);
+        assert_eq!(huge_blocks(at(16), 0), None);
+        assert_eq!(huge_blocks(at(HUGE), HUGE), Some((HUGE, HUGE)));
+        assert_eq!(huge_blocks(at(HUGE - 1), 3 * HUGE), Some((HUGE, 2 * HUGE)));
+        let w = Tensor::arange(0f32, 12., &Device::Cpu)
+            .unwrap()
+            .reshape((3, 4))
+            .unwrap();
+        let c = weight_copy(&w.t().unwrap()).unwrap();
+        assert_eq!(
+            c.to_vec2::<f32>().unwrap(),
+            w.t().unwrap().to_vec2::<f32>().unwrap()
+        );
+    }
 
     fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)

@@ -119,6 +119,13 @@ impl GgufFile {
                 "not a GGUF file (it does not start with the magic bytes \"GGUF\")",
             ));
         }
+        // candle's reader divides by the alignment: refuse 0 before it reads.
+        if header::declared_alignment(&mmap) == Some(0) {
+            return Err(gguf_err(
+                path,
+                "metadata `general.alignment` is 0, not a power of two",
+            ));
+        }
         let content = match Content::read(&mut Cursor::new(&mmap[..])) {
             Ok(c) => c,
             Err(e) => {
@@ -186,7 +193,21 @@ impl GgufFile {
                     ),
                 ));
             }
-            let n = info.shape.elem_count();
+            // Checked: the dimensions of a broken directory may multiply past 2^64.
+            let Some(n) = info
+                .shape
+                .dims()
+                .iter()
+                .try_fold(1usize, |n, &d| n.checked_mul(d))
+            else {
+                return Err(gguf_err(
+                    &self.path,
+                    format!(
+                        "tensor `{name}` has dimensions {:?}, more elements than can be counted",
+                        info.shape.dims()
+                    ),
+                ));
+            };
             let bs = info.ggml_dtype.block_size();
             if n % bs != 0 {
                 return Err(gguf_err(
@@ -376,7 +397,9 @@ impl GgufFile {
             .ok_or_else(|| gguf_err(&self.path, "tensor `token_embd.weight` is missing"))?;
         let vocab = match self.opt_u64(&k("vocab_size"))? {
             Some(v) => v,
-            None => embd.shape.dims()[0] as u64,
+            None => *embd.shape.dims().first().ok_or_else(|| {
+                gguf_err(&self.path, "tensor `token_embd.weight` has no dimensions")
+            })? as u64,
         };
         let tied = !self.content.tensor_infos.contains_key("output.weight");
         let mut cfg = json!({
@@ -812,7 +835,8 @@ mod header {
             }
             match ty {
                 8 => self.string().map(|_| ()).ok_or_else(String::new),
-                9 if depth < 4 => {
+                // As deep as candle's reader goes (GGUF_MAX_VALUE_DEPTH).
+                9 if depth < 64 => {
                     let inner = self.u32().ok_or_else(String::new)?;
                     let n = self.len().ok_or_else(String::new)?;
                     for _ in 0..n {
@@ -823,6 +847,42 @@ mod header {
                 other => Err(format!("unknown metadata value type {other}")),
             }
         }
+    }
+
+    /// The `general.alignment` the metadata declares, as candle's reader takes it: the last
+    /// entry of that key (trailing NULs of a key ignored), when it is an integer of 32 bits or
+    /// fewer and not negative. `None` when absent, of another type, or when the metadata ends
+    /// early (candle's reader then refuses the file before it uses the alignment).
+    pub(super) fn declared_alignment(b: &[u8]) -> Option<u64> {
+        let mut r = R {
+            b,
+            pos: 4,
+            v1: false,
+        };
+        r.v1 = r.u32()? == 1;
+        let _n_tensors = r.len()?;
+        let n_kv = r.len()?;
+        let mut found = None;
+        for _ in 0..n_kv {
+            let key = r.string()?;
+            let ty = r.u32()?;
+            let start = r.pos;
+            r.value(ty, 0).ok()?;
+            if key.trim_end_matches('\0') == "general.alignment" {
+                let v = &b[start..r.pos];
+                let le = |n: usize| v[..n].iter().rev().fold(0u64, |a, &x| a << 8 | x as u64);
+                found = match ty {
+                    0 | 2 | 4 => Some(le(v.len())),
+                    1 | 3 | 5 => {
+                        let bits = 8 * v.len() as u32;
+                        let x = le(v.len());
+                        (x >> (bits - 1) == 0).then_some(x)
+                    }
+                    _ => None,
+                };
+            }
+        }
+        found
     }
 
     /// What is wrong with the header, or `None` when this walk finds nothing.

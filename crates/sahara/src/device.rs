@@ -1,0 +1,190 @@
+//! Devices and dtypes: the one home of the dtype a model computes in on each device, and of
+//! what is checked before a model goes onto a GPU (float32 products without TF32, bfloat16
+//! support, free memory, a driver that runs this build's kernels), each failing with one
+//! clear message instead of a failure deep inside a kernel launch.
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Error, Result};
+use crate::model::config::ModelConfig;
+
+/// The CUDA version this binary was built for, when its build said (scripts/build-cuda.sh).
+pub const BUILT_FOR_CUDA: Option<&str> = option_env!("SAHARA_CUDA_VERSION");
+
+/// The device's name in messages: `cpu`, `cuda:N`.
+pub fn name(device: &Device) -> String {
+    match device {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(_) => match device.location() {
+            candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+            _ => "cuda".into(),
+        },
+        Device::Metal(_) => "metal".into(),
+    }
+}
+
+/// The dtype a model computes in when none is asked for: float32 on the CPU (it has no fast
+/// 16-bit matrix products); on a GPU bfloat16 for a checkpoint stored in 16 bits (bfloat16
+/// or float16: float16's range overflows in activations that bfloat16 holds) and float32 for
+/// one stored in float32 or of unknown storage (GGUF files, whose weights are dequantized).
+pub fn default_dtype(cfg: &ModelConfig, device: &Device) -> DType {
+    default_dtype_on(cfg, !device.is_cpu())
+}
+
+/// [`default_dtype`] on a GPU (`gpu`) or the CPU.
+pub fn default_dtype_on(cfg: &ModelConfig, gpu: bool) -> DType {
+    if !gpu {
+        return DType::F32;
+    }
+    match cfg.stored_dtype.as_deref() {
+        Some("bfloat16" | "float16" | "bf16" | "fp16" | "half") => DType::BF16,
+        _ => DType::F32,
+    }
+}
+
+fn device_error(device: &Device, message: impl Into<String>) -> Error {
+    Error::Device {
+        device: name(device),
+        message: message.into(),
+    }
+}
+
+/// A dtype's name in outputs and run records: `f32`, `bf16`, `f16`.
+pub fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "f32",
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        DType::F64 => "f64",
+        _ => "other",
+    }
+}
+
+/// Bytes of device memory the weights of `cfg` take in `dtype`.
+pub fn weight_bytes(cfg: &ModelConfig, dtype: DType) -> usize {
+    cfg.num_parameters() * dtype.size_in_bytes()
+}
+
+/// Readies `device` for a model of `cfg` in `dtype`. On a GPU: float32 matrix products are
+/// set, and checked, not to use TF32 (10-bit mantissas would break the float32 tolerance);
+/// bfloat16 needs compute capability 8.0; the weights must fit in the free memory with a
+/// quarter to spare for activations; and one small kernel must run (a driver older than this
+/// build's CUDA version cannot load its kernels). Nothing on the CPU.
+pub fn prepare(device: &Device, cfg: &ModelConfig, dtype: DType) -> Result<()> {
+    // Read by the GPU checks only, which a build without CUDA has not.
+    #[cfg(not(feature = "cuda"))]
+    let _ = (cfg, dtype);
+    if !device.is_cuda() {
+        return Ok(());
+    }
+    candle_core::cuda::set_gemm_reduced_precision_f32(false);
+    assert!(
+        !candle_core::cuda::gemm_reduced_precision_f32(),
+        "float32 matrix products must not use TF32"
+    );
+    let probe = || -> candle_core::Result<f32> {
+        let t = Tensor::ones(4, DType::F32, device)?;
+        (&t + &t)?.sum_all()?.to_scalar::<f32>()
+    };
+    match probe() {
+        Ok(v) => {
+            if v != 8.0 {
+                return Err(device_error(
+                    device,
+                    format!("a test kernel computed {v} instead of 8: the device is not usable"),
+                ));
+            }
+        }
+        Err(e) => {
+            let built =
+                BUILT_FOR_CUDA.map_or(String::new(), |v| format!(" (this build is for CUDA {v})"));
+            return Err(device_error(
+                device,
+                format!(
+                    "cannot run a kernel: {}; a driver older than the CUDA version sahara was built for cannot load its kernels{built}",
+                    crate::error::one_line(&e.to_string())
+                ),
+            ));
+        }
+    }
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = device {
+        let ctx = d.cuda_stream().context().clone();
+        let gpu = ctx.name().unwrap_or_else(|_| "the GPU".into());
+        if dtype == DType::BF16 {
+            let (major, minor) = ctx.compute_capability().map_err(|e| {
+                device_error(device, format!("cannot read its compute capability: {e}"))
+            })?;
+            if major < 8 {
+                return Err(device_error(
+                    device,
+                    format!("{gpu} (compute capability {major}.{minor}) has no bfloat16; bfloat16 needs 8.0 or later: compute in float32 or float16"),
+                ));
+            }
+        }
+        let (free, total) = ctx
+            .mem_get_info()
+            .map_err(|e| device_error(device, format!("cannot read its free memory: {e}")))?;
+        let need = weight_bytes(cfg, dtype);
+        // A quarter more for activations, the key/value cache and the library's workspace.
+        if need + need / 4 > free {
+            let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+            return Err(device_error(
+                device,
+                format!(
+                    "the model needs {:.1} GiB for its weights in {dtype:?} ({} parameters) and about a quarter more to run, but {gpu} has {:.1} GiB free of {:.1} GiB",
+                    gib(need),
+                    cfg.num_parameters(),
+                    gib(free),
+                    gib(total)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::RawConfig;
+
+    fn cfg(stored: &str) -> ModelConfig {
+        let raw: RawConfig = serde_json::from_str(&format!(
+            r#"{{"architectures": ["LlamaForCausalLM"], "hidden_size": 32, "intermediate_size": 64,
+                "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "vocab_size": 10, "torch_dtype": "{stored}"}}"#
+        ))
+        .unwrap();
+        ModelConfig::resolve(&raw).unwrap()
+    }
+
+    #[test]
+    fn the_cpu_computes_in_float32_whatever_the_checkpoint() {
+        for stored in ["bfloat16", "float16", "float32"] {
+            assert_eq!(default_dtype(&cfg(stored), &Device::Cpu), DType::F32);
+        }
+        assert_eq!(cfg("float16").stored_dtype.as_deref(), Some("float16"));
+        // Nothing to check on the CPU.
+        prepare(&Device::Cpu, &cfg("float32"), DType::BF16).unwrap();
+        assert_eq!(name(&Device::Cpu), "cpu");
+    }
+
+    #[test]
+    fn a_gpu_computes_16_bit_checkpoints_in_bfloat16_and_the_rest_in_float32() {
+        assert_eq!(default_dtype_on(&cfg("bfloat16"), true), DType::BF16);
+        // float16 checkpoints (Llama-2-7b-chat, Vicuna) too: bfloat16 has float32's range.
+        assert_eq!(default_dtype_on(&cfg("float16"), true), DType::BF16);
+        assert_eq!(default_dtype_on(&cfg("float32"), true), DType::F32);
+        let mut unknown = cfg("float32");
+        unknown.stored_dtype = None;
+        assert_eq!(default_dtype_on(&unknown, true), DType::F32);
+    }
+
+    #[test]
+    fn weight_bytes_follow_the_parameters_and_dtype() {
+        let c = cfg("float32");
+        assert_eq!(weight_bytes(&c, DType::F32), 4 * c.num_parameters());
+        assert_eq!(weight_bytes(&c, DType::BF16), 2 * c.num_parameters());
+    }
+}
