@@ -146,15 +146,7 @@ fn the_default_dtype_on_the_cpu_is_f32_even_for_a_16_bit_checkpoint() {
     assert_eq!(auto["tokens"], f32["tokens"]);
     let data = fx.write("q.txt", "how do i make a cake\nhow do i bake bread\n");
     let out = fx.path("s.jsonl");
-    ok(sahara()
-        .arg("ships")
-        .arg("--model")
-        .arg(fx.model())
-        .arg("--data")
-        .arg(&data)
-        .arg("--out")
-        .arg(&out)
-        .arg("--quiet"));
+    ok(fx.ships_to(&data, &out).arg("--quiet"));
     let record: Value =
         serde_json::from_str(&std::fs::read_to_string(fx.path("s.jsonl.run.json")).unwrap())
             .unwrap();
@@ -555,22 +547,14 @@ fn finite_weights_that_overflow_stop_every_command_naming_the_layer() {
     );
     let data = fx.write("q.txt", "how do i make a cake\nhow do i make bread\n");
     let out = fx.path("s.jsonl");
-    let ships = |out: &std::path::Path| {
-        let mut c = sahara();
-        c.arg("ships")
-            .arg("--model")
-            .arg(fx.model())
-            .arg("--data")
-            .arg(&data)
-            .arg("--out")
-            .arg(out);
-        c
-    };
-    fails(ships(&out), &["query 1: the unablated model", site]);
+    fails(
+        fx.ships_to(&data, &out),
+        &["query 1: the unablated model", site],
+    );
     let written = std::fs::read_to_string(&out).unwrap_or_default();
     assert!(written.is_empty(), "ships wrote lines: {written}");
     // The same again on resume: nothing was recorded as done.
-    fails(ships(&out), &["query 1", site]);
+    fails(fx.ships_to(&data, &out), &["query 1", site]);
     let heads = fx.path("a.json");
     fails(
         sahara()

@@ -172,6 +172,19 @@ impl Fixture {
         c
     }
 
+    /// `sahara ships --model MODEL --data DATA --out OUT`.
+    pub fn ships_to(&self, data: &Path, out: &Path) -> Command {
+        let mut c = sahara();
+        c.arg("ships")
+            .arg("--model")
+            .arg(self.model())
+            .arg("--data")
+            .arg(data)
+            .arg("--out")
+            .arg(out);
+        c
+    }
+
     /// `sahara attribute --model MODEL --quiet` followed by `args`.
     pub fn attribute(&self, args: &[&str]) -> Command {
         let mut c = sahara();
