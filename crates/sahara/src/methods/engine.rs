@@ -12,7 +12,7 @@ use candle_core::{DType, IndexOp};
 
 use crate::error::{Error, Result};
 use crate::model::ablation::{AblationPlan, HeadAblation};
-use crate::model::finite::{check_output, describe};
+use crate::model::finite::{all_finite, check_output, describe};
 use crate::model::{Batch, Decoder, ForwardOutput, ForwardSpec, Join, Positions};
 
 /// Which engine computes the variants.
@@ -143,14 +143,19 @@ pub fn run_variants(
         base.iter().chain(extra.iter()).copied().collect()
     };
     let base_plan = AblationPlan::new(cfg, &[base.to_vec()], model.dtype, dev)?;
-    // Every output is checked where it arrives on the host (see `model::finite`).
-    let check = |ablations: &[HeadAblation], values: &[f32]| {
+    // Every output is checked where it arrives on the host (see `model::finite`); the
+    // ablations of the item are gathered only for an output that fails.
+    let check = |ablations: &dyn Fn() -> Vec<HeadAblation>, values: &[f32]| {
+        if all_finite(values) {
+            return Ok(());
+        }
+        let ablations = ablations();
         check_output(
             model,
             tokens,
-            ablations,
+            &ablations,
             values,
-            || describe(ablations),
+            || describe(&ablations),
             None,
         )
     };
@@ -165,7 +170,7 @@ pub fn run_variants(
                 None,
             )?;
             let base_vec = output.last(&base_out)?;
-            check(base, &base_vec)?;
+            check(&|| base.to_vec(), &base_vec)?;
             for (i, v) in variants.iter().enumerate() {
                 let plan = AblationPlan::new(cfg, &[with_base(v)], model.dtype, dev)?;
                 let o = model.forward(
@@ -174,7 +179,7 @@ pub fn run_variants(
                     None,
                 )?;
                 out[i] = output.last(&o)?;
-                check(&with_base(v), &out[i])?;
+                check(&|| with_base(v), &out[i])?;
                 progress(i + 1);
             }
             Ok(VariantOutputs {
@@ -189,7 +194,7 @@ pub fn run_variants(
             base_spec.resid = true;
             let base_out = model.forward(&batch, &base_spec, None)?;
             let base_vec = output.last(&base_out)?;
-            check(base, &base_vec)?;
+            check(&|| base.to_vec(), &base_vec)?;
             // Variants sorted by the first layer they change, in groups of at most `rows`.
             // Each group runs as a staircase: at layer l the variants that start at l join
             // the batch from the base residual stream entering l, so later layers run on
@@ -218,7 +223,7 @@ pub fn run_variants(
                 }
                 let o = model.forward_joined(&joins, &output.forward_spec(Positions::Last))?;
                 for (&k, v) in active.iter().zip(output.last_rows(&o)?) {
-                    check(&with_base(&variants[k]), &v)?;
+                    check(&|| with_base(&variants[k]), &v)?;
                     out[k] = v;
                 }
                 done += group.len();
