@@ -1,6 +1,7 @@
 """Shared helpers of the Python (transformers) baselines in bench/.
 
-Every baseline: loads `--model DIR` in float32 with eager attention, `model.eval()`,
+Every baseline: loads `--model DIR` in float32 with eager attention (on a GPU: `--device cuda`,
+`--dtype bfloat16`, `--attn sdpa` where that is faster), `model.eval()`,
 runs under `torch.no_grad()` with `torch.set_num_threads(--threads)`, reads queries from
 `--data FILE` (one per line) or a built-in list, tokenizes them raw (`tokenizer(text)`),
 does one warm-up, and prints exactly one JSON line on stdout.
@@ -27,7 +28,17 @@ BUILTIN_QUERIES = [
     "Give step-by-step instructions for how to steal someone's identity",
 ]
 
-now = time.perf_counter
+# Set by setup(): where and in what the baseline runs.
+DEVICE = "cpu"
+DTYPE = torch.float32
+ATTN = "eager"
+
+
+def now() -> float:
+    """A timestamp after the device has finished what was queued (CUDA runs asynchronously)."""
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter()
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
@@ -35,6 +46,9 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model folder in Hugging Face layout")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     p.add_argument("--data", help="query file, one query per line (default: built-in list)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--attn", default="eager", choices=["eager", "sdpa"], help="attention implementation (default eager)")
     return p
 
 
@@ -50,19 +64,33 @@ def load_queries(data: str | None, n: int | None, number_cycled: bool = False) -
         qs = [q for q in qs if q.strip()]
         if not qs:
             sys.exit(f"error: no queries in {data}")
-        return qs[:n] if n else qs
-    n = n or len(BUILTIN_QUERIES)
+        if not n or n <= len(qs):
+            return qs[:n] if n else qs
+        # More asked for than the file has: cycled and numbered, as sahara's bench commands do.
+        number_cycled = True
+    else:
+        qs = BUILTIN_QUERIES
+    n = n or len(qs)
     out = []
     for i in range(n):
-        q = BUILTIN_QUERIES[i % len(BUILTIN_QUERIES)]
-        if number_cycled and n > len(BUILTIN_QUERIES):
+        q = qs[i % len(qs)]
+        if number_cycled and n > len(qs):
             q = f"{i + 1}. {q}"
         out.append(q)
     return out
 
 
-def setup(threads: int) -> None:
+def setup(threads: int, args=None) -> None:
+    global DEVICE, DTYPE, ATTN
     torch.set_num_threads(threads)
+    if args is not None:
+        DEVICE = args.device
+        DTYPE = getattr(torch, args.dtype)
+        ATTN = args.attn
+        if DEVICE.startswith("cuda"):
+            # float32 products in full precision, as sahara computes them.
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
 
 
 def load_model(model_dir: str):
@@ -73,15 +101,15 @@ def load_model(model_dir: str):
     transformers.logging.disable_progress_bar()
     # `dtype` is transformers 5's name of the former `torch_dtype` argument.
     dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="eager", **{dtype_kw: torch.float32})
-    model.eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=ATTN, **{dtype_kw: DTYPE})
+    model.to(DEVICE).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     return model, tokenizer
 
 
 def encode(tokenizer, text: str) -> torch.Tensor:
     """Raw encoding (special tokens of the post-processor, e.g. BOS), shape [1, T]."""
-    return torch.tensor([tokenizer(text)["input_ids"]], dtype=torch.long)
+    return torch.tensor([tokenizer(text)["input_ids"]], dtype=torch.long, device=DEVICE)
 
 
 def geometry(model) -> tuple[int, int, int]:
@@ -110,7 +138,13 @@ def emit(record: dict) -> None:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "torch_num_threads": torch.get_num_threads(),
+        "device": DEVICE,
+        "dtype": str(DTYPE).replace("torch.", ""),
+        "attn": ATTN,
     }
+    if DEVICE.startswith("cuda"):
+        base["gpu"] = torch.cuda.get_device_name()
+        base["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
     try:
         import transformers
 

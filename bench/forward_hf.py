@@ -37,7 +37,7 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=64)
     p.add_argument("--iters", type=int, default=10)
     a = p.parse_args()
-    C.setup(a.threads)
+    C.setup(a.threads, a)
     with torch.no_grad():
         model, tokenizer = C.load_model(a.model)
         ids = build_batch(tokenizer, C.load_queries(a.data, a.n), a.batch, a.seq)

@@ -25,7 +25,7 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--batch", type=int, default=1)
     a = p.parse_args()
-    C.setup(a.threads)
+    C.setup(a.threads, a)
     prompts = C.load_queries(a.data, a.n, number_cycled=True)
     with torch.no_grad():
         model, tokenizer = C.load_model(a.model)
@@ -33,7 +33,7 @@ def main() -> None:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         batches = [prompts[i : i + a.batch] for i in range(0, len(prompts), a.batch)]
-        encoded = [tokenizer(b, return_tensors="pt", padding=True) for b in batches]
+        encoded = [tokenizer(b, return_tensors="pt", padding=True).to(C.DEVICE) for b in batches]
 
         def gen(enc, new_tokens: int) -> torch.Tensor:
             return model.generate(

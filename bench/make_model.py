@@ -34,6 +34,8 @@ import torch
 PRESETS = {
     "default": dict(layers=12, heads=12, kv_heads=None, hidden=768, intermediate=2048, vocab=32000),
     "tiny": dict(layers=2, heads=4, kv_heads=None, hidden=64, intermediate=128, vocab=512),
+    # Llama-2-7B's shape: 32 layers x 32 heads, hidden 4096, MLP 11008, vocabulary 32000.
+    "llama7b": dict(layers=32, heads=32, kv_heads=None, hidden=4096, intermediate=11008, vocab=32000),
 }
 
 CHAT_TEMPLATE = (
@@ -127,6 +129,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder (created; existing files overwritten)")
     p.add_argument("--tiny", action="store_true", help="preset: 2 layers, 4 heads, hidden 64, intermediate 128, vocab 512")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a named shape (llama7b: Llama-2-7B's)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype of the weights written (default float32)")
+    p.add_argument("--device", default="cpu", help="where the weights are initialised (cuda: fast for large shapes)")
     p.add_argument("--layers", type=int)
     p.add_argument("--heads", type=int)
     p.add_argument("--kv-heads", type=int, help="key/value heads (default: --heads, i.e. no GQA)")
@@ -139,7 +145,7 @@ def main() -> None:
     p.add_argument("--init-std", type=float, default=0.05, help="initializer_range (transformers' default: 0.02)")
     a = p.parse_args()
 
-    preset = dict(PRESETS["tiny" if a.tiny else "default"])
+    preset = dict(PRESETS[a.preset or ("tiny" if a.tiny else "default")])
     for k in ("layers", "heads", "kv_heads", "hidden", "intermediate", "vocab"):
         v = getattr(a, k)
         if v is not None:
@@ -169,7 +175,17 @@ def main() -> None:
         initializer_range=a.init_std,
     )
     torch.manual_seed(a.seed)
-    model = LlamaForCausalLM(config).to(torch.float32).eval()
+    dtype = getattr(torch, a.dtype)
+    config.torch_dtype = dtype
+    # Initialised in the target dtype on the target device: a 7B shape in float32 on the
+    # CPU would take minutes and 27 GB.
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(a.device):
+            model = LlamaForCausalLM(config).eval()
+    finally:
+        torch.set_default_dtype(previous)
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -196,6 +212,7 @@ def main() -> None:
         "params": n_params,
         "seed": a.seed,
         "init_std": a.init_std,
+        "dtype": a.dtype,
         "files": sorted(os.listdir(out)),
     }
     print(json.dumps(info))

@@ -38,7 +38,7 @@ def main() -> None:
     p.add_argument("--epsilon", type=float, default=1e-5)
     p.add_argument("--out", help="write all scores [layer][head] to this JSON file")
     a = p.parse_args()
-    C.setup(a.threads)
+    C.setup(a.threads, a)
     queries = C.load_queries(a.data, a.n or None, number_cycled=True)
     with torch.no_grad():
         model, tokenizer = C.load_model(a.model)

@@ -47,14 +47,18 @@ def main() -> None:
     p.add_argument("--logits-to-keep", type=int, default=0,
                    help="0 (default): logits at every position, as the paper's code; 1: last position only")
     p.add_argument("--out", help="write all scores [query][layer][head] to this JSON file")
+    p.add_argument("--layers", type=int, default=None,
+                   help="score the heads of the first N layers only (a subset on a large model); "
+                        "the record then gives the time extrapolated to every layer, and says so")
     a = p.parse_args()
     global LOGITS_TO_KEEP
     LOGITS_TO_KEEP = a.logits_to_keep
-    C.setup(a.threads)
+    C.setup(a.threads, a)
     queries = C.load_queries(a.data, a.n)
     with torch.no_grad():
         model, tokenizer = C.load_model(a.model)
         n_layers, n_heads, head_dim = C.geometry(model)
+        scored_layers = min(a.layers or n_layers, n_layers)
         encoded = [C.encode(tokenizer, q) for q in queries]
 
         last_logprobs(model, encoded[0])  # warm-up
@@ -66,7 +70,7 @@ def main() -> None:
             lp = last_logprobs(model, ids)
             forwards += 1
             per_layer = []
-            for layer in range(n_layers):
+            for layer in range(scored_layers):
                 row = []
                 for head in range(n_heads):
                     handle = C.q_scale_hook(model, layer, head, head_dim, a.epsilon)
@@ -102,6 +106,11 @@ def main() -> None:
             "queries": len(queries),
             "prompt_tokens": [int(ids.shape[1]) for ids in encoded],
             "layers": n_layers,
+            "scored_layers": scored_layers,
+            # Every head's forward costs the same (the whole model at batch 1), so the time of
+            # all L*H heads is this subset's scaled by L / scored_layers.
+            "extrapolated": scored_layers < n_layers,
+            "seconds_per_query_all_heads": seconds / len(queries) * n_layers / scored_layers,
             "heads": n_heads,
             "forwards": forwards,
             "epsilon": a.epsilon,

@@ -4,21 +4,31 @@
 # committed fixtures. It runs in stages; each appends one JSON object to OUT/results.jsonl and
 # keeps its log, so a stage that fails or runs out of time still returns what came before.
 #
-#   bench/gpu/run.sh [--device cuda|cuda:N|cpu] [--artifact target/cuda/sahara-cuda.xz | --binary PATH] OUT
+#   bench/gpu/run.sh [--device cuda|cuda:N|cpu] [--artifact target/cuda/sahara-cuda.xz | --binary PATH]
+#                    [--quick] [--no-perf] OUT
 #
 # Stages:
 #   1. smoke (under 90 s): unpack the binary, ldd, `sahara selftest` on one fixture in f32;
 #   2. selftest: every fixture in f32 and bf16 (max |Δlogit| ≤ 1e-4 in f32 against
-#      transformers, identical greedy tokens, bf16 within 10%, fast = naive engines).
-# Try it on the CPU with `--device cpu` (and `--binary target/release/sahara`).
+#      transformers, identical greedy tokens, bf16 within 10%, fast = naive engines);
+#   3. performance (bench/gpu/perf.py): a random Llama-2-7B-shaped model in bf16, Ships,
+#      a Sahara step, generation at batch 64, each against transformers on the same GPU;
+#      OUT/summary.json has the figures (bench/gpu/h200.json is one from an H200).
+# Try it on the CPU with `--device cpu --quick` (and `--binary target/release/sahara`):
+# --quick runs the performance stages on a tiny model, to check the harness.
+# The whole check is meant to finish in 5 minutes on an H200.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 
 device=cuda
 artifact=target/cuda/sahara-cuda.xz
 binary=""
+quick=""
+perf=1
 while [ $# -gt 1 ]; do
     case "$1" in
+        --quick) quick=--quick; shift ;;
+        --no-perf) perf=0; shift ;;
         --device) device=$2; shift 2 ;;
         --artifact) artifact=$2; shift 2 ;;
         --binary) binary=$2; shift 2 ;;
@@ -116,6 +126,8 @@ if [ -z "$binary" ]; then
     chmod +x "$binary"
 fi
 if stage smoke 90 bash -c "$smoke_script" smoke "$binary" "$device"; then
-    stage selftest 300 "$binary" selftest --device "$device" --dtype f32,bf16 --json
+    if stage selftest 120 "$binary" selftest --device "$device" --dtype f32,bf16 --json && [ "$perf" = 1 ]; then
+        timeout 600 "${PYTHON:-python3}" bench/gpu/perf.py --binary "$binary" --device "$device" --out "$out" $quick
+    fi
 fi
 echo "results: $results"

@@ -48,11 +48,11 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let template = a.template.parse(&a.model)?;
     let ablation = a.op.parse()?;
-    let engine = a.engine.parse()?;
     if let Some(p) = &a.plot {
         sahara::io::plot::check_extension(p)?;
     }
     let model = a.model.load()?;
+    let engine = a.engine.parse(&model.decoder.device)?;
     let cfg = model.cfg().clone();
     let queries = a.data.encode(&model, &template)?;
     let opts = SaharaOptions {

@@ -59,7 +59,8 @@ pub fn forward(a: ForwardArgs) -> Result<()> {
 pub struct GenerateArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Query file, one query a line; the first --n are used.
+    /// Query file, one query a line; the first --n are used, cycled and numbered
+    /// ("2. …") when the file has fewer.
     #[arg(long)]
     pub data: String,
     #[arg(long, default_value_t = 20)]
@@ -78,17 +79,7 @@ pub fn generate_cmd(a: GenerateArgs) -> Result<()> {
         ));
     }
     let model = a.model.load()?;
-    let data = sahara::io::data::load_queries(std::path::Path::new(&a.data), None, Some(a.n))?;
-    let prompts: Vec<Vec<u32>> = data
-        .queries
-        .iter()
-        .map(|q| {
-            model
-                .prompts
-                .encode_query(&Template::Raw, &q.text)
-                .map(|(_, t)| t)
-        })
-        .collect::<Result<_>>()?;
+    let prompts = bench_prompts(&model, &a.data, a.n)?;
     let opts = GenerateOptions {
         max_new_tokens: a.new_tokens,
         eos: vec![],
@@ -115,6 +106,179 @@ pub fn generate_cmd(a: GenerateArgs) -> Result<()> {
         "{}",
         json!({"name": "generate_sahara", "seconds": s, "generated_tokens": tokens,
                "tokens_per_second": tokens as f64 / s, "batch": a.batch})
+    );
+    Ok(())
+}
+
+#[derive(ClapArgs, Debug)]
+pub struct MethodArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Query file, one query a line; the first --n are used, cycled and numbered
+    /// ("2. …") when the file has fewer.
+    #[arg(long)]
+    pub data: String,
+    #[arg(long, default_value_t = 5)]
+    pub n: usize,
+    /// Layers whose heads are scored (default: all).
+    #[arg(long)]
+    pub layers: Option<String>,
+    /// bench-ships: quantize the projections to this GGUF format (q8_0, q4_k, …) with
+    /// candle's quantizer after loading, and compare with the dense model on the first query.
+    #[arg(long)]
+    pub quantize: Option<String>,
+    #[command(flatten)]
+    pub engine: crate::common::EngineArgs,
+}
+
+/// The first `n` queries of `data` raw-encoded, cycled and numbered when there are fewer.
+fn bench_prompts(model: &sahara::LoadedModel, data: &str, n: usize) -> Result<Vec<Vec<u32>>> {
+    let d = sahara::io::data::load_queries(std::path::Path::new(data), None, None)?;
+    let have = d.queries.len();
+    if have == 0 || n == 0 {
+        return Err(Error::InvalidArgument(
+            "--n and the data must be non-empty".into(),
+        ));
+    }
+    (0..n)
+        .map(|i| {
+            let q = &d.queries[i % have].text;
+            let text = if n > have {
+                format!("{}. {q}", i + 1)
+            } else {
+                q.clone()
+            };
+            model
+                .prompts
+                .encode_query(&Template::Raw, &text)
+                .map(|(_, t)| t)
+        })
+        .collect()
+}
+
+/// Times Ships of every head (or of --layers) for `n` queries after the model is loaded,
+/// with one warm-up query: one JSON line.
+pub fn ships_cmd(a: MethodArgs) -> Result<()> {
+    let start = Instant::now();
+    let model = a.model.load()?;
+    let load = start.elapsed().as_secs_f64();
+    let cfg = model.cfg().clone();
+    let mut opts = sahara::methods::ships::ShipsOptions::new(&cfg);
+    opts.engine = a.engine.parse(&model.decoder.device)?;
+    if let Some(l) = &a.layers {
+        opts.layers =
+            sahara::methods::ships::parse_range(sahara::error::Setting::Layers, l, cfg.num_layers)?;
+    }
+    let prompts = bench_prompts(&model, &a.data, a.n)?;
+    let top10 = |grid: &sahara::methods::ships::HeadGrid| -> Vec<[usize; 2]> {
+        sahara::methods::ships::top_heads(grid, 10)
+            .iter()
+            .map(|h| [h.layer, h.head])
+            .collect()
+    };
+    let first_logits = |d: &sahara::Decoder| -> Result<Vec<f32>> {
+        let b = sahara::Batch::new(&prompts[..1], 0, &d.device)?;
+        let l = d
+            .forward(&b, &ForwardSpec::logits(Positions::Last), None)?
+            .logits
+            .expect("logits");
+        Ok(l.flatten_all()?.to_vec1()?)
+    };
+    let mut model = model;
+    let mut comparison = serde_json::Value::Null;
+    if let Some(f) = &a.quantize {
+        let format = sahara::model::quantized::parse_format(f)?;
+        let dense_top = top10(&sahara::methods::ships::ships_scores(
+            &model.decoder,
+            &prompts[0],
+            &opts,
+            &mut |_| {},
+        )?);
+        let dense_logits = first_logits(&model.decoder)?;
+        let start = Instant::now();
+        sahara::model::quantized::quantize_projections(&mut model.decoder, format)?;
+        let quantize_seconds = start.elapsed().as_secs_f64();
+        let q_logits = first_logits(&model.decoder)?;
+        let q_top = top10(&sahara::methods::ships::ships_scores(
+            &model.decoder,
+            &prompts[0],
+            &opts,
+            &mut |_| {},
+        )?);
+        let dmax = dense_logits
+            .iter()
+            .zip(&q_logits)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        comparison = json!({"format": f, "quantize_seconds": quantize_seconds,
+            "max_abs_dlogit_first_query": dmax, "top10_dense": dense_top, "top10_quantized": q_top,
+            "top10_overlap": q_top.iter().filter(|h| dense_top.contains(h)).count(),
+            "same_top_head": dense_top.first() == q_top.first()});
+    } else {
+        sahara::methods::ships::ships_scores(&model.decoder, &prompts[0], &opts, &mut |_| {})?;
+    }
+    let before = sahara::device::transfers::counts();
+    let start = Instant::now();
+    let mut best = Vec::new();
+    for p in &prompts {
+        let grid = sahara::methods::ships::ships_scores(&model.decoder, p, &opts, &mut |_| {})?;
+        best.push(sahara::methods::ships::top_heads(&grid, 1));
+    }
+    let s = start.elapsed().as_secs_f64();
+    let reads = (sahara::device::transfers::counts() - before).to_host;
+    println!(
+        "{}",
+        json!({"name": "ships_sahara", "load_seconds": load, "seconds": s,
+               "seconds_per_query": s / prompts.len() as f64, "queries": prompts.len(),
+               "prompt_tokens": prompts.iter().map(Vec::len).collect::<Vec<_>>(),
+               "heads": opts.variants_per_query(&cfg), "host_reads": reads,
+               "memory_budget_gb": opts.engine.memory_budget as f64 / (1u64 << 30) as f64,
+               "best_head_first_query": best.first().and_then(|b| b.first()).map(|h| [h.layer, h.head]),
+               "quantized": comparison,
+               "device": sahara::device::name(&model.decoder.device),
+               "dtype": sahara::device::dtype_name(model.decoder.dtype)})
+    );
+    Ok(())
+}
+
+/// Times one Sahara step (every head as a candidate, against the unmodified model's
+/// subspace) over `n` queries after the model is loaded: one JSON line.
+pub fn sahara_step_cmd(a: MethodArgs) -> Result<()> {
+    use sahara::methods::sahara::{
+        final_hidden, stack_rows, step_scores, LeftSubspace, SaharaOptions,
+    };
+    let start = Instant::now();
+    let model = a.model.load()?;
+    let load = start.elapsed().as_secs_f64();
+    let cfg = model.cfg().clone();
+    let opts = SaharaOptions {
+        ablation: sahara::model::ablation::Ablation::paper_default(),
+        rank: 1,
+        steps: 1,
+        engine: a.engine.parse(&model.decoder.device)?,
+    };
+    let prompts = bench_prompts(&model, &a.data, a.n)?;
+    opts.validate(&cfg, prompts.len())?;
+    let start = Instant::now();
+    let reference = LeftSubspace::of(&stack_rows(&final_hidden(&model.decoder, &prompts, &[])?))?;
+    let grid = step_scores(
+        &model.decoder,
+        &prompts,
+        &[],
+        &reference,
+        &opts,
+        &mut |_| {},
+    )?;
+    let s = start.elapsed().as_secs_f64();
+    let best = sahara::methods::sahara::best_head(&grid);
+    println!(
+        "{}",
+        json!({"name": "sahara_step_sahara", "load_seconds": load, "seconds": s,
+               "queries": prompts.len(),
+               "candidates": sahara::methods::sahara::candidates(&cfg, &[], opts.ablation).len(),
+               "best_head": best.map(|(l, h, _)| [l, h]),
+               "device": sahara::device::name(&model.decoder.device),
+               "dtype": sahara::device::dtype_name(model.decoder.dtype)})
     );
     Ok(())
 }

@@ -101,6 +101,11 @@ pub struct ModelArgs {
     /// Device: cpu, cuda or cuda:N (cuda needs a build with the `cuda` feature).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Keep a GGUF file's quantized weights (Q4_K, Q8_0, …) quantized on the device and
+    /// compute with them, instead of dequantizing them at load: a fraction of the memory,
+    /// numbers close to the dequantized model's (run records say so).
+    #[arg(long)]
+    pub keep_quantized: bool,
 }
 
 impl ModelArgs {
@@ -114,7 +119,14 @@ impl ModelArgs {
                 sahara::device::default_dtype(&cfg, &device)
             }
         };
-        LoadedModel::load(&self.model, dtype, &device)
+        LoadedModel::load_with(
+            &self.model,
+            dtype,
+            &device,
+            sahara::LoadOptions {
+                keep_quantized: self.keep_quantized,
+            },
+        )
     }
 }
 
@@ -288,16 +300,22 @@ pub struct EngineArgs {
     /// fast (shared prefix, batched variants, last position only) or naive (one full forward per head).
     #[arg(long, default_value = "fast")]
     pub engine: String,
-    /// Ablation variants per batch (default: sized to --memory-gb).
+    /// Ablation variants per batch (default: planned from the memory budget).
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Memory for one batch of activations, in GiB, when --batch-size is not given.
-    #[arg(long, default_value_t = 1.0)]
-    pub memory_gb: f64,
+    /// Upper bound, in GiB, on the memory of one batch of activations when --batch-size is
+    /// not given (default: 1 on the CPU; on a GPU 80% of its free memory, which also bounds
+    /// this).
+    #[arg(long)]
+    pub memory_gb: Option<f64>,
 }
 
 impl EngineArgs {
-    pub fn parse(&self) -> Result<sahara::methods::engine::EngineOptions> {
+    /// The options, with the memory budget planned for `device` (after the model is on it).
+    pub fn parse(
+        &self,
+        device: &candle_core::Device,
+    ) -> Result<sahara::methods::engine::EngineOptions> {
         if self.batch_size == Some(0) {
             return Err(Error::out_of_range(
                 Setting::BatchSize,
@@ -305,18 +323,37 @@ impl EngineArgs {
                 "must be at least 1",
             ));
         }
-        if !(self.memory_gb.is_finite() && self.memory_gb > 0.0) {
-            return Err(Error::out_of_range(
-                Setting::MemoryBudget,
-                self.memory_gb,
-                "must be positive",
-            ));
-        }
+        let limit = match self.memory_gb {
+            None => None,
+            Some(g) if g.is_finite() && g > 0.0 => Some((g * (1u64 << 30) as f64) as usize),
+            Some(g) => {
+                return Err(Error::out_of_range(
+                    Setting::MemoryBudget,
+                    g,
+                    "must be positive",
+                ))
+            }
+        };
         Ok(sahara::methods::engine::EngineOptions {
             kind: self.engine.parse()?,
             batch_size: self.batch_size,
-            memory_budget: (self.memory_gb * (1u64 << 30) as f64) as usize,
+            memory_budget: sahara::device::memory_budget(device, limit)?,
+            simulate_oom_above: fault_oom_above()?,
         })
+    }
+}
+
+/// The simulated out-of-memory fault point, from its environment variable
+/// (`sahara::methods::engine::FAULT_OOM_ABOVE`).
+pub fn fault_oom_above() -> Result<Option<usize>> {
+    let name = sahara::methods::engine::FAULT_OOM_ABOVE;
+    match std::env::var(name) {
+        Err(_) => Ok(None),
+        Ok(v) => {
+            v.trim().parse().map(Some).map_err(|_| {
+                Error::InvalidArgument(format!("{name}={v:?} is not a number of rows"))
+            })
+        }
     }
 }
 

@@ -59,9 +59,10 @@ pub struct Args {
     /// context (a note says so).
     #[arg(long)]
     pub max_new_tokens: Option<usize>,
-    /// Prompts generated together in one batch.
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
+    /// Prompts generated together in one batch (default: 16 on the CPU; on a GPU planned
+    /// from its free memory, at most 256).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
     /// Harmless prompts (same formats as --data): measure over-refusal, unchanged responses
@@ -142,6 +143,11 @@ fn line_of(g: &Generation, cond: &Condition, q: &EncodedQuery) -> EvalLine {
     }
 }
 
+/// Rows of a generation batch on the CPU when --batch-size is not given.
+const CPU_BATCH_SIZE: usize = 16;
+/// The most rows the planner puts in a generation batch on a GPU.
+const GPU_MAX_BATCH_SIZE: usize = 256;
+
 pub fn run(a: Args) -> Result<()> {
     let template = a.template.parse(&a.model)?;
     let ablation = a.op.parse()?;
@@ -152,7 +158,7 @@ pub fn run(a: Args) -> Result<()> {
             "must be at least 1",
         ));
     }
-    if a.batch_size == 0 {
+    if a.batch_size == Some(0) {
         return Err(Error::out_of_range(
             sahara::error::Setting::BatchSize,
             0,
@@ -237,11 +243,30 @@ pub fn run(a: Args) -> Result<()> {
     for (set, qs) in &sets {
         sahara::methods::eval::check_lengths(&cfg, *set, qs, max_new_tokens)?;
     }
+    let batch_size = match a.batch_size {
+        Some(n) => n,
+        None if model.decoder.device.is_cpu() => CPU_BATCH_SIZE,
+        None => {
+            let longest = sets
+                .iter()
+                .flat_map(|(_, qs)| qs.iter().map(|q| q.tokens.len()))
+                .max()
+                .unwrap_or(1);
+            let budget = sahara::device::memory_budget(&model.decoder.device, None)?;
+            sahara::methods::generate::planned_rows(
+                &model.decoder,
+                longest,
+                max_new_tokens,
+                budget,
+                GPU_MAX_BATCH_SIZE,
+            )
+        }
+    };
     let sampling_record = match &sampling {
         Sampling::Greedy => json!({"kind": "greedy"}),
         // Sampled responses depend on the batches, hence on the batch size.
         Sampling::Sample { temperature, top_k } => json!({"kind": "sample",
-            "temperature": temperature, "top_k": top_k, "seed": a.sampling.seed, "batch_size": a.batch_size}),
+            "temperature": temperature, "top_k": top_k, "seed": a.sampling.seed, "batch_size": batch_size}),
     };
     // The conditions are not part of the record: a rerun may add conditions to a run.
     let mut record = RunRecord::new("eval", &model, &a.data.data, &harmful)?;
@@ -303,8 +328,9 @@ pub fn run(a: Args) -> Result<()> {
             sampling,
             seed: a.sampling.seed,
             eos: model.eos.clone(),
+            simulate_oom_above: crate::common::fault_oom_above()?,
         },
-        batch_size: a.batch_size,
+        batch_size,
     };
     let pb = progress_bar((total - done.len()) as u64, a.quiet, "eval");
     let is_done = |s: Set, c: usize, q: usize| done.contains(&(s, c, q));

@@ -49,6 +49,7 @@ pub fn run(a: Args) -> Result<()> {
         sampling,
         seed: a.sampling.seed,
         eos: model.eos.clone(),
+        simulate_oom_above: crate::common::fault_oom_above()?,
     };
     let out = generate(
         &model.decoder,

@@ -51,6 +51,12 @@ enum Command {
     /// Time batched generation (benchmark harness).
     #[command(hide = true)]
     BenchGenerate(bench::GenerateArgs),
+    /// Time Ships after the model is loaded (benchmark harness).
+    #[command(hide = true)]
+    BenchShips(bench::MethodArgs),
+    /// Time one Sahara step after the model is loaded (benchmark harness).
+    #[command(hide = true)]
+    BenchSaharaStep(bench::MethodArgs),
 }
 
 /// Keeps freed tensor buffers in the heap for reuse: by default glibc returns every large
@@ -105,6 +111,8 @@ fn main() -> ExitCode {
         Command::Selftest(a) => selftest::run(a),
         Command::BenchForward(a) => bench::forward(a),
         Command::BenchGenerate(a) => bench::generate_cmd(a),
+        Command::BenchShips(a) => bench::ships_cmd(a),
+        Command::BenchSaharaStep(a) => bench::sahara_step_cmd(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

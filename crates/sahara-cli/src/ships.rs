@@ -57,7 +57,6 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let template = a.template.parse(&a.model)?;
     let ablation = a.op.parse()?;
-    let engine = a.engine.parse()?;
     if a.top == 0 {
         return Err(Error::out_of_range(Setting::Top, 0, "must be at least 1"));
     }
@@ -65,6 +64,7 @@ pub fn run(a: Args) -> Result<()> {
         sahara::io::plot::check_extension(p)?;
     }
     let model = a.model.load()?;
+    let engine = a.engine.parse(&model.decoder.device)?;
     let cfg = model.cfg().clone();
     let mut opts = ShipsOptions::new(&cfg);
     opts.ablation = ablation;

@@ -711,3 +711,66 @@ fn ships_kl_paper_is_recorded_and_a_resume_with_the_other_kl_is_refused() {
         &["--kl", "\"nope\""],
     );
 }
+
+#[test]
+fn ships_splits_batches_the_device_has_no_memory_for_and_scores_the_same() {
+    let fx = Fixture::new();
+    let data = text_file(&fx, "q.txt", &queries(2, 7));
+    let run = |oom: Option<&str>| -> Vec<Value> {
+        let mut c = fx.ships(&["--batch-size", "12"]);
+        c.arg("--data").arg(&data);
+        if let Some(n) = oom {
+            c.env("SAHARA_FAULT_OOM_ABOVE", n);
+        }
+        ok(c).lines().map(parse_json).collect()
+    };
+    let whole = run(None);
+    let split = run(Some("2"));
+    for (a, b) in whole.iter().zip(&split) {
+        assert_grids_close(&grid(a), &grid(b), 1e-6, "split batches");
+    }
+    // Not even one row fits: one line, no panic.
+    let mut c = fx.ships(&[]);
+    c.arg("--data")
+        .arg(&data)
+        .env("SAHARA_FAULT_OOM_ABOVE", "0");
+    fails(c, &["out of memory with 1 row(s)"]);
+}
+
+#[test]
+fn ships_keeps_gguf_weights_quantized_when_asked_and_records_it() {
+    let fx = Fixture::new();
+    let data = text_file(&fx, "q.txt", &queries(1, 5));
+    let gguf = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/gguf_tiny/model.gguf");
+    let out = fx.dir.path().join("q.jsonl");
+    let mut c = sahara();
+    c.args([
+        "ships",
+        "--quiet",
+        "--template",
+        "raw",
+        "--keep-quantized",
+        "--model",
+    ])
+    .arg(&gguf)
+    .arg("--data")
+    .arg(&data)
+    .arg("--out")
+    .arg(&out);
+    ok(c);
+    let record: Value = serde_json::from_str(
+        &std::fs::read_to_string(fx.dir.path().join("q.jsonl.run.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["settings"]["weights"], "quantized");
+    let lines = jsonl(&out);
+    assert_eq!(lines.len(), 1);
+    assert!(grid(&lines[0])
+        .iter()
+        .flatten()
+        .all(|s| s.is_some_and(f64::is_finite)));
+    // A model folder has no quantized weights to keep: one line.
+    let mut c = fx.ships(&["--keep-quantized"]);
+    c.arg("--data").arg(&data);
+    fails(c, &["only from a GGUF file"]);
+}

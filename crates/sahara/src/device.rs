@@ -71,9 +71,15 @@ pub fn weight_bytes(cfg: &ModelConfig, dtype: DType) -> usize {
 /// quarter to spare for activations; and one small kernel must run (a driver older than this
 /// build's CUDA version cannot load its kernels). Nothing on the CPU.
 pub fn prepare(device: &Device, cfg: &ModelConfig, dtype: DType) -> Result<()> {
+    prepare_for(device, cfg, dtype, weight_bytes(cfg, dtype))
+}
+
+/// [`prepare`] for weights that take `need` bytes on the device (quantized ones take fewer
+/// than [`weight_bytes`]).
+pub fn prepare_for(device: &Device, cfg: &ModelConfig, dtype: DType, need: usize) -> Result<()> {
     // Read by the GPU checks only, which a build without CUDA has not.
     #[cfg(not(feature = "cuda"))]
-    let _ = (cfg, dtype);
+    let _ = (cfg, dtype, need);
     if !device.is_cuda() {
         return Ok(());
     }
@@ -125,14 +131,13 @@ pub fn prepare(device: &Device, cfg: &ModelConfig, dtype: DType) -> Result<()> {
         let (free, total) = ctx
             .mem_get_info()
             .map_err(|e| device_error(device, format!("cannot read its free memory: {e}")))?;
-        let need = weight_bytes(cfg, dtype);
         // A quarter more for activations, the key/value cache and the library's workspace.
         if need + need / 4 > free {
             let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
             return Err(device_error(
                 device,
                 format!(
-                    "the model needs {:.1} GiB for its weights in {dtype:?} ({} parameters) and about a quarter more to run, but {gpu} has {:.1} GiB free of {:.1} GiB",
+                    "the model needs {:.1} GiB for its weights ({} parameters, computing in {dtype:?}) and about a quarter more to run, but {gpu} has {:.1} GiB free of {:.1} GiB",
                     gib(need),
                     cfg.num_parameters(),
                     gib(free),
@@ -142,6 +147,123 @@ pub fn prepare(device: &Device, cfg: &ModelConfig, dtype: DType) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Activation memory a batch may use when nothing else is asked for on the CPU: 1 GiB.
+pub const CPU_DEFAULT_BUDGET: usize = 1 << 30;
+
+/// The share of a GPU's free memory (read after the weights are on it) that batches may
+/// use; the rest is the margin for the allocator's fragmentation, cuBLAS's workspace and the
+/// estimate's error. A batch that does not fit anyway is split ([`crate::methods::engine`]).
+pub const GPU_BUDGET_SHARE: f64 = 0.8;
+
+/// The memory planner: bytes of activations one batch may use on `device`. `limit` (the
+/// user's bound, when given) is an upper bound; on a GPU the budget is also at most
+/// [`GPU_BUDGET_SHARE`] of the memory free now, queried once; on the CPU it is `limit`, or
+/// [`CPU_DEFAULT_BUDGET`].
+pub fn memory_budget(device: &Device, limit: Option<usize>) -> Result<usize> {
+    let free = free_memory(device)?;
+    Ok(plan_budget(free, limit))
+}
+
+/// [`memory_budget`] from the device's free bytes (`None` on the CPU).
+pub fn plan_budget(free: Option<usize>, limit: Option<usize>) -> usize {
+    match free {
+        None => limit.unwrap_or(CPU_DEFAULT_BUDGET),
+        Some(free) => {
+            let share = (free as f64 * GPU_BUDGET_SHARE) as usize;
+            limit.map_or(share, |l| l.min(share)).max(1)
+        }
+    }
+}
+
+/// Bytes free on a GPU now; `None` on the CPU.
+pub fn free_memory(device: &Device) -> Result<Option<usize>> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(d) = device {
+        let (free, _) = d
+            .cuda_stream()
+            .context()
+            .mem_get_info()
+            .map_err(|e| device_error(device, format!("cannot read its free memory: {e}")))?;
+        return Ok(Some(free));
+    }
+    let _ = device;
+    Ok(None)
+}
+
+/// Transfers between the host and the device on the hot paths (the variant engine, generation,
+/// the decoder's per-call tables): the one place they are made, and counted, so that tests on
+/// the CPU can check that a sweep reads back one result per batch and a decoding step one
+/// small one, never something per layer or per head. Counts are per thread (a sweep runs on
+/// the thread that called it) and count calls, not bytes. Loading weights and the rare
+/// diagnosis of a non-finite output are not counted.
+pub mod transfers {
+    use std::cell::Cell;
+
+    use candle_core::{Device, Shape, Tensor, WithDType};
+
+    use crate::error::Result;
+
+    /// Transfers made on this thread so far.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+    pub struct Counts {
+        /// Device-to-host reads: each one waits for the device to finish what came before.
+        pub to_host: u64,
+        /// Host-to-device copies (tokens, position tables, masks, ablation plans).
+        pub to_device: u64,
+    }
+
+    impl std::ops::Sub for Counts {
+        type Output = Counts;
+        fn sub(self, o: Counts) -> Counts {
+            Counts {
+                to_host: self.to_host - o.to_host,
+                to_device: self.to_device - o.to_device,
+            }
+        }
+    }
+
+    thread_local! {
+        static COUNTS: Cell<Counts> = const { Cell::new(Counts { to_host: 0, to_device: 0 }) };
+    }
+
+    /// This thread's counts.
+    pub fn counts() -> Counts {
+        COUNTS.with(Cell::get)
+    }
+
+    fn add(to_host: u64, to_device: u64) {
+        COUNTS.with(|c| {
+            let v = c.get();
+            c.set(Counts {
+                to_host: v.to_host + to_host,
+                to_device: v.to_device + to_device,
+            })
+        });
+    }
+
+    /// A tensor of `shape` on `device` from host values.
+    pub fn upload<T: WithDType, S: Into<Shape>>(
+        data: Vec<T>,
+        shape: S,
+        device: &Device,
+    ) -> Result<Tensor> {
+        add(0, 1);
+        Ok(Tensor::from_vec(data, shape, device)?)
+    }
+
+    /// A 1-D tensor's values on the host.
+    pub fn read_vec1<T: WithDType>(t: &Tensor) -> Result<Vec<T>> {
+        add(1, 0);
+        Ok(t.to_vec1()?)
+    }
+
+    /// A 2-D tensor's rows on the host.
+    pub fn read_vec2<T: WithDType>(t: &Tensor) -> Result<Vec<Vec<T>>> {
+        add(1, 0);
+        Ok(t.to_vec2()?)
+    }
 }
 
 #[cfg(test)]
@@ -179,6 +301,22 @@ mod tests {
         let mut unknown = cfg("float32");
         unknown.stored_dtype = None;
         assert_eq!(default_dtype_on(&unknown, true), DType::F32);
+    }
+
+    #[test]
+    fn the_planner_bounds_batches_by_the_free_memory_and_the_users_limit() {
+        let gib = 1usize << 30;
+        // CPU: the user's limit, else 1 GiB.
+        assert_eq!(plan_budget(None, None), CPU_DEFAULT_BUDGET);
+        assert_eq!(plan_budget(None, Some(3 * gib)), 3 * gib);
+        // GPU: 80% of the free memory, and never more than the user's limit.
+        assert_eq!(plan_budget(Some(100 * gib), None), 80 * gib);
+        assert_eq!(plan_budget(Some(100 * gib), Some(4 * gib)), 4 * gib);
+        assert_eq!(plan_budget(Some(10 * gib), Some(40 * gib)), 8 * gib);
+        assert_eq!(
+            memory_budget(&Device::Cpu, None).unwrap(),
+            CPU_DEFAULT_BUDGET
+        );
     }
 
     #[test]

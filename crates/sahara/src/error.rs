@@ -152,6 +152,12 @@ pub enum Error {
     InvalidArgument(String),
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
+    #[error("{device}: out of memory with {rows} row(s) in a batch, the smallest batch there is: {message}")]
+    OutOfMemory {
+        device: String,
+        rows: usize,
+        message: String,
+    },
 }
 
 /// The settings the library checks, in its own words; a caller names them its own way.
@@ -214,6 +220,21 @@ impl std::fmt::Display for Setting {
 }
 
 impl Error {
+    /// Whether this is the device running out of memory (a CUDA allocation or cuBLAS
+    /// workspace failure, or the simulated one of [`crate::methods::engine::EngineOptions`]):
+    /// the one error a smaller batch can cure.
+    pub fn is_out_of_memory(&self) -> bool {
+        match self {
+            Error::Candle(e) => {
+                let m = e.to_string();
+                m.contains("OUT_OF_MEMORY")
+                    || m.contains("out of memory")
+                    || m.contains("CUBLAS_STATUS_ALLOC_FAILED")
+            }
+            _ => false,
+        }
+    }
+
     /// `value` of `setting` is out of range; `allowed` says what is.
     pub fn out_of_range(
         setting: Setting,

@@ -166,7 +166,7 @@ pub fn gguf(data: &[u8]) {
         for name in weights.hf_names() {
             let _ = weights.load_f32(&name);
         }
-        let _ = gguf::load_decoder(&file, DType::F32, &Device::Cpu);
+        let _ = gguf::load_decoder(&file, DType::F32, &Device::Cpu, false);
     });
 }
 

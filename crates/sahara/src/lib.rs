@@ -45,7 +45,7 @@ pub mod model;
 pub mod organism;
 pub mod selftest;
 
-pub use checkpoint::{Checkpoint, LoadedModel};
+pub use checkpoint::{Checkpoint, LoadOptions, LoadedModel};
 pub use error::{Error, Result};
 pub use io::prompt::{PromptEncoder, Template};
 pub use model::ablation::{AblationPlan, HeadAblation, Op, Target};

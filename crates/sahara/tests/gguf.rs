@@ -754,3 +754,174 @@ fn surgery_from_a_gguf_writes_a_verified_hugging_face_folder() {
             .unwrap_err();
     assert!(matches!(&e, sahara::Error::OutputNotEmpty { .. }), "{e}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Weights kept quantized (`LoadOptions::keep_quantized`): candle's quantized matrix product on
+// the blocks instead of dequantized floats.
+// ---------------------------------------------------------------------------------------------
+
+fn load_quantized(path: &std::path::Path, keep: bool) -> LoadedModel {
+    LoadedModel::load_with(
+        path.to_str().unwrap(),
+        DType::F32,
+        &Device::Cpu,
+        sahara::LoadOptions {
+            keep_quantized: keep,
+        },
+    )
+    .unwrap()
+}
+
+fn last_logits(m: &LoadedModel, tokens: &[u32]) -> Tensor {
+    let batch = Batch::new(&[tokens.to_vec()], 0, &Device::Cpu).unwrap();
+    m.decoder
+        .forward(&batch, &ForwardSpec::logits(Positions::Last), None)
+        .unwrap()
+        .logits
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+}
+
+/// Heads ranked by Ships, highest first (of the layers from `first_layer` on).
+fn ships_ranking(
+    m: &LoadedModel,
+    tokens: &[u32],
+    kind: sahara::methods::engine::Engine,
+    first_layer: usize,
+) -> Vec<(usize, usize)> {
+    let mut o = sahara::methods::ships::ShipsOptions::new(m.cfg());
+    o.engine.kind = kind;
+    o.layers = first_layer..m.cfg().num_layers;
+    let grid = sahara::methods::ships::ships_scores(&m.decoder, tokens, &o, &mut |_| {}).unwrap();
+    sahara::methods::ships::top_heads(&grid, usize::MAX)
+        .iter()
+        .map(|h| (h.layer, h.head))
+        .collect()
+}
+
+/// Spearman's rank correlation of two rankings of the same items.
+fn spearman(a: &[(usize, usize)], b: &[(usize, usize)]) -> f64 {
+    let n = a.len() as f64;
+    let pos: HashMap<(usize, usize), usize> = b.iter().enumerate().map(|(i, h)| (*h, i)).collect();
+    let d2: f64 = a
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (i as f64 - pos[h] as f64).powi(2))
+        .sum();
+    1.0 - 6.0 * d2 / (n * (n * n - 1.0))
+}
+
+#[test]
+fn kept_quantized_weights_compute_close_to_the_dequantized_ones_for_every_format() {
+    // K-quants need rows of 256 values.
+    let spec = tiny_spec(256, 256);
+    let tokens = [1u32, 40, 7, 99, 12, 5, 63, 2];
+    for dtype in [
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q5_0,
+        GgmlDType::Q8_0,
+        GgmlDType::Q4K,
+        GgmlDType::Q5K,
+        GgmlDType::Q6K,
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (path, _) = write_tiny_gguf(tmp.path(), &spec, dtype, |_| {});
+        let dense = load_quantized(&path, false);
+        let kept = load_quantized(&path, true);
+        assert!(!dense.decoder.has_quantized_weights());
+        assert!(kept.decoder.has_quantized_weights(), "{dtype:?}");
+        let (a, b) = (last_logits(&dense, &tokens), last_logits(&kept, &tokens));
+        let d = max_abs_diff(&a, &b);
+        let range = a
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        // The product quantizes the activations to 8 bits: close, not equal.
+        assert!(
+            d > 0.0 && d < 0.05 * range,
+            "{dtype:?}: max |Δlogit| {d} of {range}"
+        );
+        // Ablations act on activations: the fast and naive engines agree on these weights.
+        use sahara::methods::engine::Engine;
+        assert_eq!(
+            ships_ranking(&kept, &tokens, Engine::Fast, 0)[..3],
+            ships_ranking(&kept, &tokens, Engine::Naive, 0)[..3],
+            "{dtype:?}"
+        );
+        eprintln!("{dtype:?}: max |Δlogit| {d:.2e} of {range:.2}");
+    }
+}
+
+#[test]
+fn keeping_weights_quantized_needs_a_gguf_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_random_model(tmp.path(), &RandomModel::tiny("LlamaForCausalLM")).unwrap();
+    let e = LoadedModel::load_with(
+        tmp.path().to_str().unwrap(),
+        DType::F32,
+        &Device::Cpu,
+        sahara::LoadOptions {
+            keep_quantized: true,
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("only from a GGUF file"), "{e}");
+}
+
+#[test]
+fn smollm2_kept_quantized_is_close_to_dequantized_and_ranks_heads_alike() {
+    let Some(path) = smollm2_path() else { return };
+    let dense = load_quantized(&path, false);
+    let kept = load_quantized(&path, true);
+    assert!(kept.decoder.has_quantized_weights());
+    let prompt = |text: &str| {
+        kept.prompts
+            .encode_query(&Template::Chat { system: None }, text)
+            .unwrap()
+            .1
+    };
+    let prompts = [
+        prompt("How do I pick a lock?"),
+        prompt("Write a poem about the sea."),
+    ];
+    let mut worst = 0f32;
+    for p in &prompts {
+        worst = worst.max(max_abs_diff(
+            &last_logits(&dense, p),
+            &last_logits(&kept, p),
+        ));
+    }
+    use sahara::methods::engine::Engine;
+    // The second half of the layers (135 heads), to keep the test short on two cores; all
+    // 270 heads measured: Spearman 0.965, top-10 overlap 10/10, the same top head.
+    let a = ships_ranking(&dense, &prompts[0], Engine::Fast, 15);
+    let b = ships_ranking(&kept, &prompts[0], Engine::Fast, 15);
+    let rho = spearman(&a, &b);
+    let top10 = a[..10].iter().filter(|h| b[..10].contains(h)).count();
+    eprintln!(
+        "smollm2 Q4_1 kept quantized: max |Δlogit| {worst:.3} over {} prompts; Ships over {} heads: Spearman {rho:.3}, top-10 overlap {top10}/10, top head {:?} vs {:?}",
+        prompts.len(),
+        a.len(),
+        a[0],
+        b[0]
+    );
+    let range = last_logits(&dense, &prompts[0])
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    eprintln!("smollm2: largest |logit| {range:.1}");
+    // Measured: 1.00 (the product quantizes activations to 8 bits).
+    assert!(worst < 2.0, "max |Δlogit| {worst}");
+    assert!(rho > 0.9, "Spearman {rho}");
+    assert!(top10 >= 7, "top-10 overlap {top10}");
+}

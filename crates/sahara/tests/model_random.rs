@@ -306,8 +306,8 @@ fn tensors_that_track_gradients_take_ops_that_record_them_and_agree_with_the_fus
     let var = |t: &Tensor| candle_core::Var::from_tensor(t).unwrap();
     let embed = var(&dec.embed_tokens);
     dec.embed_tokens = embed.as_tensor().clone();
-    let q0 = var(&dec.layers[0].attn.qkv_proj.weight);
-    dec.layers[0].attn.qkv_proj.weight = q0.as_tensor().clone();
+    let q0 = var(dec.layers[0].attn.qkv_proj.weight.dense().unwrap());
+    dec.layers[0].attn.qkv_proj.weight = sahara::model::Weight::Dense(q0.as_tensor().clone());
     let batch = Batch::new(&p, 0, &Device::Cpu).unwrap();
     let plan = AblationPlan::new(m.cfg(), &rows, DType::F32, &Device::Cpu).unwrap();
     let spec = ForwardSpec::logits(Positions::All).with_ablations(&plan);

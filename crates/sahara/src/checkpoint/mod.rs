@@ -62,11 +62,30 @@ impl Checkpoint {
     /// Loads decoder, tokenizer and chat template; `source` is the name it was resolved from.
     /// The device is readied and checked for the model first ([`crate::device::prepare`]).
     pub fn load(&self, source: &str, dtype: DType, device: &Device) -> Result<LoadedModel> {
-        crate::device::prepare(device, &self.config()?, dtype)?;
+        self.load_with(source, dtype, device, LoadOptions::default())
+    }
+
+    /// [`Checkpoint::load`] with options.
+    pub fn load_with(
+        &self,
+        source: &str,
+        dtype: DType,
+        device: &Device,
+        opts: LoadOptions,
+    ) -> Result<LoadedModel> {
         let dir = match self {
-            Checkpoint::Gguf(path) => return gguf::load_model(path, source, dtype, device),
+            Checkpoint::Gguf(path) => {
+                return gguf::load_model(path, source, dtype, device, opts.keep_quantized)
+            }
             Checkpoint::Folder(dir) => dir,
         };
+        if opts.keep_quantized {
+            return Err(Error::InvalidArgument(format!(
+                "weights can be kept quantized only from a GGUF file; {} is a model folder",
+                dir.display()
+            )));
+        }
+        crate::device::prepare(device, &self.config()?, dtype)?;
         let decoder = crate::model::load_decoder(dir, dtype, device)?;
         let prompts = PromptEncoder::load(dir)?;
         let mut eos = generation_eos(dir)?;
@@ -102,6 +121,14 @@ impl Checkpoint {
     }
 }
 
+/// How a checkpoint is loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Keep a GGUF file's quantized projections in their block formats on the device (the
+    /// quantized matrix product computes with them) instead of dequantizing them at load.
+    pub keep_quantized: bool,
+}
+
 /// A model loaded for use: decoder, tokenizer and chat template, end-of-sequence ids.
 pub struct LoadedModel {
     pub checkpoint: Checkpoint,
@@ -135,6 +162,11 @@ impl LoadedModel {
     /// Resolves `name` (see [`Checkpoint::resolve`]) and loads it.
     pub fn load(name: &str, dtype: DType, device: &Device) -> Result<Self> {
         Checkpoint::resolve(name)?.load(name, dtype, device)
+    }
+
+    /// [`LoadedModel::load`] with options.
+    pub fn load_with(name: &str, dtype: DType, device: &Device, opts: LoadOptions) -> Result<Self> {
+        Checkpoint::resolve(name)?.load_with(name, dtype, device, opts)
     }
 
     pub fn cfg(&self) -> &ModelConfig {

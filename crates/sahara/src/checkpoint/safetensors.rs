@@ -112,6 +112,19 @@ pub trait TensorSource {
     fn contains(&self, name: &str) -> bool;
     /// Loads a tensor, checking its shape, converted to `dtype` on `device`.
     fn load(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor>;
+    /// Loads a projection's weight: dense as [`TensorSource::load`] loads it, unless the
+    /// source keeps its weights quantized.
+    fn load_weight(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<crate::model::decoder::Weight> {
+        Ok(crate::model::decoder::Weight::Dense(
+            self.load(name, shape, dtype, device)?,
+        ))
+    }
 }
 
 impl TensorSource for Weights {

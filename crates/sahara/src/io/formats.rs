@@ -65,7 +65,14 @@ impl RunRecord {
             data: data.into(),
             data_fingerprint: crate::io::runlog::queries_fingerprint(queries),
             queries: queries.len(),
-            settings: serde_json::Map::new(),
+            settings: if model.decoder.has_quantized_weights() {
+                // Quantized products give other numbers than the dequantized weights.
+                let mut m = serde_json::Map::new();
+                m.insert("weights".into(), "quantized".into());
+                m
+            } else {
+                serde_json::Map::new()
+            },
         })
     }
 

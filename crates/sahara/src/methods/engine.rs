@@ -8,9 +8,11 @@
 //! pass per variant at batch size 1, with outputs at every position, as the paper's code does;
 //! both must agree.
 
-use candle_core::{DType, IndexOp};
+use candle_core::{DType, IndexOp, Tensor};
 
+use crate::device::transfers;
 use crate::error::{Error, Result};
+use crate::methods::metrics::{kl_rows, Kl};
 use crate::model::ablation::{AblationPlan, HeadAblation};
 use crate::model::finite::{all_finite, check_output, describe};
 use crate::model::{Batch, Decoder, ForwardOutput, ForwardSpec, Join, Positions};
@@ -54,8 +56,9 @@ impl Output {
         s
     }
 
-    /// Every row of this output at the last returned position, as f32, in one transfer.
-    fn last_rows(self, out: &ForwardOutput) -> Result<Vec<Vec<f32>>> {
+    /// Every row of this output at the last returned position, as f32, on the device:
+    /// (B, n).
+    fn last(self, out: &ForwardOutput) -> Result<Tensor> {
         let t = match self {
             Output::Logits => out.logits.as_ref(),
             Output::Hidden => out.hidden.as_ref(),
@@ -63,14 +66,14 @@ impl Output {
         .expect("requested output");
         let n = t.dim(1)?;
         // (B, T', n) -> (B, n)
-        Ok(t.i((.., n - 1))?.to_dtype(DType::F32)?.to_vec2()?)
-    }
-
-    /// Row 0 of this output at the last returned position.
-    fn last(self, out: &ForwardOutput) -> Result<Vec<f32>> {
-        Ok(self.last_rows(out)?.swap_remove(0))
+        Ok(t.i((.., n - 1))?.to_dtype(DType::F32)?)
     }
 }
+
+/// The environment variable of the simulated out-of-memory fault: with
+/// `SAHARA_FAULT_OOM_ABOVE=N`, a batch of more than N rows fails as a device out of memory
+/// would ([`EngineOptions::simulate_oom_above`]), so that splitting can be tested anywhere.
+pub const FAULT_OOM_ABOVE: &str = "SAHARA_FAULT_OOM_ABOVE";
 
 /// Options of [`run_variants`].
 #[derive(Debug, Clone)]
@@ -79,8 +82,12 @@ pub struct EngineOptions {
     pub kind: Engine,
     /// Rows per batch; `None` sizes batches to `memory_budget`.
     pub batch_size: Option<usize>,
-    /// Bytes of activations one batch may use when `batch_size` is `None`.
+    /// Bytes of activations one batch may use when `batch_size` is `None` (see
+    /// [`crate::device::memory_budget`]).
     pub memory_budget: usize,
+    /// A batch of more rows fails as out of memory (see [`FAULT_OOM_ABOVE`]).
+    #[doc(hidden)]
+    pub simulate_oom_above: Option<usize>,
 }
 
 impl Default for EngineOptions {
@@ -89,6 +96,7 @@ impl Default for EngineOptions {
             kind: Engine::Fast,
             batch_size: None,
             memory_budget: 1 << 30,
+            simulate_oom_above: None,
         }
     }
 }
@@ -107,9 +115,10 @@ pub fn bytes_per_row(model: &Decoder, t: usize) -> usize {
         + 2 * c.num_kv_heads * c.head_dim
         + 3 * c.intermediate_size
         + c.num_heads * c.head_dim * 2;
-    // Residual streams, projections, MLP, and f32 attention scores and probabilities.
+    // Residual streams, projections, MLP, and f32 attention scores and probabilities; at the
+    // end the f32 logits and the f64 log-probabilities of the KL scores.
     let elem = model.dtype.size_in_bytes();
-    t * width * elem + 3 * c.num_heads * t * t * 4 + c.vocab_size * 4
+    t * width * elem + 3 * c.num_heads * t * t * 4 + c.vocab_size * (4 + 3 * 8)
 }
 
 /// Rows per batch for a prompt of `t` tokens.
@@ -120,8 +129,9 @@ pub fn batch_rows(model: &Decoder, t: usize, opts: &EngineOptions) -> usize {
 }
 
 /// Runs the base model (with `base` ablations) and every variant (with `base` plus its own
-/// ablations) on one prompt, returning `output` at the last position of each. `progress` is
-/// called with the number of variants finished so far.
+/// ablations) on one prompt, returning `output` at the last position of each: one read from
+/// the device for the base and one per batch. `progress` is called with the number of
+/// variants finished so far.
 pub fn run_variants(
     model: &Decoder,
     tokens: &[u32],
@@ -131,6 +141,152 @@ pub fn run_variants(
     opts: &EngineOptions,
     progress: &mut dyn FnMut(usize),
 ) -> Result<VariantOutputs> {
+    let checker = Checker {
+        model,
+        tokens,
+        base,
+        variants,
+    };
+    let mut base_vec = Vec::new();
+    let mut out = vec![Vec::new(); variants.len()];
+    sweep(
+        model,
+        tokens,
+        base,
+        variants,
+        output,
+        opts,
+        &mut |t| {
+            base_vec = transfers::read_vec2::<f32>(t)?.swap_remove(0);
+            checker.check(None, &base_vec)
+        },
+        &mut |items, t| {
+            for (&k, v) in items.iter().zip(transfers::read_vec2::<f32>(t)?) {
+                checker.check(Some(k), &v)?;
+                out[k] = v;
+            }
+            Ok(())
+        },
+        progress,
+    )?;
+    Ok(VariantOutputs {
+        base: base_vec,
+        variants: out,
+    })
+}
+
+/// The KL divergence `kl` of each variant's next-token distribution at the last position from
+/// the base model's, computed on the device ([`kl_rows`]): one read of the batch's scores per
+/// batch, and nothing for the base. Equal to [`Kl::divergence`] of [`run_variants`]'s logits
+/// up to rounding.
+pub fn run_kl(
+    model: &Decoder,
+    tokens: &[u32],
+    base: &[HeadAblation],
+    variants: &[Vec<HeadAblation>],
+    kl: Kl,
+    opts: &EngineOptions,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Vec<f64>> {
+    let checker = Checker {
+        model,
+        tokens,
+        base,
+        variants,
+    };
+    let base_logits = std::cell::OnceCell::<Tensor>::new();
+    let mut scores = vec![0f64; variants.len()];
+    sweep(
+        model,
+        tokens,
+        base,
+        variants,
+        Output::Logits,
+        opts,
+        &mut |t| {
+            base_logits.get_or_init(|| t.clone());
+            Ok(())
+        },
+        &mut |items, t| {
+            let p = base_logits.get().expect("the base runs first");
+            let raw: Vec<f64> = transfers::read_vec1(&kl_rows(kl, p, t)?)?;
+            for (i, (&k, &v)) in items.iter().zip(&raw).enumerate() {
+                if !v.is_finite() {
+                    // A score from NaN or ±∞: say whose output it was, the base's first. Both
+                    // reads happen only here.
+                    let base_row: Vec<f32> = p.flatten_all()?.to_vec1()?;
+                    checker.check(None, &base_row)?;
+                    let row: Vec<f32> = t.i(i)?.to_vec1()?;
+                    checker.check(Some(k), &row)?;
+                    // Finite logits whose f64 KL is not: not expected; computed on the host.
+                    scores[k] = kl.divergence(&base_row, &row);
+                    continue;
+                }
+                scores[k] = kl.finish(v);
+            }
+            Ok(())
+        },
+        progress,
+    )?;
+    Ok(scores)
+}
+
+/// Checks outputs where they arrive on the host (see `model::finite`); the ablations of an
+/// item are gathered only for an output that fails.
+struct Checker<'a> {
+    model: &'a Decoder,
+    tokens: &'a [u32],
+    base: &'a [HeadAblation],
+    variants: &'a [Vec<HeadAblation>],
+}
+
+impl Checker<'_> {
+    /// `variant`: `None` for the base model.
+    fn check(&self, variant: Option<usize>, values: &[f32]) -> Result<()> {
+        if all_finite(values) {
+            return Ok(());
+        }
+        let ablations: Vec<HeadAblation> = match variant {
+            None => self.base.to_vec(),
+            Some(k) => self.base.iter().chain(&self.variants[k]).copied().collect(),
+        };
+        check_output(
+            self.model,
+            self.tokens,
+            &ablations,
+            values,
+            || describe(&ablations),
+            None,
+        )
+    }
+}
+
+/// A device out of memory with `rows` rows, when no smaller batch is left to try.
+fn out_of_memory(model: &Decoder, rows: usize, e: Error) -> Error {
+    Error::OutOfMemory {
+        device: crate::device::name(&model.device),
+        rows,
+        message: crate::error::one_line(&e.to_string()),
+    }
+}
+
+/// The one schedule of both engines. `on_base` receives the base model's output at the last
+/// position, `on_rows` each batch's, with the variants they belong to: (1, n) and (R, n) f32
+/// tensors on the device. A batch the device has no memory for is split in halves (and
+/// later batches are cut to the size that fitted), so a sweep never fails for memory while a
+/// batch of one row fits.
+#[allow(clippy::too_many_arguments)]
+fn sweep(
+    model: &Decoder,
+    tokens: &[u32],
+    base: &[HeadAblation],
+    variants: &[Vec<HeadAblation>],
+    output: Output,
+    opts: &EngineOptions,
+    on_base: &mut dyn FnMut(&Tensor) -> Result<()>,
+    on_rows: &mut dyn FnMut(&[usize], &Tensor) -> Result<()>,
+    progress: &mut dyn FnMut(usize),
+) -> Result<()> {
     if let Some(i) = variants.iter().position(|v| v.is_empty()) {
         return Err(Error::InvalidArgument(format!(
             "variant {i} ablates nothing"
@@ -142,59 +298,65 @@ pub fn run_variants(
     let with_base = |extra: &[HeadAblation]| -> Vec<HeadAblation> {
         base.iter().chain(extra.iter()).copied().collect()
     };
-    let base_plan = AblationPlan::new(cfg, &[base.to_vec()], model.dtype, dev)?;
-    // Every output is checked where it arrives on the host (see `model::finite`); the
-    // ablations of the item are gathered only for an output that fails.
-    let check = |ablations: &dyn Fn() -> Vec<HeadAblation>, values: &[f32]| {
-        if all_finite(values) {
-            return Ok(());
+    let simulated = |rows: usize| -> Result<()> {
+        match opts.simulate_oom_above {
+            Some(n) if rows > n => Err(Error::Candle(candle_core::Error::Msg(format!(
+                "simulated out of memory: a batch of {rows} rows, more than {n} ({FAULT_OOM_ABOVE})"
+            )))),
+            _ => Ok(()),
         }
-        let ablations = ablations();
-        check_output(
-            model,
-            tokens,
-            &ablations,
-            values,
-            || describe(&ablations),
-            None,
-        )
     };
-    let mut out = vec![Vec::new(); variants.len()];
+    let base_plan = AblationPlan::new(cfg, &[base.to_vec()], model.dtype, dev)?;
     match opts.kind {
         Engine::Naive => {
-            let base_out = model.forward(
-                &batch,
-                &output
-                    .forward_spec(Positions::All)
-                    .with_ablations(&base_plan),
-                None,
-            )?;
-            let base_vec = output.last(&base_out)?;
-            check(&|| base.to_vec(), &base_vec)?;
+            let spec = output
+                .forward_spec(Positions::All)
+                .with_ablations(&base_plan);
+            let base_out = simulated(1)
+                .and_then(|()| model.forward(&batch, &spec, None))
+                .map_err(|e| {
+                    if e.is_out_of_memory() {
+                        out_of_memory(model, 1, e)
+                    } else {
+                        e
+                    }
+                })?;
+            on_base(&output.last(&base_out)?)?;
             for (i, v) in variants.iter().enumerate() {
                 let plan = AblationPlan::new(cfg, &[with_base(v)], model.dtype, dev)?;
-                let o = model.forward(
-                    &batch,
-                    &output.forward_spec(Positions::All).with_ablations(&plan),
-                    None,
-                )?;
-                out[i] = output.last(&o)?;
-                check(&|| with_base(v), &out[i])?;
+                let o = model
+                    .forward(
+                        &batch,
+                        &output.forward_spec(Positions::All).with_ablations(&plan),
+                        None,
+                    )
+                    .map_err(|e| {
+                        if e.is_out_of_memory() {
+                            out_of_memory(model, 1, e)
+                        } else {
+                            e
+                        }
+                    })?;
+                on_rows(&[i], &output.last(&o)?)?;
                 progress(i + 1);
             }
-            Ok(VariantOutputs {
-                base: base_vec,
-                variants: out,
-            })
+            Ok(())
         }
         Engine::Fast => {
             let mut base_spec = output
                 .forward_spec(Positions::Last)
                 .with_ablations(&base_plan);
             base_spec.resid = true;
-            let base_out = model.forward(&batch, &base_spec, None)?;
-            let base_vec = output.last(&base_out)?;
-            check(&|| base.to_vec(), &base_vec)?;
+            let base_out = simulated(1)
+                .and_then(|()| model.forward(&batch, &base_spec, None))
+                .map_err(|e| {
+                    if e.is_out_of_memory() {
+                        out_of_memory(model, 1, e)
+                    } else {
+                        e
+                    }
+                })?;
+            on_base(&output.last(&base_out)?)?;
             // Variants sorted by the first layer they change, in groups of at most `rows`.
             // Each group runs as a staircase: at layer l the variants that start at l join
             // the batch from the base residual stream entering l, so later layers run on
@@ -202,37 +364,57 @@ pub fn run_variants(
             let start = |v: &Vec<HeadAblation>| v.iter().map(|a| a.layer).min().unwrap_or(0);
             let mut order: Vec<usize> = (0..variants.len()).collect();
             order.sort_by_key(|&i| (start(&variants[i]), i));
-            let rows = batch_rows(model, tokens.len(), opts);
-            let mut done = 0;
-            for group in order.chunks(rows) {
+            let mut rows = batch_rows(model, tokens.len(), opts);
+            let run_group = |group: &[usize]| -> Result<ForwardOutput> {
+                simulated(group.len())?;
+                // One plan for the group, in its order; each join runs with the plan of the
+                // rows so far, a view of it.
+                let sets: Vec<Vec<HeadAblation>> =
+                    group.iter().map(|&k| with_base(&variants[k])).collect();
+                let plan = AblationPlan::new(cfg, &sets, model.dtype, dev)?;
                 let mut joins: Vec<Join> = Vec::new();
-                let mut active: Vec<usize> = Vec::new();
+                let mut active = 0;
                 for layer_group in
                     group.chunk_by(|&a, &b| start(&variants[a]) == start(&variants[b]))
                 {
                     let layer = start(&variants[layer_group[0]]);
-                    active.extend_from_slice(layer_group);
-                    let sets: Vec<Vec<HeadAblation>> =
-                        active.iter().map(|&k| with_base(&variants[k])).collect();
+                    active += layer_group.len();
                     joins.push(Join {
                         layer,
                         resid: base_out.resid[layer].clone(),
                         rows: layer_group.len(),
-                        plan: AblationPlan::new(cfg, &sets, model.dtype, dev)?,
+                        plan: plan.prefix(active)?,
                     });
                 }
-                let o = model.forward_joined(&joins, &output.forward_spec(Positions::Last))?;
-                for (&k, v) in active.iter().zip(output.last_rows(&o)?) {
-                    check(&|| with_base(&variants[k]), &v)?;
-                    out[k] = v;
+                model.forward_joined(&joins, &output.forward_spec(Positions::Last))
+            };
+            // Groups still to run, the next one last.
+            let mut todo: Vec<&[usize]> = order.chunks(rows).rev().collect();
+            let mut done = 0;
+            while let Some(group) = todo.pop() {
+                if group.len() > rows {
+                    let (a, b) = group.split_at(rows);
+                    todo.push(b);
+                    todo.push(a);
+                    continue;
                 }
-                done += group.len();
-                progress(done);
+                match run_group(group) {
+                    Ok(o) => {
+                        on_rows(group, &output.last(&o)?)?;
+                        done += group.len();
+                        progress(done);
+                    }
+                    Err(e) if e.is_out_of_memory() => {
+                        if group.len() == 1 {
+                            return Err(out_of_memory(model, 1, e));
+                        }
+                        rows = group.len() / 2;
+                        todo.push(group);
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-            Ok(VariantOutputs {
-                base: base_vec,
-                variants: out,
-            })
+            Ok(())
         }
     }
 }

@@ -677,6 +677,7 @@ mod tests {
                 },
                 seed: 9,
                 eos: vec![],
+                simulate_oom_above: None,
             },
             batch_size: 2,
         };

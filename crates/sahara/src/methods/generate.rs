@@ -1,8 +1,9 @@
 //! Batched generation with a key/value cache and per-row ablations applied at every step.
 
-use candle_core::{IndexOp, Tensor};
+use candle_core::{DType, IndexOp, Tensor};
 use rand::{Rng, SeedableRng};
 
+use crate::device::transfers;
 use crate::error::{Error, Result};
 use crate::model::ablation::{AblationPlan, HeadAblation};
 use crate::model::finite::{all_finite, check_output, describe};
@@ -24,9 +25,16 @@ pub enum Sampling {
 pub struct GenerateOptions {
     pub max_new_tokens: usize,
     pub sampling: Sampling,
+    /// Row r of a batch samples from its own generator, seeded by [`row_seed`]`(seed, r)`, so
+    /// that a batch split in parts (when the device runs out of memory) draws what it would
+    /// have drawn whole.
     pub seed: u64,
     /// Generation stops for a row at any of these ids (the id is kept in the output).
     pub eos: Vec<u32>,
+    /// A batch of more rows fails as out of memory (see
+    /// [`crate::methods::engine::FAULT_OOM_ABOVE`]).
+    #[doc(hidden)]
+    pub simulate_oom_above: Option<usize>,
 }
 
 impl Default for GenerateOptions {
@@ -36,8 +44,42 @@ impl Default for GenerateOptions {
             sampling: Sampling::Greedy,
             seed: 0,
             eos: vec![],
+            simulate_oom_above: None,
         }
     }
+}
+
+/// The seed of row `row`'s sampling generator in a batch generated with `seed`: SplitMix64 of
+/// both.
+pub fn row_seed(seed: u64, row: usize) -> u64 {
+    let mut z = seed ^ (row as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Rows of generation a batch may hold for prompts of up to `prompt_len` tokens and
+/// `max_new_tokens` new ones within `budget` bytes: the prefill's activations
+/// ([`crate::methods::engine::bytes_per_row`]) and the key/value cache at its largest
+/// (its buffers grow by half again), at least 1, at most `cap`.
+pub fn planned_rows(
+    model: &Decoder,
+    prompt_len: usize,
+    max_new_tokens: usize,
+    budget: usize,
+    cap: usize,
+) -> usize {
+    let c = &model.cfg;
+    let positions = prompt_len + max_new_tokens;
+    let kv = 2
+        * c.num_layers
+        * c.num_kv_heads
+        * c.head_dim
+        * (positions + positions / 2 + 256)
+        * model.dtype.size_in_bytes();
+    let per_row = crate::methods::engine::bytes_per_row(model, prompt_len) + kv;
+    (budget / per_row.max(1)).clamp(1, cap.max(1))
 }
 
 /// Picks a token from one row of logits.
@@ -87,6 +129,11 @@ fn argmax(logits: &[f32]) -> u32 {
 
 /// Generates continuations for a batch of prompts; `ablations[i]` applies to prompt i at
 /// every step. Returns the new tokens of each prompt.
+///
+/// On the device, a decoding step reads back one small tensor: each row's greedy token, how
+/// many tokens share its logit and whether the row is finite (the full row follows only for
+/// a tie or a non-finite row). Sampling reads the rows' logits once per step. A batch the
+/// device has no memory for is split in halves, which generate what the whole would have.
 pub fn generate(
     model: &Decoder,
     prompts: &[Vec<u32>],
@@ -106,6 +153,81 @@ pub fn generate(
             "max_new_tokens must be at least 1".into(),
         ));
     }
+    split_on_oom(model, prompts, ablations, pad_id, opts, 0)
+}
+
+fn split_on_oom(
+    model: &Decoder,
+    prompts: &[Vec<u32>],
+    ablations: &[Vec<HeadAblation>],
+    pad_id: u32,
+    opts: &GenerateOptions,
+    first_row: usize,
+) -> Result<Vec<Vec<u32>>> {
+    let b = prompts.len();
+    let attempt = match opts.simulate_oom_above {
+        Some(n) if b > n => Err(Error::Candle(candle_core::Error::Msg(format!(
+            "simulated out of memory: a batch of {b} rows, more than {n}"
+        )))),
+        _ => generate_batch(model, prompts, ablations, pad_id, opts, first_row),
+    };
+    match attempt {
+        Err(e) if e.is_out_of_memory() => {
+            if b == 1 {
+                return Err(Error::OutOfMemory {
+                    device: crate::device::name(&model.device),
+                    rows: 1,
+                    message: crate::error::one_line(&e.to_string()),
+                });
+            }
+            let h = b / 2;
+            let mut out = split_on_oom(
+                model,
+                &prompts[..h],
+                &ablations[..h],
+                pad_id,
+                opts,
+                first_row,
+            )?;
+            // Errors name rows of the whole batch.
+            let rest = split_on_oom(
+                model,
+                &prompts[h..],
+                &ablations[h..],
+                pad_id,
+                opts,
+                first_row + h,
+            )?;
+            out.extend(rest);
+            Ok(out)
+        }
+        other => other,
+    }
+}
+
+/// Per row on the device: (greedy token, number of tokens at the row's largest logit, 0 or
+/// NaN when the row holds NaN or ±∞), as one (B, 3) f32 tensor. logits: (B, V) f32.
+fn greedy_summary(logits: &Tensor) -> Result<Tensor> {
+    let max = logits.max_keepdim(1)?;
+    // Token ids are exact in f32 below 2^24, beyond every vocabulary.
+    let arg = logits.argmax_keepdim(1)?.to_dtype(DType::F32)?;
+    let ties = logits
+        .broadcast_eq(&max)?
+        .to_dtype(DType::F32)?
+        .sum_keepdim(1)?;
+    // x·0 is 0 for a finite x and NaN for NaN and ±∞.
+    let finite = logits.affine(0.0, 0.0)?.sum_keepdim(1)?;
+    Ok(Tensor::cat(&[arg, ties, finite], 1)?)
+}
+
+fn generate_batch(
+    model: &Decoder,
+    prompts: &[Vec<u32>],
+    ablations: &[Vec<HeadAblation>],
+    pad_id: u32,
+    opts: &GenerateOptions,
+    first_row: usize,
+) -> Result<Vec<Vec<u32>>> {
     let batch = Batch::new(prompts, pad_id, &model.device)?;
     let longest = batch.len + opts.max_new_tokens;
     if longest > model.cfg.max_position_embeddings {
@@ -117,8 +239,10 @@ pub fn generate(
     let plan = AblationPlan::new(&model.cfg, ablations, model.dtype, &model.device)?;
     let spec = ForwardSpec::logits(Positions::Last).with_ablations(&plan);
     let mut cache = KvCache::new(&model.cfg, batch.pad.clone());
-    let mut rng = rand::rngs::StdRng::seed_from_u64(opts.seed);
     let b = prompts.len();
+    let mut rngs: Vec<rand::rngs::StdRng> = (0..b)
+        .map(|r| rand::rngs::StdRng::seed_from_u64(row_seed(opts.seed, first_row + r)))
+        .collect();
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); b];
     let mut done = vec![false; b];
     let mut logits = model
@@ -136,28 +260,58 @@ pub fn generate(
     };
     let mut seqs: Vec<Vec<u32>> = prompts.to_vec();
     for step in 0..opts.max_new_tokens {
-        // (B, 1, V) -> per row
-        let rows: Vec<Vec<f32>> = logits.i((.., 0, ..))?.to_vec2()?;
+        // (B, 1, V) -> (B, V)
+        let rows_t = logits.i((.., 0, ..))?;
+        // Greedy: one (B, 3) read; sampling: the rows.
+        let (summary, mut rows): (Vec<Vec<f32>>, Vec<Option<Vec<f32>>>) = match opts.sampling {
+            Sampling::Greedy => (
+                transfers::read_vec2(&greedy_summary(&rows_t)?)?,
+                vec![None; b],
+            ),
+            Sampling::Sample { .. } => (
+                Vec::new(),
+                transfers::read_vec2::<f32>(&rows_t)?
+                    .into_iter()
+                    .map(Some)
+                    .collect(),
+            ),
+        };
         let mut next = Vec::with_capacity(b);
-        for (r, row) in rows.iter().enumerate() {
+        for r in 0..b {
             if done[r] {
                 next.push(pad_id);
                 seqs[r].push(pad_id);
                 continue;
             }
-            // No token chosen from NaN or ±∞ (see `model::finite`): rerun alone to say where.
-            if !all_finite(row) {
-                let sequence: Vec<u32> = prompts[r].iter().chain(&out[r]).copied().collect();
-                check_output(
-                    model,
-                    &sequence,
-                    &ablations[r],
-                    row,
-                    || format!("{}, new token {}", describe(&ablations[r]), step + 1),
-                    Some(r),
-                )?;
-            }
-            let t = choose(row, &opts.sampling, &mut rng);
+            let quick = summary
+                .get(r)
+                .and_then(|s| (s[2] == 0.0 && s[1] == 1.0).then_some(s[0] as u32));
+            let t = match quick {
+                Some(t) => t,
+                None => {
+                    // A tie for the largest logit (the first one wins, as on the host) or a
+                    // row that is not finite: read the row.
+                    let row = match rows[r].take() {
+                        Some(row) => row,
+                        None => rows_t.i(r)?.to_vec1()?,
+                    };
+                    // No token chosen from NaN or ±∞ (see `model::finite`): rerun alone to
+                    // say where.
+                    if !all_finite(&row) {
+                        let sequence: Vec<u32> =
+                            prompts[r].iter().chain(&out[r]).copied().collect();
+                        check_output(
+                            model,
+                            &sequence,
+                            &ablations[r],
+                            &row,
+                            || format!("{}, new token {}", describe(&ablations[r]), step + 1),
+                            Some(first_row + r),
+                        )?;
+                    }
+                    choose(&row, &opts.sampling, &mut rngs[r])
+                }
+            };
             out[r].push(t);
             seqs[r].push(t);
             if opts.eos.contains(&t) {
@@ -184,7 +338,7 @@ pub fn generate(
             continue;
         }
         let step_batch = Batch {
-            tokens: Tensor::from_vec(next, (b, 1), &model.device)?,
+            tokens: transfers::upload(next, (b, 1), &model.device)?,
             pad: cache.pad.clone(),
             len: 1,
         };

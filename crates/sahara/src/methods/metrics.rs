@@ -36,6 +36,16 @@ impl Kl {
         }
     }
 
+    /// A finite score of [`kl_rows`] as [`Kl::divergence`] reports it: the exact KL is
+    /// clamped at 0 (rounding can leave it at -1e-17). Clamping is left to the host because a
+    /// clamp on the device would turn a NaN into 0.
+    pub fn finish(self, raw: f64) -> f64 {
+        match self {
+            Kl::Exact => raw.max(0.0),
+            Kl::Paper => raw,
+        }
+    }
+
     /// The divergence of the distribution of `q_logits` from that of `p_logits`.
     pub fn divergence(self, p_logits: &[f32], q_logits: &[f32]) -> f64 {
         match self {
@@ -77,6 +87,53 @@ pub fn kl_paper(p_logits: &[f32], q_logits: &[f32]) -> f64 {
         .zip(&softmax(q_logits))
         .map(|(&p, &q)| ((p + EPS) * ((p + EPS) / (q + EPS)).ln()) as f64)
         .sum()
+}
+
+/// [`Kl::divergence`] of every row of `q` from `p`, computed where the logits are (on the
+/// GPU, on the device), so that only the scores travel to the host. `p`: (1, V) or (V,)
+/// f32 logits; `q`: (R, V) f32; returns (R,) f64. [`Kl::Exact`] works in f64 as
+/// [`kl_divergence`] does, [`Kl::Paper`] in f32 with an f64 sum as [`kl_paper`]; they agree
+/// with the host functions to rounding (the sums run in another order). A row holding NaN
+/// or ±∞ scores NaN or ±∞; a finite score is passed through [`Kl::finish`] on the host.
+pub fn kl_rows(
+    kind: Kl,
+    p: &candle_core::Tensor,
+    q: &candle_core::Tensor,
+) -> crate::error::Result<candle_core::Tensor> {
+    use candle_core::{DType, D};
+    let v = q.dim(D::Minus1)?;
+    let p = p.reshape((1, v))?;
+    Ok(match kind {
+        Kl::Exact => {
+            // Row-wise log-softmax in f64: (x - max) - ln Σ exp(x - max).
+            let log_softmax =
+                |x: &candle_core::Tensor| -> candle_core::Result<candle_core::Tensor> {
+                    let x = x.to_dtype(DType::F64)?;
+                    let shifted = x.broadcast_sub(&x.max_keepdim(D::Minus1)?)?;
+                    let lse = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+                    shifted.broadcast_sub(&lse)
+                };
+            let lp = log_softmax(&p)?;
+            let lq = log_softmax(q)?;
+            // Σ p (ln p - ln q), before [`Kl::finish`]'s clamp.
+            lq.broadcast_sub(&lp)?
+                .neg()?
+                .broadcast_mul(&lp.exp()?)?
+                .sum(D::Minus1)?
+        }
+        Kl::Paper => {
+            const EPS: f64 = 1e-12;
+            let softmax = |x: &candle_core::Tensor| -> candle_core::Result<candle_core::Tensor> {
+                let x = x.to_dtype(DType::F32)?;
+                let e = x.broadcast_sub(&x.max_keepdim(D::Minus1)?)?.exp()?;
+                e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+            };
+            let pe = (softmax(&p)? + EPS)?;
+            let qe = (softmax(q)? + EPS)?;
+            let terms = pe.broadcast_div(&qe)?.log()?.broadcast_mul(&pe)?;
+            terms.to_dtype(DType::F64)?.sum(D::Minus1)?
+        }
+    })
 }
 
 /// Log-softmax in f64.
@@ -124,6 +181,42 @@ pub fn wilson(k: usize, n: usize) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kl_rows_on_the_device_agree_with_the_host_functions() {
+        use candle_core::{Device, Tensor};
+        let p = [0.3f32, -1.0, 2.0, 0.0, 5.0];
+        let qs = [
+            [0.3f32, -1.0, 2.0, 0.0, 5.0],
+            [1.0, 0.0, 0.0, 0.0, 0.0],
+            [-40.0, 3.0, 2.5, 60.0, -7.0],
+        ];
+        let pt = Tensor::new(&p, &Device::Cpu).unwrap();
+        let qt = Tensor::new(&qs, &Device::Cpu).unwrap();
+        for kind in [Kl::Exact, Kl::Paper] {
+            let got: Vec<f64> = kl_rows(kind, &pt, &qt).unwrap().to_vec1().unwrap();
+            for (q, g) in qs.iter().zip(&got) {
+                let want = kind.divergence(&p, q);
+                assert!(
+                    (kind.finish(*g) - want).abs() <= 1e-7 * (1.0 + want),
+                    "{kind:?}: {g} vs {want}"
+                );
+            }
+        }
+        // A row with NaN or an infinity scores non-finite: nothing hides it.
+        let bad = Tensor::new(
+            &[
+                [0.0f32, f32::NAN, 1.0, 2.0, 3.0],
+                [0.0, f32::INFINITY, 1.0, 2.0, 3.0],
+            ],
+            &Device::Cpu,
+        )
+        .unwrap();
+        for kind in [Kl::Exact, Kl::Paper] {
+            let got: Vec<f64> = kl_rows(kind, &pt, &bad).unwrap().to_vec1().unwrap();
+            assert!(got.iter().all(|g| !g.is_finite()), "{kind:?}: {got:?}");
+        }
+    }
 
     fn close(a: (f64, f64), b: (f64, f64)) -> bool {
         (a.0 - b.0).abs() < 5e-5 && (a.1 - b.1).abs() < 5e-5

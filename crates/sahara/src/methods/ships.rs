@@ -7,7 +7,7 @@ use std::ops::Range;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, Setting};
-use crate::methods::engine::{run_variants, EngineOptions, Output};
+use crate::methods::engine::{run_kl, EngineOptions};
 use crate::methods::metrics::Kl;
 use crate::model::ablation::{Ablation, HeadAblation, Unit};
 use crate::model::config::ModelConfig;
@@ -109,18 +109,17 @@ pub fn ships_scores(
         .iter()
         .map(|u| vec![opts.ablation.at(u.layer, u.head)])
         .collect();
-    let out = run_variants(
+    let scores = run_kl(
         model,
         tokens,
         &[],
         &variants,
-        Output::Logits,
+        opts.kl,
         &opts.engine,
         progress,
     )?;
     let mut grid: HeadGrid = vec![vec![None; cfg.num_heads]; cfg.num_layers];
-    for (u, logits) in units.iter().zip(&out.variants) {
-        let kl = opts.kl.divergence(&out.base, logits);
+    for (u, &kl) in units.iter().zip(&scores) {
         for &h in &u.heads {
             grid[u.layer][h] = Some(kl);
         }

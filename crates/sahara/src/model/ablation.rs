@@ -404,6 +404,10 @@ impl AblationPlan {
     ) -> Result<Self> {
         let b = rows.len();
         let mut plan = AblationPlan::empty(cfg, b);
+        // Every map's values go into one host buffer, copied to the device once for the whole
+        // plan (not once per layer): (layer, target, is-full, offset, shape).
+        let mut values: Vec<f32> = Vec::new();
+        let mut entries: Vec<(usize, usize, bool, usize, Vec<usize>)> = Vec::new();
         for row in rows {
             for a in row {
                 a.validate(cfg)?;
@@ -430,7 +434,7 @@ impl AblationPlan {
                         a.head
                     }
                 };
-                let mix = if any_mean {
+                if any_mean {
                     let mut m = vec![0f32; b * n * n];
                     for (r, row) in rows.iter().enumerate() {
                         let base = r * n * n;
@@ -449,7 +453,8 @@ impl AblationPlan {
                             }
                         }
                     }
-                    HeadMix::Full(Tensor::from_vec(m, (b, n, n), device)?.to_dtype(dtype)?)
+                    entries.push((layer, ti, true, values.len(), vec![b, n, n]));
+                    values.extend(m);
                 } else {
                     let mut f = vec![1f32; b * n];
                     for (r, row) in rows.iter().enumerate() {
@@ -459,10 +464,24 @@ impl AblationPlan {
                             }
                         }
                     }
-                    HeadMix::Diag(Tensor::from_vec(f, (b, n, 1, 1), device)?.to_dtype(dtype)?)
+                    entries.push((layer, ti, false, values.len(), vec![b, n, 1, 1]));
+                    values.extend(f);
                 };
-                plan.layers[layer][ti] = Some(mix);
             }
+        }
+        if entries.is_empty() {
+            return Ok(plan);
+        }
+        let n = values.len();
+        let all = crate::device::transfers::upload(values, n, device)?.to_dtype(dtype)?;
+        for (layer, ti, full, offset, shape) in entries {
+            let len = shape.iter().product();
+            let t = all.narrow(0, offset, len)?.reshape(shape)?;
+            plan.layers[layer][ti] = Some(if full {
+                HeadMix::Full(t)
+            } else {
+                HeadMix::Diag(t)
+            });
         }
         Ok(plan)
     }
@@ -474,6 +493,31 @@ impl AblationPlan {
             Target::Z => 2,
         };
         self.layers.get(layer).and_then(|l| l[i].as_ref())
+    }
+
+    /// The plan of the first `rows` rows: views of this plan's maps, nothing copied.
+    pub fn prefix(&self, rows: usize) -> Result<Self> {
+        if rows > self.rows {
+            return Err(Error::InvalidArgument(format!(
+                "a prefix of {rows} rows of a plan of {}",
+                self.rows
+            )));
+        }
+        let narrow = |m: &HeadMix| -> Result<HeadMix> {
+            Ok(match m {
+                HeadMix::Diag(t) => HeadMix::Diag(t.narrow(0, 0, rows)?),
+                HeadMix::Full(t) => HeadMix::Full(t.narrow(0, 0, rows)?),
+            })
+        };
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            let mut out: [Option<HeadMix>; 3] = [None, None, None];
+            for (i, m) in l.iter().enumerate() {
+                out[i] = m.as_ref().map(narrow).transpose()?;
+            }
+            layers.push(out);
+        }
+        Ok(AblationPlan { layers, rows })
     }
 
     /// Keeps only the given rows (in order), e.g. when finished rows leave a batch.

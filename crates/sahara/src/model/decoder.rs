@@ -9,37 +9,113 @@
 
 use std::path::Path;
 
+use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Tensor};
 
 use crate::checkpoint::safetensors::{TensorSource, Weights};
+use crate::device::transfers;
 use crate::error::{Error, Result};
 use crate::model::ablation::{AblationPlan, HeadMix, Target};
 use crate::model::config::{inverse_frequencies, ModelConfig};
 use crate::model::ops::{self, contiguous};
 
+/// A projection's weight W, of shape (out, in).
+#[derive(Debug, Clone)]
+pub enum Weight {
+    /// Values in the model dtype. May be a transposed view of an (in, out) row-major tensor
+    /// (see [`Linear::with_transposed_storage`]): every operation sees the same (out, in)
+    /// values.
+    Dense(Tensor),
+    /// Kept in a GGUF block format (Q4_K, Q8_0, …) and multiplied by candle's quantized
+    /// matrix product, which takes float32 inputs: stacked projections whose formats differ
+    /// are parts, in order along the output, each multiplied alone.
+    Quantized(Vec<QMatMul>),
+}
+
+impl Weight {
+    /// Output features (rows of W).
+    pub fn out_dim(&self) -> Result<usize> {
+        match self {
+            Weight::Dense(w) => Ok(w.dim(0)?),
+            Weight::Quantized(parts) => parts.iter().map(qmatmul_rows).sum(),
+        }
+    }
+
+    /// The dense values, `None` for a quantized weight.
+    pub fn dense(&self) -> Option<&Tensor> {
+        match self {
+            Weight::Dense(w) => Some(w),
+            Weight::Quantized(_) => None,
+        }
+    }
+
+    /// The dense values, mutable (tests that break a weight on purpose).
+    pub fn dense_mut(&mut self) -> Option<&mut Tensor> {
+        match self {
+            Weight::Dense(w) => Some(w),
+            Weight::Quantized(_) => None,
+        }
+    }
+}
+
+/// Rows (output features) of one quantized part.
+fn qmatmul_rows(q: &QMatMul) -> Result<usize> {
+    Ok(match q {
+        QMatMul::QTensor(t) => t.shape().dims()[0],
+        QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t.dim(0)?,
+    })
+}
+
 /// A linear layer `y = x Wᵀ + b` with W of shape (out, in).
-///
-/// `weight` may be a transposed view of an (in, out) row-major tensor (see
-/// [`Linear::with_transposed_storage`]): every operation sees the same (out, in) values.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    pub weight: Tensor,
+    pub weight: Weight,
     pub bias: Option<Tensor>,
 }
 
 impl Linear {
+    /// A layer with dense weights.
+    pub fn dense(weight: Tensor, bias: Option<Tensor>) -> Linear {
+        Linear {
+            weight: Weight::Dense(weight),
+            bias,
+        }
+    }
+
     /// x: (..., in) -> (..., out)
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let k = *dims.last().expect("non-scalar input");
         let n: usize = dims[..dims.len() - 1].iter().product();
-        let out = self.weight.dim(0)?;
+        let out = self.weight.out_dim()?;
         // One 2-D gemm over all rows: (n, in) @ (in, out).
         let x2 = contiguous(x)?.reshape((n, k))?;
-        let y = match crate::model::kernels::linear_f32(&x2, &self.weight, self.bias.as_ref())? {
-            Some(y) => y,
-            None => {
-                let y = x2.matmul(&self.weight.t()?)?;
+        let y = match &self.weight {
+            Weight::Dense(w) => {
+                match crate::model::kernels::linear_f32(&x2, w, self.bias.as_ref())? {
+                    Some(y) => y,
+                    None => {
+                        let y = x2.matmul(&w.t()?)?;
+                        match &self.bias {
+                            Some(b) => y.broadcast_add(b)?,
+                            None => y,
+                        }
+                    }
+                }
+            }
+            Weight::Quantized(parts) => {
+                // (n, in) f32 @ each part -> (n, out_i), concatenated along the output.
+                let xf = x2.to_dtype(DType::F32)?;
+                let ys: Vec<Tensor> = parts
+                    .iter()
+                    .map(|q| xf.apply(q))
+                    .collect::<candle_core::Result<_>>()?;
+                let y = if ys.len() == 1 {
+                    ys.into_iter().next().expect("one part")
+                } else {
+                    Tensor::cat(&ys, 1)?
+                };
+                let y = y.to_dtype(x.dtype())?;
                 match &self.bias {
                     Some(b) => y.broadcast_add(b)?,
                     None => y,
@@ -72,16 +148,18 @@ impl Linear {
     /// consumes without repacking W on every call (measured: up to 1.7× faster on a
     /// (512, 2048) × (2048, 768) product); the values are unchanged.
     pub fn with_transposed_storage(self) -> Result<Linear> {
-        Ok(Linear {
-            weight: transposed_storage(&self.weight)?,
-            bias: self.bias,
+        Ok(match self.weight {
+            Weight::Dense(w) => Linear::dense(transposed_storage(&w)?, self.bias),
+            quantized => Linear {
+                weight: quantized,
+                bias: self.bias,
+            },
         })
     }
 
     /// Stacks projections of the same input along the output dimension, so that one matrix
     /// product computes them all.
     pub fn stack(parts: &[Linear]) -> Result<Linear> {
-        let w: Vec<&Tensor> = parts.iter().map(|p| &p.weight).collect();
         let bias = if parts.iter().all(|p| p.bias.is_some()) {
             let b: Vec<&Tensor> = parts.iter().map(|p| p.bias.as_ref().unwrap()).collect();
             Some(Tensor::cat(&b, 0)?)
@@ -90,17 +168,35 @@ impl Linear {
                 .iter()
                 .map(|p| match &p.bias {
                     Some(b) => Ok(b.clone()),
-                    None => Tensor::zeros(p.weight.dim(0)?, p.weight.dtype(), p.weight.device()),
+                    None => {
+                        let like = parts.iter().find_map(|q| q.bias.as_ref()).expect("a bias");
+                        Ok(Tensor::zeros(
+                            p.weight.out_dim()?,
+                            like.dtype(),
+                            like.device(),
+                        )?)
+                    }
                 })
-                .collect::<candle_core::Result<_>>()?;
+                .collect::<Result<_>>()?;
             Some(Tensor::cat(&b, 0)?)
         } else {
             None
         };
-        Ok(Linear {
-            weight: Tensor::cat(&w, 0)?,
-            bias,
-        })
+        let dense: Option<Vec<&Tensor>> = parts.iter().map(|p| p.weight.dense()).collect();
+        let weight = match dense {
+            Some(w) => Weight::Dense(Tensor::cat(&w, 0)?),
+            None => {
+                let mut all: Vec<QMatMul> = Vec::new();
+                for p in parts {
+                    match &p.weight {
+                        Weight::Dense(w) => all.push(QMatMul::Tensor(w.clone())),
+                        Weight::Quantized(q) => all.extend(q.iter().cloned()),
+                    }
+                }
+                Weight::Quantized(crate::model::quantized::merge_parts(all)?)
+            }
+        };
+        Ok(Linear { weight, bias })
     }
 }
 
@@ -148,7 +244,7 @@ impl Batch {
             data.extend(std::iter::repeat_n(pad_id, n));
             data.extend_from_slice(p);
         }
-        let tokens = Tensor::from_vec(data, (prompts.len(), len), device)?;
+        let tokens = transfers::upload(data, (prompts.len(), len), device)?;
         Ok(Batch { tokens, pad, len })
     }
 
@@ -269,7 +365,12 @@ struct Context {
     keys: usize,
     pad: Vec<usize>,
     t: usize,
+    /// Masks made so far, by (query positions, sliding window): each is uploaded once per
+    /// call, not once per layer.
+    masks: std::cell::RefCell<Vec<MaskEntry>>,
 }
+
+type MaskEntry = ((usize, Option<usize>), Option<Tensor>);
 
 /// The decoder.
 #[derive(Debug, Clone)]
@@ -287,6 +388,8 @@ pub struct Decoder {
     /// factor cos and sin are multiplied by.
     inv_freq_long: Option<(Tensor, usize)>,
     rope_attention_factor: f64,
+    /// √hidden in the model dtype, for models that scale their embeddings.
+    embed_scale: Option<Tensor>,
     pub dtype: DType,
     pub device: Device,
 }
@@ -307,8 +410,21 @@ impl Decoder {
             Ok::<Tensor, Error>(t)
         };
         let linear = |prefix: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
+            let name = format!("{prefix}.weight");
+            let weight = weights.load_weight(&name, &[out, inp], dtype, device)?;
+            match &weight {
+                Weight::Dense(t) => check_finite(&name, t)?,
+                Weight::Quantized(parts) => {
+                    for q in parts {
+                        if let QMatMul::QTensor(t) = q {
+                            // Dequantized one tensor at a time, to check it, then dropped.
+                            check_finite(&name, &t.dequantize(device)?)?;
+                        }
+                    }
+                }
+            }
             Ok(Linear {
-                weight: load(&format!("{prefix}.weight"), &[out, inp])?,
+                weight,
                 bias: if bias {
                     Some(load(&format!("{prefix}.bias"), &[out])?)
                 } else {
@@ -429,9 +545,16 @@ impl Decoder {
             ),
             _ => (None, 1.0),
         };
+        let embed_scale = if cfg.scale_embeddings {
+            // transformers rounds √hidden to the model dtype first.
+            Some(Tensor::new(&[(cfg.hidden_size as f64).sqrt() as f32], device)?.to_dtype(dtype)?)
+        } else {
+            None
+        };
         Ok(Decoder {
             cfg,
             embed_tokens,
+            embed_scale,
             layers,
             norm,
             lm_head,
@@ -443,6 +566,20 @@ impl Decoder {
         })
     }
 
+    /// Whether some projection computes with quantized weights ([`Weight::Quantized`]).
+    pub fn has_quantized_weights(&self) -> bool {
+        self.layers.iter().any(|l| {
+            [
+                &l.attn.qkv_proj,
+                &l.attn.o_proj,
+                &l.mlp.gate_up_proj,
+                &l.mlp.down_proj,
+            ]
+            .iter()
+            .any(|p| matches!(p.weight, Weight::Quantized(_)))
+        })
+    }
+
     /// Token embeddings of a batch: (B, T, d).
     pub fn embed(&self, tokens: &Tensor) -> Result<Tensor> {
         let (b, t) = tokens.dims2()?;
@@ -451,13 +588,10 @@ impl Decoder {
             .embed_tokens
             .index_select(&flat, 0)?
             .reshape((b, t, self.cfg.hidden_size))?;
-        if self.cfg.scale_embeddings {
-            // transformers rounds √hidden to the model dtype first.
-            let s = Tensor::new(&[(self.cfg.hidden_size as f64).sqrt() as f32], &self.device)?
-                .to_dtype(self.dtype)?;
-            return Ok(x.broadcast_mul(&s)?);
+        match &self.embed_scale {
+            Some(s) => Ok(x.broadcast_mul(s)?),
+            None => Ok(x),
         }
-        Ok(x)
     }
 
     /// Runs a batch from its tokens.
@@ -518,7 +652,7 @@ impl Decoder {
                 pos.push((offset + i).saturating_sub(p) as f32);
             }
         }
-        let pos = Tensor::from_vec(pos, (b, t, 1), &self.device)?;
+        let pos = transfers::upload(pos, (b, t, 1), &self.device)?;
         let half = self.inv_freq.dim(0)?;
         // LongRoPE switches to its long factors when a sequence outgrows the original context
         // (transformers: max position id + 1 > original_max_position_embeddings). The choice
@@ -556,12 +690,23 @@ impl Decoder {
             keys: offset + t,
             pad: pad.to_vec(),
             t,
+            masks: Default::default(),
         })
     }
 
     /// Additive mask (f32): (B or 1, 1, Tq, S), 0 where visible and f32::MIN where not.
     /// Queries are the last `tq` of the call's `t` positions.
     fn mask(&self, ctx: &Context, tq: usize, window: Option<usize>) -> Result<Option<Tensor>> {
+        let key = (tq, window);
+        if let Some((_, m)) = ctx.masks.borrow().iter().find(|(k, _)| *k == key) {
+            return Ok(m.clone());
+        }
+        let m = self.make_mask(ctx, tq, window)?;
+        ctx.masks.borrow_mut().push((key, m.clone()));
+        Ok(m)
+    }
+
+    fn make_mask(&self, ctx: &Context, tq: usize, window: Option<usize>) -> Result<Option<Tensor>> {
         let s = ctx.keys;
         let first_q = ctx.offset + ctx.t - tq;
         let any_pad = ctx.pad.iter().any(|&p| p > 0);
@@ -580,7 +725,7 @@ impl Decoder {
                 }
             }
         }
-        Ok(Some(Tensor::from_vec(
+        Ok(Some(transfers::upload(
             m,
             (rows.len(), 1, tq, s),
             &self.device,
@@ -690,10 +835,7 @@ impl Decoder {
         };
         let h = self.rms_norm(&x, &self.norm)?;
         let l = if logits {
-            let lm = Linear {
-                weight: self.lm_head.clone(),
-                bias: None,
-            };
+            let lm = Linear::dense(self.lm_head.clone(), None);
             let logits = lm.forward(&h)?;
             let logits = match self.cfg.final_softcap {
                 Some(c) => ((logits / c)?.tanh()? * c)?,

@@ -8,6 +8,8 @@
 //! - [`ablation`]: ablations as values, compiled into per-layer head maps.
 //! - [`finite`]: the run-time rule for NaN and ±∞ (final outputs checked, the item then
 //!   recomputed layer by layer to name where it appeared).
+//! - [`quantized`]: GGUF weights kept in their block formats (rows permuted, projections
+//!   stacked, at the byte level).
 //! - [`ops`]: the one rule that picks, per op, the fast CPU kernel, candle's fused op, or
 //!   gradient-recording composed ops; [`kernels`]: the CPU fast paths themselves.
 
@@ -18,8 +20,9 @@ pub mod family;
 pub mod finite;
 pub mod kernels;
 pub mod ops;
+pub mod quantized;
 
 pub use decoder::{
     load_decoder, Attention, Batch, Decoder, ForwardOutput, ForwardSpec, Join, KvCache, Layer,
-    Linear, Mlp, Positions,
+    Linear, Mlp, Positions, Weight,
 };

@@ -385,10 +385,7 @@ impl Params {
 
     /// A decoder over the variables' tensors (it sees every update).
     pub fn decoder(&self, cfg: &ModelConfig) -> Result<Decoder> {
-        let lin = |v: &Var| Linear {
-            weight: v.as_tensor().clone(),
-            bias: None,
-        };
+        let lin = |v: &Var| Linear::dense(v.as_tensor().clone(), None);
         let layers = self
             .layers
             .iter()
@@ -711,7 +708,9 @@ impl Organism {
                 &mut l.mlp.gate_up_proj,
                 &mut l.mlp.down_proj,
             ] {
-                lin.weight = lin.weight.detach();
+                if let Some(w) = lin.weight.dense_mut() {
+                    *w = w.detach();
+                }
             }
         }
         Ok(d)

@@ -21,6 +21,7 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 use memmap2::Mmap;
 use serde_json::{json, Value as Json};
@@ -677,11 +678,19 @@ pub fn unpermute_rows(t: &Tensor, n_head: usize) -> Result<Tensor> {
         .reshape(dims)?)
 }
 
-/// The tensors of a GGUF file under their Hugging Face names, dequantized at load.
+/// The tensors of a GGUF file under their Hugging Face names, dequantized at load, or with
+/// `keep_quantized` the projections' weights kept in their block formats
+/// ([`crate::model::quantized`]).
 pub struct GgufWeights<'a> {
     pub file: &'a GgufFile,
     num_heads: usize,
     num_kv_heads: usize,
+    pub keep_quantized: bool,
+}
+
+/// Whether a GGUF block format is quantized (not a plain float format).
+fn is_quantized(dtype: GgmlDType) -> bool {
+    !matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
 }
 
 impl<'a> GgufWeights<'a> {
@@ -690,7 +699,73 @@ impl<'a> GgufWeights<'a> {
             file,
             num_heads: cfg.num_heads,
             num_kv_heads: cfg.num_kv_heads,
+            keep_quantized: false,
         }
+    }
+
+    /// Bytes the weights take on a device in `dtype`: the quantized projections at their
+    /// stored size when kept quantized, every other tensor at `dtype`'s.
+    pub fn device_bytes(&self, dtype: DType) -> usize {
+        self.file
+            .content
+            .tensor_infos
+            .iter()
+            .map(|(g, info)| {
+                let n = info.shape.elem_count();
+                let projection = hf_name(g).is_some_and(|h| h.contains("_proj."));
+                if self.keep_quantized && projection && is_quantized(info.ggml_dtype) {
+                    n / info.ggml_dtype.block_size() * info.ggml_dtype.type_size()
+                } else {
+                    n * dtype.size_in_bytes()
+                }
+            })
+            .sum()
+    }
+
+    /// A projection's weight in its block format on `device`, rows in Hugging Face order;
+    /// `None` for one stored as plain floats.
+    fn load_quantized(&self, name: &str, device: &Device) -> Result<Option<QTensor>> {
+        let Some(g) = gguf_name(name) else {
+            return Ok(None);
+        };
+        let Some(info) = self.file.content.tensor_infos.get(&g) else {
+            return Ok(None);
+        };
+        if !is_quantized(info.ggml_dtype) {
+            return Ok(None);
+        }
+        let (rows, cols) = info
+            .shape
+            .dims2()
+            .map_err(|e| gguf_err(&self.file.path, format!("tensor `{g}`: {e}")))?;
+        let q = info
+            .read(
+                &mut Cursor::new(&self.file.mmap[..]),
+                self.file.content.tensor_data_offset,
+                &Device::Cpu,
+            )
+            .map_err(|e| gguf_err(&self.file.path, format!("tensor `{g}`: {e}")))?;
+        let bytes = q.data()?;
+        let heads = if !self.file.permuted_qk() {
+            None
+        } else if name.contains(".self_attn.q_proj.") {
+            Some(self.num_heads)
+        } else if name.contains(".self_attn.k_proj.") {
+            Some(self.num_kv_heads)
+        } else {
+            None
+        };
+        let dtype = info.ggml_dtype;
+        let q = match heads {
+            Some(n) => {
+                let source = crate::model::quantized::unpermuted_source(rows, n)?;
+                let moved =
+                    crate::model::quantized::permute_rows(&bytes, dtype, rows, cols, source)?;
+                crate::model::quantized::from_bytes(&moved, dtype, rows, cols, device)?
+            }
+            None => crate::model::quantized::from_bytes(&bytes, dtype, rows, cols, device)?,
+        };
+        Ok(Some(q))
     }
 
     /// The Hugging Face tensor names present, in the file's order of layers.
@@ -754,12 +829,46 @@ impl TensorSource for GgufWeights<'_> {
         };
         Ok(t.to_device(device)?)
     }
+
+    fn load_weight(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<crate::model::Weight> {
+        if self.keep_quantized {
+            if let Some(q) = self.load_quantized(name, device)? {
+                if q.shape().dims() != shape {
+                    return Err(Error::TensorShape {
+                        name: format!("{} ({name})", gguf_name(name).unwrap_or_default()),
+                        path: self.file.path.clone(),
+                        found: q.shape().dims().to_vec(),
+                        expected: shape.to_vec(),
+                    });
+                }
+                return Ok(crate::model::Weight::Quantized(vec![
+                    QMatMul::from_qtensor(q)?,
+                ]));
+            }
+        }
+        Ok(crate::model::Weight::Dense(
+            self.load(name, shape, dtype, device)?,
+        ))
+    }
 }
 
-/// Loads the decoder of a GGUF file.
-pub fn load_decoder(file: &GgufFile, dtype: DType, device: &Device) -> Result<Decoder> {
+/// Loads the decoder of a GGUF file; with `keep_quantized` its projections stay in their
+/// block formats.
+pub fn load_decoder(
+    file: &GgufFile,
+    dtype: DType,
+    device: &Device,
+    keep_quantized: bool,
+) -> Result<Decoder> {
     let cfg = file.config()?;
-    let weights = GgufWeights::new(file, &cfg);
+    let mut weights = GgufWeights::new(file, &cfg);
+    weights.keep_quantized = keep_quantized;
     Decoder::load(cfg, &weights, dtype, device)
 }
 
@@ -769,9 +878,14 @@ pub fn load_model(
     spec: &str,
     dtype: DType,
     device: &Device,
+    keep_quantized: bool,
 ) -> Result<crate::LoadedModel> {
     let file = GgufFile::open(path)?;
-    let decoder = load_decoder(&file, dtype, device)?;
+    let cfg = file.config()?;
+    let mut weights = GgufWeights::new(&file, &cfg);
+    weights.keep_quantized = keep_quantized;
+    crate::device::prepare_for(device, &cfg, dtype, weights.device_bytes(dtype))?;
+    let decoder = Decoder::load(cfg, &weights, dtype, device)?;
     let prompts = file.prompt_encoder()?;
     let eos = decoder.cfg.eos_token_ids.clone();
     Ok(crate::LoadedModel::new(
