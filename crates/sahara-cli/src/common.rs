@@ -33,6 +33,7 @@ pub fn flag(s: Setting) -> &'static str {
         Setting::System => "--system",
         Setting::Column => "--column",
         Setting::Kl => "--kl",
+        Setting::Shard => "--shard",
     }
 }
 
@@ -354,6 +355,57 @@ pub fn fault_oom_above() -> Result<Option<usize>> {
                 Error::InvalidArgument(format!("{name}={v:?} is not a number of rows"))
             })
         }
+    }
+}
+
+/// Which shard of a run this process computes.
+#[derive(Args, Debug, Clone)]
+pub struct ShardArgs {
+    /// Compute shard I of N (0 ≤ I < N) into the folder given by --out, shared by all shards;
+    /// `sahara merge` turns the folder into the file a single run writes. Default: from a
+    /// Slurm array task (SLURM_ARRAY_TASK_ID, _MIN, _COUNT) or a Kubernetes Indexed Job
+    /// (JOB_COMPLETION_INDEX, with --shards); `--shard 0/1` runs unsharded there.
+    #[arg(long)]
+    pub shard: Option<String>,
+    /// Number of shards, for a Kubernetes Indexed Job (its completions).
+    #[arg(long)]
+    pub shards: Option<usize>,
+}
+
+impl ShardArgs {
+    /// The shard, or `None` for a single run (`0/1` included).
+    pub fn resolve(&self, quiet: bool) -> Result<Option<sahara::io::shard::Shard>> {
+        use sahara::io::shard::Shard;
+        let shard = match &self.shard {
+            Some(s) => {
+                let s = Shard::parse(s)?;
+                if let Some(n) = self.shards.filter(|&n| n != s.count) {
+                    return Err(Error::InvalidArgument(format!(
+                        "--shard {}/{} and --shards {n} disagree",
+                        s.index, s.count
+                    )));
+                }
+                s
+            }
+            None => match Shard::from_env(|k| std::env::var(k).ok(), self.shards)? {
+                Some(s) => {
+                    if !quiet {
+                        eprintln!(
+                            "note: shard {}/{} from the scheduler's environment (--shard 0/1 runs unsharded)",
+                            s.index, s.count
+                        );
+                    }
+                    s
+                }
+                None if self.shards.is_some() => {
+                    return Err(Error::InvalidArgument(
+                        "--shards is for a Kubernetes Indexed Job (JOB_COMPLETION_INDEX is not set): give --shard I/N".into(),
+                    ))
+                }
+                None => return Ok(None),
+            },
+        };
+        Ok((shard.count > 1).then_some(shard))
     }
 }
 

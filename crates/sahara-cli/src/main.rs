@@ -7,6 +7,7 @@ mod bench;
 mod common;
 mod eval;
 mod generate;
+mod merge;
 mod organism;
 mod selftest;
 mod ships;
@@ -33,6 +34,8 @@ enum Command {
     Generate(generate::Args),
     /// Score every attention head of every query by the KL divergence its ablation causes.
     Ships(ships::Args),
+    /// Merge the shard files of a sharded run into the output a single run writes.
+    Merge(merge::Args),
     /// Find the dataset-level safety heads: generalized Ships grown greedily (Sahara).
     Attribute(attribute::Args),
     /// Fold a head ablation into the weights and write a Hugging Face model folder.
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(a) => generate::run(a),
         Command::Ships(a) => ships::run(a),
+        Command::Merge(a) => merge::run(a),
         Command::Attribute(a) => attribute::run(a),
         Command::Surgery(a) => surgery::run(a),
         Command::Eval(a) => eval::run(a),

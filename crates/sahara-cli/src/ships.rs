@@ -13,7 +13,8 @@ use sahara::methods::ships::{
 use sahara::{Error, Result};
 
 use crate::common::{
-    progress_bar, run_record, short_name, DataArgs, EngineArgs, ModelArgs, OpArgs, TemplateArgs,
+    progress_bar, run_record, short_name, DataArgs, EngineArgs, ModelArgs, OpArgs, ShardArgs,
+    TemplateArgs,
 };
 
 #[derive(ClapArgs, Debug)]
@@ -49,6 +50,8 @@ pub struct Args {
     pub plot: Option<PathBuf>,
     #[command(flatten)]
     pub engine: EngineArgs,
+    #[command(flatten)]
+    pub shard: ShardArgs,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -62,6 +65,21 @@ pub fn run(a: Args) -> Result<()> {
     }
     if let Some(p) = &a.plot {
         sahara::io::plot::check_extension(p)?;
+    }
+    let shard = a.shard.resolve(a.quiet)?;
+    if shard.is_some() {
+        if a.out.is_none() {
+            return Err(Error::InvalidArgument(
+                "a sharded run writes into the folder all shards share: give it with --out DIR"
+                    .into(),
+            ));
+        }
+        if a.plot.is_some() {
+            return Err(Error::InvalidArgument(
+                "a shard writes no plot: `sahara merge DIR --out FILE --plot P` draws the whole run's"
+                    .into(),
+            ));
+        }
     }
     let model = a.model.load()?;
     let engine = a.engine.parse(&model.decoder.device)?;
@@ -92,27 +110,42 @@ pub fn run(a: Args) -> Result<()> {
         .set("heads", [opts.heads.start, opts.heads.end])
         .set("top", a.top)
         .set("kl", opts.kl.as_str());
-    let mut lines: Lines<ShipsLine> = Lines::open(
-        a.out.as_deref(),
-        &record,
-        |i, line: &ShipsLine| match queries.get(i) {
+    // A shard computes its range of the queries into its own file of the shared folder.
+    let (out, range) = match shard {
+        Some(s) => {
+            let dir = a.out.as_ref().expect("checked above");
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            let tokens: Vec<usize> = queries.iter().map(|q| q.tokens.len()).collect();
+            let range = s.range(&tokens);
+            record.set("shard", sahara::io::shard::record_setting(s, &range));
+            (Some(s.file(dir, "jsonl")), range)
+        }
+        None => (a.out.clone(), 0..queries.len()),
+    };
+    let mut lines: Lines<ShipsLine> =
+        Lines::open(out.as_deref(), &record, |i, line: &ShipsLine| match queries
+            .get(range.start + i)
+            .filter(|_| range.start + i < range.end)
+        {
             Some(q) if line.answers(q) => Ok(()),
-            _ => Err(format!("does not match query {i} of the data")),
-        },
-    )?;
+            _ => Err(format!(
+                "does not match query {} of the data",
+                range.start + i
+            )),
+        })?;
     let mut grids: Vec<_> = lines.done().iter().map(|l| l.scores.clone()).collect();
     if let (Lines::File(r), false) = (&lines, a.quiet) {
         if !r.done.is_empty() {
             eprintln!(
                 "resuming: {} of {} queries already in {}",
                 r.done.len(),
-                queries.len(),
+                range.len(),
                 r.path.display()
             );
         }
     }
     let per_query = opts.variants_per_query(&cfg);
-    let remaining = &queries[grids.len()..];
+    let remaining = &queries[range.start + grids.len()..range.end];
     let pb = progress_bar((remaining.len() * per_query) as u64, a.quiet, "ships");
     for (qi, q) in remaining.iter().enumerate() {
         let base = (qi * per_query) as u64;
@@ -135,43 +168,152 @@ pub fn run(a: Args) -> Result<()> {
         grids.push(line.scores);
     }
     pb.finish_and_clear();
-    let summary = summarize(&grids, a.top);
-    if let Some(out) = &a.out {
-        let file = ShipsSummary {
-            schema: schema::SHIPS_SUMMARY.into(),
-            summary: summary.clone(),
-            model: model.source.clone(),
-            data: a.data.data.clone(),
-            target: ablation.target,
-            mode: ablation.op.mode_str().into(),
-            epsilon: ablation.op.epsilon(),
-            kl: opts.kl.as_str().into(),
-            note: ablation
-                .shared_note(&cfg)
-                .map(|n| format!("{n}; every head of a group has the group's score")),
-        };
-        write_json(&sibling(out, "summary.json"), &file)?;
+    if let Some(s) = shard {
+        if !a.quiet {
+            eprintln!(
+                "shard {}/{}: queries {}..{} in {}; when every shard is done: sahara merge {} --out FILE.jsonl",
+                s.index,
+                s.count,
+                range.start,
+                range.end,
+                out.as_ref().expect("a shard file").display(),
+                a.out.as_ref().expect("a folder").display()
+            );
+        }
+        return Ok(());
     }
-    print_summary(&summary, a.out.is_none());
-    if let Some(p) = &a.plot {
-        let title = format!(
-            "Mean Ships ({} {}) - {} on {}",
-            ablation.target.as_str(),
-            ablation.op.mode_str(),
-            short_name(&model.source),
-            short_name(&a.data.data)
-        );
-        sahara::io::plot::write_heatmap(
-            p,
-            &sahara::io::plot::Heatmap {
-                title: &title,
-                values: &summary.mean,
-                marked: &[],
-                colorbar_label: "mean KL (nats)",
-            },
-        )?;
+    let outputs = Outputs {
+        model: &model.source,
+        data: &a.data.data,
+        ablation,
+        kl: opts.kl.as_str(),
+        cfg: &cfg,
+    };
+    outputs.write(&grids, a.top, a.out.as_deref(), a.plot.as_deref())
+}
+
+/// What a whole run writes after its lines: the summary (beside `out`, or on stdout), the
+/// table, the plot. One home for a single run and a merged sharded one.
+struct Outputs<'a> {
+    model: &'a str,
+    data: &'a str,
+    ablation: sahara::model::ablation::Ablation,
+    kl: &'a str,
+    cfg: &'a sahara::ModelConfig,
+}
+
+impl Outputs<'_> {
+    fn write(
+        &self,
+        grids: &[sahara::methods::ships::HeadGrid],
+        top: usize,
+        out: Option<&std::path::Path>,
+        plot: Option<&std::path::Path>,
+    ) -> Result<()> {
+        let ablation = self.ablation;
+        let summary = summarize(grids, top);
+        if let Some(out) = out {
+            let file = ShipsSummary {
+                schema: schema::SHIPS_SUMMARY.into(),
+                summary: summary.clone(),
+                model: self.model.to_string(),
+                data: self.data.to_string(),
+                target: ablation.target,
+                mode: ablation.op.mode_str().into(),
+                epsilon: ablation.op.epsilon(),
+                kl: self.kl.into(),
+                note: ablation
+                    .shared_note(self.cfg)
+                    .map(|n| format!("{n}; every head of a group has the group's score")),
+            };
+            write_json(&sibling(out, "summary.json"), &file)?;
+        }
+        print_summary(&summary, out.is_none());
+        if let Some(p) = plot {
+            let title = format!(
+                "Mean Ships ({} {}) - {} on {}",
+                ablation.target.as_str(),
+                ablation.op.mode_str(),
+                short_name(self.model),
+                short_name(self.data)
+            );
+            sahara::io::plot::write_heatmap(
+                p,
+                &sahara::io::plot::Heatmap {
+                    title: &title,
+                    values: &summary.mean,
+                    marked: &[],
+                    colorbar_label: "mean KL (nats)",
+                },
+            )?;
+        }
+        Ok(())
     }
-    Ok(())
+}
+
+/// `sahara merge` for ships shards: the lines in query order, the run record without the
+/// shard, then the summary, table and plot a single run writes.
+pub fn merge(
+    files: &[sahara::io::shard::ShardFile],
+    whole: &sahara::io::formats::RunRecord,
+    out: &std::path::Path,
+    plot: Option<&std::path::Path>,
+) -> Result<()> {
+    let mut text = String::new();
+    let mut grids = Vec::new();
+    for f in files {
+        let body = std::fs::read_to_string(&f.path).map_err(|e| Error::io(&f.path, e))?;
+        let start = f.queries.start;
+        let (lines, good) = sahara::io::runlog::read_lines::<ShipsLine>(&f.path, &body, |i, l| {
+            if l.index == start + i {
+                Ok(())
+            } else {
+                Err(format!(
+                    "is query {} where query {} was expected",
+                    l.index + 1,
+                    start + i + 1
+                ))
+            }
+        })?;
+        if lines.len() != f.queries.len() {
+            return Err(Error::InvalidArgument(format!(
+                "{} holds {} of its {} queries: shard {}/{} has not finished; rerun it (it resumes) and merge again",
+                f.path.display(),
+                lines.len(),
+                f.queries.len(),
+                f.shard.index,
+                f.shard.count
+            )));
+        }
+        text.push_str(&body[..good]);
+        grids.extend(lines.into_iter().map(|l| l.scores));
+    }
+    let setting = |k: &str| whole.settings.get(k).cloned().unwrap_or_default();
+    let target: sahara::Target = serde_json::from_value(setting("target"))
+        .map_err(|e| Error::InvalidArgument(format!("the shards' run record: target: {e}")))?;
+    let op = sahara::Op::from_mode(
+        setting("mode").as_str().unwrap_or_default(),
+        setting("epsilon").as_f64().unwrap_or(0.0),
+    )?;
+    let top = setting("top").as_u64().unwrap_or(10) as usize;
+    let kl = setting("kl").as_str().unwrap_or("exact").to_string();
+    let cfg = sahara::Checkpoint::resolve(&whole.model)?.config()?;
+    if std::fs::metadata(out).is_ok_and(|m| m.len() > 0) {
+        return Err(Error::InvalidArgument(format!(
+            "{} exists; merge writes a new file",
+            out.display()
+        )));
+    }
+    write_json(&sibling(out, "run.json"), whole)?;
+    sahara::io::fs::write_atomic(out, text.as_bytes())?;
+    let outputs = Outputs {
+        model: &whole.model,
+        data: &whole.data,
+        ablation: sahara::model::ablation::Ablation::new(target, op)?,
+        kl: &kl,
+        cfg: &cfg,
+    };
+    outputs.write(&grids, top, Some(out), plot)
 }
 
 fn print_summary(s: &Summary, to_stderr: bool) {

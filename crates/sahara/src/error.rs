@@ -183,6 +183,7 @@ pub enum Setting {
     System,
     Column,
     Kl,
+    Shard,
 }
 
 impl Setting {
@@ -209,6 +210,7 @@ impl Setting {
             Setting::System => "system message",
             Setting::Column => "column",
             Setting::Kl => "KL divergence",
+            Setting::Shard => "shard",
         }
     }
 }
@@ -282,7 +284,8 @@ impl Error {
         }
     }
 
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
             source,

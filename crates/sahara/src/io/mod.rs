@@ -1,5 +1,5 @@
 //! What goes in and comes out: query files, prompts and chat templates, resumable run logs,
-//! and plots.
+//! sharded runs, and plots.
 
 pub mod attention_plot;
 pub mod data;
@@ -8,3 +8,4 @@ pub mod fs;
 pub mod plot;
 pub mod prompt;
 pub mod runlog;
+pub mod shard;

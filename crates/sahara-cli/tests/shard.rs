@@ -1,0 +1,222 @@
+//! Sharded runs (`--shard I/N`, or a Slurm array task's or Kubernetes Indexed Job's
+//! environment) and `sahara merge`: shards run as concurrent processes, one of them
+//! interrupted (the deterministic fault point, and a real kill -9) and restarted, merge into
+//! exactly the files of a single run.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::{fails, ok, queries, sahara, text_file, Fixture};
+
+impl Fixture {
+    /// `sahara ships --model MODEL --quiet --data DATA --out OUT` followed by `args`.
+    fn ships_out(&self, data: &Path, out: &Path, args: &[&str]) -> Command {
+        let mut c = self.ships_to(data, out);
+        c.arg("--quiet").args(args);
+        c
+    }
+}
+
+fn read(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()))
+}
+
+fn with_suffix(p: &Path, suffix: &str) -> PathBuf {
+    PathBuf::from(format!("{}.{suffix}", p.display()))
+}
+
+/// The files a ships run with `--out out --plot plot` writes, as bytes.
+fn outputs(out: &Path, plot: &Path) -> Vec<(String, Vec<u8>)> {
+    vec![
+        ("lines".into(), read(out)),
+        ("summary".into(), read(&with_suffix(out, "summary.json"))),
+        ("record".into(), read(&with_suffix(out, "run.json"))),
+        ("plot".into(), read(plot)),
+    ]
+}
+
+fn merge(dir: &Path, out: &Path, plot: &Path) {
+    ok(sahara()
+        .arg("merge")
+        .arg(dir)
+        .arg("--out")
+        .arg(out)
+        .arg("--plot")
+        .arg(plot));
+}
+
+#[test]
+fn three_concurrent_shards_one_interrupted_merge_into_the_single_run_byte_for_byte() {
+    let fx = Fixture::new();
+    let data = text_file(&fx, "q.txt", &queries(7, 6));
+    let single = fx.path("single.jsonl");
+    let single_plot = fx.path("single.png");
+    ok(fx.ships_out(&data, &single, &["--plot", single_plot.to_str().unwrap()]));
+
+    let dir = fx.path("shards");
+    // Three processes at once; shard 1 aborts (as kill -9 would) after its first line.
+    let children: Vec<_> = (0..3)
+        .map(|i| {
+            let mut c = fx.ships_out(&data, &dir, &["--shard", &format!("{i}/3")]);
+            if i == 1 {
+                c.env("SAHARA_FAULT_AFTER", "1");
+            }
+            c.stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let status: Vec<_> = children
+        .into_iter()
+        .map(|mut c| c.wait().unwrap())
+        .collect();
+    assert!(status[0].success() && status[2].success());
+    assert!(!status[1].success(), "shard 1 stopped at its fault point");
+    // Merging now names the unfinished shard.
+    fails(
+        sahara()
+            .arg("merge")
+            .arg(&dir)
+            .arg("--out")
+            .arg(fx.path("early.jsonl")),
+        &["shard 1/3 has not finished"],
+    );
+    // Restarted, it resumes.
+    ok(fx.ships_out(&data, &dir, &["--shard", "1/3"]));
+    let merged = fx.path("merged.jsonl");
+    let merged_plot = fx.path("merged.png");
+    merge(&dir, &merged, &merged_plot);
+    for ((what, a), (_, b)) in outputs(&single, &single_plot)
+        .iter()
+        .zip(outputs(&merged, &merged_plot))
+    {
+        assert!(*a == b, "{what} differs from the single run");
+    }
+    // The shards' records say which shard wrote which queries.
+    let r: serde_json::Value =
+        serde_json::from_slice(&read(&dir.join("shard-00002-of-00003.jsonl.run.json"))).unwrap();
+    assert_eq!(r["settings"]["shard"]["index"], 2);
+    assert_eq!(r["settings"]["shard"]["count"], 3);
+    assert_eq!(r["settings"]["shard"]["queries"][1], 7);
+}
+
+#[test]
+fn a_shard_killed_for_real_resumes_and_the_merge_is_the_single_run() {
+    let fx = Fixture::new();
+    let data = text_file(&fx, "q.txt", &queries(6, 30));
+    let single = fx.path("single.jsonl");
+    ok(fx.ships_out(&data, &single, &[]));
+    let dir = fx.path("shards");
+    ok(fx.ships_out(&data, &dir, &["--shard", "0/2"]));
+    // Shard 1 is killed with SIGKILL once its first line is on disk (polled, not timed).
+    let file = dir.join("shard-00001-of-00002.jsonl");
+    let mut child = fx
+        .ships_out(&data, &dir, &["--shard", "1/2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    loop {
+        let lines = std::fs::read_to_string(&file).map_or(0, |t| t.matches('\n').count());
+        if lines >= 1 {
+            break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let _ = child.kill();
+    child.wait().unwrap();
+    ok(fx.ships_out(&data, &dir, &["--shard", "1/2"]));
+    let merged = fx.path("merged.jsonl");
+    ok(sahara().arg("merge").arg(&dir).arg("--out").arg(&merged));
+    assert!(read(&merged) == read(&single), "lines differ");
+    assert!(
+        read(&with_suffix(&merged, "summary.json")) == read(&with_suffix(&single, "summary.json")),
+        "summaries differ"
+    );
+}
+
+#[test]
+fn shards_come_from_a_slurm_array_or_a_kubernetes_indexed_job() {
+    let fx = Fixture::new();
+    let data = text_file(&fx, "q.txt", &queries(4, 5));
+    let single = fx.path("single.jsonl");
+    ok(fx.ships_out(&data, &single, &[]));
+    // A Slurm array --array=5-6: task IDs 5 and 6 are shards 0 and 1.
+    let slurm = fx.path("slurm");
+    for id in ["5", "6"] {
+        ok(fx
+            .ships_out(&data, &slurm, &[])
+            .env("SLURM_ARRAY_TASK_ID", id)
+            .env("SLURM_ARRAY_TASK_MIN", "5")
+            .env("SLURM_ARRAY_TASK_COUNT", "2"));
+    }
+    assert!(slurm.join("shard-00001-of-00002.jsonl").is_file());
+    let merged = fx.path("slurm.jsonl");
+    ok(sahara().arg("merge").arg(&slurm).arg("--out").arg(&merged));
+    assert!(read(&merged) == read(&single));
+    // A Kubernetes Indexed Job of 2 completions.
+    let k8s = fx.path("k8s");
+    for i in ["0", "1"] {
+        ok(fx
+            .ships_out(&data, &k8s, &["--shards", "2"])
+            .env("JOB_COMPLETION_INDEX", i));
+    }
+    let merged = fx.path("k8s.jsonl");
+    ok(sahara().arg("merge").arg(&k8s).arg("--out").arg(&merged));
+    assert!(read(&merged) == read(&single));
+    // A stepped array does not number shards; a Job index without the count says so.
+    fails(
+        fx.ships_out(&data, &fx.path("x"), &[])
+            .env("SLURM_ARRAY_TASK_ID", "2")
+            .env("SLURM_ARRAY_TASK_MIN", "0")
+            .env("SLURM_ARRAY_TASK_COUNT", "2")
+            .env("SLURM_ARRAY_TASK_STEP", "2"),
+        &["step 2"],
+    );
+    fails(
+        fx.ships_out(&data, &fx.path("y"), &[])
+            .env("JOB_COMPLETION_INDEX", "0"),
+        &["number of shards is not given"],
+    );
+}
+
+#[test]
+fn merge_refuses_missing_mixed_and_foreign_shards() {
+    let fx = Fixture::new();
+    let data = text_file(&fx, "q.txt", &queries(4, 5));
+    let dir = fx.path("shards");
+    ok(fx.ships_out(&data, &dir, &["--shard", "0/3"]));
+    ok(fx.ships_out(&data, &dir, &["--shard", "2/3"]));
+    let merge_to = |name: &str| {
+        let mut c = sahara();
+        c.arg("merge").arg(&dir).arg("--out").arg(fx.path(name));
+        c
+    };
+    fails(merge_to("a.jsonl"), &["shard(s) 1/3 missing"]);
+    // Shard 1 computed with other settings.
+    ok(fx.ships_out(&data, &dir, &["--shard", "1/3", "--top", "3"]));
+    fails(merge_to("b.jsonl"), &["not a shard of the same run", "top"]);
+    std::fs::remove_file(dir.join("shard-00001-of-00003.jsonl")).unwrap();
+    std::fs::remove_file(dir.join("shard-00001-of-00003.jsonl.run.json")).unwrap();
+    // A shard of another count in the same folder.
+    ok(fx.ships_out(&data, &dir, &["--shard", "1/2"]));
+    fails(merge_to("c.jsonl"), &["mixes two runs"]);
+    // A plot belongs to the merge, and a shard needs its folder.
+    fails(
+        fx.ships_out(&data, &dir, &["--shard", "0/3", "--plot", "p.png"]),
+        &["sahara merge"],
+    );
+    let mut no_out = sahara();
+    no_out
+        .args(["ships", "--quiet", "--shard", "0/2", "--model"])
+        .arg(fx.model())
+        .arg("--data")
+        .arg(&data);
+    fails(no_out, &["--out DIR"]);
+}
