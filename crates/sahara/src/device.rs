@@ -192,6 +192,114 @@ pub fn free_memory(device: &Device) -> Result<Option<usize>> {
     Ok(None)
 }
 
+/// Where the parts of a model go when it is split over several devices: contiguous ranges of
+/// layers, in device order, the embedding on the first device and the final norm and
+/// unembedding on the last (as accelerate's `device_map="auto"` places a transformers model).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Layers of each device, in order; a device may get none.
+    pub layers: Vec<std::ops::Range<usize>>,
+    /// Bytes each device holds: its layers' weights, plus the embedding (first) or the head
+    /// (last).
+    pub bytes: Vec<usize>,
+}
+
+/// Bytes of one decoder layer's weights in `dtype`, and of the embedding and the head (final
+/// norm and unembedding, 0 more when tied).
+pub fn part_bytes(cfg: &ModelConfig, dtype: DType) -> (usize, usize, usize) {
+    let e = dtype.size_in_bytes();
+    let emb = cfg.vocab_size * cfg.hidden_size * e;
+    let total = weight_bytes(cfg, dtype);
+    let head = cfg.hidden_size * e + if cfg.tie_word_embeddings { 0 } else { emb };
+    let layer = (total - emb - head) / cfg.num_layers.max(1);
+    (layer, emb, head)
+}
+
+/// Places `cfg`'s layers on devices with `free` bytes each, keeping `per_device_reserve`
+/// bytes on every device for activations, the key/value cache and the library's workspace:
+/// devices are filled in order, each with as many whole layers as fit (the first also holds
+/// the embedding, the last the head), so that the residual stream crosses a device boundary
+/// as few times as possible. Fails, saying how much is needed and how much there is, when the
+/// model does not fit.
+pub fn place_layers(
+    cfg: &ModelConfig,
+    dtype: DType,
+    free: &[usize],
+    per_device_reserve: usize,
+) -> Result<Placement> {
+    let (layer, emb, head) = part_bytes(cfg, dtype);
+    let n = cfg.num_layers;
+    let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+    let need = emb + head + n * layer;
+    let have: usize = free
+        .iter()
+        .map(|f| f.saturating_sub(per_device_reserve))
+        .sum();
+    let too_small = || {
+        Error::Device {
+        device: format!("{} device(s)", free.len()),
+        message: format!(
+            "the model needs {:.1} GiB for its weights in {dtype:?} ({n} layers of {:.2} GiB, embedding {:.2} GiB, head {:.2} GiB) but the devices have {:.1} GiB free after keeping {:.1} GiB each for activations",
+            gib(need),
+            gib(layer),
+            gib(emb),
+            gib(head),
+            gib(have),
+            gib(per_device_reserve)
+        ),
+    }
+    };
+    if free.is_empty() {
+        return Err(too_small());
+    }
+    let mut layers = Vec::with_capacity(free.len());
+    let mut bytes = Vec::with_capacity(free.len());
+    let mut next = 0;
+    let mut done = false;
+    for (i, &f) in free.iter().enumerate() {
+        if done {
+            layers.push(n..n);
+            bytes.push(0);
+            continue;
+        }
+        let last = i + 1 == free.len();
+        let mut budget = f.saturating_sub(per_device_reserve);
+        let mut used = 0;
+        if i == 0 {
+            if budget < emb {
+                return Err(too_small());
+            }
+            budget -= emb;
+            used += emb;
+        }
+        let start = next;
+        while next < n && budget >= layer {
+            budget -= layer;
+            used += layer;
+            next += 1;
+        }
+        if next == n {
+            if budget >= head {
+                // The model ends here: this device holds the head too.
+                used += head;
+                done = true;
+            } else if last || next == start {
+                return Err(too_small());
+            } else {
+                // No room for the head: the last layer moves to the next device with it.
+                next -= 1;
+                used -= layer;
+            }
+        }
+        layers.push(start..next);
+        bytes.push(used);
+    }
+    if !done {
+        return Err(too_small());
+    }
+    Ok(Placement { layers, bytes })
+}
+
 /// Transfers between the host and the device on the hot paths (the variant engine, generation,
 /// the decoder's per-call tables): the one place they are made, and counted, so that tests on
 /// the CPU can check that a sweep reads back one result per batch and a decoding step one
@@ -317,6 +425,92 @@ mod tests {
             memory_budget(&Device::Cpu, None).unwrap(),
             CPU_DEFAULT_BUDGET
         );
+    }
+
+    fn shape(
+        layers: usize,
+        hidden: usize,
+        inter: usize,
+        heads: usize,
+        kv: usize,
+        vocab: usize,
+    ) -> ModelConfig {
+        let raw: RawConfig = serde_json::from_str(&format!(
+            r#"{{"architectures": ["LlamaForCausalLM"], "hidden_size": {hidden}, "intermediate_size": {inter},
+                "num_hidden_layers": {layers}, "num_attention_heads": {heads}, "num_key_value_heads": {kv},
+                "vocab_size": {vocab}}}"#
+        ))
+        .unwrap();
+        ModelConfig::resolve(&raw).unwrap()
+    }
+
+    #[test]
+    fn layers_are_placed_on_devices_by_their_free_memory() {
+        // GPUs are sold in decimal gigabytes (an H200's 141 GB are 131 GiB).
+        let gb = 1_000_000_000usize;
+        let llama7b = shape(32, 4096, 11008, 32, 32, 32000);
+        let llama70b = shape(80, 8192, 28672, 64, 8, 128256);
+        let llama405b = shape(126, 16384, 53248, 128, 8, 128256);
+        let reserve = 8 * gb;
+        for (name, cfg) in [("7B", &llama7b), ("70B", &llama70b), ("405B", &llama405b)] {
+            for per_device in [80 * gb, 141 * gb] {
+                for n in [1, 2, 4, 8] {
+                    let free = vec![per_device; n];
+                    let (layer, emb, head) = part_bytes(cfg, DType::BF16);
+                    let need = weight_bytes(cfg, DType::BF16);
+                    assert_eq!(
+                        emb + head + cfg.num_layers * layer,
+                        need - (need - emb - head) % cfg.num_layers
+                    );
+                    let fits = need <= n * (per_device - reserve);
+                    match place_layers(cfg, DType::BF16, &free, reserve) {
+                        Ok(p) => {
+                            // Every layer once, in order, contiguous; no device over budget.
+                            assert_eq!(p.layers.first().unwrap().start, 0);
+                            assert_eq!(p.layers.last().unwrap().end, cfg.num_layers);
+                            assert!(p.layers.windows(2).all(|w| w[0].end == w[1].start));
+                            assert!(
+                                p.bytes.iter().all(|&b| b <= per_device - reserve),
+                                "{name} {n}"
+                            );
+                            assert_eq!(
+                                p.bytes.iter().sum::<usize>(),
+                                emb + head + cfg.num_layers * layer
+                            );
+                        }
+                        Err(e) => {
+                            // Only a model that does not fit, or nearly (whole layers), fails.
+                            assert!(
+                                !fits || need + n * layer > n * (per_device - reserve),
+                                "{name} on {n} x {} GiB: {e}",
+                                per_device / gb
+                            );
+                            assert!(e.to_string().contains("GiB free"), "{e}");
+                        }
+                    }
+                }
+            }
+        }
+        // 7B in bf16 (13.5 GB) fits one 80 GB GPU: all layers there.
+        let p = place_layers(&llama7b, DType::BF16, &[80 * gb], reserve).unwrap();
+        assert_eq!(p.layers, vec![0..32]);
+        // 70B in bf16 (141 GB) needs two H200s or more, and fits two: the first full, the
+        // rest with the head on the second.
+        assert!(place_layers(&llama70b, DType::BF16, &[141 * gb], reserve).is_err());
+        let p = place_layers(&llama70b, DType::BF16, &[141 * gb, 141 * gb], reserve).unwrap();
+        // The README's figures: layers 0-75 and the embedding (132 GB) on the first.
+        assert_eq!(p.layers, vec![0..76, 76..80]);
+        assert_eq!(p.bytes[0] / 1_000_000_000, 132);
+        // On 4 x 80 GB it spreads over 3 devices, filling them in order.
+        let p = place_layers(&llama70b, DType::BF16, &[80 * gb; 4], reserve).unwrap();
+        assert!(
+            p.layers[0].len() >= p.layers[1].len() && p.layers[3].is_empty()
+                || p.layers[3].len() < 30,
+            "{p:?}"
+        );
+        // 405B in bf16 (~810 GB) fits 8 x 141 GB, not 8 x 80 GB.
+        assert!(place_layers(&llama405b, DType::BF16, &[141 * gb; 8], reserve).is_ok());
+        assert!(place_layers(&llama405b, DType::BF16, &[80 * gb; 8], reserve).is_err());
     }
 
     #[test]
