@@ -13,8 +13,12 @@ use sahara::methods::sahara::{
 use sahara::{Error, Result};
 
 use crate::common::{
-    progress_bar, run_record, short_name, DataArgs, EngineArgs, ModelArgs, OpArgs, TemplateArgs,
+    progress_bar, run_record, short_name, DataArgs, EngineArgs, ModelArgs, OpArgs, ShardArgs,
+    TemplateArgs,
 };
+
+/// Candidates per chunk for workers when --chunk-heads is not given.
+const WORKER_CHUNK: usize = 16;
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -40,6 +44,19 @@ pub struct Args {
     pub plot: Option<PathBuf>,
     #[command(flatten)]
     pub engine: EngineArgs,
+    /// Candidates computed together: each step's candidates are cut into chunks of this many
+    /// (a fixed plan: a run with workers and a single run with the same value compute the
+    /// same numbers). Default: all at once; with workers, 16.
+    #[arg(long)]
+    pub chunk_heads: Option<usize>,
+    /// Run as one of any number of workers sharing the folder --out: each claims chunks of
+    /// each step, and whoever sees a step complete chooses its head (there is no
+    /// coordinator). `--shard I/N` (or a Slurm array / Indexed Job) names the worker.
+    #[command(flatten)]
+    pub shard: ShardArgs,
+    /// Seconds after which a worker's claim whose heartbeat stopped is taken over.
+    #[arg(long, default_value_t = 600.0)]
+    pub claim_timeout: f64,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -51,15 +68,43 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(p) = &a.plot {
         sahara::io::plot::check_extension(p)?;
     }
+    if a.chunk_heads == Some(0) {
+        return Err(Error::InvalidArgument(
+            "--chunk-heads must be at least 1".into(),
+        ));
+    }
+    if !(a.claim_timeout.is_finite() && a.claim_timeout > 0.0) {
+        return Err(Error::InvalidArgument(
+            "--claim-timeout must be positive".into(),
+        ));
+    }
+    let worker = a.shard.resolve(a.quiet)?;
+    if worker.is_some() {
+        if a.out.is_none() {
+            return Err(Error::InvalidArgument(
+                "workers share the folder given with --out DIR".into(),
+            ));
+        }
+        if a.plot.is_some() {
+            return Err(Error::InvalidArgument(
+                "workers write no plot: `sahara merge DIR --out FILE.json` gives the output to plot from".into(),
+            ));
+        }
+    }
     let model = a.model.load()?;
     let engine = a.engine.parse(&model.decoder.device)?;
     let cfg = model.cfg().clone();
     let queries = a.data.encode(&model, &template)?;
+    let chunk = match worker {
+        Some(_) => Some(a.chunk_heads.unwrap_or(WORKER_CHUNK)),
+        None => a.chunk_heads,
+    };
     let opts = SaharaOptions {
         ablation,
         rank: a.rank,
         steps: a.steps,
         engine,
+        chunk,
     };
     opts.validate(&cfg, queries.len())?;
     let mut record = run_record(
@@ -72,6 +117,9 @@ pub fn run(a: Args) -> Result<()> {
         ablation,
     )?;
     record.set("rank", a.rank);
+    if let Some(k) = chunk {
+        record.set("chunk_heads", k);
+    }
     let mut out = AttributeOutput {
         schema: schema::ATTRIBUTE.into(),
         model: model.source.clone(),
@@ -85,6 +133,34 @@ pub fn run(a: Args) -> Result<()> {
         selected: vec![],
         steps: vec![],
     };
+    let prompts: Vec<Vec<u32>> = queries.iter().map(|q| q.tokens.clone()).collect();
+    if let Some(w) = worker {
+        let dir = a.out.as_ref().expect("checked above");
+        let done = run_worker(
+            &a,
+            &model,
+            &prompts,
+            &opts,
+            &record,
+            &mut out,
+            dir,
+            &format!("{}-{}", w.index, std::process::id()),
+        )?;
+        if !a.quiet {
+            eprintln!(
+                "worker {}: all {} steps done in {}",
+                w.index,
+                a.steps,
+                done.display()
+            );
+        }
+        let selected: Vec<(usize, usize)> = out
+            .steps
+            .iter()
+            .map(|s| (s.selected[0], s.selected[1]))
+            .collect();
+        return report(&a, &out, &selected, &cfg, &model.source, true);
+    }
     // Resume from the steps an earlier identical run finished.
     if let Some(path) = &a.out {
         if claim(path, &record)? {
@@ -105,7 +181,6 @@ pub fn run(a: Args) -> Result<()> {
         .map(|s| (s.selected[0], s.selected[1]))
         .collect();
     out.selected = out.steps.iter().map(|s| s.selected).collect();
-    let prompts: Vec<Vec<u32>> = queries.iter().map(|q| q.tokens.clone()).collect();
     if out.steps.len() < a.steps {
         let reference =
             LeftSubspace::of(&stack_rows(&final_hidden(&model.decoder, &prompts, &[])?))?;
@@ -144,9 +219,23 @@ pub fn run(a: Args) -> Result<()> {
         }
         pb.finish_and_clear();
     }
+    report(&a, &out, &selected, &cfg, &model.source, a.out.is_some())
+}
+
+/// The table (stdout with --out, else stderr after the JSON on stdout) and the plot.
+fn report(
+    a: &Args,
+    out: &AttributeOutput,
+    selected: &[(usize, usize)],
+    cfg: &sahara::ModelConfig,
+    source: &str,
+    to_file: bool,
+) -> Result<()> {
+    let ablation = a.op.parse()?;
+    let queries = out.queries;
     let mut table = format!(
         "Sahara on {} queries (generalized Ships, rank {}, {} {}):\n{:>4}  {:>8}  {:>14}\n",
-        queries.len(),
+        queries,
         a.rank,
         ablation.target.as_str(),
         ablation.op.mode_str(),
@@ -162,15 +251,14 @@ pub fn run(a: Args) -> Result<()> {
             s.score
         ));
     }
-    if let Some(note) = ablation.shared_note(&cfg) {
+    if let Some(note) = ablation.shared_note(cfg) {
         table.push_str(&format!("note: {note}\n"));
     }
-    match &a.out {
-        Some(_) => print!("{table}"),
-        None => {
-            println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
-            eprint!("{table}");
-        }
+    if to_file {
+        print!("{table}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
+        eprint!("{table}");
     }
     if let Some(p) = &a.plot {
         let first = out
@@ -182,7 +270,7 @@ pub fn run(a: Args) -> Result<()> {
             "Generalized Ships, step 1 ({} {}) - {} on {}",
             ablation.target.as_str(),
             ablation.op.mode_str(),
-            short_name(&model.source),
+            short_name(source),
             short_name(&a.data.data)
         );
         sahara::io::plot::write_heatmap(
@@ -190,10 +278,121 @@ pub fn run(a: Args) -> Result<()> {
             &sahara::io::plot::Heatmap {
                 title: &title,
                 values: &first,
-                marked: &selected,
+                marked: selected,
                 colorbar_label: "principal angle (degrees)",
             },
         )?;
     }
     Ok(())
+}
+
+/// One worker of a run shared through `dir`: for each step, claims and computes chunks of
+/// candidates until every chunk has a result (taking over claims whose heartbeat stopped),
+/// then chooses the step's head from all of them, as every worker does, the same way.
+/// Returns the output file it leaves in `dir` (`attribute.json`, what a single run with
+/// `--out` and the same --chunk-heads writes).
+#[allow(clippy::too_many_arguments)]
+fn run_worker(
+    a: &Args,
+    model: &sahara::LoadedModel,
+    prompts: &[Vec<u32>],
+    opts: &SaharaOptions,
+    record: &sahara::io::formats::RunRecord,
+    out: &mut AttributeOutput,
+    dir: &std::path::Path,
+    worker: &str,
+) -> Result<PathBuf> {
+    use sahara::io::claim::{is_stale, read_if_present, take_over, try_claim, Heartbeat};
+    use sahara::methods::sahara::{chunk_scores, grid_of, step_chunks, HeadScore};
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let final_path = dir.join("attribute.json");
+    // The settings every worker must share: the first writes the record, the rest compare.
+    if claim(&final_path, record)? {
+        let done = AttributeOutput::read(&final_path)?;
+        if done.steps.len() >= a.steps {
+            *out = done;
+            out.steps.truncate(a.steps);
+            out.selected.truncate(a.steps);
+            return Ok(final_path);
+        }
+    }
+    let timeout = std::time::Duration::from_secs_f64(a.claim_timeout);
+    let poll = std::time::Duration::from_millis(200).min(timeout / 4);
+    let reference = LeftSubspace::of(&stack_rows(&final_hidden(&model.decoder, prompts, &[])?))?;
+    let cfg = model.cfg();
+    let mut selected: Vec<(usize, usize)> = Vec::new();
+    out.steps.clear();
+    out.selected.clear();
+    for s in 0..a.steps {
+        let step_dir = dir.join(format!("step-{:03}", s + 1));
+        let choice = step_dir.join("choice.json");
+        let step = match read_if_present::<AttributeStep>(&choice)? {
+            Some(step) => step,
+            None => {
+                std::fs::create_dir_all(&step_dir).map_err(|e| Error::io(&step_dir, e))?;
+                let ranges = step_chunks(cfg, &selected, opts);
+                let result = |k: usize| step_dir.join(format!("chunk-{k:05}.json"));
+                loop {
+                    let mut waiting = false;
+                    for (k, r) in ranges.iter().enumerate() {
+                        if read_if_present::<Vec<HeadScore>>(&result(k))?.is_some() {
+                            continue;
+                        }
+                        let claim_path = step_dir.join(format!("chunk-{k:05}.claim"));
+                        let mine = try_claim(&claim_path, worker)?
+                            || (is_stale(&claim_path, timeout) && take_over(&claim_path, worker)?);
+                        if !mine {
+                            waiting = true;
+                            continue;
+                        }
+                        // Finished by another worker between the check and the claim.
+                        if read_if_present::<Vec<HeadScore>>(&result(k))?.is_some() {
+                            continue;
+                        }
+                        let _heartbeat = Heartbeat::start(&claim_path, timeout / 4);
+                        let scores = chunk_scores(
+                            &model.decoder,
+                            prompts,
+                            &selected,
+                            &reference,
+                            opts,
+                            r.clone(),
+                            &mut |_| {},
+                        )
+                        .map_err(|e| e.context(format!("step {}, chunk {k}", s + 1)))?;
+                        let text = serde_json::to_string(&scores).expect("scores serialize");
+                        sahara::io::fs::write_atomic(&result(k), text.as_bytes())?;
+                        sahara::io::runlog::unit_written();
+                    }
+                    if !waiting {
+                        break;
+                    }
+                    std::thread::sleep(poll);
+                }
+                let mut scores = Vec::new();
+                for k in 0..ranges.len() {
+                    scores.extend(read_if_present::<Vec<HeadScore>>(&result(k))?.ok_or_else(
+                        || Error::InvalidArgument(format!("{} vanished", result(k).display())),
+                    )?);
+                }
+                let grid = grid_of(cfg, &scores);
+                let (l, h, score) = best_head(&grid)
+                    .ok_or_else(|| Error::InvalidArgument("no head left to select".into()))?;
+                let step = AttributeStep {
+                    selected: [l, h],
+                    score,
+                    scores: grid,
+                };
+                // Every worker that gets here computes the same step.
+                let text = serde_json::to_string(&step).expect("steps serialize");
+                sahara::io::fs::write_atomic(&choice, text.as_bytes())?;
+                step
+            }
+        };
+        selected.push((step.selected[0], step.selected[1]));
+        out.selected.push(step.selected);
+        out.steps.push(step);
+    }
+    write_json(&final_path, out)?;
+    Ok(final_path)
 }

@@ -256,6 +256,7 @@ pub fn sahara_step_cmd(a: MethodArgs) -> Result<()> {
         rank: 1,
         steps: 1,
         engine: a.engine.parse(&model.decoder.device)?,
+        chunk: None,
     };
     let prompts = bench_prompts(&model, &a.data, a.n)?;
     opts.validate(&cfg, prompts.len())?;

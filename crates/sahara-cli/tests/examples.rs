@@ -1,4 +1,5 @@
-//! The cluster examples run as they are: `examples/slurm/ships.sbatch`'s `#SBATCH` lines are
+//! The cluster examples run as they are: `examples/slurm/ships.sbatch`'s (and
+//! `attribute.sbatch`'s) `#SBATCH` lines are
 //! sbatch options and its body, run once per array task with the variables Slurm sets, gives
 //! the single run after `sahara merge`; `examples/k8s/ships-job.yaml` is a valid Indexed Job
 //! (checked against the Kubernetes schema by `kubernetes-validate`, which `.ci/run`
@@ -96,6 +97,45 @@ fn the_slurm_array_example_runs_as_slurm_runs_it() {
     let submit = example("examples/slurm/submit-ships.sh");
     assert!(submit.contains("--dependency=afterok:"));
     assert!(submit.contains("--array=0-$((tasks - 1))"));
+}
+
+#[test]
+fn the_slurm_attribute_example_gives_the_single_run() {
+    let script = example("examples/slurm/attribute.sbatch");
+    let opts = sbatch_options(&script);
+    assert!(opts.iter().any(|(k, v)| k == "--array" && v == "0-3"));
+    let fx = Fixture::new();
+    let data = text_file(&fx, "q.txt", &queries(5, 5));
+    let single = fx.path("single.json");
+    let mut c = sahara();
+    c.arg("attribute")
+        .arg("--model")
+        .arg(fx.model())
+        .arg("--data")
+        .arg(&data)
+        .args(["--quiet", "--steps", "2", "--chunk-heads", "16", "--out"])
+        .arg(&single);
+    ok(c);
+    let out = fx.path("workers");
+    // The array's tasks one after the other: the first does every chunk, the rest find the
+    // work done.
+    for id in 0..4 {
+        let mut c = Command::new("bash");
+        c.arg(repo().join("examples/slurm/attribute.sbatch"))
+            .arg(fx.model())
+            .arg(&data)
+            .arg(&out)
+            .env("SAHARA", env!("CARGO_BIN_EXE_sahara"))
+            .env("SAHARA_DEVICE", "cpu")
+            .env("SAHARA_STEPS", "2")
+            .env("SLURM_ARRAY_TASK_ID", id.to_string())
+            .env("SLURM_ARRAY_TASK_MIN", "0")
+            .env("SLURM_ARRAY_TASK_COUNT", "4");
+        ok(c);
+    }
+    let merged = fx.path("merged.json");
+    ok(sahara().arg("merge").arg(&out).arg("--out").arg(&merged));
+    assert!(std::fs::read(&merged).unwrap() == std::fs::read(&single).unwrap());
 }
 
 /// The `command:` list of the Job's container, one item a line.

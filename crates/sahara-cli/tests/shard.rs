@@ -220,3 +220,124 @@ fn merge_refuses_missing_mixed_and_foreign_shards() {
         .arg(&data);
     fails(no_out, &["--out DIR"]);
 }
+
+impl Fixture {
+    /// `sahara attribute --model MODEL --quiet --data DATA --steps 2 --chunk-heads 3` then `args`.
+    fn attribute_chunked(&self, data: &Path, args: &[&str]) -> Command {
+        let mut c = sahara();
+        c.arg("attribute")
+            .arg("--model")
+            .arg(self.model())
+            .arg("--data")
+            .arg(data)
+            .args(["--quiet", "--steps", "2", "--chunk-heads", "3"])
+            .args(args);
+        c
+    }
+}
+
+fn same_files(a: &Path, b: &Path) {
+    assert!(
+        read(a) == read(b),
+        "{} differs from {}",
+        a.display(),
+        b.display()
+    );
+    assert!(
+        read(&with_suffix(a, "run.json")) == read(&with_suffix(b, "run.json")),
+        "the run records differ"
+    );
+}
+
+#[test]
+fn attribute_workers_one_dying_with_a_claim_one_after_a_chunk_finish_as_the_single_run() {
+    let fx = Fixture::new();
+    let data = text_file(&fx, "q.txt", &queries(6, 5));
+    let single = fx.path("single.json");
+    ok(fx.attribute_chunked(&data, &["--out", single.to_str().unwrap()]));
+    let dir = fx.path("workers");
+    let worker = |i: usize| {
+        fx.attribute_chunked(
+            &data,
+            &[
+                "--out",
+                dir.to_str().unwrap(),
+                "--shard",
+                &format!("{i}/3"),
+                "--claim-timeout",
+                "1",
+            ],
+        )
+    };
+    // 12 candidates in chunks of 3, 2 steps. Worker 1 dies holding its first claim: chunk 0
+    // of step 1, left without a result.
+    let mut first = worker(1);
+    first.env("SAHARA_FAULT_AFTER_CLAIM", "1");
+    let o = first.output().unwrap();
+    assert!(!o.status.success(), "worker 1 stopped at its claim");
+    let step1 = dir.join("step-001");
+    assert!(step1.join("chunk-00000.claim").is_file());
+    assert!(!step1.join("chunk-00000.json").exists());
+    // Workers 0 and 2 at once; worker 2 dies after its first chunk's result (if it gets one).
+    // Chunk 0 is taken over once its claim's heartbeat is 1 s old.
+    let mut w2 = worker(2);
+    w2.env("SAHARA_FAULT_AFTER", "1");
+    let children = [worker(0), w2].map(|mut c| {
+        c.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    });
+    let status: Vec<_> = children
+        .into_iter()
+        .map(|mut c| c.wait().unwrap())
+        .collect();
+    assert!(
+        status[0].success(),
+        "worker 0 finishes the run, alone if it must"
+    );
+    assert!(
+        step1.join("chunk-00000.json").is_file(),
+        "the dead claim was taken over"
+    );
+    // Restarted, the others find the work done.
+    for i in [1, 2] {
+        ok(fx.attribute_chunked(
+            &data,
+            &["--out", dir.to_str().unwrap(), "--shard", &format!("{i}/3")],
+        ));
+    }
+    let merged = fx.path("merged.json");
+    ok(sahara().arg("merge").arg(&dir).arg("--out").arg(&merged));
+    same_files(&merged, &single);
+}
+
+#[test]
+fn one_attribute_worker_alone_does_every_chunk() {
+    let fx = Fixture::new();
+    let data = text_file(&fx, "q.txt", &queries(5, 6));
+    let single = fx.path("single.json");
+    ok(fx.attribute_chunked(&data, &["--out", single.to_str().unwrap()]));
+    let dir = fx.path("workers");
+    ok(fx.attribute_chunked(&data, &["--out", dir.to_str().unwrap(), "--shard", "3/8"]));
+    assert!(dir.join("step-002/chunk-00003.json").is_file());
+    let merged = fx.path("merged.json");
+    ok(sahara().arg("merge").arg(&dir).arg("--out").arg(&merged));
+    same_files(&merged, &single);
+    // Chunked or not, the search chooses the same heads here (the scores may differ in the
+    // last bits, as batches differ).
+    let whole = fx.path("whole.json");
+    let mut c = sahara();
+    c.arg("attribute")
+        .arg("--model")
+        .arg(fx.model())
+        .arg("--data")
+        .arg(&data)
+        .args(["--quiet", "--steps", "2", "--out"])
+        .arg(&whole);
+    ok(c);
+    let sel = |p: &Path| -> serde_json::Value {
+        serde_json::from_slice::<serde_json::Value>(&read(p)).unwrap()["selected"].clone()
+    };
+    assert_eq!(sel(&whole), sel(&single));
+}

@@ -312,6 +312,7 @@ pub fn check_fixture(dir: &Path, dtype: DType, device: &Device) -> Result<Vec<Ch
                 rank: 1,
                 steps: 1,
                 engine: engine(kind),
+                chunk: None,
             };
             grids.push(step_scores(
                 &model.decoder,

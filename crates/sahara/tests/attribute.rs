@@ -27,6 +27,7 @@ fn opts(target: Target, op: Op, engine: Engine, rank: usize) -> SaharaOptions {
             batch_size: Some(5),
             ..Default::default()
         },
+        chunk: None,
     }
 }
 

@@ -123,6 +123,7 @@ fn sahara_heads() -> &'static Vec<(usize, usize)> {
             rank: 1,
             steps: 3,
             engine: EngineOptions::default(),
+            chunk: None,
         };
         opts.validate(s.model.cfg(), s.harmful.len()).unwrap();
         let reference = LeftSubspace::of(&stack_rows(

@@ -2,6 +2,7 @@
 //! sharded runs, and plots.
 
 pub mod attention_plot;
+pub mod claim;
 pub mod data;
 pub mod formats;
 pub mod fs;

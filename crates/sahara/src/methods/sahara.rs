@@ -17,6 +17,7 @@
 //! highest score joins G (ties: lower layer, then lower head).
 
 use faer::Mat;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, Setting};
 use crate::methods::engine::{run_variants, EngineOptions, Output};
@@ -107,6 +108,10 @@ pub struct SaharaOptions {
     pub rank: usize,
     pub steps: usize,
     pub engine: EngineOptions,
+    /// Candidates computed together per query: `None` for all of a step's at once; with a
+    /// size, a step's candidates are cut into fixed chunks ([`chunks`]) computed one after
+    /// the other, the plan a run spread over workers shares with a single run.
+    pub chunk: Option<usize>,
 }
 
 impl SaharaOptions {
@@ -180,28 +185,65 @@ pub fn candidates(cfg: &ModelConfig, selected: &[(usize, usize)], ablation: Abla
     ablation.units(cfg, &heads)
 }
 
-/// Scores of every head not in `selected`, as G ∪ {head} with G = `selected`, against the
-/// unmodified model's subspace `reference`. `progress` receives the number of (query,
-/// head) runs finished.
-pub fn step_scores(
+/// A step's candidates cut into chunks of `size` (the last one shorter), in candidate order:
+/// fixed by the number of candidates and the size alone.
+pub fn chunks(candidates: usize, size: usize) -> Vec<std::ops::Range<usize>> {
+    let size = size.max(1);
+    (0..candidates.div_ceil(size))
+        .map(|k| k * size..((k + 1) * size).min(candidates))
+        .collect()
+}
+
+/// The chunks of the step after `selected` under `opts` (one for all candidates without
+/// [`SaharaOptions::chunk`]).
+pub fn step_chunks(
+    cfg: &ModelConfig,
+    selected: &[(usize, usize)],
+    opts: &SaharaOptions,
+) -> Vec<std::ops::Range<usize>> {
+    let n = candidates(cfg, selected, opts.ablation).len();
+    chunks(n, opts.chunk.unwrap_or(n))
+}
+
+/// One head's score at a step.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct HeadScore {
+    pub layer: usize,
+    pub head: usize,
+    pub score: f64,
+}
+
+/// Scores of the candidates `range` of the step after `selected` (see [`step_scores`]), one
+/// entry per head (the heads of a key/value group share their unit's score). `progress`
+/// receives the number of (query, candidate) runs finished.
+pub fn chunk_scores(
     model: &Decoder,
     prompts: &[Vec<u32>],
     selected: &[(usize, usize)],
     reference: &LeftSubspace,
     opts: &SaharaOptions,
+    range: std::ops::Range<usize>,
     progress: &mut dyn FnMut(usize),
-) -> Result<HeadGrid> {
+) -> Result<Vec<HeadScore>> {
     let cfg = &model.cfg;
     let base = opts.ablation.of(selected);
-    let candidates = candidates(cfg, selected, opts.ablation);
-    let variants: Vec<Vec<HeadAblation>> = candidates
+    let all = candidates(cfg, selected, opts.ablation);
+    let units = all.get(range.clone()).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "candidates {}..{} of {}",
+            range.start,
+            range.end,
+            all.len()
+        ))
+    })?;
+    let variants: Vec<Vec<HeadAblation>> = units
         .iter()
         .map(|u| vec![opts.ablation.at(u.layer, u.head)])
         .collect();
     // Hidden states per candidate, per query: [candidate][query] -> d values.
-    let mut hidden: Vec<Vec<Vec<f32>>> = vec![Vec::with_capacity(prompts.len()); candidates.len()];
+    let mut hidden: Vec<Vec<Vec<f32>>> = vec![Vec::with_capacity(prompts.len()); units.len()];
     for (qi, p) in prompts.iter().enumerate() {
-        let base_n = qi * candidates.len();
+        let base_n = qi * units.len();
         let out = run_variants(
             model,
             p,
@@ -216,16 +258,58 @@ pub fn step_scores(
             hidden[c].push(v);
         }
     }
-    let mut grid: HeadGrid = vec![vec![None; cfg.num_heads]; cfg.num_layers];
-    for (c, u) in candidates.iter().enumerate() {
+    let mut scores = Vec::new();
+    for (c, u) in units.iter().enumerate() {
         let sub = LeftSubspace::of(&stack_rows(&hidden[c]))?;
         let score = principal_angle_score(reference, &sub, opts.rank)?;
         for &h in &u.heads {
-            grid[u.layer][h] = Some(score);
+            scores.push(HeadScore {
+                layer: u.layer,
+                head: h,
+                score,
+            });
         }
         hidden[c] = Vec::new();
     }
-    Ok(grid)
+    Ok(scores)
+}
+
+/// The grid `[layer][head]` of a step's head scores.
+pub fn grid_of(cfg: &ModelConfig, scores: &[HeadScore]) -> HeadGrid {
+    let mut grid: HeadGrid = vec![vec![None; cfg.num_heads]; cfg.num_layers];
+    for s in scores {
+        grid[s.layer][s.head] = Some(s.score);
+    }
+    grid
+}
+
+/// Scores of every head not in `selected`, as G ∪ {head} with G = `selected`, against the
+/// unmodified model's subspace `reference`, chunk by chunk ([`step_chunks`]). `progress`
+/// receives the number of (query, head) runs finished.
+pub fn step_scores(
+    model: &Decoder,
+    prompts: &[Vec<u32>],
+    selected: &[(usize, usize)],
+    reference: &LeftSubspace,
+    opts: &SaharaOptions,
+    progress: &mut dyn FnMut(usize),
+) -> Result<HeadGrid> {
+    let mut scores = Vec::new();
+    let mut before = 0;
+    for range in step_chunks(&model.cfg, selected, opts) {
+        let n = range.len() * prompts.len();
+        scores.extend(chunk_scores(
+            model,
+            prompts,
+            selected,
+            reference,
+            opts,
+            range,
+            &mut |k| progress(before + k),
+        )?);
+        before += n;
+    }
+    Ok(grid_of(&model.cfg, &scores))
 }
 
 /// The best head of a step's grid (ties: lower layer, then lower head).
