@@ -261,12 +261,27 @@ impl Checker<'_> {
     }
 }
 
-/// A device out of memory with `rows` rows, when no smaller batch is left to try.
-fn out_of_memory(model: &Decoder, rows: usize, e: Error) -> Error {
+/// `e` as the final error of a batch of one row: a device out of memory becomes
+/// [`Error::OutOfMemory`] (no smaller batch is left to try); any other error is kept.
+pub(crate) fn at_one_row(model: &Decoder, e: Error) -> Error {
+    if !e.is_out_of_memory() {
+        return e;
+    }
     Error::OutOfMemory {
         device: crate::device::name(&model.device),
-        rows,
+        rows: 1,
         message: crate::error::one_line(&e.to_string()),
+    }
+}
+
+/// The simulated out-of-memory fault ([`FAULT_OOM_ABOVE`]): a batch of more than `limit`
+/// rows fails as a device out of memory would.
+pub(crate) fn simulated_oom(rows: usize, limit: Option<usize>) -> Result<()> {
+    match limit {
+        Some(n) if rows > n => Err(Error::Candle(candle_core::Error::Msg(format!(
+            "simulated out of memory: a batch of {rows} rows, more than {n} ({FAULT_OOM_ABOVE})"
+        )))),
+        _ => Ok(()),
     }
 }
 
@@ -298,14 +313,7 @@ fn sweep(
     let with_base = |extra: &[HeadAblation]| -> Vec<HeadAblation> {
         base.iter().chain(extra.iter()).copied().collect()
     };
-    let simulated = |rows: usize| -> Result<()> {
-        match opts.simulate_oom_above {
-            Some(n) if rows > n => Err(Error::Candle(candle_core::Error::Msg(format!(
-                "simulated out of memory: a batch of {rows} rows, more than {n} ({FAULT_OOM_ABOVE})"
-            )))),
-            _ => Ok(()),
-        }
-    };
+    let simulated = |rows: usize| simulated_oom(rows, opts.simulate_oom_above);
     let base_plan = AblationPlan::new(cfg, &[base.to_vec()], model.dtype, dev)?;
     match opts.kind {
         Engine::Naive => {
@@ -314,13 +322,7 @@ fn sweep(
                 .with_ablations(&base_plan);
             let base_out = simulated(1)
                 .and_then(|()| model.forward(&batch, &spec, None))
-                .map_err(|e| {
-                    if e.is_out_of_memory() {
-                        out_of_memory(model, 1, e)
-                    } else {
-                        e
-                    }
-                })?;
+                .map_err(|e| at_one_row(model, e))?;
             on_base(&output.last(&base_out)?)?;
             for (i, v) in variants.iter().enumerate() {
                 let plan = AblationPlan::new(cfg, &[with_base(v)], model.dtype, dev)?;
@@ -330,13 +332,7 @@ fn sweep(
                         &output.forward_spec(Positions::All).with_ablations(&plan),
                         None,
                     )
-                    .map_err(|e| {
-                        if e.is_out_of_memory() {
-                            out_of_memory(model, 1, e)
-                        } else {
-                            e
-                        }
-                    })?;
+                    .map_err(|e| at_one_row(model, e))?;
                 on_rows(&[i], &output.last(&o)?)?;
                 progress(i + 1);
             }
@@ -349,13 +345,7 @@ fn sweep(
             base_spec.resid = true;
             let base_out = simulated(1)
                 .and_then(|()| model.forward(&batch, &base_spec, None))
-                .map_err(|e| {
-                    if e.is_out_of_memory() {
-                        out_of_memory(model, 1, e)
-                    } else {
-                        e
-                    }
-                })?;
+                .map_err(|e| at_one_row(model, e))?;
             on_base(&output.last(&base_out)?)?;
             // Variants sorted by the first layer they change, in groups of at most `rows`.
             // Each group runs as a staircase: at layer l the variants that start at l join
@@ -406,7 +396,7 @@ fn sweep(
                     }
                     Err(e) if e.is_out_of_memory() => {
                         if group.len() == 1 {
-                            return Err(out_of_memory(model, 1, e));
+                            return Err(at_one_row(model, e));
                         }
                         rows = group.len() / 2;
                         todo.push(group);

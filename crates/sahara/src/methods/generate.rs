@@ -165,20 +165,12 @@ fn split_on_oom(
     first_row: usize,
 ) -> Result<Vec<Vec<u32>>> {
     let b = prompts.len();
-    let attempt = match opts.simulate_oom_above {
-        Some(n) if b > n => Err(Error::Candle(candle_core::Error::Msg(format!(
-            "simulated out of memory: a batch of {b} rows, more than {n}"
-        )))),
-        _ => generate_batch(model, prompts, ablations, pad_id, opts, first_row),
-    };
+    let attempt = crate::methods::engine::simulated_oom(b, opts.simulate_oom_above)
+        .and_then(|()| generate_batch(model, prompts, ablations, pad_id, opts, first_row));
     match attempt {
         Err(e) if e.is_out_of_memory() => {
             if b == 1 {
-                return Err(Error::OutOfMemory {
-                    device: crate::device::name(&model.device),
-                    rows: 1,
-                    message: crate::error::one_line(&e.to_string()),
-                });
+                return Err(crate::methods::engine::at_one_row(model, e));
             }
             let h = b / 2;
             let mut out = split_on_oom(
