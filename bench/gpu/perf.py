@@ -50,17 +50,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def last_json(text: str):
-    for line in reversed(text.splitlines()):
-        line = line.strip()
-        if line.startswith("{") and line.endswith("}"):
-            try:
-                return json.loads(line)
-            except json.JSONDecodeError:
-                pass
-    return None
+sys.path.insert(0, str(ROOT / "bench"))
+from harness import last_json_line as last_json  # noqa: E402  (the one reader of result lines)
 
 
 class GpuMemory:
