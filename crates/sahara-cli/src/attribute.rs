@@ -92,7 +92,7 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     let model = a.model.load()?;
-    let engine = a.engine.parse(&model.decoder.device)?;
+    let engine = a.engine.parse(&model.decoder.placement)?;
     let cfg = model.cfg().clone();
     let queries = a.data.encode(&model, &template)?;
     let chunk = match worker {

@@ -164,7 +164,7 @@ pub fn ships_cmd(a: MethodArgs) -> Result<()> {
     let load = start.elapsed().as_secs_f64();
     let cfg = model.cfg().clone();
     let mut opts = sahara::methods::ships::ShipsOptions::new(&cfg);
-    opts.engine = a.engine.parse(&model.decoder.device)?;
+    opts.engine = a.engine.parse(&model.decoder.placement)?;
     if let Some(l) = &a.layers {
         opts.layers =
             sahara::methods::ships::parse_range(sahara::error::Setting::Layers, l, cfg.num_layers)?;
@@ -235,7 +235,7 @@ pub fn ships_cmd(a: MethodArgs) -> Result<()> {
                "memory_budget_gb": opts.engine.memory_budget as f64 / (1u64 << 30) as f64,
                "best_head_first_query": best.first().and_then(|b| b.first()).map(|h| [h.layer, h.head]),
                "quantized": comparison,
-               "device": sahara::device::name(&model.decoder.device),
+               "device": model.decoder.placement.name(),
                "dtype": sahara::device::dtype_name(model.decoder.dtype)})
     );
     Ok(())
@@ -255,7 +255,7 @@ pub fn sahara_step_cmd(a: MethodArgs) -> Result<()> {
         ablation: sahara::model::ablation::Ablation::paper_default(),
         rank: 1,
         steps: 1,
-        engine: a.engine.parse(&model.decoder.device)?,
+        engine: a.engine.parse(&model.decoder.placement)?,
         chunk: None,
     };
     let prompts = bench_prompts(&model, &a.data, a.n)?;
@@ -278,7 +278,7 @@ pub fn sahara_step_cmd(a: MethodArgs) -> Result<()> {
                "queries": prompts.len(),
                "candidates": sahara::methods::sahara::candidates(&cfg, &[], opts.ablation).len(),
                "best_head": best.map(|(l, h, _)| [l, h]),
-               "device": sahara::device::name(&model.decoder.device),
+               "device": model.decoder.placement.name(),
                "dtype": sahara::device::dtype_name(model.decoder.dtype)})
     );
     Ok(())

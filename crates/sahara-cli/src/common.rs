@@ -99,7 +99,9 @@ pub struct ModelArgs {
     /// stored in 16 bits (bf16 or f16) and f32 for the rest.
     #[arg(long, default_value = "auto")]
     pub dtype: String,
-    /// Device: cpu, cuda or cuda:N (cuda needs a build with the `cuda` feature).
+    /// Device: cpu, cuda or cuda:N (cuda needs a build with the `cuda` feature); a list
+    /// (cuda:0,cuda:1,…) splits the model's layers over the devices by their free memory,
+    /// for a model larger than one GPU.
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Keep a GGUF file's quantized weights (Q4_K, Q8_0, …) quantized on the device and
@@ -112,18 +114,18 @@ pub struct ModelArgs {
 impl ModelArgs {
     pub fn load(&self) -> Result<LoadedModel> {
         let dtype = parse_dtype(&self.dtype)?;
-        let device = parse_device(&self.device)?;
+        let devices = parse_devices(&self.device)?;
         let dtype = match dtype {
             Some(d) => d,
             None => {
                 let cfg = sahara::Checkpoint::resolve(&self.model)?.config()?;
-                sahara::device::default_dtype(&cfg, &device)
+                sahara::device::default_dtype(&cfg, &devices[0])
             }
         };
-        LoadedModel::load_with(
+        LoadedModel::load_on(
             &self.model,
             dtype,
-            &device,
+            &devices,
             sahara::LoadOptions {
                 keep_quantized: self.keep_quantized,
             },
@@ -146,6 +148,32 @@ fn parse_dtype(s: &str) -> Result<Option<DType>> {
             ))
         }
     }))
+}
+
+/// Parses a `--device` list: one device, or several separated by commas for a model split
+/// over them. A device listed twice is one device (its parts share it).
+pub fn parse_devices(s: &str) -> Result<Vec<Device>> {
+    let mut seen: Vec<(&str, Device)> = Vec::new();
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim) {
+        let d = match seen.iter().find(|(n, _)| *n == part) {
+            Some((_, d)) => d.clone(),
+            None => {
+                let d = parse_device(part)?;
+                seen.push((part, d.clone()));
+                d
+            }
+        };
+        out.push(d);
+    }
+    if out.len() > 1 && out.iter().any(|d| d.is_cpu()) && !out.iter().all(|d| d.is_cpu()) {
+        return Err(Error::bad_value(
+            Setting::Device,
+            format!("{s:?}"),
+            "mixes the CPU and GPUs: split a model over GPUs only (a list of cpu runs the split code on the CPU)",
+        ));
+    }
+    Ok(out)
 }
 
 pub fn parse_device(s: &str) -> Result<Device> {
@@ -312,10 +340,11 @@ pub struct EngineArgs {
 }
 
 impl EngineArgs {
-    /// The options, with the memory budget planned for `device` (after the model is on it).
+    /// The options, with the memory budget planned for the model's devices (after the model
+    /// is on them).
     pub fn parse(
         &self,
-        device: &candle_core::Device,
+        placement: &sahara::model::decoder::DevicePlan,
     ) -> Result<sahara::methods::engine::EngineOptions> {
         if self.batch_size == Some(0) {
             return Err(Error::out_of_range(
@@ -338,7 +367,7 @@ impl EngineArgs {
         Ok(sahara::methods::engine::EngineOptions {
             kind: self.engine.parse()?,
             batch_size: self.batch_size,
-            memory_budget: sahara::device::memory_budget(device, limit)?,
+            memory_budget: sahara::device::placement_budget(placement, limit)?,
             simulate_oom_above: fault_oom_above()?,
         })
     }

@@ -2,7 +2,7 @@
 //! ablation on benign prompts.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args as ClapArgs;
 use sahara::io::formats::{schema, EvalLine, EvalSummary, HeadsFile, RunRecord};
@@ -19,7 +19,8 @@ use sahara::{Error, Result};
 use serde_json::json;
 
 use crate::common::{
-    check_heads_model, progress_bar, DataArgs, ModelArgs, OpArgs, SamplingArgs, TemplateArgs,
+    check_heads_model, progress_bar, DataArgs, ModelArgs, OpArgs, SamplingArgs, ShardArgs,
+    TemplateArgs,
 };
 
 /// New tokens per response when `--max-new-tokens` is not given and the context has room.
@@ -65,6 +66,8 @@ pub struct Args {
     pub batch_size: Option<usize>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
+    #[command(flatten)]
+    pub shard: ShardArgs,
     /// Harmless prompts (same formats as --data): measure over-refusal, unchanged responses
     /// and the first-token KL divergence of each condition.
     #[arg(long)]
@@ -166,6 +169,12 @@ pub fn run(a: Args) -> Result<()> {
         ));
     }
     let sampling = a.sampling.parse()?;
+    let shard = a.shard.resolve(a.quiet)?;
+    if shard.is_some() && a.out.is_none() {
+        return Err(Error::InvalidArgument(
+            "a sharded run writes into the folder all shards share: give it with --out DIR".into(),
+        ));
+    }
     let judge = match &a.refusal_phrases {
         Some(p) => RefusalMatcher::from_file(p)?,
         None => RefusalMatcher::default(),
@@ -246,13 +255,21 @@ pub fn run(a: Args) -> Result<()> {
     let batch_size = match a.batch_size {
         Some(n) => n,
         None if model.decoder.device.is_cpu() => CPU_BATCH_SIZE,
+        // The shards cut one plan of batches: its batch size cannot depend on each machine's
+        // free memory.
+        None if shard.is_some() => {
+            return Err(Error::InvalidArgument(
+                "a sharded run on a GPU needs --batch-size, the same for every shard (a planned one depends on each GPU's free memory)"
+                    .into(),
+            ))
+        }
         None => {
             let longest = sets
                 .iter()
                 .flat_map(|(_, qs)| qs.iter().map(|q| q.tokens.len()))
                 .max()
                 .unwrap_or(1);
-            let budget = sahara::device::memory_budget(&model.decoder.device, None)?;
+            let budget = sahara::device::placement_budget(&model.decoder.placement, None)?;
             sahara::methods::generate::planned_rows(
                 &model.decoder,
                 longest,
@@ -284,6 +301,29 @@ pub fn run(a: Args) -> Result<()> {
         .set("sampling", &sampling_record)
         .set("judge", judge.describe())
         .set("dtype", sahara::device::dtype_name(model.decoder.dtype));
+    // The run's plan of batches; a shard generates a contiguous range of it.
+    let plan = sahara::methods::eval::plan(conditions.len(), &sets, batch_size);
+    let (out, units) = match shard {
+        Some(s) => {
+            let dir = a.out.as_ref().expect("checked above");
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            let weights = sahara::methods::eval::unit_weights(&plan, &sets, max_new_tokens);
+            let units = sahara::io::shard::balanced_ranges(&weights, s.count)[s.index].clone();
+            let lines = plan[units.clone()].iter().map(|u| u.rows.len()).sum();
+            let mut shared = serde_json::Map::new();
+            shared.insert("batch_size".into(), json!(batch_size));
+            shared.insert(
+                "conditions".into(),
+                json!(conditions.iter().map(|c| &c.name).collect::<Vec<_>>()),
+            );
+            record.set(
+                "shard",
+                sahara::io::shard::batches_setting(s, &units, plan.len(), lines, shared),
+            );
+            (Some(s.file(dir, "jsonl")), units)
+        }
+        None => (a.out.clone(), 0..plan.len()),
+    };
     let names: HashMap<&str, usize> = conditions
         .iter()
         .enumerate()
@@ -292,20 +332,19 @@ pub fn run(a: Args) -> Result<()> {
     let mut outcomes: Vec<Outcome> = Vec::new();
     let mut done: HashSet<(Set, usize, usize)> = HashSet::new();
     let mut other_conditions = 0usize;
-    let mut lines: Lines<EvalLine> =
-        Lines::open(a.out.as_deref(), &record, |_, line: &EvalLine| {
-            match line.outcome(&names, &sets)? {
-                Some(o) => {
-                    if !done.insert((o.set, o.condition, o.query)) {
-                        return Err("repeats an earlier response".into());
-                    }
-                    outcomes.push(o);
+    let mut lines: Lines<EvalLine> = Lines::open(out.as_deref(), &record, |_, line: &EvalLine| {
+        match line.outcome(&names, &sets)? {
+            Some(o) => {
+                if !done.insert((o.set, o.condition, o.query)) {
+                    return Err("repeats an earlier response".into());
                 }
-                None => other_conditions += 1,
+                outcomes.push(o);
             }
-            Ok(())
-        })?;
-    let total: usize = sets.iter().map(|(_, q)| q.len()).sum::<usize>() * conditions.len();
+            None => other_conditions += 1,
+        }
+        Ok(())
+    })?;
+    let total: usize = plan[units.clone()].iter().map(|u| u.rows.len()).sum();
     if let (Lines::File(r), false) = (&lines, a.quiet) {
         if !r.done.is_empty() {
             eprintln!(
@@ -332,7 +371,7 @@ pub fn run(a: Args) -> Result<()> {
         },
         batch_size,
     };
-    let pb = progress_bar((total - done.len()) as u64, a.quiet, "eval");
+    let pb = progress_bar(total.saturating_sub(done.len()) as u64, a.quiet, "eval");
     let is_done = |s: Set, c: usize, q: usize| done.contains(&(s, c, q));
     let query_of = |s: Set, q: usize| -> &EncodedQuery {
         match s {
@@ -347,6 +386,7 @@ pub fn run(a: Args) -> Result<()> {
         &sets,
         &judge as &dyn Judge,
         &opts,
+        units.clone(),
         &is_done,
         &mut |rows| {
             if let Some(g) = rows.first() {
@@ -369,38 +409,177 @@ pub fn run(a: Args) -> Result<()> {
         },
     )?;
     pb.finish_and_clear();
+    if let Some(s) = shard {
+        if !a.quiet {
+            eprintln!(
+                "shard {}/{}: batches {}..{} of {} ({total} responses) in {}; when every shard is done: sahara merge {} --out FILE.jsonl",
+                s.index,
+                s.count,
+                units.start,
+                units.end,
+                plan.len(),
+                out.as_ref().expect("a shard file").display(),
+                a.out.as_ref().expect("a folder").display()
+            );
+        }
+        return Ok(());
+    }
     outcomes.extend(new_outcomes);
-    let summary = summarize(
-        &conditions,
-        harmful.len(),
-        benign.as_ref().map(Vec::len),
-        &outcomes,
-    )?;
-    let table = table(&summary, harmful.len(), benign.as_ref().map(Vec::len));
-    if let Some(out) = &a.out {
+    let n_benign = benign.as_ref().map(Vec::len);
+    let summary = summarize(&conditions, harmful.len(), n_benign, &outcomes)?;
+    write_outputs(&record, summary, harmful.len(), n_benign, a.out.as_deref())
+}
+
+/// What a whole run writes after its lines: the summary beside `out` (from the run record's
+/// settings) and the table (on stdout with `out`, else on stderr). One home for a single run
+/// and a merged sharded one.
+fn write_outputs(
+    record: &RunRecord,
+    summary: Vec<ConditionSummary>,
+    harmful: usize,
+    benign: Option<usize>,
+    out: Option<&Path>,
+) -> Result<()> {
+    let table = table(&summary, harmful, benign);
+    if let Some(out) = out {
+        let ablation = record.ablation()?;
+        let setting = |k: &str| record.settings.get(k).cloned().unwrap_or_default();
+        let bad = |k: &str| {
+            Error::InvalidArgument(format!("the run record has no {k:?} an eval run records"))
+        };
         let file = EvalSummary {
             schema: schema::EVAL_SUMMARY.into(),
-            model: model.source.clone(),
-            data: a.data.data.clone(),
-            queries: harmful.len(),
-            benign: a.benign.clone(),
-            benign_queries: benign.as_ref().map(Vec::len),
-            template: template.name(),
+            model: record.model.clone(),
+            data: record.data.clone(),
+            queries: harmful,
+            benign: serde_json::from_value(setting("benign")).map_err(|_| bad("benign"))?,
+            benign_queries: benign,
+            template: setting("template")
+                .as_str()
+                .ok_or_else(|| bad("template"))?
+                .to_string(),
             target: ablation.target,
             mode: ablation.op.mode_str().into(),
             epsilon: ablation.op.epsilon(),
-            max_new_tokens,
-            sampling: sampling_record,
-            judge: judge.describe(),
+            max_new_tokens: setting("max_new_tokens")
+                .as_u64()
+                .ok_or_else(|| bad("max_new_tokens"))? as usize,
+            sampling: setting("sampling"),
+            judge: setting("judge"),
             conditions: summary,
         };
         write_json(&sibling(out, "summary.json"), &file)?;
-    }
-    match &a.out {
-        Some(_) => print!("{table}"),
-        None => eprint!("{table}"),
+        print!("{table}");
+    } else {
+        eprint!("{table}");
     }
     Ok(())
+}
+
+/// `sahara merge` for eval shards: the lines in plan order (the order a single run writes
+/// them), the run record without the shard, then the summary and table a single run writes,
+/// recomputed from the merged lines.
+pub fn merge(files: &[sahara::io::shard::ShardFile], whole: &RunRecord, out: &Path) -> Result<()> {
+    let shard = files[0]
+        .record
+        .settings
+        .get("shard")
+        .cloned()
+        .unwrap_or_default();
+    let names: Vec<String> = serde_json::from_value(shard["conditions"].clone()).map_err(|_| {
+        Error::InvalidArgument(format!(
+            "{}: its shard setting lists no conditions",
+            files[0].path.display()
+        ))
+    })?;
+    let ablation = whole.ablation()?;
+    let cfg = sahara::Checkpoint::resolve(&whole.model)?.config()?;
+    let mut conditions = vec![Condition::unmodified()];
+    for n in names.iter().skip(1) {
+        conditions.push(Condition::ablating(&HeadSet::parse(n)?, ablation, &cfg)?);
+    }
+    if names.first().map(String::as_str) != Some(Condition::UNMODIFIED) {
+        return Err(Error::InvalidArgument(format!(
+            "{}: its first condition is not the unmodified model",
+            files[0].path.display()
+        )));
+    }
+    let by_name: HashMap<&str, usize> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
+    let mut text = String::new();
+    let mut lines: Vec<EvalLine> = Vec::new();
+    for f in files {
+        let body = std::fs::read_to_string(&f.path).map_err(|e| Error::io(&f.path, e))?;
+        let (got, good) = sahara::io::runlog::read_lines::<EvalLine>(&f.path, &body, |_, l| {
+            match by_name.contains_key(l.condition.as_str()) {
+                true => Ok(()),
+                false => Err(format!(
+                    "is of condition {:?}, not of this run",
+                    l.condition
+                )),
+            }
+        })?;
+        if got.len() != f.lines {
+            return Err(Error::InvalidArgument(format!(
+                "{} holds {} of its {} responses: shard {}/{} has not finished; rerun it (it resumes) and merge again",
+                f.path.display(),
+                got.len(),
+                f.lines,
+                f.shard.index,
+                f.shard.count
+            )));
+        }
+        text.push_str(&body[..good]);
+        lines.extend(got);
+    }
+    // A query's position in its set: the rank of its index among the set's.
+    let positions = |set: Set| -> HashMap<usize, usize> {
+        let mut idx: Vec<usize> = lines
+            .iter()
+            .filter(|l| l.set == set)
+            .map(|l| l.index)
+            .collect();
+        idx.sort_unstable();
+        idx.dedup();
+        idx.into_iter().enumerate().map(|(p, i)| (i, p)).collect()
+    };
+    let (harmful_pos, benign_pos) = (positions(Set::Harmful), positions(Set::Benign));
+    let benign = whole
+        .settings
+        .get("benign_queries")
+        .and_then(serde_json::Value::as_u64)
+        .map(|n| n as usize);
+    let outcomes: Vec<Outcome> = lines
+        .iter()
+        .map(|l| Outcome {
+            set: l.set,
+            condition: by_name[l.condition.as_str()],
+            query: match l.set {
+                Set::Harmful => harmful_pos[&l.index],
+                Set::Benign => benign_pos[&l.index],
+            },
+            response: l.response.clone(),
+            refusal: l.refusal,
+            first_token_kl: match l.set {
+                Set::Benign => l.first_token_kl,
+                Set::Harmful => None,
+            },
+        })
+        .collect();
+    if std::fs::metadata(out).is_ok_and(|m| m.len() > 0) {
+        return Err(Error::InvalidArgument(format!(
+            "{} exists; merge writes a new file",
+            out.display()
+        )));
+    }
+    // Every response of the run once: summarize refuses a missing or repeated one.
+    let summary = summarize(&conditions, whole.queries, benign, &outcomes)?;
+    write_json(&sibling(out, "run.json"), whole)?;
+    sahara::io::fs::write_atomic(out, text.as_bytes())?;
+    write_outputs(whole, summary, whole.queries, benign, Some(out))
 }
 
 fn table(s: &[ConditionSummary], harmful: usize, benign: Option<usize>) -> String {

@@ -30,8 +30,12 @@ pub fn run(a: Args) -> Result<()> {
     let (files, whole) = sahara::io::shard::collect(&a.dir, "jsonl")?;
     match whole.command.as_str() {
         "ships" => crate::ships::merge(&files, &whole, &a.out, a.plot.as_deref()),
+        "eval" if a.plot.is_some() => Err(Error::InvalidArgument(
+            "eval writes no plot; merge it without --plot".into(),
+        )),
+        "eval" => crate::eval::merge(&files, &whole, &a.out),
         other => Err(Error::InvalidArgument(format!(
-            "{}: shards of `sahara {other}` cannot be merged yet (ships can)",
+            "{}: shards of `sahara {other}` cannot be merged (ships and eval shards can; attribute's workers leave attribute.json)",
             a.dir.display()
         ))),
     }

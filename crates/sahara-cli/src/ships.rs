@@ -82,7 +82,7 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     let model = a.model.load()?;
-    let engine = a.engine.parse(&model.decoder.device)?;
+    let engine = a.engine.parse(&model.decoder.placement)?;
     let cfg = model.cfg().clone();
     let mut opts = ShipsOptions::new(&cfg);
     opts.ablation = ablation;
@@ -263,7 +263,7 @@ pub fn merge(
     let mut grids = Vec::new();
     for f in files {
         let body = std::fs::read_to_string(&f.path).map_err(|e| Error::io(&f.path, e))?;
-        let start = f.queries.start;
+        let start = f.range.start;
         let (lines, good) = sahara::io::runlog::read_lines::<ShipsLine>(&f.path, &body, |i, l| {
             if l.index == start + i {
                 Ok(())
@@ -275,12 +275,12 @@ pub fn merge(
                 ))
             }
         })?;
-        if lines.len() != f.queries.len() {
+        if lines.len() != f.lines {
             return Err(Error::InvalidArgument(format!(
                 "{} holds {} of its {} queries: shard {}/{} has not finished; rerun it (it resumes) and merge again",
                 f.path.display(),
                 lines.len(),
-                f.queries.len(),
+                f.lines,
                 f.shard.index,
                 f.shard.count
             )));
@@ -289,12 +289,7 @@ pub fn merge(
         grids.extend(lines.into_iter().map(|l| l.scores));
     }
     let setting = |k: &str| whole.settings.get(k).cloned().unwrap_or_default();
-    let target: sahara::Target = serde_json::from_value(setting("target"))
-        .map_err(|e| Error::InvalidArgument(format!("the shards' run record: target: {e}")))?;
-    let op = sahara::Op::from_mode(
-        setting("mode").as_str().unwrap_or_default(),
-        setting("epsilon").as_f64().unwrap_or(0.0),
-    )?;
+    let ablation = whole.ablation()?;
     let top = setting("top").as_u64().unwrap_or(10) as usize;
     let kl = setting("kl").as_str().unwrap_or("exact").to_string();
     let cfg = sahara::Checkpoint::resolve(&whole.model)?.config()?;
@@ -309,7 +304,7 @@ pub fn merge(
     let outputs = Outputs {
         model: &whole.model,
         data: &whole.data,
-        ablation: sahara::model::ablation::Ablation::new(target, op)?,
+        ablation,
         kl: &kl,
         cfg: &cfg,
     };

@@ -341,3 +341,117 @@ fn one_attribute_worker_alone_does_every_chunk() {
     };
     assert_eq!(sel(&whole), sel(&single));
 }
+
+/// `sahara eval` on a tiny model whose tokens are words: two ablations, a benign set,
+/// sampling, batches of 2, with `--out OUT` and `args`.
+fn eval_out(fx: &Fixture, harmful: &Path, benign: &Path, out: &Path, args: &[&str]) -> Command {
+    let mut c = sahara();
+    c.arg("eval")
+        .arg("--model")
+        .arg(fx.model())
+        .arg("--quiet")
+        .args(["--max-new-tokens", "6", "--batch-size", "2"])
+        .args(["--ablate", "1:0", "--ablate", "2:3,0:1"])
+        .args(["--temperature", "1", "--top-k", "5", "--seed", "7"])
+        .arg("--data")
+        .arg(harmful)
+        .arg("--benign")
+        .arg(benign)
+        .arg("--out")
+        .arg(out)
+        .args(args);
+    c
+}
+
+/// Kills `child` with SIGKILL once `file` holds a line (polled, not timed).
+fn kill_after_first_line(mut child: std::process::Child, file: &Path) {
+    loop {
+        let lines = std::fs::read_to_string(file).map_or(0, |t| t.matches('\n').count());
+        if lines >= 1 || child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let _ = child.kill();
+    child.wait().unwrap();
+}
+
+#[test]
+fn eval_in_three_shards_one_interrupted_one_killed_merges_into_the_single_run_byte_for_byte() {
+    let fx = Fixture::with_spec(|s| s.vocab_size = 3 + sahara::checkpoint::random::WORDS.len());
+    let harmful = text_file(&fx, "harmful.txt", &queries(7, 4));
+    let benign = text_file(&fx, "benign.txt", &queries(3, 3));
+    let single = fx.path("single.jsonl");
+    ok(eval_out(&fx, &harmful, &benign, &single, &[]));
+
+    let dir = fx.path("shards");
+    // Shard 1 aborts at its fault point after its first line (as kill -9 would); shard 2 is
+    // killed with SIGKILL once its first line is on disk; shard 0 finishes.
+    let mut one = eval_out(&fx, &harmful, &benign, &dir, &["--shard", "1/3"]);
+    one.env("SAHARA_FAULT_AFTER", "1");
+    let spawn = |mut c: Command| {
+        c.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let zero = spawn(eval_out(&fx, &harmful, &benign, &dir, &["--shard", "0/3"]));
+    let one = spawn(one);
+    let two = spawn(eval_out(&fx, &harmful, &benign, &dir, &["--shard", "2/3"]));
+    kill_after_first_line(two, &dir.join("shard-00002-of-00003.jsonl"));
+    let status = [zero, one].map(|mut c| c.wait().unwrap());
+    assert!(status[0].success(), "shard 0 finished");
+    assert!(!status[1].success(), "shard 1 stopped at its fault point");
+    fails(
+        sahara()
+            .arg("merge")
+            .arg(&dir)
+            .arg("--out")
+            .arg(fx.path("early.jsonl")),
+        &["has not finished"],
+    );
+    for i in [1, 2] {
+        ok(eval_out(
+            &fx,
+            &harmful,
+            &benign,
+            &dir,
+            &["--shard", &format!("{i}/3")],
+        ));
+    }
+    let merged = fx.path("merged.jsonl");
+    let table = ok(sahara().arg("merge").arg(&dir).arg("--out").arg(&merged));
+    for suffix in ["", ".summary.json", ".run.json"] {
+        let (a, b) = (
+            PathBuf::from(format!("{}{suffix}", single.display())),
+            PathBuf::from(format!("{}{suffix}", merged.display())),
+        );
+        assert!(
+            read(&a) == read(&b),
+            "{suffix:?} differs from the single run"
+        );
+    }
+    assert!(table.contains("ASR on 7 harmful queries"), "{table}");
+    // Each shard's record says which batches of the plan it generated, and the conditions.
+    let r: serde_json::Value =
+        serde_json::from_slice(&read(&dir.join("shard-00000-of-00003.jsonl.run.json"))).unwrap();
+    let s = &r["settings"]["shard"];
+    assert_eq!(s["index"], 0);
+    // 3 conditions × (4 harmful batches + 2 benign batches).
+    assert_eq!(s["of"], 18);
+    assert_eq!(
+        s["conditions"],
+        serde_json::json!(["unmodified", "1:0", "2:3,0:1"])
+    );
+    // A shard rerun with other conditions is another run: refused, not mixed in.
+    fails(
+        eval_out(
+            &fx,
+            &harmful,
+            &benign,
+            &dir,
+            &["--shard", "0/3", "--ablate", "0:0"],
+        ),
+        &["shard-00000-of-00003.jsonl"],
+    );
+}

@@ -774,3 +774,25 @@ fn ships_keeps_gguf_weights_quantized_when_asked_and_records_it() {
     c.arg("--data").arg(&data);
     fails(c, &["only from a GGUF file"]);
 }
+
+#[test]
+fn a_model_split_over_a_device_list_scores_as_on_one_device() {
+    let fx = Fixture::new();
+    let data = text_file(&fx, "q.txt", &queries(2, 5));
+    let one = fx.path("one.jsonl");
+    let split = fx.path("split.jsonl");
+    ok(fx.ships_to(&data, &one).arg("--quiet"));
+    ok(fx
+        .ships_to(&data, &split)
+        .args(["--quiet", "--device", "cpu,cpu,cpu"]));
+    assert_eq!(
+        std::fs::read(&one).unwrap(),
+        std::fs::read(&split).unwrap(),
+        "the lines differ"
+    );
+    fails(
+        fx.ships_to(&data, &fx.path("bad.jsonl"))
+            .args(["--device", "cpu,tpu"]),
+        &["--device"],
+    );
+}

@@ -166,6 +166,19 @@ pub fn memory_budget(device: &Device, limit: Option<usize>) -> Result<usize> {
     Ok(plan_budget(free, limit))
 }
 
+/// [`memory_budget`] of a decoder's devices: the smallest of its parts' (a batch's
+/// activations are on each part in turn).
+pub fn placement_budget(
+    placement: &crate::model::decoder::DevicePlan,
+    limit: Option<usize>,
+) -> Result<usize> {
+    let mut least = usize::MAX;
+    for d in &placement.devices {
+        least = least.min(memory_budget(d, limit)?);
+    }
+    Ok(least)
+}
+
 /// [`memory_budget`] from the device's free bytes (`None` on the CPU).
 pub fn plan_budget(free: Option<usize>, limit: Option<usize>) -> usize {
     match free {
@@ -300,6 +313,36 @@ pub fn place_layers(
     Ok(Placement { layers, bytes })
 }
 
+/// How a model of `cfg` in `dtype` is split over `devices` (in order): where every device
+/// reports its free memory (GPUs), by [`place_layers`], keeping a quarter of the largest free
+/// memory on each device for activations and the key/value cache as [`prepare`] does; where
+/// one does not (the CPU), evenly by layer count. Returns the plan and the bytes of weights
+/// each device gets (0 where not known).
+pub fn plan_devices(
+    cfg: &ModelConfig,
+    dtype: DType,
+    devices: &[Device],
+) -> Result<(crate::model::decoder::DevicePlan, Vec<usize>)> {
+    use crate::model::decoder::DevicePlan;
+    let free: Option<Vec<usize>> = devices
+        .iter()
+        .map(free_memory)
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .collect();
+    match free {
+        Some(free) => {
+            let reserve = free.iter().copied().max().unwrap_or(0) / 4;
+            let p = place_layers(cfg, dtype, &free, reserve)?;
+            Ok((DevicePlan::split(devices, &p.layers)?, p.bytes))
+        }
+        None => {
+            let ranges = crate::io::shard::balanced_ranges(&vec![1; cfg.num_layers], devices.len());
+            Ok((DevicePlan::split(devices, &ranges)?, vec![0; devices.len()]))
+        }
+    }
+}
+
 /// Transfers between the host and the device on the hot paths (the variant engine, generation,
 /// the decoder's per-call tables): the one place they are made, and counted, so that tests on
 /// the CPU can check that a sweep reads back one result per batch and a decoding step one
@@ -320,6 +363,9 @@ pub mod transfers {
         pub to_host: u64,
         /// Host-to-device copies (tokens, position tables, masks, ablation plans).
         pub to_device: u64,
+        /// Copies between the parts of a decoder split over devices (the residual stream at
+        /// a boundary, the rotary tables), counted even where two parts are the same device.
+        pub between: u64,
     }
 
     impl std::ops::Sub for Counts {
@@ -328,12 +374,14 @@ pub mod transfers {
             Counts {
                 to_host: self.to_host - o.to_host,
                 to_device: self.to_device - o.to_device,
+                between: self.between - o.between,
             }
         }
     }
 
     thread_local! {
-        static COUNTS: Cell<Counts> = const { Cell::new(Counts { to_host: 0, to_device: 0 }) };
+        static COUNTS: Cell<Counts> =
+            const { Cell::new(Counts { to_host: 0, to_device: 0, between: 0 }) };
     }
 
     /// This thread's counts.
@@ -347,8 +395,20 @@ pub mod transfers {
             c.set(Counts {
                 to_host: v.to_host + to_host,
                 to_device: v.to_device + to_device,
+                between: v.between,
             })
         });
+    }
+
+    /// `t` on `device`, for another part of a split decoder (a copy between GPUs; none
+    /// where the parts share a device).
+    pub fn between(t: &Tensor, device: &Device) -> Result<Tensor> {
+        COUNTS.with(|c| {
+            let mut v = c.get();
+            v.between += 1;
+            c.set(v)
+        });
+        Ok(t.to_device(device)?)
     }
 
     /// A tensor of `shape` on `device` from host values.

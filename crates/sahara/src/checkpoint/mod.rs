@@ -73,27 +73,77 @@ impl Checkpoint {
         device: &Device,
         opts: LoadOptions,
     ) -> Result<LoadedModel> {
-        let dir = match self {
-            Checkpoint::Gguf(path) => {
-                return gguf::load_model(path, source, dtype, device, opts.keep_quantized)
+        self.load_on(source, dtype, std::slice::from_ref(device), opts)
+    }
+
+    /// [`Checkpoint::load_with`] on one device, or with the layers split over several
+    /// ([`crate::device::plan_devices`]: contiguous ranges by free memory, the embedding on
+    /// the first device and the head with the last layer); the residual stream moves between
+    /// devices at the boundaries. Every device is readied and checked for its part first
+    /// ([`crate::device::prepare_for`]).
+    pub fn load_on(
+        &self,
+        source: &str,
+        dtype: DType,
+        devices: &[Device],
+        opts: LoadOptions,
+    ) -> Result<LoadedModel> {
+        let device = devices.first().ok_or_else(|| {
+            Error::InvalidArgument("a model is loaded on at least one device".into())
+        })?;
+        let cfg = self.config()?;
+        let gguf = match self {
+            Checkpoint::Gguf(path) => Some(gguf::GgufFile::open(path)?),
+            Checkpoint::Folder(dir) => {
+                if opts.keep_quantized {
+                    return Err(Error::InvalidArgument(format!(
+                        "weights can be kept quantized only from a GGUF file; {} is a model folder",
+                        dir.display()
+                    )));
+                }
+                None
             }
-            Checkpoint::Folder(dir) => dir,
         };
-        if opts.keep_quantized {
-            return Err(Error::InvalidArgument(format!(
-                "weights can be kept quantized only from a GGUF file; {} is a model folder",
-                dir.display()
-            )));
-        }
-        crate::device::prepare(device, &self.config()?, dtype)?;
-        let decoder = crate::model::load_decoder(dir, dtype, device)?;
-        let prompts = PromptEncoder::load(dir)?;
-        let mut eos = generation_eos(dir)?;
-        for id in &decoder.cfg.eos_token_ids {
-            if !eos.contains(id) {
-                eos.push(*id);
+        let gguf_weights = gguf.as_ref().map(|f| {
+            let mut w = gguf::GgufWeights::new(f, &cfg);
+            w.keep_quantized = opts.keep_quantized;
+            w
+        });
+        let (plan, bytes) = match devices.len() {
+            1 => {
+                let need = match &gguf_weights {
+                    Some(w) => w.device_bytes(dtype),
+                    None => crate::device::weight_bytes(&cfg, dtype),
+                };
+                (
+                    crate::model::decoder::DevicePlan::single(device, cfg.num_layers),
+                    vec![need],
+                )
             }
+            _ => crate::device::plan_devices(&cfg, dtype, devices)?,
+        };
+        for (d, &need) in devices.iter().zip(&bytes) {
+            crate::device::prepare_for(d, &cfg, dtype, need)?;
         }
+        let (decoder, prompts, eos) = match (self, &gguf, &gguf_weights) {
+            (Checkpoint::Gguf(_), Some(file), Some(weights)) => {
+                let decoder = crate::model::Decoder::load_placed(cfg, weights, dtype, &plan)?;
+                let eos = decoder.cfg.eos_token_ids.clone();
+                (decoder, file.prompt_encoder()?, eos)
+            }
+            (Checkpoint::Folder(dir), _, _) => {
+                let weights = crate::checkpoint::safetensors::Weights::open_dir(dir)?;
+                let decoder = crate::model::Decoder::load_placed(cfg, &weights, dtype, &plan)?;
+                let mut eos = generation_eos(dir)?;
+                for id in &decoder.cfg.eos_token_ids {
+                    if !eos.contains(id) {
+                        eos.push(*id);
+                    }
+                }
+                (decoder, PromptEncoder::load(dir)?, eos)
+            }
+            _ => unreachable!("a GGUF checkpoint has its file open"),
+        };
         Ok(LoadedModel::new(
             self.clone(),
             source,
@@ -167,6 +217,17 @@ impl LoadedModel {
     /// [`LoadedModel::load`] with options.
     pub fn load_with(name: &str, dtype: DType, device: &Device, opts: LoadOptions) -> Result<Self> {
         Checkpoint::resolve(name)?.load_with(name, dtype, device, opts)
+    }
+
+    /// [`LoadedModel::load_with`] on one device or split over several
+    /// ([`Checkpoint::load_on`]).
+    pub fn load_on(
+        name: &str,
+        dtype: DType,
+        devices: &[Device],
+        opts: LoadOptions,
+    ) -> Result<Self> {
+        Checkpoint::resolve(name)?.load_on(name, dtype, devices, opts)
     }
 
     pub fn cfg(&self) -> &ModelConfig {

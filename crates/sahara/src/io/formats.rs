@@ -92,6 +92,18 @@ impl RunRecord {
             .set("epsilon", a.op.epsilon())
     }
 
+    /// The ablation [`RunRecord::set_ablation`] recorded.
+    pub fn ablation(&self) -> Result<crate::model::ablation::Ablation> {
+        let get = |k: &str| self.settings.get(k).cloned().unwrap_or_default();
+        let target: crate::model::ablation::Target = serde_json::from_value(get("target"))
+            .map_err(|e| Error::InvalidArgument(format!("a run record's target: {e}")))?;
+        let op = crate::model::ablation::Op::from_mode(
+            get("mode").as_str().unwrap_or_default(),
+            get("epsilon").as_f64().unwrap_or(0.0),
+        )?;
+        crate::model::ablation::Ablation::new(target, op)
+    }
+
     /// Reads a record, also in the flat layout of sahara before the `schema` field (every
     /// setting at the top level), which resumes as the same run.
     pub fn parse(path: &Path, text: &str) -> Result<Self> {

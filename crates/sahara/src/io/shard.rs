@@ -152,9 +152,27 @@ pub fn balanced_ranges(weights: &[usize], n: usize) -> Vec<Range<usize>> {
     ranges
 }
 
-/// The shard setting a shard's run record holds: `{"index", "count", "queries": [start, end]}`.
+/// The shard setting a ships shard's run record holds: `{"index", "count", "queries": [start, end]}`.
 pub fn record_setting(shard: Shard, range: &Range<usize>) -> Value {
     serde_json::json!({"index": shard.index, "count": shard.count, "queries": [range.start, range.end]})
+}
+
+/// The shard setting of a shard whose units are not queries but batches of a run's plan
+/// (eval): `{"index", "count", "batches": [start, end], "of": total, "lines": n, …extra}`,
+/// with `lines` the lines its file holds when it is done, and `extra` what every shard of
+/// the run shares (eval: its conditions). [`collect`] checks the shards agree on all of it
+/// but their index and range.
+pub fn batches_setting(
+    shard: Shard,
+    range: &Range<usize>,
+    of: usize,
+    lines: usize,
+    extra: serde_json::Map<String, Value>,
+) -> Value {
+    let mut v = serde_json::json!({"index": shard.index, "count": shard.count,
+        "batches": [range.start, range.end], "of": of, "lines": lines});
+    v.as_object_mut().expect("an object").extend(extra);
+    v
 }
 
 /// One shard's output in a shared folder.
@@ -162,8 +180,12 @@ pub fn record_setting(shard: Shard, range: &Range<usize>) -> Value {
 pub struct ShardFile {
     pub shard: Shard,
     pub path: PathBuf,
-    /// The queries it computed.
-    pub queries: Range<usize>,
+    /// What it computed: a range of the queries (ships) or of the batches of the run's plan
+    /// (eval).
+    pub range: Range<usize>,
+    /// The lines its file holds when it is done: the range's length for ships, its
+    /// setting's `lines` for batches.
+    pub lines: usize,
     /// Its run record.
     pub record: RunRecord,
 }
@@ -204,15 +226,22 @@ pub fn collect(dir: &Path, ext: &str) -> Result<(Vec<ShardFile>, RunRecord)> {
             )
         })?;
         let setting = record.settings.get("shard").cloned().unwrap_or(Value::Null);
-        let q = setting["queries"]
-            .as_array()
-            .and_then(|a| Some(a.first()?.as_u64()? as usize..a.get(1)?.as_u64()? as usize));
-        let queries = match q {
-            Some(q)
+        let range_of = |key: &str| {
+            setting[key]
+                .as_array()
+                .and_then(|a| Some(a.first()?.as_u64()? as usize..a.get(1)?.as_u64()? as usize))
+        };
+        let (range, lines) = match (range_of("queries"), range_of("batches")) {
+            (Some(q), None) => (q.clone(), Some(q.len())),
+            (None, Some(b)) => (b, setting["lines"].as_u64().map(|n| n as usize)),
+            _ => (0..0, None),
+        };
+        let lines = match lines {
+            Some(lines)
                 if setting["index"].as_u64() == Some(i as u64)
                     && setting["count"].as_u64() == Some(n as u64) =>
             {
-                q
+                lines
             }
             _ => {
                 return Err(bad(
@@ -224,7 +253,8 @@ pub fn collect(dir: &Path, ext: &str) -> Result<(Vec<ShardFile>, RunRecord)> {
         files.push(ShardFile {
             shard,
             path,
-            queries,
+            range,
+            lines,
             record,
         });
     }
@@ -261,7 +291,17 @@ pub fn collect(dir: &Path, ext: &str) -> Result<(Vec<ShardFile>, RunRecord)> {
         )));
     }
     let whole = without_shard(&files[0].record);
+    let shared = shared_setting(&files[0].record);
     for f in &files[1..] {
+        if shared_setting(&f.record) != shared {
+            return Err(bad(
+                &f.path,
+                format!(
+                    "is not a shard of the same run as {}: their shard settings differ beyond the shard",
+                    files[0].path.display()
+                ),
+            ));
+        }
         crate::io::runlog::same_run(&whole, &files[0].path, &without_shard(&f.record)).map_err(
             |why| {
                 bad(
@@ -274,29 +314,44 @@ pub fn collect(dir: &Path, ext: &str) -> Result<(Vec<ShardFile>, RunRecord)> {
             },
         )?;
     }
+    // Ranges of queries tile the run's queries; ranges of batches tile its plan.
+    let (unit, total) = match shared.get("of").and_then(Value::as_u64) {
+        Some(of) => ("batches", of as usize),
+        None => ("queries", whole.queries),
+    };
     let mut next = 0;
     for f in &files {
-        if f.queries.start != next {
+        if f.range.start != next {
             return Err(bad(
                 &f.path,
                 format!(
-                    "covers queries {}..{} where {next}.. was expected: the shards overlap or leave a gap (written for other data?)",
-                    f.queries.start, f.queries.end
+                    "covers {unit} {}..{} where {next}.. was expected: the shards overlap or leave a gap (written for other data?)",
+                    f.range.start, f.range.end
                 ),
             ));
         }
-        next = f.queries.end;
+        next = f.range.end;
     }
-    if next != whole.queries {
+    if next != total {
         return Err(bad(
             &files[files.len() - 1].path,
-            format!(
-                "the shards cover {next} of the run's {} queries",
-                whole.queries
-            ),
+            format!("the shards cover {next} of the run's {total} {unit}"),
         ));
     }
     Ok((files, whole))
+}
+
+/// What every shard of a run shares in its shard setting: all of it but the index and the
+/// range (and the lines, which depend on the range).
+fn shared_setting(r: &RunRecord) -> serde_json::Map<String, Value> {
+    let mut s = match r.settings.get("shard") {
+        Some(Value::Object(m)) => m.clone(),
+        _ => Default::default(),
+    };
+    for k in ["index", "queries", "batches", "lines"] {
+        s.remove(k);
+    }
+    s
 }
 
 /// A shard's record without its shard: the record of the whole run.

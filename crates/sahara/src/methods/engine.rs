@@ -13,7 +13,7 @@ use candle_core::{DType, IndexOp, Tensor};
 use crate::device::transfers;
 use crate::error::{Error, Result};
 use crate::methods::metrics::{kl_rows, Kl};
-use crate::model::ablation::{AblationPlan, HeadAblation};
+use crate::model::ablation::HeadAblation;
 use crate::model::finite::{all_finite, check_output, describe};
 use crate::model::{Batch, Decoder, ForwardOutput, ForwardSpec, Join, Positions};
 
@@ -268,7 +268,7 @@ pub(crate) fn at_one_row(model: &Decoder, e: Error) -> Error {
         return e;
     }
     Error::OutOfMemory {
-        device: crate::device::name(&model.device),
+        device: model.placement.name(),
         rows: 1,
         message: crate::error::one_line(&e.to_string()),
     }
@@ -308,13 +308,12 @@ fn sweep(
         )));
     }
     let dev = &model.device;
-    let cfg = &model.cfg;
     let batch = Batch::new(&[tokens.to_vec()], 0, dev)?;
     let with_base = |extra: &[HeadAblation]| -> Vec<HeadAblation> {
         base.iter().chain(extra.iter()).copied().collect()
     };
     let simulated = |rows: usize| simulated_oom(rows, opts.simulate_oom_above);
-    let base_plan = AblationPlan::new(cfg, &[base.to_vec()], model.dtype, dev)?;
+    let base_plan = model.ablation_plan(&[base.to_vec()])?;
     match opts.kind {
         Engine::Naive => {
             let spec = output
@@ -325,7 +324,7 @@ fn sweep(
                 .map_err(|e| at_one_row(model, e))?;
             on_base(&output.last(&base_out)?)?;
             for (i, v) in variants.iter().enumerate() {
-                let plan = AblationPlan::new(cfg, &[with_base(v)], model.dtype, dev)?;
+                let plan = model.ablation_plan(&[with_base(v)])?;
                 let o = model
                     .forward(
                         &batch,
@@ -361,7 +360,7 @@ fn sweep(
                 // rows so far, a view of it.
                 let sets: Vec<Vec<HeadAblation>> =
                     group.iter().map(|&k| with_base(&variants[k])).collect();
-                let plan = AblationPlan::new(cfg, &sets, model.dtype, dev)?;
+                let plan = model.ablation_plan(&sets)?;
                 let mut joins: Vec<Join> = Vec::new();
                 let mut active = 0;
                 for layer_group in

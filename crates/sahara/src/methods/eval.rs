@@ -34,7 +34,7 @@ use crate::io::prompt::EncodedQuery;
 use crate::methods::generate::{generate, GenerateOptions};
 use crate::methods::judge::{Judge, Verdict};
 use crate::methods::metrics::{kl_divergence, wilson};
-use crate::model::ablation::{Ablation, AblationPlan, HeadAblation, HeadSet};
+use crate::model::ablation::{Ablation, HeadAblation, HeadSet};
 use crate::model::config::ModelConfig;
 use crate::model::finite::{check_output, describe};
 use crate::model::{Batch, Decoder, ForwardSpec, Positions};
@@ -152,6 +152,72 @@ pub fn batches(lengths: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
         .collect()
 }
 
+/// One unit of an evaluation's work: one generation batch of one condition on one set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unit {
+    /// Index into the conditions.
+    pub condition: usize,
+    pub set: Set,
+    /// The batch's number among the set's [`batches`] (it seeds sampling).
+    pub batch: usize,
+    /// Query positions in the set, in the batch's order.
+    pub rows: Vec<usize>,
+}
+
+/// Every unit of a run, in the order a run generates them: condition by condition, set by set,
+/// batch by batch. Fixed by the conditions' count, the queries' lengths and the batch size,
+/// so a run cut into ranges of this plan (a sharded run) generates every batch exactly as a
+/// whole run does.
+pub fn plan(conditions: usize, sets: &[(Set, &[EncodedQuery])], batch_size: usize) -> Vec<Unit> {
+    let per_set: Vec<(Set, Vec<Vec<usize>>)> = sets
+        .iter()
+        .map(|&(set, qs)| {
+            let lengths: Vec<usize> = qs.iter().map(|q| q.tokens.len()).collect();
+            (set, batches(&lengths, batch_size))
+        })
+        .collect();
+    let mut units = Vec::new();
+    for condition in 0..conditions {
+        for (set, bs) in &per_set {
+            for (batch, rows) in bs.iter().enumerate() {
+                units.push(Unit {
+                    condition,
+                    set: *set,
+                    batch,
+                    rows: rows.clone(),
+                });
+            }
+        }
+    }
+    units
+}
+
+/// The work of each unit, for balancing shards: the tokens its rows hold at the end of
+/// generation at most (prompt plus `max_new_tokens`), plus the first-token pass of a benign
+/// batch.
+pub fn unit_weights(
+    units: &[Unit],
+    sets: &[(Set, &[EncodedQuery])],
+    max_new_tokens: usize,
+) -> Vec<usize> {
+    units
+        .iter()
+        .map(|u| {
+            let qs = sets
+                .iter()
+                .find(|(s, _)| *s == u.set)
+                .map_or(&[][..], |s| s.1);
+            u.rows
+                .iter()
+                .map(|&q| {
+                    let p = qs.get(q).map_or(0, |q| q.tokens.len());
+                    p + max_new_tokens + if u.set == Set::Benign { 2 * p } else { 0 }
+                })
+                .sum()
+        })
+        .collect()
+}
+
 /// The sampling seed of batch `batch` of `set`: SplitMix64 of the run's seed, the set and the
 /// batch number.
 pub fn batch_seed(seed: u64, set: Set, batch: usize) -> u64 {
@@ -184,7 +250,7 @@ pub fn first_token_kl(
         .map(|r| if r < b { vec![] } else { ablations.to_vec() })
         .collect();
     let batch = Batch::new(&rows, pad_id, &model.device)?;
-    let plan = AblationPlan::new(&model.cfg, &sets, model.dtype, &model.device)?;
+    let plan = model.ablation_plan(&sets)?;
     let spec = ForwardSpec::logits(Positions::Last).with_ablations(&plan);
     let logits: Tensor = model.forward(&batch, &spec, None)?.logits.expect("logits");
     // (2B, 1, V) -> 2B rows
@@ -222,10 +288,10 @@ pub fn check_lengths(
     Ok(())
 }
 
-/// Generates and judges the response of every query of every set under every condition,
-/// condition by condition (in order) and set by set (in order), batch by batch. Rows for
-/// which `done(set, condition, query)` holds are not reported; a batch whose rows are all
-/// done is skipped. `emit` receives each batch's new rows in query order.
+/// Generates and judges the responses of the units `units` of the run's [`plan`] (all of it
+/// for a whole run, a range for a shard), in plan order. Rows for which
+/// `done(set, condition, query)` holds are not reported; a batch whose rows are all done is
+/// skipped. `emit` receives each batch's new rows in query order.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     model: &LoadedModel,
@@ -233,6 +299,7 @@ pub fn run(
     sets: &[(Set, &[EncodedQuery])],
     judge: &dyn Judge,
     opts: &EvalOptions,
+    units: std::ops::Range<usize>,
     done: &dyn Fn(Set, usize, usize) -> bool,
     emit: &mut dyn FnMut(Vec<Generation>) -> Result<()>,
 ) -> Result<()> {
@@ -255,51 +322,59 @@ pub fn run(
     }
     let dec = &model.decoder;
     let pad = model.prompts.pad_id;
-    for (ci, cond) in conditions.iter().enumerate() {
-        for &(set, queries) in sets {
-            let lengths: Vec<usize> = queries.iter().map(|q| q.tokens.len()).collect();
-            for (bi, rows) in batches(&lengths, opts.batch_size).iter().enumerate() {
-                if rows.iter().all(|&q| done(set, ci, q)) {
-                    continue;
-                }
-                let prompts: Vec<Vec<u32>> =
-                    rows.iter().map(|&q| queries[q].tokens.clone()).collect();
-                let ablations = vec![cond.ablations.clone(); rows.len()];
-                let mut g = opts.generate.clone();
-                g.seed = batch_seed(opts.generate.seed, set, bi);
-                let name =
-                    |r: usize| format!("{} query {}", set.as_str(), queries[rows[r]].index + 1);
-                let outs =
-                    generate(dec, &prompts, &ablations, pad, &g).map_err(|e| e.name_row(name))?;
-                let kls = match set {
-                    Set::Benign => Some(
-                        first_token_kl(dec, &prompts, &cond.ablations, pad)
-                            .map_err(|e| e.name_row(name))?,
-                    ),
-                    Set::Harmful => None,
-                };
-                let mut new = Vec::new();
-                for (r, (&q, tokens)) in rows.iter().zip(outs).enumerate() {
-                    if done(set, ci, q) {
-                        continue;
-                    }
-                    let response = model.prompts.decode(&tokens)?;
-                    let stopped_at_eos = tokens.last().is_some_and(|t| g.eos.contains(t));
-                    new.push(Generation {
-                        set,
-                        condition: ci,
-                        query: q,
-                        verdict: judge.judge(&queries[q].text, &response),
-                        tokens,
-                        response,
-                        stopped_at_eos,
-                        first_token_kl: kls.as_ref().map(|k| k[r]),
-                    });
-                }
-                new.sort_by_key(|g| g.query);
-                emit(new)?;
-            }
+    let all = plan(conditions.len(), sets, opts.batch_size);
+    let units = all.get(units.clone()).ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "units {}..{} of a run of {}",
+            units.start,
+            units.end,
+            all.len()
+        ))
+    })?;
+    for unit in units {
+        let (ci, set, bi, rows) = (unit.condition, unit.set, unit.batch, &unit.rows);
+        let cond = &conditions[ci];
+        let queries = sets
+            .iter()
+            .find(|(s, _)| *s == set)
+            .expect("a planned set")
+            .1;
+        if rows.iter().all(|&q| done(set, ci, q)) {
+            continue;
         }
+        let prompts: Vec<Vec<u32>> = rows.iter().map(|&q| queries[q].tokens.clone()).collect();
+        let ablations = vec![cond.ablations.clone(); rows.len()];
+        let mut g = opts.generate.clone();
+        g.seed = batch_seed(opts.generate.seed, set, bi);
+        let name = |r: usize| format!("{} query {}", set.as_str(), queries[rows[r]].index + 1);
+        let outs = generate(dec, &prompts, &ablations, pad, &g).map_err(|e| e.name_row(name))?;
+        let kls = match set {
+            Set::Benign => Some(
+                first_token_kl(dec, &prompts, &cond.ablations, pad)
+                    .map_err(|e| e.name_row(name))?,
+            ),
+            Set::Harmful => None,
+        };
+        let mut new = Vec::new();
+        for (r, (&q, tokens)) in rows.iter().zip(outs).enumerate() {
+            if done(set, ci, q) {
+                continue;
+            }
+            let response = model.prompts.decode(&tokens)?;
+            let stopped_at_eos = tokens.last().is_some_and(|t| g.eos.contains(t));
+            new.push(Generation {
+                set,
+                condition: ci,
+                query: q,
+                verdict: judge.judge(&queries[q].text, &response),
+                tokens,
+                response,
+                stopped_at_eos,
+                first_token_kl: kls.as_ref().map(|k| k[r]),
+            });
+        }
+        new.sort_by_key(|g| g.query);
+        emit(new)?;
     }
     Ok(())
 }
@@ -488,7 +563,8 @@ mod tests {
     ) -> Vec<Generation> {
         let judge = RefusalMatcher::new(["sorry".to_string(), "cannot".to_string()]).unwrap();
         let mut all = Vec::new();
-        run(m, conds, sets, &judge, opts, done, &mut |rows| {
+        let units = 0..plan(conds.len(), sets, opts.batch_size).len();
+        run(m, conds, sets, &judge, opts, units, done, &mut |rows| {
             all.extend(rows);
             Ok(())
         })
@@ -717,6 +793,73 @@ mod tests {
     }
 
     #[test]
+    fn ranges_of_the_plan_generate_what_the_whole_run_does_in_its_order() {
+        let (_d, m) = tiny();
+        let qs = queries(&m, 5);
+        let bq = queries(&m, 3);
+        let conds = conditions(&m)[..2].to_vec();
+        let opts = EvalOptions {
+            generate: GenerateOptions {
+                max_new_tokens: 5,
+                sampling: crate::methods::generate::Sampling::Sample {
+                    temperature: 1.0,
+                    top_k: Some(4),
+                },
+                seed: 3,
+                eos: vec![],
+                simulate_oom_above: None,
+            },
+            batch_size: 2,
+        };
+        let sets: &[(Set, &[EncodedQuery])] = &[(Set::Harmful, &qs), (Set::Benign, &bq)];
+        let units = plan(conds.len(), sets, opts.batch_size);
+        // 2 conditions × (3 harmful batches + 2 benign batches).
+        assert_eq!(units.len(), 10);
+        assert_eq!(
+            units.iter().map(|u| u.rows.len()).sum::<usize>(),
+            2 * (5 + 3)
+        );
+        let weights = unit_weights(&units, sets, opts.generate.max_new_tokens);
+        assert!(weights.iter().all(|&w| w > 0));
+        let full = collect(&m, &conds, sets, &opts, &|_, _, _| false);
+        let judge = RefusalMatcher::new(["sorry".to_string()]).unwrap();
+        let mut pieces = Vec::new();
+        for r in crate::io::shard::balanced_ranges(&weights, 3) {
+            run(
+                &m,
+                &conds,
+                sets,
+                &judge,
+                &opts,
+                r,
+                &|_, _, _| false,
+                &mut |rows| {
+                    pieces.extend(rows);
+                    Ok(())
+                },
+            )
+            .unwrap();
+        }
+        let key = |g: &Generation| (g.set, g.condition, g.query, g.tokens.clone());
+        assert_eq!(
+            full.iter().map(key).collect::<Vec<_>>(),
+            pieces.iter().map(key).collect::<Vec<_>>()
+        );
+        let e = run(
+            &m,
+            &conds,
+            sets,
+            &judge,
+            &opts,
+            9..11,
+            &|_, _, _| false,
+            &mut |_| Ok(()),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("of a run of 10"), "{e}");
+    }
+
+    #[test]
     fn first_token_kl_agrees_with_separate_forward_passes() {
         let (_d, m) = tiny();
         let qs = queries(&m, 3);
@@ -725,8 +868,7 @@ mod tests {
         let kl = first_token_kl(&m.decoder, &prompts, &abl, m.prompts.pad_id).unwrap();
         for (i, p) in prompts.iter().enumerate() {
             let last = |a: &[HeadAblation]| -> Vec<f32> {
-                let plan =
-                    AblationPlan::new(m.cfg(), &[a.to_vec()], DType::F32, &Device::Cpu).unwrap();
+                let plan = m.decoder.ablation_plan(&[a.to_vec()]).unwrap();
                 let b = Batch::new(std::slice::from_ref(p), 0, &Device::Cpu).unwrap();
                 let spec = ForwardSpec::logits(Positions::Last).with_ablations(&plan);
                 let l = m.decoder.forward(&b, &spec, None).unwrap().logits.unwrap();

@@ -5,7 +5,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::device::transfers;
 use crate::error::{Error, Result};
-use crate::model::ablation::{AblationPlan, HeadAblation};
+use crate::model::ablation::HeadAblation;
 use crate::model::finite::{all_finite, check_output, describe};
 use crate::model::{Batch, Decoder, ForwardSpec, KvCache, Positions};
 
@@ -228,7 +228,7 @@ fn generate_batch(
             batch.len, opts.max_new_tokens, model.cfg.max_position_embeddings
         )));
     }
-    let plan = AblationPlan::new(&model.cfg, ablations, model.dtype, &model.device)?;
+    let plan = model.ablation_plan(ablations)?;
     let spec = ForwardSpec::logits(Positions::Last).with_ablations(&plan);
     let mut cache = KvCache::new(&model.cfg, batch.pad.clone());
     let b = prompts.len();

@@ -148,12 +148,7 @@ pub fn final_hidden(
     prompts: &[Vec<u32>],
     ablations: &[HeadAblation],
 ) -> Result<Vec<Vec<f32>>> {
-    let plan = crate::model::ablation::AblationPlan::new(
-        &model.cfg,
-        &[ablations.to_vec()],
-        model.dtype,
-        &model.device,
-    )?;
+    let plan = model.ablation_plan(&[ablations.to_vec()])?;
     let mut spec = ForwardSpec::logits(Positions::Last).with_ablations(&plan);
     spec.logits = false;
     spec.hidden = true;

@@ -366,9 +366,18 @@ pub enum HeadMix {
 impl HeadMix {
     /// Applies the map to `x` of shape (B, n, T, D).
     pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        // A plan made for one device applied on another part of a split decoder (plans made
+        // by `Decoder::ablation_plan` are already where their layers are).
+        let here = |t: &Tensor| -> Result<Tensor> {
+            match t.device().same_device(x.device()) {
+                true => Ok(t.clone()),
+                false => crate::device::transfers::between(t, x.device()),
+            }
+        };
         Ok(match self {
-            HeadMix::Diag(f) => x.broadcast_mul(f)?,
+            HeadMix::Diag(f) => x.broadcast_mul(&here(f)?)?,
             HeadMix::Full(m) => {
+                let m = here(m)?;
                 let (b, n, t, d) = x.dims4()?;
                 // (B, n, n) @ (B, n, T*D) -> (B, n, T*D)
                 let y = m.matmul(&x.contiguous()?.reshape((b, n, t * d))?)?;
@@ -402,10 +411,24 @@ impl AblationPlan {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
+        let single = crate::model::decoder::DevicePlan::single(device, cfg.num_layers);
+        Self::placed(cfg, rows, dtype, &single)
+    }
+
+    /// [`AblationPlan::new`] with each layer's maps on that layer's device of `placement`:
+    /// one upload per part of the decoder.
+    pub fn placed(
+        cfg: &ModelConfig,
+        rows: &[Vec<HeadAblation>],
+        dtype: DType,
+        placement: &crate::model::decoder::DevicePlan,
+    ) -> Result<Self> {
         let b = rows.len();
         let mut plan = AblationPlan::empty(cfg, b);
-        // Every map's values go into one host buffer, copied to the device once for the whole
-        // plan (not once per layer): (layer, target, is-full, offset, shape).
+        // Every map's values go into one host buffer per part of the decoder, copied to the
+        // part's device once for the whole plan (not once per layer):
+        // (layer, target, is-full, offset, shape).
+        let mut parts: Vec<Vec<f32>> = vec![Vec::new(); placement.devices.len()];
         let mut values: Vec<f32> = Vec::new();
         let mut entries: Vec<(usize, usize, bool, usize, Vec<usize>)> = Vec::new();
         for row in rows {
@@ -414,6 +437,9 @@ impl AblationPlan {
             }
         }
         for layer in 0..cfg.num_layers {
+            if layer > 0 && placement.part(layer) != placement.part(layer - 1) {
+                parts[placement.part(layer - 1)] = std::mem::take(&mut values);
+            }
             for (ti, target) in [Target::Q, Target::K, Target::Z].into_iter().enumerate() {
                 let n = if target == Target::K {
                     cfg.num_kv_heads
@@ -472,10 +498,22 @@ impl AblationPlan {
         if entries.is_empty() {
             return Ok(plan);
         }
-        let n = values.len();
-        let all = crate::device::transfers::upload(values, n, device)?.to_dtype(dtype)?;
+        parts[placement.part(cfg.num_layers.saturating_sub(1))] = values;
+        let mut uploaded: Vec<Option<Tensor>> = Vec::with_capacity(parts.len());
+        for (i, v) in parts.into_iter().enumerate() {
+            uploaded.push(match v.len() {
+                0 => None,
+                n => Some(
+                    crate::device::transfers::upload(v, n, &placement.devices[i])?
+                        .to_dtype(dtype)?,
+                ),
+            });
+        }
         for (layer, ti, full, offset, shape) in entries {
             let len = shape.iter().product();
+            let all = uploaded[placement.part(layer)]
+                .as_ref()
+                .expect("a part with maps was uploaded");
             let t = all.narrow(0, offset, len)?.reshape(shape)?;
             plan.layers[layer][ti] = Some(if full {
                 HeadMix::Full(t)

@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::checkpoint::safetensors::{TensorSource, Weights};
 use crate::device::transfers;
 use crate::error::{Error, Result};
-use crate::model::ablation::{AblationPlan, HeadMix, Target};
+use crate::model::ablation::{AblationPlan, HeadAblation, HeadMix, Target};
 use crate::model::config::{inverse_frequencies, ModelConfig};
 use crate::model::ops::{self, contiguous};
 
@@ -368,6 +368,24 @@ struct Context {
     /// Masks made so far, by (query positions, sliding window): each is uploaded once per
     /// call, not once per layer.
     masks: std::cell::RefCell<Vec<MaskEntry>>,
+    /// Where its tables are: a decoder split over devices has one context per device.
+    device: Device,
+}
+
+impl Context {
+    /// This context on `device`: the rotary tables copied there, masks made there anew.
+    fn to_device(&self, device: &Device) -> Result<Context> {
+        Ok(Context {
+            cos: transfers::between(&self.cos, device)?,
+            sin: transfers::between(&self.sin, device)?,
+            offset: self.offset,
+            keys: self.keys,
+            pad: self.pad.clone(),
+            t: self.t,
+            masks: Default::default(),
+            device: device.clone(),
+        })
+    }
 }
 
 type MaskEntry = ((usize, Option<usize>), Option<Tensor>);
@@ -391,7 +409,105 @@ pub struct Decoder {
     /// √hidden in the model dtype, for models that scale their embeddings.
     embed_scale: Option<Tensor>,
     pub dtype: DType,
+    /// The device the batch enters on: the embedding's (the first of a split decoder).
     pub device: Device,
+    /// Where each part is: one device, or layers split over several.
+    pub placement: DevicePlan,
+}
+
+/// Where a decoder's parts go: one device for all, or contiguous ranges of layers over
+/// several ([`crate::device::place_layers`] plans them by free memory). The embedding is on
+/// the first device, the final norm and unembedding with the last layer.
+#[derive(Debug, Clone)]
+pub struct DevicePlan {
+    /// The devices, as listed (the same device may be listed twice: each entry is a part).
+    pub devices: Vec<Device>,
+    /// Each layer's entry in `devices`, non-decreasing.
+    pub layer_part: Vec<usize>,
+}
+
+impl DevicePlan {
+    /// Everything on `device`.
+    pub fn single(device: &Device, num_layers: usize) -> Self {
+        DevicePlan {
+            devices: vec![device.clone()],
+            layer_part: vec![0; num_layers],
+        }
+    }
+
+    /// `devices[i]` holds the layers `ranges[i]` (contiguous, in order, covering all layers;
+    /// a range may be empty).
+    pub fn split(devices: &[Device], ranges: &[std::ops::Range<usize>]) -> Result<Self> {
+        if devices.is_empty() || devices.len() != ranges.len() {
+            return Err(Error::InvalidArgument(
+                "a device plan needs one layer range per device".into(),
+            ));
+        }
+        let mut layer_part = Vec::new();
+        for (i, r) in ranges.iter().enumerate() {
+            if r.start != layer_part.len() {
+                return Err(Error::InvalidArgument(
+                    "a device plan's layer ranges must be contiguous and in order".into(),
+                ));
+            }
+            layer_part.extend(r.clone().map(|_| i));
+        }
+        Ok(DevicePlan {
+            devices: devices.to_vec(),
+            layer_part,
+        })
+    }
+
+    /// Layer `l`'s part (its entry in `devices`).
+    pub fn part(&self, l: usize) -> usize {
+        self.layer_part.get(l).copied().unwrap_or(0)
+    }
+
+    /// The head's part: the last layer's.
+    pub fn head_part(&self) -> usize {
+        self.layer_part.last().copied().unwrap_or(0)
+    }
+
+    pub fn layer_device(&self, l: usize) -> &Device {
+        &self.devices[self.part(l)]
+    }
+
+    pub fn head_device(&self) -> &Device {
+        &self.devices[self.head_part()]
+    }
+
+    /// Its devices' names: `cuda:0`, or `cuda:0,cuda:1` for a split decoder.
+    pub fn name(&self) -> String {
+        self.devices
+            .iter()
+            .map(crate::device::name)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Whether it has more than one part.
+    pub fn is_split(&self) -> bool {
+        self.devices.len() > 1
+    }
+
+    /// The layers of each part.
+    pub fn ranges(&self) -> Vec<std::ops::Range<usize>> {
+        (0..self.devices.len())
+            .map(|i| {
+                let start = self
+                    .layer_part
+                    .iter()
+                    .position(|&p| p >= i)
+                    .unwrap_or(self.layer_part.len());
+                let end = self
+                    .layer_part
+                    .iter()
+                    .position(|&p| p > i)
+                    .unwrap_or(self.layer_part.len());
+                start..end
+            })
+            .collect()
+    }
 }
 
 impl Decoder {
@@ -402,44 +518,72 @@ impl Decoder {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
+        let plan = DevicePlan::single(device, cfg.num_layers);
+        Self::load_placed(cfg, weights, dtype, &plan)
+    }
+
+    /// Loads the decoder's weights with each part on its device of `plan`.
+    pub fn load_placed(
+        cfg: ModelConfig,
+        weights: &dyn TensorSource,
+        dtype: DType,
+        plan: &DevicePlan,
+    ) -> Result<Self> {
+        if plan.layer_part.len() != cfg.num_layers {
+            return Err(Error::InvalidArgument(format!(
+                "a device plan for {} layers, for a model of {}",
+                plan.layer_part.len(),
+                cfg.num_layers
+            )));
+        }
         let d = cfg.hidden_size;
         let (h, g, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-        let load = |name: &str, shape: &[usize]| {
+        let load = |name: &str, shape: &[usize], device: &Device| {
             let t = weights.load(name, shape, dtype, device)?;
             check_finite(name, &t)?;
             Ok::<Tensor, Error>(t)
         };
-        let linear = |prefix: &str, out: usize, inp: usize, bias: bool| -> Result<Linear> {
-            let name = format!("{prefix}.weight");
-            let weight = weights.load_weight(&name, &[out, inp], dtype, device)?;
-            match &weight {
-                Weight::Dense(t) => check_finite(&name, t)?,
-                Weight::Quantized(parts) => {
-                    for q in parts {
-                        if let QMatMul::QTensor(t) = q {
-                            // Dequantized one tensor at a time, to check it, then dropped.
-                            check_finite(&name, &t.dequantize(device)?)?;
+        let linear =
+            |prefix: &str, out: usize, inp: usize, bias: bool, device: &Device| -> Result<Linear> {
+                let name = format!("{prefix}.weight");
+                let weight = weights.load_weight(&name, &[out, inp], dtype, device)?;
+                match &weight {
+                    Weight::Dense(t) => check_finite(&name, t)?,
+                    Weight::Quantized(parts) => {
+                        for q in parts {
+                            if let QMatMul::QTensor(t) = q {
+                                // Dequantized one tensor at a time, to check it, then dropped.
+                                check_finite(&name, &t.dequantize(device)?)?;
+                            }
                         }
                     }
                 }
-            }
-            Ok(Linear {
-                weight,
-                bias: if bias {
-                    Some(load(&format!("{prefix}.bias"), &[out])?)
-                } else {
-                    None
-                },
-            })
-        };
-        let embed_tokens = load("model.embed_tokens.weight", &[cfg.vocab_size, d])?;
+                Ok(Linear {
+                    weight,
+                    bias: if bias {
+                        Some(load(&format!("{prefix}.bias"), &[out], device)?)
+                    } else {
+                        None
+                    },
+                })
+            };
+        let embed_tokens = load(
+            "model.embed_tokens.weight",
+            &[cfg.vocab_size, d],
+            &plan.devices[0],
+        )?;
         // Gemma's norms multiply by (1 + w): stored as such.
-        let norm_weight = |name: &str, n: usize| -> Result<Tensor> {
-            let w = load(name, &[n])?;
+        let norm_on = |name: &str, n: usize, device: &Device| -> Result<Tensor> {
+            let w = load(name, &[n], device)?;
             Ok(if cfg.norm_plus_one { (w + 1.0)? } else { w })
         };
         let mut layers = Vec::with_capacity(cfg.num_layers);
         for l in 0..cfg.num_layers {
+            let device = plan.layer_device(l);
+            let linear = |prefix: &str, out: usize, inp: usize, bias: bool| {
+                linear(prefix, out, inp, bias, device)
+            };
+            let norm_weight = |name: &str, n: usize| norm_on(name, n, device);
             let p = format!("model.layers.{l}");
             let i = cfg.intermediate_size;
             let (qkv_proj, gate_up_proj) = if cfg.fused_projections {
@@ -504,14 +648,26 @@ impl Decoder {
                 },
             });
         }
-        let norm = norm_weight("model.norm.weight", d)?;
+        let head = plan.head_device();
+        let norm = norm_on("model.norm.weight", d, head)?;
         let lm_head = if cfg.tie_word_embeddings && !weights.contains("lm_head.weight") {
-            embed_tokens.clone()
+            // A tied head on another device than the embedding is a copy of it there.
+            transfers::between(&embed_tokens, head)?
         } else {
             // Stored like the layers' projections (tied heads stay the embedding's rows).
-            transposed_storage(&load("lm_head.weight", &[cfg.vocab_size, d])?)?
+            transposed_storage(&load("lm_head.weight", &[cfg.vocab_size, d], head)?)?
         };
-        Self::from_parts(cfg, embed_tokens, layers, norm, lm_head, dtype, device)
+        let mut dec = Self::from_parts(
+            cfg,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            dtype,
+            &plan.devices[0],
+        )?;
+        dec.placement = plan.clone();
+        Ok(dec)
     }
 
     /// Builds a decoder from tensors already in memory.
@@ -526,6 +682,7 @@ impl Decoder {
     ) -> Result<Self> {
         let inv = inverse_frequencies(&cfg);
         let n = inv.len();
+        let n_layers = cfg.num_layers;
         let inv_freq = Tensor::from_vec(inv, n, device)?;
         let (inv_freq_long, rope_attention_factor) = match &cfg.rope_scaling {
             crate::model::config::RopeScaling::LongRope {
@@ -563,7 +720,13 @@ impl Decoder {
             rope_attention_factor,
             dtype,
             device: device.clone(),
+            placement: DevicePlan::single(device, n_layers),
         })
+    }
+
+    /// An ablation plan for this decoder: each layer's maps on that layer's device.
+    pub fn ablation_plan(&self, rows: &[Vec<HeadAblation>]) -> Result<AblationPlan> {
+        AblationPlan::placed(&self.cfg, rows, self.dtype, &self.placement)
     }
 
     /// Whether some projection computes with quantized weights ([`Weight::Quantized`]).
@@ -691,6 +854,7 @@ impl Decoder {
             pad: pad.to_vec(),
             t,
             masks: Default::default(),
+            device: self.device.clone(),
         })
     }
 
@@ -728,7 +892,7 @@ impl Decoder {
         Ok(Some(transfers::upload(
             m,
             (rows.len(), 1, tq, s),
-            &self.device,
+            &ctx.device,
         )?))
     }
 
@@ -754,8 +918,10 @@ impl Decoder {
             }
         }
         let offset = cache.as_ref().map_or(0, |c| c.len);
-        // Built once for the whole batch; rows that are not there yet use a prefix of it.
-        let ctx = self.context(pad, t, offset)?;
+        // Built once for the whole batch; rows that are not there yet use a prefix of it. A
+        // split decoder copies it to each part as the batch gets there.
+        let mut ctx = self.context(pad, t, offset)?;
+        let mut part = 0;
         let mut out = ForwardOutput::default();
         let last = self.cfg.num_layers - 1;
         let (mut x, joins): (Option<Tensor>, &[Join]) = match entry {
@@ -765,10 +931,23 @@ impl Decoder {
         let mut plan = spec.ablations;
         let mut next = 0;
         for l in start..self.cfg.num_layers {
+            // The batch reaches another part of a split decoder: the residual stream and the
+            // context move there.
+            let here = self.placement.part(l);
+            if here != part {
+                let dev = self.placement.layer_device(l);
+                x = x.map(|x| transfers::between(&x, dev)).transpose()?;
+                ctx = ctx.to_device(dev)?;
+                part = here;
+            }
             while let Some(j) = joins.get(next).filter(|j| j.layer == l) {
                 // (1, T, d) -> (rows, T, d), after the rows already running.
                 let (_, t, d) = j.resid.dims3()?;
-                let fresh = j.resid.broadcast_as((j.rows, t, d))?.contiguous()?;
+                let resid = match j.resid.device().same_device(&ctx.device) {
+                    true => j.resid.clone(),
+                    false => transfers::between(&j.resid, &ctx.device)?,
+                };
+                let fresh = resid.broadcast_as((j.rows, t, d))?.contiguous()?;
                 x = Some(match x {
                     Some(prev) => Tensor::cat(&[&prev, &fresh], 0)?,
                     None => fresh,
@@ -808,6 +987,7 @@ impl Decoder {
         if let Some(c) = cache {
             c.len += t;
         }
+        // The head is on the last layer's part.
         let x = x.expect("the model has layers");
         if spec.resid {
             out.resid.push(x.clone());

@@ -8,7 +8,7 @@
 use candle_core::{DType, Tensor};
 
 use crate::error::{Error, Result};
-use crate::model::ablation::{AblationPlan, HeadAblation};
+use crate::model::ablation::HeadAblation;
 use crate::model::{Batch, Decoder, ForwardSpec, Positions};
 
 /// Where a forward pass first computed a value that is not finite.
@@ -55,12 +55,7 @@ pub fn first_non_finite(
     ablations: &[HeadAblation],
 ) -> Result<Option<Site>> {
     let batch = Batch::new(&[tokens.to_vec()], 0, &model.device)?;
-    let plan = AblationPlan::new(
-        &model.cfg,
-        &[ablations.to_vec()],
-        model.dtype,
-        &model.device,
-    )?;
+    let plan = model.ablation_plan(&[ablations.to_vec()])?;
     let mut spec = ForwardSpec::logits(Positions::All).with_ablations(&plan);
     spec.hidden = true;
     spec.resid = true;

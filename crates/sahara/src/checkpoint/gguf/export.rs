@@ -176,7 +176,7 @@ pub fn surgery_from_gguf(
 
     // Verify: the written folder's logits equal the GGUF model's with the ablation in memory.
     let dev = Device::Cpu;
-    let ablated = super::load_model(src, source, DType::F32, &dev, false)?;
+    let ablated = crate::Checkpoint::Gguf(src.to_path_buf()).load(source, DType::F32, &dev)?;
     let reloaded = LoadedModel::load(tmp.to_str().unwrap_or_default(), DType::F32, &dev)?;
     let probe = ablated
         .prompts

@@ -872,31 +872,6 @@ pub fn load_decoder(
     Decoder::load(cfg, &weights, dtype, device)
 }
 
-/// Loads a GGUF file for use: decoder, tokenizer, chat template, end-of-sequence ids.
-pub fn load_model(
-    path: &Path,
-    spec: &str,
-    dtype: DType,
-    device: &Device,
-    keep_quantized: bool,
-) -> Result<crate::LoadedModel> {
-    let file = GgufFile::open(path)?;
-    let cfg = file.config()?;
-    let mut weights = GgufWeights::new(&file, &cfg);
-    weights.keep_quantized = keep_quantized;
-    crate::device::prepare_for(device, &cfg, dtype, weights.device_bytes(dtype))?;
-    let decoder = Decoder::load(cfg, &weights, dtype, device)?;
-    let prompts = file.prompt_encoder()?;
-    let eos = decoder.cfg.eos_token_ids.clone();
-    Ok(crate::LoadedModel::new(
-        crate::Checkpoint::Gguf(path.to_path_buf()),
-        spec,
-        decoder,
-        prompts,
-        eos,
-    ))
-}
-
 mod header {
     //! A walk over the GGUF header that says where it breaks: used only to explain a file
     //! candle's reader refused.
