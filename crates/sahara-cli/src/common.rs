@@ -153,9 +153,17 @@ fn parse_dtype(s: &str) -> Result<Option<DType>> {
 /// Parses a `--device` list: one device, or several separated by commas for a model split
 /// over them. A device listed twice is one device (its parts share it).
 pub fn parse_devices(s: &str) -> Result<Vec<Device>> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    if parts.len() > 1 && parts.contains(&"cpu") && parts.iter().any(|p| *p != "cpu") {
+        return Err(Error::bad_value(
+            Setting::Device,
+            format!("{s:?}"),
+            "mixes the CPU and GPUs: split a model over GPUs only (a list of cpu runs the split code on the CPU)",
+        ));
+    }
     let mut seen: Vec<(&str, Device)> = Vec::new();
     let mut out = Vec::new();
-    for part in s.split(',').map(str::trim) {
+    for part in parts {
         let d = match seen.iter().find(|(n, _)| *n == part) {
             Some((_, d)) => d.clone(),
             None => {
@@ -165,13 +173,6 @@ pub fn parse_devices(s: &str) -> Result<Vec<Device>> {
             }
         };
         out.push(d);
-    }
-    if out.len() > 1 && out.iter().any(|d| d.is_cpu()) && !out.iter().all(|d| d.is_cpu()) {
-        return Err(Error::bad_value(
-            Setting::Device,
-            format!("{s:?}"),
-            "mixes the CPU and GPUs: split a model over GPUs only (a list of cpu runs the split code on the CPU)",
-        ));
     }
     Ok(out)
 }

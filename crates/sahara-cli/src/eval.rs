@@ -303,13 +303,19 @@ pub fn run(a: Args) -> Result<()> {
         .set("dtype", sahara::device::dtype_name(model.decoder.dtype));
     // The run's plan of batches; a shard generates a contiguous range of it.
     let plan = sahara::methods::eval::plan(conditions.len(), &sets, batch_size);
-    let (out, units) = match shard {
+    let units = match shard {
+        Some(s) => {
+            let weights = sahara::methods::eval::unit_weights(&plan, &sets, max_new_tokens);
+            sahara::io::shard::balanced_ranges(&weights, s.count)[s.index].clone()
+        }
+        None => 0..plan.len(),
+    };
+    // The responses this run (or shard) writes.
+    let total: usize = plan[units.clone()].iter().map(|u| u.rows.len()).sum();
+    let out = match shard {
         Some(s) => {
             let dir = a.out.as_ref().expect("checked above");
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-            let weights = sahara::methods::eval::unit_weights(&plan, &sets, max_new_tokens);
-            let units = sahara::io::shard::balanced_ranges(&weights, s.count)[s.index].clone();
-            let lines = plan[units.clone()].iter().map(|u| u.rows.len()).sum();
             let mut shared = serde_json::Map::new();
             shared.insert("batch_size".into(), json!(batch_size));
             shared.insert(
@@ -318,11 +324,11 @@ pub fn run(a: Args) -> Result<()> {
             );
             record.set(
                 "shard",
-                sahara::io::shard::batches_setting(s, &units, plan.len(), lines, shared),
+                sahara::io::shard::batches_setting(s, &units, plan.len(), total, shared),
             );
-            (Some(s.file(dir, "jsonl")), units)
+            Some(s.file(dir, "jsonl"))
         }
-        None => (a.out.clone(), 0..plan.len()),
+        None => a.out.clone(),
     };
     let names: HashMap<&str, usize> = conditions
         .iter()
@@ -344,7 +350,6 @@ pub fn run(a: Args) -> Result<()> {
         }
         Ok(())
     })?;
-    let total: usize = plan[units.clone()].iter().map(|u| u.rows.len()).sum();
     if let (Lines::File(r), false) = (&lines, a.quiet) {
         if !r.done.is_empty() {
             eprintln!(
@@ -425,9 +430,13 @@ pub fn run(a: Args) -> Result<()> {
         return Ok(());
     }
     outcomes.extend(new_outcomes);
-    let n_benign = benign.as_ref().map(Vec::len);
-    let summary = summarize(&conditions, harmful.len(), n_benign, &outcomes)?;
-    write_outputs(&record, summary, harmful.len(), n_benign, a.out.as_deref())
+    let summary = summarize(
+        &conditions,
+        harmful.len(),
+        benign.as_ref().map(Vec::len),
+        &outcomes,
+    )?;
+    write_outputs(&record, summary, a.out.as_deref())
 }
 
 /// What a whole run writes after its lines: the summary beside `out` (from the run record's
@@ -436,10 +445,9 @@ pub fn run(a: Args) -> Result<()> {
 fn write_outputs(
     record: &RunRecord,
     summary: Vec<ConditionSummary>,
-    harmful: usize,
-    benign: Option<usize>,
     out: Option<&Path>,
 ) -> Result<()> {
+    let (harmful, benign) = (record.queries, benign_queries(record));
     let table = table(&summary, harmful, benign);
     if let Some(out) = out {
         let ablation = record.ablation()?;
@@ -492,17 +500,17 @@ pub fn merge(files: &[sahara::io::shard::ShardFile], whole: &RunRecord, out: &Pa
             files[0].path.display()
         ))
     })?;
-    let ablation = whole.ablation()?;
-    let cfg = sahara::Checkpoint::resolve(&whole.model)?.config()?;
-    let mut conditions = vec![Condition::unmodified()];
-    for n in names.iter().skip(1) {
-        conditions.push(Condition::ablating(&HeadSet::parse(n)?, ablation, &cfg)?);
-    }
     if names.first().map(String::as_str) != Some(Condition::UNMODIFIED) {
         return Err(Error::InvalidArgument(format!(
             "{}: its first condition is not the unmodified model",
             files[0].path.display()
         )));
+    }
+    let ablation = whole.ablation()?;
+    let cfg = sahara::Checkpoint::resolve(&whole.model)?.config()?;
+    let mut conditions = vec![Condition::unmodified()];
+    for n in names.iter().skip(1) {
+        conditions.push(Condition::ablating(&HeadSet::parse(n)?, ablation, &cfg)?);
     }
     let by_name: HashMap<&str, usize> = names
         .iter()
@@ -512,27 +520,19 @@ pub fn merge(files: &[sahara::io::shard::ShardFile], whole: &RunRecord, out: &Pa
     let mut text = String::new();
     let mut lines: Vec<EvalLine> = Vec::new();
     for f in files {
-        let body = std::fs::read_to_string(&f.path).map_err(|e| Error::io(&f.path, e))?;
-        let (got, good) = sahara::io::runlog::read_lines::<EvalLine>(&f.path, &body, |_, l| {
-            match by_name.contains_key(l.condition.as_str()) {
-                true => Ok(()),
-                false => Err(format!(
+        let (got, body) = f.read_finished::<EvalLine>("responses", |_, l| {
+            if !by_name.contains_key(l.condition.as_str()) {
+                return Err(format!(
                     "is of condition {:?}, not of this run",
                     l.condition
-                )),
+                ));
             }
+            if l.set == Set::Benign && l.first_token_kl.is_none() {
+                return Err("has no \"first_token_kl\"".into());
+            }
+            Ok(())
         })?;
-        if got.len() != f.lines {
-            return Err(Error::InvalidArgument(format!(
-                "{} holds {} of its {} responses: shard {}/{} has not finished; rerun it (it resumes) and merge again",
-                f.path.display(),
-                got.len(),
-                f.lines,
-                f.shard.index,
-                f.shard.count
-            )));
-        }
-        text.push_str(&body[..good]);
+        text.push_str(&body);
         lines.extend(got);
     }
     // A query's position in its set: the rank of its index among the set's.
@@ -547,11 +547,6 @@ pub fn merge(files: &[sahara::io::shard::ShardFile], whole: &RunRecord, out: &Pa
         idx.into_iter().enumerate().map(|(p, i)| (i, p)).collect()
     };
     let (harmful_pos, benign_pos) = (positions(Set::Harmful), positions(Set::Benign));
-    let benign = whole
-        .settings
-        .get("benign_queries")
-        .and_then(serde_json::Value::as_u64)
-        .map(|n| n as usize);
     let outcomes: Vec<Outcome> = lines
         .iter()
         .map(|l| Outcome {
@@ -569,17 +564,19 @@ pub fn merge(files: &[sahara::io::shard::ShardFile], whole: &RunRecord, out: &Pa
             },
         })
         .collect();
-    if std::fs::metadata(out).is_ok_and(|m| m.len() > 0) {
-        return Err(Error::InvalidArgument(format!(
-            "{} exists; merge writes a new file",
-            out.display()
-        )));
-    }
     // Every response of the run once: summarize refuses a missing or repeated one.
-    let summary = summarize(&conditions, whole.queries, benign, &outcomes)?;
-    write_json(&sibling(out, "run.json"), whole)?;
-    sahara::io::fs::write_atomic(out, text.as_bytes())?;
-    write_outputs(whole, summary, whole.queries, benign, Some(out))
+    let summary = summarize(&conditions, whole.queries, benign_queries(whole), &outcomes)?;
+    sahara::io::shard::write_merged(out, whole, &text)?;
+    write_outputs(whole, summary, Some(out))
+}
+
+/// The number of benign queries an eval run's record holds (`None` without a benign set).
+fn benign_queries(record: &RunRecord) -> Option<usize> {
+    record
+        .settings
+        .get("benign_queries")
+        .and_then(serde_json::Value::as_u64)
+        .map(|n| n as usize)
 }
 
 fn table(s: &[ConditionSummary], harmful: usize, benign: Option<usize>) -> String {

@@ -62,12 +62,7 @@ fn merge_attribute(path: &std::path::Path, a: &Args) -> Result<()> {
         )));
     }
     let out = sahara::io::formats::AttributeOutput::read(path)?;
-    if std::fs::metadata(&a.out).is_ok_and(|m| m.len() > 0) {
-        return Err(Error::InvalidArgument(format!(
-            "{} exists; merge writes a new file",
-            a.out.display()
-        )));
-    }
+    sahara::io::shard::check_new_output(&a.out)?;
     let bytes = |p: &std::path::Path| std::fs::read(p).map_err(|e| Error::io(p, e));
     sahara::io::fs::write_atomic(
         &sibling(&a.out, "run.json"),

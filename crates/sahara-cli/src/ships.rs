@@ -262,9 +262,8 @@ pub fn merge(
     let mut text = String::new();
     let mut grids = Vec::new();
     for f in files {
-        let body = std::fs::read_to_string(&f.path).map_err(|e| Error::io(&f.path, e))?;
         let start = f.range.start;
-        let (lines, good) = sahara::io::runlog::read_lines::<ShipsLine>(&f.path, &body, |i, l| {
+        let (lines, body) = f.read_finished::<ShipsLine>("queries", |i, l| {
             if l.index == start + i {
                 Ok(())
             } else {
@@ -275,17 +274,7 @@ pub fn merge(
                 ))
             }
         })?;
-        if lines.len() != f.lines {
-            return Err(Error::InvalidArgument(format!(
-                "{} holds {} of its {} queries: shard {}/{} has not finished; rerun it (it resumes) and merge again",
-                f.path.display(),
-                lines.len(),
-                f.lines,
-                f.shard.index,
-                f.shard.count
-            )));
-        }
-        text.push_str(&body[..good]);
+        text.push_str(&body);
         grids.extend(lines.into_iter().map(|l| l.scores));
     }
     let setting = |k: &str| whole.settings.get(k).cloned().unwrap_or_default();
@@ -293,14 +282,7 @@ pub fn merge(
     let top = setting("top").as_u64().unwrap_or(10) as usize;
     let kl = setting("kl").as_str().unwrap_or("exact").to_string();
     let cfg = sahara::Checkpoint::resolve(&whole.model)?.config()?;
-    if std::fs::metadata(out).is_ok_and(|m| m.len() > 0) {
-        return Err(Error::InvalidArgument(format!(
-            "{} exists; merge writes a new file",
-            out.display()
-        )));
-    }
-    write_json(&sibling(out, "run.json"), whole)?;
-    sahara::io::fs::write_atomic(out, text.as_bytes())?;
+    sahara::io::shard::write_merged(out, whole, &text)?;
     let outputs = Outputs {
         model: &whole.model,
         data: &whole.data,

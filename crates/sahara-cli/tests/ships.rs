@@ -792,7 +792,12 @@ fn a_model_split_over_a_device_list_scores_as_on_one_device() {
     );
     fails(
         fx.ships_to(&data, &fx.path("bad.jsonl"))
+            .args(["--device", "cpu,cuda:0"]),
+        &["--device", "mixes the CPU and GPUs"],
+    );
+    fails(
+        fx.ships_to(&data, &fx.path("bad.jsonl"))
             .args(["--device", "cpu,tpu"]),
-        &["--device"],
+        &["--device", "tpu"],
     );
 }

@@ -92,8 +92,32 @@ impl Checkpoint {
             Error::InvalidArgument("a model is loaded on at least one device".into())
         })?;
         let cfg = self.config()?;
-        let gguf = match self {
-            Checkpoint::Gguf(path) => Some(gguf::GgufFile::open(path)?),
+        // Where each part goes, every device readied and checked for its share; `one` is
+        // what the weights take on a single device.
+        let place = |one: usize| -> Result<crate::model::decoder::DevicePlan> {
+            let (plan, bytes) = match devices.len() {
+                1 => (
+                    crate::model::decoder::DevicePlan::single(device, cfg.num_layers),
+                    vec![one],
+                ),
+                _ => crate::device::plan_devices(&cfg, dtype, devices)?,
+            };
+            for (d, &need) in devices.iter().zip(&bytes) {
+                crate::device::prepare_for(d, &cfg, dtype, need)?;
+            }
+            Ok(plan)
+        };
+        let (decoder, prompts, eos) = match self {
+            Checkpoint::Gguf(path) => {
+                let file = gguf::GgufFile::open(path)?;
+                let mut weights = gguf::GgufWeights::new(&file, &cfg);
+                weights.keep_quantized = opts.keep_quantized;
+                let plan = place(weights.device_bytes(dtype))?;
+                let decoder =
+                    crate::model::Decoder::load_placed(cfg.clone(), &weights, dtype, &plan)?;
+                let eos = decoder.cfg.eos_token_ids.clone();
+                (decoder, file.prompt_encoder()?, eos)
+            }
             Checkpoint::Folder(dir) => {
                 if opts.keep_quantized {
                     return Err(Error::InvalidArgument(format!(
@@ -101,39 +125,10 @@ impl Checkpoint {
                         dir.display()
                     )));
                 }
-                None
-            }
-        };
-        let gguf_weights = gguf.as_ref().map(|f| {
-            let mut w = gguf::GgufWeights::new(f, &cfg);
-            w.keep_quantized = opts.keep_quantized;
-            w
-        });
-        let (plan, bytes) = match devices.len() {
-            1 => {
-                let need = match &gguf_weights {
-                    Some(w) => w.device_bytes(dtype),
-                    None => crate::device::weight_bytes(&cfg, dtype),
-                };
-                (
-                    crate::model::decoder::DevicePlan::single(device, cfg.num_layers),
-                    vec![need],
-                )
-            }
-            _ => crate::device::plan_devices(&cfg, dtype, devices)?,
-        };
-        for (d, &need) in devices.iter().zip(&bytes) {
-            crate::device::prepare_for(d, &cfg, dtype, need)?;
-        }
-        let (decoder, prompts, eos) = match (self, &gguf, &gguf_weights) {
-            (Checkpoint::Gguf(_), Some(file), Some(weights)) => {
-                let decoder = crate::model::Decoder::load_placed(cfg, weights, dtype, &plan)?;
-                let eos = decoder.cfg.eos_token_ids.clone();
-                (decoder, file.prompt_encoder()?, eos)
-            }
-            (Checkpoint::Folder(dir), _, _) => {
+                let plan = place(crate::device::weight_bytes(&cfg, dtype))?;
                 let weights = crate::checkpoint::safetensors::Weights::open_dir(dir)?;
-                let decoder = crate::model::Decoder::load_placed(cfg, &weights, dtype, &plan)?;
+                let decoder =
+                    crate::model::Decoder::load_placed(cfg.clone(), &weights, dtype, &plan)?;
                 let mut eos = generation_eos(dir)?;
                 for id in &decoder.cfg.eos_token_ids {
                     if !eos.contains(id) {
@@ -142,7 +137,6 @@ impl Checkpoint {
                 }
                 (decoder, PromptEncoder::load(dir)?, eos)
             }
-            _ => unreachable!("a GGUF checkpoint has its file open"),
         };
         Ok(LoadedModel::new(
             self.clone(),

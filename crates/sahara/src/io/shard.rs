@@ -190,6 +190,51 @@ pub struct ShardFile {
     pub record: RunRecord,
 }
 
+impl ShardFile {
+    /// The lines of this finished shard file and their text, each checked by `check` (given
+    /// the line's number in this file). A shard with fewer than its lines has not finished:
+    /// refused, naming it (`what` names its lines: `queries`, `responses`).
+    pub fn read_finished<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        check: impl FnMut(usize, &T) -> std::result::Result<(), String>,
+    ) -> Result<(Vec<T>, String)> {
+        let mut body = std::fs::read_to_string(&self.path).map_err(|e| Error::io(&self.path, e))?;
+        let (lines, good) = crate::io::runlog::read_lines::<T>(&self.path, &body, check)?;
+        if lines.len() != self.lines {
+            return Err(Error::InvalidArgument(format!(
+                "{} holds {} of its {} {what}: shard {}/{} has not finished; rerun it (it resumes) and merge again",
+                self.path.display(),
+                lines.len(),
+                self.lines,
+                self.shard.index,
+                self.shard.count
+            )));
+        }
+        body.truncate(good);
+        Ok((lines, body))
+    }
+}
+
+/// Refuses to merge into an existing non-empty `out`: a merge writes a new file.
+pub fn check_new_output(out: &Path) -> Result<()> {
+    if std::fs::metadata(out).is_ok_and(|m| m.len() > 0) {
+        return Err(Error::InvalidArgument(format!(
+            "{} exists; merge writes a new file",
+            out.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Writes a merged run's lines `text` to `out` with the whole run's record beside it, as a
+/// single run with `--out out` does (its summary is the caller's).
+pub fn write_merged(out: &Path, whole: &RunRecord, text: &str) -> Result<()> {
+    check_new_output(out)?;
+    crate::io::fs::write_json(&crate::io::runlog::sibling(out, "run.json"), whole)?;
+    crate::io::fs::write_atomic(out, text.as_bytes())
+}
+
 /// The shard files (`shard-*-of-*.EXT`) of `dir`, in shard order, checked to be the parts of
 /// one run: every shard of the count present once, each with a run record, the records equal
 /// but for their shard, the query ranges tiling 0..queries. Returns them and the record of

@@ -605,6 +605,23 @@ mod tests {
         ]
     }
 
+    /// Sampling at temperature 1 from the top `top_k`, batches of 2.
+    fn sampled(max_new_tokens: usize, top_k: usize, seed: u64) -> EvalOptions {
+        EvalOptions {
+            generate: GenerateOptions {
+                max_new_tokens,
+                sampling: crate::methods::generate::Sampling::Sample {
+                    temperature: 1.0,
+                    top_k: Some(top_k),
+                },
+                seed,
+                eos: vec![],
+                simulate_oom_above: None,
+            },
+            batch_size: 2,
+        }
+    }
+
     fn tiny() -> (tempfile::TempDir, LoadedModel) {
         let dir = tempfile::tempdir().unwrap();
         // Every id is a word of the tokenizer, so that responses decode to text.
@@ -744,19 +761,7 @@ mod tests {
         let qs = queries(&m, 5);
         let bq = queries(&m, 3);
         let conds = conditions(&m)[..2].to_vec();
-        let opts = EvalOptions {
-            generate: GenerateOptions {
-                max_new_tokens: 6,
-                sampling: crate::methods::generate::Sampling::Sample {
-                    temperature: 1.0,
-                    top_k: Some(5),
-                },
-                seed: 9,
-                eos: vec![],
-                simulate_oom_above: None,
-            },
-            batch_size: 2,
-        };
+        let opts = sampled(6, 5, 9);
         let sets: &[(Set, &[EncodedQuery])] = &[(Set::Harmful, &qs), (Set::Benign, &bq)];
         let full = collect(&m, &conds, sets, &opts, &|_, _, _| false);
         assert_eq!(full.len(), 2 * (5 + 3));
@@ -798,19 +803,7 @@ mod tests {
         let qs = queries(&m, 5);
         let bq = queries(&m, 3);
         let conds = conditions(&m)[..2].to_vec();
-        let opts = EvalOptions {
-            generate: GenerateOptions {
-                max_new_tokens: 5,
-                sampling: crate::methods::generate::Sampling::Sample {
-                    temperature: 1.0,
-                    top_k: Some(4),
-                },
-                seed: 3,
-                eos: vec![],
-                simulate_oom_above: None,
-            },
-            batch_size: 2,
-        };
+        let opts = sampled(5, 4, 3);
         let sets: &[(Set, &[EncodedQuery])] = &[(Set::Harmful, &qs), (Set::Benign, &bq)];
         let units = plan(conds.len(), sets, opts.batch_size);
         // 2 conditions × (3 harmful batches + 2 benign batches).

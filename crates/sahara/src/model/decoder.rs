@@ -651,8 +651,11 @@ impl Decoder {
         let head = plan.head_device();
         let norm = norm_on("model.norm.weight", d, head)?;
         let lm_head = if cfg.tie_word_embeddings && !weights.contains("lm_head.weight") {
-            // A tied head on another device than the embedding is a copy of it there.
-            transfers::between(&embed_tokens, head)?
+            // A tied head on another part than the embedding is a copy of it there.
+            match plan.head_part() {
+                0 => embed_tokens.clone(),
+                _ => transfers::between(&embed_tokens, head)?,
+            }
         } else {
             // Stored like the layers' projections (tied heads stay the embedding's rows).
             transposed_storage(&load("lm_head.weight", &[cfg.vocab_size, d], head)?)?
