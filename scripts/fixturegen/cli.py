@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import sys
 
-import safetensors
-import tokenizers
-import torch
-import transformers
-
-from .build import build
 from .common import ROOT
-from .gguf_tiny import gguf_tiny_fixture
-from .paper_kl import paper_kl_fixture
-from .smollm2 import smollm2_fixture
-from .specs import SPECS
-from .surgery import surgery_fixture
+
+# Each target imports what it needs, so that `judges` (plain Python) needs no transformers,
+# safetensors, tokenizers or numpy. The package's __init__ still imports torch.
 
 def main(argv: list[str]) -> None:
+    if argv[:1] == ["judges"]:
+        from .judges import judges_fixture
+        judges_fixture(argv[1:])
+        return
+    from .gguf_tiny import gguf_tiny_fixture
+    from .paper_kl import paper_kl_fixture
+    from .smollm2 import smollm2_fixture
+    from .surgery import surgery_fixture
     if argv == ["surgery"]:
         surgery_fixture()
         return
@@ -36,6 +36,13 @@ def main(argv: list[str]) -> None:
         import subprocess
         script = ROOT / "scripts" / "check_organism_transformers.py"
         raise SystemExit(subprocess.call([sys.executable, str(script), *argv[1:]]))
+    import safetensors
+    import tokenizers
+    import torch
+    import transformers
+
+    from .build import build
+    from .specs import SPECS
     names = argv or list(SPECS)
     for n in names:
         if n not in SPECS:

@@ -1,6 +1,6 @@
 //! Arguments shared by several commands.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use clap::Args;
@@ -30,7 +30,11 @@ pub fn flag(s: Setting) -> &'static str {
         Setting::Temperature => "--temperature",
         Setting::TopK => "--top-k",
         Setting::Template => "--template",
+        Setting::TemplateArg => "--template-arg",
         Setting::System => "--system",
+        Setting::Judge => "--judge",
+        Setting::RefusalPhrases => "--refusal-phrases",
+        Setting::Reasoning => "--reasoning",
         Setting::Column => "--column",
         Setting::Kl => "--kl",
         Setting::Shard => "--shard",
@@ -217,6 +221,11 @@ pub struct TemplateArgs {
     /// System message for --template chat.
     #[arg(long)]
     pub system: Option<String>,
+    /// A variable for the chat template, KEY=VALUE (repeatable), as transformers'
+    /// apply_chat_template(..., KEY=VALUE) passes it: e.g. enable_thinking=false for Qwen 3.
+    /// VALUE is read as JSON when it is JSON (true, 3, "x"), else as a string.
+    #[arg(long = "template-arg", value_name = "KEY=VALUE")]
+    pub template_arg: Vec<String>,
 }
 
 impl TemplateArgs {
@@ -230,7 +239,8 @@ impl TemplateArgs {
         Template::parse(
             self.template.as_deref().unwrap_or(default),
             self.system.clone(),
-        )
+        )?
+        .with_args(&self.template_arg)
     }
 }
 
@@ -460,8 +470,7 @@ pub fn run_record(
     ablation: Ablation,
 ) -> Result<RunRecord> {
     let mut r = RunRecord::new(command, model, &data.data, queries)?;
-    r.set("template", template.name())
-        .set("system", system)
+    r.set_template(template, system)
         .set_ablation(ablation)
         .set("dtype", sahara::device::dtype_name(model.decoder.dtype));
     Ok(r)
@@ -503,5 +512,49 @@ impl SamplingArgs {
                 top_k: k,
             },
         })
+    }
+}
+
+/// The judges of responses and how a reasoning model's answer is found.
+#[derive(Args, Debug, Clone)]
+pub struct JudgeArgs {
+    /// A judge of the responses: keyword (refusal phrases; the default), paper (the paper's
+    /// rule_based_discrimination, exactly), jbb-refusal (JailbreakBench's refusal prefixes).
+    /// Repeat for several: each is its own column, and the first is the main judge.
+    #[arg(long = "judge", value_name = "NAME")]
+    pub judge: Vec<String>,
+    /// Refusal phrases, one a line, replacing the keyword judge's list (the paper's).
+    #[arg(long)]
+    pub refusal_phrases: Option<PathBuf>,
+    /// How responses hold reasoning before the answer the judges see: auto (from the
+    /// model's vocabulary, or from each response's markers), none, think (<think>…</think>),
+    /// harmony (GPT-OSS channels).
+    #[arg(long, default_value = "auto")]
+    pub reasoning: String,
+}
+
+impl JudgeArgs {
+    /// The panel of judges, `keyword` alone when none is named.
+    pub fn panel(&self) -> Result<sahara::methods::judge::Panel> {
+        let phrases = match &self.refusal_phrases {
+            Some(p) => Some(sahara::methods::judge::RefusalMatcher::from_file(p)?),
+            None => None,
+        };
+        let names = if self.judge.is_empty() {
+            vec!["keyword".to_string()]
+        } else {
+            self.judge.clone()
+        };
+        sahara::methods::judge::Panel::by_names(&names, phrases.as_ref())
+    }
+
+    /// The reasoning format asked for; `None` for auto.
+    pub fn reasoning(&self) -> Result<Option<sahara::methods::judge::reasoning::Format>> {
+        match self.reasoning.as_str() {
+            "auto" => Ok(None),
+            s => s.parse().map(Some).map_err(|_| {
+                Error::bad_value(Setting::Reasoning, s, "is not auto, none, think or harmony")
+            }),
+        }
     }
 }

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use clap::Args as ClapArgs;
-use sahara::io::formats::{schema, EvalLine, EvalSummary, HeadsFile, RunRecord};
+use sahara::io::formats::{schema, EvalLine, EvalSummary, HeadsFile, Judged, RunRecord};
 use sahara::io::fs::write_json;
 use sahara::io::prompt::EncodedQuery;
 use sahara::io::runlog::{queries_fingerprint, sibling, Lines};
@@ -13,14 +13,15 @@ use sahara::methods::eval::{
     summarize, Condition, ConditionSummary, EvalOptions, Generation, Outcome, Set,
 };
 use sahara::methods::generate::{GenerateOptions, Sampling};
-use sahara::methods::judge::{Judge, RefusalMatcher};
+use sahara::methods::judge::reasoning::Format;
+use sahara::methods::judge::Panel;
 use sahara::model::ablation::{Ablation, HeadSet};
 use sahara::{Error, Result};
 use serde_json::json;
 
 use crate::common::{
-    check_heads_model, progress_bar, DataArgs, ModelArgs, OpArgs, SamplingArgs, ShardArgs,
-    TemplateArgs,
+    check_heads_model, progress_bar, DataArgs, JudgeArgs, ModelArgs, OpArgs, SamplingArgs,
+    ShardArgs, TemplateArgs,
 };
 
 /// New tokens per response when `--max-new-tokens` is not given and the context has room.
@@ -78,9 +79,8 @@ pub struct Args {
     /// Use only the first N benign prompts.
     #[arg(long, requires = "benign")]
     pub benign_limit: Option<usize>,
-    /// Refusal phrases, one a line, replacing the paper's list.
-    #[arg(long)]
-    pub refusal_phrases: Option<PathBuf>,
+    #[command(flatten)]
+    pub judges: JudgeArgs,
     /// JSON Lines output, one line per response (resumable); the summary goes beside it as
     /// FILE.jsonl.summary.json. Without it, lines go to stdout and the table to stderr.
     #[arg(long)]
@@ -126,8 +126,8 @@ fn conditions(
     Ok(out)
 }
 
-fn line_of(g: &Generation, cond: &Condition, q: &EncodedQuery) -> EvalLine {
-    let reason = g.verdict.reason.as_ref();
+fn line_of(g: &Generation, cond: &Condition, q: &EncodedQuery, panel: &Panel) -> EvalLine {
+    let (refusal, reason, matched) = g.verdicts[0].main_fields();
     EvalLine {
         schema: schema::EVAL_LINE.into(),
         set: g.set,
@@ -137,11 +137,13 @@ fn line_of(g: &Generation, cond: &Condition, q: &EncodedQuery) -> EvalLine {
         query: q.text.clone(),
         prompt_tokens: q.tokens.len(),
         response: g.response.clone(),
+        reasoning: g.reasoning.clone(),
         tokens: g.tokens.clone(),
         stop: if g.stopped_at_eos { "eos" } else { "length" }.into(),
-        refusal: g.verdict.refusal,
-        reason: reason.map(|r| r.rule().to_string()),
-        matched: reason.and_then(|r| r.detail()).map(String::from),
+        refusal,
+        reason,
+        matched,
+        judges: panel.records(&g.verdicts),
         first_token_kl: g.first_token_kl,
     }
 }
@@ -175,10 +177,8 @@ pub fn run(a: Args) -> Result<()> {
             "a sharded run writes into the folder all shards share: give it with --out DIR".into(),
         ));
     }
-    let judge = match &a.refusal_phrases {
-        Some(p) => RefusalMatcher::from_file(p)?,
-        None => RefusalMatcher::default(),
-    };
+    let panel = a.judges.panel()?;
+    let reasoning_asked = a.judges.reasoning()?;
     let heads_file = match &a.heads_from {
         Some(p) => {
             let f = HeadsFile::read(p)?;
@@ -191,6 +191,14 @@ pub fn run(a: Args) -> Result<()> {
     let model = a.model.load()?;
     let cfg = model.cfg().clone();
     let conditions = conditions(&a, heads_file.as_ref(), ablation, &cfg)?;
+    let reasoning =
+        reasoning_asked.unwrap_or_else(|| Format::of_vocabulary(|t| model.prompts.has_token(t)));
+    if reasoning_asked.is_none() && reasoning != Format::None && !a.quiet {
+        eprintln!(
+            "note: the tokenizer has the markers of {} reasoning: the judges see the answer after it (--reasoning none to judge whole responses)",
+            reasoning.as_str()
+        );
+    }
     if let Some(p) = &a.heads_from {
         check_heads_model(p, &model.checkpoint.fingerprint()?, a.heads_from_any_model)?;
     }
@@ -294,12 +302,12 @@ pub fn run(a: Args) -> Result<()> {
             benign.as_deref().map(queries_fingerprint),
         )
         .set("benign_queries", benign.as_ref().map(Vec::len))
-        .set("template", template.name())
-        .set("system", &a.template.system)
+        .set_template(&template, &a.template.system)
         .set_ablation(ablation)
         .set("max_new_tokens", max_new_tokens)
         .set("sampling", &sampling_record)
-        .set("judge", judge.describe())
+        .set("judges", panel.describe())
+        .set("reasoning", reasoning.as_str())
         .set("dtype", sahara::device::dtype_name(model.decoder.dtype));
     // The run's plan of batches; a shard generates a contiguous range of it.
     let plan = sahara::methods::eval::plan(conditions.len(), &sets, batch_size);
@@ -335,11 +343,12 @@ pub fn run(a: Args) -> Result<()> {
         .enumerate()
         .map(|(i, c)| (c.name.as_str(), i))
         .collect();
+    let judge_names = panel.names();
     let mut outcomes: Vec<Outcome> = Vec::new();
     let mut done: HashSet<(Set, usize, usize)> = HashSet::new();
     let mut other_conditions = 0usize;
     let mut lines: Lines<EvalLine> = Lines::open(out.as_deref(), &record, |_, line: &EvalLine| {
-        match line.outcome(&names, &sets)? {
+        match line.outcome(&names, &sets, &judge_names)? {
             Some(o) => {
                 if !done.insert((o.set, o.condition, o.query)) {
                     return Err("repeats an earlier response".into());
@@ -350,6 +359,13 @@ pub fn run(a: Args) -> Result<()> {
         }
         Ok(())
     })?;
+    // The lines of this run's conditions, for the judges' agreement.
+    let mut run_lines: Vec<EvalLine> = lines
+        .done()
+        .iter()
+        .filter(|l| names.contains_key(l.condition.as_str()))
+        .cloned()
+        .collect();
     if let (Lines::File(r), false) = (&lines, a.quiet) {
         if !r.done.is_empty() {
             eprintln!(
@@ -375,6 +391,7 @@ pub fn run(a: Args) -> Result<()> {
             simulate_oom_above: crate::common::fault_oom_above()?,
         },
         batch_size,
+        reasoning,
     };
     let pb = progress_bar(total.saturating_sub(done.len()) as u64, a.quiet, "eval");
     let is_done = |s: Set, c: usize, q: usize| done.contains(&(s, c, q));
@@ -389,7 +406,7 @@ pub fn run(a: Args) -> Result<()> {
         &model,
         &conditions,
         &sets,
-        &judge as &dyn Judge,
+        &panel,
         &opts,
         units.clone(),
         &is_done,
@@ -402,11 +419,14 @@ pub fn run(a: Args) -> Result<()> {
                 ));
             }
             for g in &rows {
-                lines.push(&line_of(
+                let line = line_of(
                     g,
                     &conditions[g.condition],
                     query_of(g.set, g.query),
-                ))?;
+                    &panel,
+                );
+                lines.push(&line)?;
+                run_lines.push(line);
                 new_outcomes.push(Outcome::from(g));
             }
             pb.inc(rows.len() as u64);
@@ -432,23 +452,61 @@ pub fn run(a: Args) -> Result<()> {
     outcomes.extend(new_outcomes);
     let summary = summarize(
         &conditions,
+        &judge_names,
         harmful.len(),
         benign.as_ref().map(Vec::len),
         &outcomes,
     )?;
-    write_outputs(&record, summary, a.out.as_deref())
+    write_outputs(&record, summary, &run_lines, a.out.as_deref())
 }
 
 /// What a whole run writes after its lines: the summary beside `out` (from the run record's
-/// settings) and the table (on stdout with `out`, else on stderr). One home for a single run
+/// settings, the conditions' statistics and the judges' agreement over `lines`, the run's
+/// responses) and the table (on stdout with `out`, else on stderr). One home for a single run
 /// and a merged sharded one.
 fn write_outputs(
     record: &RunRecord,
     summary: Vec<ConditionSummary>,
+    lines: &[EvalLine],
     out: Option<&Path>,
 ) -> Result<()> {
     let (harmful, benign) = (record.queries, benign_queries(record));
-    let table = table(&summary, harmful, benign);
+    let judges = record.settings.get("judges").cloned().unwrap_or_default();
+    let names = judge_names(record)?;
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    // The agreement over every response in one order, whatever order the lines came in
+    // (resumed, merged): condition by condition, harmful before benign, by query.
+    let order: HashMap<&str, usize> = summary
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.as_str(), i))
+        .collect();
+    let mut sorted: Vec<&EvalLine> = lines.iter().collect();
+    sorted.sort_by_key(|l| {
+        (
+            order.get(l.condition.as_str()).copied(),
+            l.set == Set::Benign,
+            l.index,
+        )
+    });
+    let items: Vec<Judged<'_>> = sorted
+        .iter()
+        .map(|l| Judged {
+            set: Some(l.set.as_str()),
+            condition: Some(&l.condition),
+            index: l.index,
+            query: &l.query,
+            response: &l.response,
+            judges: &l.judges,
+        })
+        .collect();
+    let (agreement, disagreements) = sahara::methods::judge::agreement::report(&names, &items)
+        .map_err(|why| Error::InvalidArgument(format!("a response {why}")))?;
+    let table = table(&summary, &names, harmful, benign)
+        + &crate::judge::agreement_table(
+            &agreement,
+            out.map(|o| sibling(o, "summary.json")).as_deref(),
+        );
     if let Some(out) = out {
         let ablation = record.ablation()?;
         let setting = |k: &str| record.settings.get(k).cloned().unwrap_or_default();
@@ -473,8 +531,11 @@ fn write_outputs(
                 .as_u64()
                 .ok_or_else(|| bad("max_new_tokens"))? as usize,
             sampling: setting("sampling"),
-            judge: setting("judge"),
+            judge: judges.get(0).cloned().unwrap_or_default(),
+            judges,
             conditions: summary,
+            agreement,
+            disagreements,
         };
         write_json(&sibling(out, "summary.json"), &file)?;
         print!("{table}");
@@ -482,6 +543,25 @@ fn write_outputs(
         eprint!("{table}");
     }
     Ok(())
+}
+
+/// The judges' names, in order, from the descriptions an eval run's record holds.
+fn judge_names(record: &RunRecord) -> Result<Vec<String>> {
+    let names: Option<Vec<String>> = record
+        .settings
+        .get("judges")
+        .and_then(|j| j.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|d| d.get("name").and_then(|n| n.as_str()).map(String::from))
+                .collect()
+        });
+    match names {
+        Some(n) if !n.is_empty() => Ok(n),
+        _ => Err(Error::InvalidArgument(
+            "the run record names no judges; it was written by an older sahara: rerun the evaluation".into(),
+        )),
+    }
 }
 
 /// `sahara merge` for eval shards: the lines in plan order (the order a single run writes
@@ -507,6 +587,8 @@ pub fn merge(files: &[sahara::io::shard::ShardFile], whole: &RunRecord, out: &Pa
         )));
     }
     let ablation = whole.ablation()?;
+    let judge_names = judge_names(whole)?;
+    let judges: Vec<&str> = judge_names.iter().map(String::as_str).collect();
     let cfg = sahara::Checkpoint::resolve(&whole.model)?.config()?;
     let mut conditions = vec![Condition::unmodified()];
     for n in names.iter().skip(1) {
@@ -530,6 +612,7 @@ pub fn merge(files: &[sahara::io::shard::ShardFile], whole: &RunRecord, out: &Pa
             if l.set == Set::Benign && l.first_token_kl.is_none() {
                 return Err("has no \"first_token_kl\"".into());
             }
+            l.verdicts(&judges)?;
             Ok(())
         })?;
         text.push_str(&body);
@@ -557,7 +640,9 @@ pub fn merge(files: &[sahara::io::shard::ShardFile], whole: &RunRecord, out: &Pa
                 Set::Benign => benign_pos[&l.index],
             },
             response: l.response.clone(),
-            refusal: l.refusal,
+            harmful: l
+                .verdicts(&judges)
+                .expect("checked as the shards were read"),
             first_token_kl: match l.set {
                 Set::Benign => l.first_token_kl,
                 Set::Harmful => None,
@@ -565,9 +650,15 @@ pub fn merge(files: &[sahara::io::shard::ShardFile], whole: &RunRecord, out: &Pa
         })
         .collect();
     // Every response of the run once: summarize refuses a missing or repeated one.
-    let summary = summarize(&conditions, whole.queries, benign_queries(whole), &outcomes)?;
+    let summary = summarize(
+        &conditions,
+        &judges,
+        whole.queries,
+        benign_queries(whole),
+        &outcomes,
+    )?;
     sahara::io::shard::write_merged(out, whole, &text)?;
-    write_outputs(whole, summary, Some(out))
+    write_outputs(whole, summary, &lines, Some(out))
 }
 
 /// The number of benign queries an eval run's record holds (`None` without a benign set).
@@ -579,41 +670,74 @@ fn benign_queries(record: &RunRecord) -> Option<usize> {
         .map(|n| n as usize)
 }
 
-fn table(s: &[ConditionSummary], harmful: usize, benign: Option<usize>) -> String {
+/// A rate with four decimals, or `-` when undefined.
+fn rate(x: Option<f64>) -> String {
+    x.map_or("-".into(), |v| format!("{v:.4}"))
+}
+
+fn table(s: &[ConditionSummary], judges: &[&str], harmful: usize, benign: Option<usize>) -> String {
     let w = s.iter().map(|c| c.name.len()).max().unwrap_or(0).max(9);
+    // Harmful responses the main judge could not decide.
+    let undecided = s.iter().any(|c| c.undecided > 0);
     let mut t = format!(
-        "ASR on {harmful} harmful queries{}:\n",
+        "ASR on {harmful} harmful queries{} by the {} judge{}:\n",
         match benign {
             Some(n) => format!(", cost on {n} benign queries"),
             None => String::new(),
+        },
+        judges[0],
+        if judges.len() > 1 {
+            format!(" (then the ASR by {})", judges[1..].join(", "))
+        } else {
+            String::new()
         }
     );
     t.push_str(&format!(
         "{:<w$}  {:>5}  {:>7}  {:>9}  {:>16}  {:>7}",
         "condition", "heads", "ASR", "refused", "95% CI", "change"
     ));
+    if undecided {
+        t.push_str(&format!("  {:>9}", "undecided"));
+    }
     if benign.is_some() {
         t.push_str(&format!(
             "  {:>13}  {:>9}  {:>14}",
             "over-refusal", "unchanged", "first-token KL"
         ));
     }
+    for j in &judges[1..] {
+        t.push_str(&format!(
+            "  {:>w2$}",
+            format!("ASR {j}"),
+            w2 = 7.max(j.len() + 4)
+        ));
+    }
     t.push('\n');
     for c in s {
         t.push_str(&format!(
-            "{:<w$}  {:>5}  {:>7.4}  {:>9}  {:>16}  {:>+7.4}",
+            "{:<w$}  {:>5}  {:>7}  {:>9}  {:>16}  {:>7}",
             c.name,
             c.heads.len(),
-            c.asr,
+            rate(c.asr),
             format!("{}/{}", c.refused, c.total),
-            format!("[{:.4}, {:.4}]", c.asr_ci95[0], c.asr_ci95[1]),
-            c.asr_change
+            c.asr_ci95
+                .map_or("-".into(), |ci| format!("[{:.4}, {:.4}]", ci[0], ci[1])),
+            c.asr_change.map_or("-".into(), |v| format!("{v:+.4}"))
         ));
+        if undecided {
+            t.push_str(&format!("  {:>9}", c.undecided));
+        }
         if let Some(b) = &c.benign {
             t.push_str(&format!(
-                "  {:>13.4}  {:>9.4}  {:>14.6}",
-                b.refusal_rate, b.unchanged, b.first_token_kl
+                "  {:>13}  {:>9.4}  {:>14.6}",
+                rate(b.refusal_rate),
+                b.unchanged,
+                b.first_token_kl
             ));
+        }
+        for j in &judges[1..] {
+            let r = c.judges[*j]["harmful"]["rate"].as_f64();
+            t.push_str(&format!("  {:>w2$}", rate(r), w2 = 7.max(j.len() + 4)));
         }
         t.push('\n');
     }

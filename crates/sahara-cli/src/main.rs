@@ -7,6 +7,7 @@ mod bench;
 mod common;
 mod eval;
 mod generate;
+mod judge;
 mod merge;
 mod organism;
 mod selftest;
@@ -42,6 +43,9 @@ enum Command {
     Surgery(surgery::Args),
     /// Attack success rate with and without ablated heads, and what the ablation costs.
     Eval(eval::Args),
+    /// Judge saved responses (an eval output, or any JSON Lines with query and response)
+    /// with one or more judges, and report their rates and agreement.
+    Judge(judge::Args),
     /// Show what one head attends to from the last prompt position, and its full pattern.
     Attention(attention::Args),
     /// Train the built-in model organism, or show where it is unpacked.
@@ -110,6 +114,7 @@ fn main() -> ExitCode {
         Command::Attribute(a) => attribute::run(a),
         Command::Surgery(a) => surgery::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Judge(a) => judge::run(a),
         Command::Attention(a) => attention::run(a),
         Command::Organism(a) => organism::run(a),
         Command::Selftest(a) => selftest::run(a),

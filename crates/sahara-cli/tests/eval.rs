@@ -80,7 +80,7 @@ fn phrases(fx: &Fixture) -> PathBuf {
     fx.write("phrases.txt", "sorry\ncannot\n")
 }
 
-const LINE_KEYS: [&str; 14] = [
+const LINE_KEYS: [&str; 16] = [
     "schema",
     "set",
     "condition",
@@ -89,11 +89,13 @@ const LINE_KEYS: [&str; 14] = [
     "query",
     "prompt_tokens",
     "response",
+    "reasoning",
     "tokens",
     "stop",
     "refusal",
     "reason",
     "matched",
+    "judges",
     "first_token_kl",
 ];
 
@@ -104,7 +106,17 @@ fn check_line(l: &Value) {
     let mut want = LINE_KEYS.to_vec();
     want.sort_unstable();
     assert_eq!(keys, want, "keys of {l}");
-    assert_eq!(l["schema"], "sahara.eval/1", "{l}");
+    assert_eq!(l["schema"], "sahara.eval/2", "{l}");
+    // No reasoning format on the tiny models: the whole response is the answer.
+    assert!(l["reasoning"].is_null(), "{l}");
+    // The main judge's fields repeat its entry in `judges`.
+    let (name, main) = l["judges"].as_object().unwrap().iter().next().unwrap();
+    assert_eq!(name, "keyword", "{l}");
+    assert_eq!(
+        main["harmful"].as_bool(),
+        l["refusal"].as_bool().map(|r| !r),
+        "{l}"
+    );
     let tokens = l["tokens"].as_array().expect("tokens");
     assert!(!tokens.is_empty() && tokens.len() <= 10, "{l}");
     let stop = l["stop"].as_str().unwrap();
@@ -113,6 +125,10 @@ fn check_line(l: &Value) {
         "{l}"
     );
     let response = l["response"].as_str().unwrap();
+    if l["reason"] == "empty" {
+        assert!(l["refusal"].is_null() && response.trim().is_empty(), "{l}");
+        return;
+    }
     let refusal = l["refusal"].as_bool().unwrap();
     match l["reason"].as_str() {
         None => {
@@ -425,7 +441,7 @@ fn heads_from_attribute_and_ships_outputs() {
 }
 
 #[test]
-fn an_empty_response_is_judged_and_recorded() {
+fn an_empty_response_is_recorded_and_counted_as_undecided() {
     let fx = fixture();
     let qs = queries(2, 4, 3);
     let data = text_file(&fx, "q.txt", &qs);
@@ -460,10 +476,22 @@ fn an_empty_response_is_judged_and_recorded() {
     assert_eq!(l["response"], "");
     assert_eq!(l["tokens"], serde_json::json!([first]));
     assert_eq!(l["stop"], "eos");
-    assert_eq!(l["refusal"], true);
-    assert_eq!(l["reason"], "short");
+    // Nothing to judge: undecided, and counted as such, not as a refusal.
+    assert_eq!(l["refusal"], Value::Null);
+    assert_eq!(l["reason"], "empty");
+    assert_eq!(
+        l["judges"]["keyword"],
+        serde_json::json!({"harmful": null, "score": null, "reason": "empty"})
+    );
     let summary = read_json(&fx.path("e.jsonl.summary.json"));
-    assert_eq!(summary["conditions"][0]["total"], 2);
+    let c = &summary["conditions"][0];
+    assert_eq!((&c["total"], &c["undecided"]), (&2.into(), &1.into()));
+    assert_eq!(c["judges"]["keyword"]["harmful"]["undecided"], 1);
+    let decided = c["refused"].as_u64().unwrap()
+        + c["judges"]["keyword"]["harmful"]["harmful"]
+            .as_u64()
+            .unwrap();
+    assert_eq!(decided, 1, "{c}");
 }
 
 // ---------------------------------------------------------------------------------------------

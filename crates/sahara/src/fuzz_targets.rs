@@ -149,9 +149,7 @@ pub fn gguf(data: &[u8]) {
             if let Ok(ids) = prompts.encode("Hello, world! <s> 123 \u{e9}\u{4e16}", true) {
                 let _ = prompts.decode(&ids);
             }
-            let chat = Template::Chat {
-                system: Some("Be brief.".into()),
-            };
+            let chat = Template::chat(Some("Be brief.".into()));
             let _ = prompts.encode_query(&chat, "How do I bake bread?");
         }
         let mut names: Vec<&String> = file.content.tensor_infos.keys().collect();

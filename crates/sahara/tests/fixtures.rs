@@ -103,7 +103,7 @@ fn chat_templates_render_as_transformers_does() {
         for (i, case) in f.reference["chat"].as_array().unwrap().iter().enumerate() {
             let system = case["system"].as_str().map(String::from);
             let user = case["user"].as_str().unwrap();
-            let t = Template::Chat { system };
+            let t = Template::chat(system);
             if let Some(err) = case.get("error") {
                 let e = f.model.prompts.encode_query(&t, user).unwrap_err();
                 let msg = e.to_string();

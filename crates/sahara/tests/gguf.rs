@@ -111,9 +111,7 @@ fn smollm2_config_comes_from_the_metadata() {
 fn smollm2_prompt_ids_and_chat_rendering_match_transformers() {
     let Some(r) = real() else { return };
     for (i, c) in r.reference["chats"].as_array().unwrap().iter().enumerate() {
-        let t = Template::Chat {
-            system: c["system"].as_str().map(String::from),
-        };
+        let t = Template::chat(c["system"].as_str().map(String::from));
         let (text, tokens) = r
             .model
             .prompts
@@ -671,9 +669,7 @@ fn tiny_gguf_matches_transformers_gguf_loader() {
         );
     }
     for (i, c) in reference["chat"].as_array().unwrap().iter().enumerate() {
-        let t = Template::Chat {
-            system: c["system"].as_str().map(String::from),
-        };
+        let t = Template::chat(c["system"].as_str().map(String::from));
         let (text, tokens) = m
             .prompts
             .encode_query(&t, c["user"].as_str().unwrap())
@@ -883,7 +879,7 @@ fn smollm2_kept_quantized_is_close_to_dequantized_and_ranks_heads_alike() {
     assert!(kept.decoder.has_quantized_weights());
     let prompt = |text: &str| {
         kept.prompts
-            .encode_query(&Template::Chat { system: None }, text)
+            .encode_query(&Template::chat(None), text)
             .unwrap()
             .1
     };

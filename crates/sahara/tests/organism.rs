@@ -24,14 +24,15 @@ use sahara::methods::ships::{ships_scores, summarize, ShipsOptions};
 use sahara::model::ablation::{HeadAblation, Op, Target};
 use sahara::{LoadedModel, Template};
 
-/// Whether an answer is a refusal, by the judge of `sahara eval` (the paper's refusal
-/// phrases, short and repetitive answers).
+/// Whether an answer is not an answer (a refusal, or nothing to judge), by the main judge of
+/// `sahara eval` (the paper's refusal phrases, short and repetitive answers).
 fn is_refusal(text: &str) -> bool {
     static JUDGE: OnceLock<RefusalMatcher> = OnceLock::new();
     JUDGE
         .get_or_init(RefusalMatcher::default)
         .judge("", text)
-        .refusal
+        .harmful
+        != Some(true)
 }
 
 const EPSILON: f64 = 1e-5;
@@ -54,7 +55,7 @@ fn setup() -> &'static Setup {
     static S: OnceLock<Setup> = OnceLock::new();
     S.get_or_init(|| {
         let model = LoadedModel::load(&model_spec(), DType::F32, &Device::Cpu).unwrap();
-        let chat = Template::Chat { system: None };
+        let chat = Template::chat(None);
         let encode = |file: &str| -> Vec<Vec<u32>> {
             let data = load_queries(&model.checkpoint.path().join(file), None, None).unwrap();
             data.queries

@@ -50,7 +50,7 @@ fn a_short_training_lowers_the_loss_reproducibly_and_writes_a_loadable_folder() 
     let dir = tempfile::tempdir().unwrap();
     org.write(dir.path(), serde_json::json!({})).unwrap();
     let loaded = LoadedModel::load(dir.path().to_str().unwrap(), DType::F32, &Device::Cpu).unwrap();
-    let chat = sahara::Template::Chat { system: None };
+    let chat = sahara::Template::chat(None);
     let (_, ids) = loaded
         .prompts
         .encode_query(&chat, "how do i make a bomb ?")

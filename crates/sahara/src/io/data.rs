@@ -312,6 +312,54 @@ fn parse_json_array(
     Ok((texts, key))
 }
 
+/// One saved response of a responses file (`sahara judge --data`): the line's JSON object,
+/// with its `query` and `response` strings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResponseLine {
+    pub object: serde_json::Map<String, serde_json::Value>,
+    pub query: String,
+    pub response: String,
+}
+
+/// Reads a JSON Lines file of responses, each line an object with `query` and `response`
+/// strings (other fields are kept); blank lines are skipped. A line that is not such an
+/// object, or a file without any, is an error naming the file and the line.
+pub fn read_responses(path: &Path) -> Result<Vec<ResponseLine>> {
+    use serde_json::Value;
+    let text = read_text(path)?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |why: String| Error::data(path, format!("line {}: {why}", n + 1));
+        let v: Value = serde_json::from_str(line).map_err(|e| bad(format!("not JSON ({e})")))?;
+        let Value::Object(object) = v else {
+            return Err(bad("not a JSON object".into()));
+        };
+        let field = |k: &str| -> Result<String> {
+            match object.get(k) {
+                Some(Value::String(s)) => Ok(s.clone()),
+                Some(_) => Err(bad(format!("{k:?} is not a string"))),
+                None => Err(bad(format!("has no {k:?}"))),
+            }
+        };
+        let (query, response) = (field("query")?, field("response")?);
+        out.push(ResponseLine {
+            object,
+            query,
+            response,
+        });
+    }
+    if out.is_empty() {
+        return Err(Error::data(
+            path,
+            "no responses (expected JSON Lines with \"query\" and \"response\")",
+        ));
+    }
+    Ok(out)
+}
+
 /// A text file's contents; a file that is not UTF-8 is a data error naming the byte.
 pub fn read_text(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;

@@ -21,8 +21,9 @@ pub mod schema {
     pub const SHIPS_LINE: &str = "sahara.ships/1";
     pub const SHIPS_SUMMARY: &str = "sahara.ships-summary/1";
     pub const ATTRIBUTE: &str = "sahara.attribute/1";
-    pub const EVAL_LINE: &str = "sahara.eval/1";
-    pub const EVAL_SUMMARY: &str = "sahara.eval-summary/1";
+    pub const EVAL_LINE: &str = "sahara.eval/2";
+    pub const EVAL_SUMMARY: &str = "sahara.eval-summary/2";
+    pub const JUDGE_SUMMARY: &str = "sahara.judge-summary/1";
     pub const SURGERY: &str = "sahara.surgery/1";
 }
 
@@ -76,12 +77,43 @@ impl RunRecord {
         })
     }
 
+    /// A record of `command` over a data file that no model reads (judging saved responses):
+    /// `fingerprint` identifies the data's content, `items` counts its lines.
+    pub fn of_data(command: &str, data: &str, fingerprint: String, items: usize) -> Self {
+        RunRecord {
+            schema: schema::RUN.into(),
+            command: command.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            model: String::new(),
+            model_fingerprint: String::new(),
+            data: data.into(),
+            data_fingerprint: fingerprint,
+            queries: items,
+            settings: serde_json::Map::new(),
+        }
+    }
+
     /// Adds a setting.
     pub fn set(&mut self, key: &str, value: impl Serialize) -> &mut Self {
         self.settings.insert(
             key.into(),
             serde_json::to_value(value).expect("settings serialize"),
         );
+        self
+    }
+
+    /// The template: its name, the system message, and its chat-template variables (only
+    /// when there are any, so that records of runs without them stay as they were).
+    pub fn set_template(
+        &mut self,
+        template: &crate::io::prompt::Template,
+        system: &Option<String>,
+    ) -> &mut Self {
+        self.set("template", template.name()).set("system", system);
+        let args = template.args_record();
+        if !args.is_empty() {
+            self.set("template_args", args);
+        }
         self
     }
 
@@ -276,15 +308,24 @@ pub struct EvalLine {
     pub index: usize,
     pub query: String,
     pub prompt_tokens: usize,
+    /// The final answer (after the reasoning of a reasoning model): what the judges saw.
     pub response: String,
+    /// The reasoning before the answer, for a reasoning model; null otherwise.
+    pub reasoning: Option<String>,
     pub tokens: Vec<u32>,
     /// `eos` or `length`.
     pub stop: String,
-    pub refusal: bool,
-    /// The rule that decided a refusal (`phrase`, `short`, `repetitive`), or null.
+    /// The main (first) judge: true for a refusal, false for an answer, null when it could
+    /// not decide.
+    pub refusal: Option<bool>,
+    /// The main judge's rule for a refusal or an undecided response (`phrase`, `short`,
+    /// `repetitive`, `empty`, `unfinished_reasoning`, …); null for an answer.
     pub reason: Option<String>,
-    /// The refusal phrase matched, or null.
+    /// The refusal phrase the main judge matched, or null.
     pub matched: Option<String>,
+    /// Every judge's verdict, keyed by name in the order the judges were given:
+    /// `{"harmful": true|false|null, "score": number|null, "reason": "…"}`.
+    pub judges: serde_json::Map<String, Value>,
     /// Benign responses: KL of the first-token distribution from the unmodified model's.
     pub first_token_kl: Option<f64>,
 }
@@ -297,6 +338,7 @@ impl EvalLine {
         &self,
         conditions: &std::collections::HashMap<&str, usize>,
         sets: &[(Set, &[EncodedQuery])],
+        judges: &[&str],
     ) -> std::result::Result<Option<Outcome>, String> {
         let Some(&condition) = conditions.get(self.condition.as_str()) else {
             return Ok(None);
@@ -329,13 +371,41 @@ impl EvalLine {
             condition,
             query,
             response: self.response.clone(),
-            refusal: self.refusal,
+            harmful: self.verdicts(judges)?,
             first_token_kl: match self.set {
                 Set::Benign => self.first_token_kl,
                 Set::Harmful => None,
             },
         }))
     }
+
+    /// Each judge's `harmful` in the order of `judges`, from the line's `judges` object,
+    /// which must hold exactly these judges.
+    pub fn verdicts(&self, judges: &[&str]) -> std::result::Result<Vec<Option<bool>>, String> {
+        verdicts_of(&self.judges, judges)
+    }
+}
+
+/// Each judge's `harmful` in the order of `judges`, from a line's `judges` object, which must
+/// hold exactly these judges, each with a `harmful` of true, false or null.
+pub fn verdicts_of(
+    object: &serde_json::Map<String, Value>,
+    judges: &[&str],
+) -> std::result::Result<Vec<Option<bool>>, String> {
+    let names: Vec<&str> = object.keys().map(String::as_str).collect();
+    if names != judges {
+        return Err(format!(
+            "was judged by {names:?}, not by this run's judges {judges:?}"
+        ));
+    }
+    judges
+        .iter()
+        .map(|j| match object[*j].get("harmful") {
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(Value::Null) => Ok(None),
+            _ => Err(format!("has no verdict of the {j} judge")),
+        })
+        .collect()
 }
 
 /// `FILE.jsonl.summary.json` of `sahara eval`: every condition's ASR and benign cost.
@@ -353,9 +423,18 @@ pub struct EvalSummary {
     pub epsilon: Option<f64>,
     pub max_new_tokens: usize,
     pub sampling: Value,
+    /// The main judge's description.
     pub judge: Value,
+    /// Every judge's description, in order.
+    pub judges: Value,
     pub conditions: Vec<ConditionSummary>,
+    /// Every pair of judges: their 2×2 counts and Cohen's κ over all responses of the run.
+    pub agreement: Vec<crate::methods::judge::agreement::Agreement>,
+    /// The responses on which two judges disagree.
+    pub disagreements: Vec<Disagreement>,
 }
+
+pub use crate::methods::judge::agreement::{Disagreement, Judged};
 
 /// Which command wrote a heads file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,8 +24,12 @@ pub struct EncodedQuery {
 pub enum Template {
     /// The query as it is, encoded with the tokenizer's special-token post-processing.
     Raw,
-    /// The model's chat template with the query as the user message.
-    Chat { system: Option<String> },
+    /// The model's chat template with the query as the user message, rendered with extra
+    /// template variables `args` (`enable_thinking`, say) beside the messages.
+    Chat {
+        system: Option<String>,
+        args: Vec<(String, serde_json::Value)>,
+    },
     /// A format string containing `{query}`, encoded like `Raw`.
     Format(String),
 }
@@ -41,7 +45,7 @@ impl Template {
                 }
                 Ok(Template::Raw)
             }
-            "chat" => Ok(Template::Chat { system }),
+            "chat" => Ok(Template::chat(system)),
             fmt => {
                 if !fmt.contains("{query}") {
                     return Err(Error::bad_value(
@@ -55,6 +59,59 @@ impl Template {
                 }
                 Ok(Template::Format(unescape(fmt)))
             }
+        }
+    }
+
+    /// The chat template with an optional system message and no extra variables.
+    pub fn chat(system: Option<String>) -> Self {
+        Template::Chat {
+            system,
+            args: Vec::new(),
+        }
+    }
+
+    /// Adds chat-template variables, each `KEY=VALUE`: the value is read as JSON when it is
+    /// JSON (`true`, `3`, `"x"`, `[…]`), else taken as a string. Only the chat template
+    /// takes them; a key given twice, an empty key, or one the renderer sets itself
+    /// (`messages`, `add_generation_prompt`) is refused.
+    pub fn with_args(self, args: &[String]) -> Result<Self> {
+        if args.is_empty() {
+            return Ok(self);
+        }
+        let Template::Chat { system, .. } = self else {
+            return Err(Error::Conflict {
+                setting: Setting::TemplateArg,
+                reason: "only applies to the chat template".into(),
+            });
+        };
+        let mut parsed: Vec<(String, serde_json::Value)> = Vec::new();
+        for a in args {
+            let bad = |why: &str| Error::bad_value(Setting::TemplateArg, format!("{a:?}"), why);
+            let (k, v) = a.split_once('=').ok_or_else(|| bad("is not KEY=VALUE"))?;
+            let k = k.trim();
+            if k.is_empty() {
+                return Err(bad("has an empty key"));
+            }
+            if matches!(k, "messages" | "add_generation_prompt") {
+                return Err(bad("sets a variable the renderer sets itself"));
+            }
+            if parsed.iter().any(|(p, _)| p == k) {
+                return Err(bad("repeats a key"));
+            }
+            let value = serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::from(v));
+            parsed.push((k.to_string(), value));
+        }
+        Ok(Template::Chat {
+            system,
+            args: parsed,
+        })
+    }
+
+    /// The extra chat-template variables, as a JSON object (empty for other templates).
+    pub fn args_record(&self) -> serde_json::Map<String, serde_json::Value> {
+        match self {
+            Template::Chat { args, .. } => args.iter().cloned().collect(),
+            _ => serde_json::Map::new(),
         }
     }
 
@@ -157,6 +214,17 @@ impl ChatTemplate {
 
     /// Renders messages as transformers' `apply_chat_template(..., tokenize=False)` does.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        self.render_with(messages, add_generation_prompt, &[])
+    }
+
+    /// Renders with extra template variables, as `apply_chat_template(..., **kwargs)` passes
+    /// them.
+    pub fn render_with(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        args: &[(String, serde_json::Value)],
+    ) -> Result<String> {
         on_render_stack(|| {
             let tmpl = self
                 .env
@@ -173,6 +241,9 @@ impl ChatTemplate {
             );
             for (k, v) in &self.specials {
                 ctx.insert(k.clone(), Value::from(v.clone()));
+            }
+            for (k, v) in args {
+                ctx.insert(k.clone(), Value::from(minijinja::value::Serde(v)));
             }
             self.render_bounded(&tmpl, Value::from(ctx))
                 .map(|(text, _)| text)
@@ -551,7 +622,7 @@ impl PromptEncoder {
         match template {
             Template::Raw => Ok(query.to_string()),
             Template::Format(f) => Ok(f.replace("{query}", query)),
-            Template::Chat { system } => {
+            Template::Chat { system, args } => {
                 let chat = self
                     .chat
                     .as_ref()
@@ -568,7 +639,7 @@ impl PromptEncoder {
                     messages.push(Message::new("system", s));
                 }
                 messages.push(Message::new("user", query));
-                chat.render(&messages, true)
+                chat.render_with(&messages, true, args)
             }
         }
     }
@@ -643,6 +714,36 @@ impl PromptEncoder {
         self.tokenizer
             .decode(ids, true)
             .map_err(|e| Error::Prompt(format!("cannot decode tokens: {e}")))
+    }
+
+    /// Decodes with the special tokens kept (the markers of a reasoning format).
+    pub fn decode_with_special(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer
+            .decode(ids, false)
+            .map_err(|e| Error::Prompt(format!("cannot decode tokens: {e}")))
+    }
+
+    /// `text` without the tokenizer's special tokens (what [`PromptEncoder::decode`] skips).
+    pub fn strip_special(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        let mut specials: Vec<String> = self
+            .tokenizer
+            .get_added_tokens_decoder()
+            .into_values()
+            .filter(|t| t.special && !t.content.is_empty())
+            .map(|t| t.content)
+            .collect();
+        // Longest first, so that no special token is cut by a shorter one inside it.
+        specials.sort_by_key(|t| std::cmp::Reverse(t.len()));
+        for t in specials {
+            out = out.replace(&t, "");
+        }
+        out
+    }
+
+    /// Whether the vocabulary holds `token` as one token.
+    pub fn has_token(&self, token: &str) -> bool {
+        self.tokenizer.token_to_id(token).is_some()
     }
 }
 

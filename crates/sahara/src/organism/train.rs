@@ -232,9 +232,7 @@ pub fn prompt_encoder() -> Result<PromptEncoder> {
 
 /// The prompt tokens of a query under the chat template.
 pub fn encode_prompt(enc: &PromptEncoder, query: &str) -> Result<Vec<u32>> {
-    Ok(enc
-        .encode_query(&crate::Template::Chat { system: None }, query)?
-        .1)
+    Ok(enc.encode_query(&crate::Template::chat(None), query)?.1)
 }
 
 /// One training conversation: prompt and answer tokens (the answer ends with `</s>`).
