@@ -5,8 +5,8 @@
 //! - [`sahara`]: generalized Ships (principal angles of final hidden states) and the greedy
 //!   Sahara search over a dataset (`sahara attribute`).
 //! - [`metrics`]: KL divergence, log-softmax, Wilson intervals.
-//! - [`generate`], [`judge`], [`eval`]: generation with ablations, refusal judging, attack
-//!   success rate and benign cost.
+//! - [`generate`], [`judge`], [`eval`]: generation with ablations, judging (a panel of judges,
+//!   their agreement, reasoning models' answers), attack success rate and benign cost.
 
 pub mod engine;
 pub mod eval;
