@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use candle_core::IndexOp;
 use clap::Args as ClapArgs;
+use sahara::io::formats::{schema, AttentionOutput};
 use sahara::model::ablation::AblationPlan;
 use sahara::model::finite::{check_output, describe};
 use sahara::{Batch, Error, ForwardSpec, Positions, Result};
@@ -33,9 +34,13 @@ pub struct Args {
     /// Heatmap of the full pattern, every query position over every key position (PNG or SVG).
     #[arg(long)]
     pub plot: Option<PathBuf>,
-    /// Print one JSON object instead of the table.
+    /// Print one JSON object instead of the table (the model, prompt and head with the
+    /// pattern).
     #[arg(long)]
     pub json: bool,
+    /// Write that JSON object to FILE.json (for `sahara report --attention`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -108,16 +113,33 @@ pub fn run(a: Args) -> Result<()> {
         })
         .collect();
     let last = &pattern[ids.len() - 1];
+    let ablation = a.op.parse()?;
+    let output = AttentionOutput {
+        schema: schema::ATTENTION.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        model: model.source.clone(),
+        model_fingerprint: model.checkpoint.fingerprint()?,
+        query: a.prompt.clone(),
+        template: template.name(),
+        prompt: prompt.clone(),
+        layer: a.layer,
+        head: a.head,
+        ablated: ablations.iter().map(|x| [x.layer, x.head]).collect(),
+        target: ablation.target,
+        mode: ablation.op.mode_str().into(),
+        epsilon: ablation.op.epsilon(),
+        tokens: tokens.clone(),
+        last: last.clone(),
+        pattern: pattern.clone(),
+    };
+    if let Some(out) = &a.out {
+        sahara::io::fs::write_json(out, &output)?;
+    }
     if a.json {
-        let v = serde_json::json!({
-            "prompt": prompt,
-            "layer": a.layer,
-            "head": a.head,
-            "tokens": tokens,
-            "last": last,
-            "pattern": pattern,
-        });
-        println!("{v}");
+        println!(
+            "{}",
+            serde_json::to_string(&output).expect("the output serializes")
+        );
     } else {
         let width = tokens
             .iter()

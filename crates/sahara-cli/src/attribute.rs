@@ -42,6 +42,9 @@ pub struct Args {
     /// Heatmap of step 1's scores with the chosen heads marked (PNG or SVG).
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Also write the run's HTML report (`sahara report`) here at the end (needs --out).
+    #[arg(long, requires = "out")]
+    pub report: Option<PathBuf>,
     #[command(flatten)]
     pub engine: EngineArgs,
     /// Candidates computed together: each step's candidates are cut into chunks of this many
@@ -63,6 +66,16 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    let page = a.report.clone();
+    let out = run_search(a)?;
+    match (page, out) {
+        (Some(page), Some(out)) => crate::report::of_run("attribute", &out, &page),
+        _ => Ok(()),
+    }
+}
+
+/// The search; returns the output file written, if any.
+fn run_search(a: Args) -> Result<Option<PathBuf>> {
     let template = a.template.parse(&a.model)?;
     let ablation = a.op.parse()?;
     if let Some(p) = &a.plot {
@@ -159,7 +172,8 @@ pub fn run(a: Args) -> Result<()> {
             .iter()
             .map(|s| (s.selected[0], s.selected[1]))
             .collect();
-        return report(&a, &out, &selected, &cfg, &model.source, true);
+        report(&a, &out, &selected, &cfg, &model.source, true)?;
+        return Ok(Some(done));
     }
     // Resume from the steps an earlier identical run finished.
     if let Some(path) = &a.out {
@@ -219,7 +233,8 @@ pub fn run(a: Args) -> Result<()> {
         }
         pb.finish_and_clear();
     }
-    report(&a, &out, &selected, &cfg, &model.source, a.out.is_some())
+    report(&a, &out, &selected, &cfg, &model.source, a.out.is_some())?;
+    Ok(a.out.clone())
 }
 
 /// The table (stdout with --out, else stderr after the JSON on stdout) and the plot.

@@ -70,6 +70,9 @@ pub fn render(e: &Error) -> String {
         Error::HeadsFromOtherModel { .. } => {
             format!("--heads-from {e}; pass --heads-from-any-model to use its heads anyway")
         }
+        Error::MixedModels { .. } => {
+            format!("{e}; pass --allow-mixed to put them on one page, each section labelled")
+        }
         Error::Context { context, source } => format!("{context}: {}", render(source)),
         other => other.to_string(),
     };

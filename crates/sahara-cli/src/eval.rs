@@ -85,6 +85,9 @@ pub struct Args {
     /// FILE.jsonl.summary.json. Without it, lines go to stdout and the table to stderr.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Also write the run's HTML report (`sahara report`) here at the end (needs --out).
+    #[arg(long, requires = "out")]
+    pub report: Option<PathBuf>,
     /// No progress bar and no notes.
     #[arg(long)]
     pub quiet: bool,
@@ -172,6 +175,9 @@ pub fn run(a: Args) -> Result<()> {
     }
     let sampling = a.sampling.parse()?;
     let shard = a.shard.resolve(a.quiet)?;
+    if shard.is_some() && a.report.is_some() {
+        return Err(Error::InvalidArgument(crate::report::NOT_A_SHARD.into()));
+    }
     if shard.is_some() && a.out.is_none() {
         return Err(Error::InvalidArgument(
             "a sharded run writes into the folder all shards share: give it with --out DIR".into(),
@@ -457,7 +463,11 @@ pub fn run(a: Args) -> Result<()> {
         benign.as_ref().map(Vec::len),
         &outcomes,
     )?;
-    write_outputs(&record, summary, &run_lines, a.out.as_deref())
+    write_outputs(&record, summary, &run_lines, a.out.as_deref())?;
+    match (&a.report, &a.out) {
+        (Some(page), Some(out)) => crate::report::of_run("eval", out, page),
+        _ => Ok(()),
+    }
 }
 
 /// What a whole run writes after its lines: the summary beside `out` (from the run record's

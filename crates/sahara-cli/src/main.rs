@@ -10,6 +10,7 @@ mod generate;
 mod judge;
 mod merge;
 mod organism;
+mod report;
 mod selftest;
 mod ships;
 mod surgery;
@@ -46,6 +47,8 @@ enum Command {
     /// Judge saved responses (an eval output, or any JSON Lines with query and response)
     /// with one or more judges, and report their rates and agreement.
     Judge(judge::Args),
+    /// One self-contained HTML page of a study's outputs (ships, attribute, eval, attention).
+    Report(report::Args),
     /// Show what one head attends to from the last prompt position, and its full pattern.
     Attention(attention::Args),
     /// Train the built-in model organism, or show where it is unpacked.
@@ -115,6 +118,7 @@ fn main() -> ExitCode {
         Command::Surgery(a) => surgery::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Judge(a) => judge::run(a),
+        Command::Report(a) => report::run(a),
         Command::Attention(a) => attention::run(a),
         Command::Organism(a) => organism::run(a),
         Command::Selftest(a) => selftest::run(a),

@@ -48,6 +48,9 @@ pub struct Args {
     /// Heatmap of mean Ships (PNG or SVG by extension).
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Also write the run's HTML report (`sahara report`) here at the end (needs --out).
+    #[arg(long, requires = "out")]
+    pub report: Option<PathBuf>,
     #[command(flatten)]
     pub engine: EngineArgs,
     #[command(flatten)]
@@ -79,6 +82,9 @@ pub fn run(a: Args) -> Result<()> {
                 "a shard writes no plot: `sahara merge DIR --out FILE --plot P` draws the whole run's"
                     .into(),
             ));
+        }
+        if a.report.is_some() {
+            return Err(Error::InvalidArgument(crate::report::NOT_A_SHARD.into()));
         }
     }
     let model = a.model.load()?;
@@ -189,7 +195,11 @@ pub fn run(a: Args) -> Result<()> {
         kl: opts.kl.as_str(),
         cfg: &cfg,
     };
-    outputs.write(&grids, a.top, a.out.as_deref(), a.plot.as_deref())
+    outputs.write(&grids, a.top, a.out.as_deref(), a.plot.as_deref())?;
+    match (&a.report, &a.out) {
+        (Some(page), Some(out)) => crate::report::of_run("ships", out, page),
+        _ => Ok(()),
+    }
 }
 
 /// What a whole run writes after its lines: the summary (beside `out`, or on stdout), the

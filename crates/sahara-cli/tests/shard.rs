@@ -353,6 +353,7 @@ fn eval_out(fx: &Fixture, harmful: &Path, benign: &Path, out: &Path, args: &[&st
         .args(["--max-new-tokens", "6", "--batch-size", "2"])
         .args(["--ablate", "1:0", "--ablate", "2:3,0:1"])
         .args(["--temperature", "1", "--top-k", "5", "--seed", "7"])
+        .args(["--judge", "keyword", "--judge", "jbb-refusal"])
         .arg("--data")
         .arg(harmful)
         .arg("--benign")
@@ -432,6 +433,21 @@ fn eval_in_three_shards_one_interrupted_one_killed_merges_into_the_single_run_by
         );
     }
     assert!(table.contains("ASR on 7 harmful queries"), "{table}");
+    // The two judges' agreement and disagreements are part of what merges exactly.
+    let summary: serde_json::Value = serde_json::from_slice(&read(&PathBuf::from(format!(
+        "{}.summary.json",
+        merged.display()
+    ))))
+    .unwrap();
+    assert_eq!(
+        summary["agreement"][0]["judges"],
+        serde_json::json!(["keyword", "jbb-refusal"])
+    );
+    assert!(
+        !summary["disagreements"].as_array().unwrap().is_empty(),
+        "the judges disagree on some responses: {}",
+        summary["agreement"]
+    );
     // Each shard's record says which batches of the plan it generated, and the conditions.
     let r: serde_json::Value =
         serde_json::from_slice(&read(&dir.join("shard-00000-of-00003.jsonl.run.json"))).unwrap();

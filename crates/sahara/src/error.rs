@@ -124,6 +124,9 @@ pub enum Error {
         recorded: String,
         fingerprint: String,
     },
+    /// Outputs of different models given for one report.
+    #[error("the outputs are of different models: {first} and {second}")]
+    MixedModels { first: String, second: String },
     /// A device that cannot run the model (no bfloat16, too little memory, an old driver).
     #[error("{device}: {message}")]
     Device { device: String, message: String },

@@ -24,6 +24,7 @@ pub mod schema {
     pub const EVAL_LINE: &str = "sahara.eval/2";
     pub const EVAL_SUMMARY: &str = "sahara.eval-summary/2";
     pub const JUDGE_SUMMARY: &str = "sahara.judge-summary/1";
+    pub const ATTENTION: &str = "sahara.attention/1";
     pub const SURGERY: &str = "sahara.surgery/1";
 }
 
@@ -435,6 +436,34 @@ pub struct EvalSummary {
 }
 
 pub use crate::methods::judge::agreement::{Disagreement, Judged};
+
+/// The output of `sahara attention --json` (or `--out FILE.json`): one head's attention
+/// pattern on one prompt, with what produced it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttentionOutput {
+    pub schema: String,
+    pub version: String,
+    /// The model as named, and its fingerprint (as in run records).
+    pub model: String,
+    pub model_fingerprint: String,
+    /// The query as given, the template's name, and the prompt it rendered to.
+    pub query: String,
+    pub template: String,
+    pub prompt: String,
+    pub layer: usize,
+    pub head: usize,
+    /// Heads ablated while looking (`[layer, head]`), with the ablation's target, mode and ε.
+    pub ablated: Vec<[usize; 2]>,
+    pub target: Target,
+    pub mode: String,
+    pub epsilon: Option<f64>,
+    /// The prompt's tokens as the tokenizer spells them.
+    pub tokens: Vec<String>,
+    /// The last position's attention over every token.
+    pub last: Vec<f32>,
+    /// Every query position's attention over every key position, `[query][key]`.
+    pub pattern: Vec<Vec<f32>>,
+}
 
 /// Which command wrote a heads file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,5 +8,6 @@ pub mod formats;
 pub mod fs;
 pub mod plot;
 pub mod prompt;
+pub mod report;
 pub mod runlog;
 pub mod shard;
