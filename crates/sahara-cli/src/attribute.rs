@@ -8,7 +8,8 @@ use sahara::io::formats::{schema, AttributeOutput, AttributeStep};
 use sahara::io::fs::write_json;
 use sahara::io::runlog::claim;
 use sahara::methods::sahara::{
-    best_head, candidates, final_hidden, stack_rows, step_scores, LeftSubspace, SaharaOptions,
+    best_head, candidates, final_hidden, greedy_step, reference_subspace, stack_rows, LeftSubspace,
+    SaharaOptions,
 };
 use sahara::{Error, Result};
 
@@ -196,8 +197,7 @@ fn run_search(a: Args) -> Result<Option<PathBuf>> {
         .collect();
     out.selected = out.steps.iter().map(|s| s.selected).collect();
     if out.steps.len() < a.steps {
-        let reference =
-            LeftSubspace::of(&stack_rows(&final_hidden(&model.decoder, &prompts, &[])?))?;
+        let reference = reference_subspace(&model.decoder, &prompts)?;
         let start = out.steps.len();
         // Each later step scores one head fewer.
         let heads = candidates(&cfg, &[], ablation).len();
@@ -208,7 +208,7 @@ fn run_search(a: Args) -> Result<Option<PathBuf>> {
         let mut done_before = 0u64;
         for s in start..a.steps {
             pb.set_message(format!("step {}/{}", s + 1, a.steps));
-            let grid = step_scores(
+            let step = greedy_step(
                 &model.decoder,
                 &prompts,
                 &selected,
@@ -217,15 +217,10 @@ fn run_search(a: Args) -> Result<Option<PathBuf>> {
                 &mut |n| pb.set_position(done_before + n as u64),
             )?;
             done_before += per_step(s) as u64;
-            let (l, h, score) = best_head(&grid)
-                .ok_or_else(|| Error::InvalidArgument("no head left to select".into()))?;
+            let [l, h] = step.selected;
             selected.push((l, h));
             out.selected.push([l, h]);
-            out.steps.push(AttributeStep {
-                selected: [l, h],
-                score,
-                scores: grid,
-            });
+            out.steps.push(step);
             if let Some(path) = &a.out {
                 write_json(path, &out)?;
                 sahara::io::runlog::unit_written();

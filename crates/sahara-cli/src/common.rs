@@ -2,7 +2,6 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device};
 use clap::Args;
 use sahara::error::Setting;
 use sahara::io::formats::{HeadsFile, RunRecord};
@@ -120,97 +119,14 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn load(&self) -> Result<LoadedModel> {
-        let dtype = parse_dtype(&self.dtype)?;
-        let devices = parse_devices(&self.device)?;
-        let dtype = match dtype {
-            Some(d) => d,
-            None => {
-                let cfg = sahara::Checkpoint::resolve(&self.model)?.config()?;
-                sahara::device::default_dtype(&cfg, &devices[0])
-            }
-        };
-        LoadedModel::load_on(
+        sahara::device::load(
             &self.model,
-            dtype,
-            &devices,
+            &self.dtype,
+            &self.device,
             sahara::LoadOptions {
                 keep_quantized: self.keep_quantized,
             },
         )
-    }
-}
-
-/// Parses a `--dtype` value; `None` for auto.
-fn parse_dtype(s: &str) -> Result<Option<DType>> {
-    Ok(Some(match s {
-        "auto" => return Ok(None),
-        "f32" | "float32" => DType::F32,
-        "bf16" | "bfloat16" => DType::BF16,
-        "f16" | "float16" => DType::F16,
-        other => {
-            return Err(Error::bad_value(
-                Setting::Dtype,
-                format!("{other:?}"),
-                "expected auto, f32, bf16 or f16",
-            ))
-        }
-    }))
-}
-
-/// Parses a `--device` list: one device, or several separated by commas for a model split
-/// over them. A device listed twice is one device (its parts share it).
-pub fn parse_devices(s: &str) -> Result<Vec<Device>> {
-    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
-    if parts.len() > 1 && parts.contains(&"cpu") && parts.iter().any(|p| *p != "cpu") {
-        return Err(Error::bad_value(
-            Setting::Device,
-            format!("{s:?}"),
-            "mixes the CPU and GPUs: split a model over GPUs only (a list of cpu runs the split code on the CPU)",
-        ));
-    }
-    let mut seen: Vec<(&str, Device)> = Vec::new();
-    let mut out = Vec::new();
-    for part in parts {
-        let d = match seen.iter().find(|(n, _)| *n == part) {
-            Some((_, d)) => d.clone(),
-            None => {
-                let d = parse_device(part)?;
-                seen.push((part, d.clone()));
-                d
-            }
-        };
-        out.push(d);
-    }
-    Ok(out)
-}
-
-pub fn parse_device(s: &str) -> Result<Device> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        _ if s == "cuda" || s.starts_with("cuda:") => {
-            let ordinal = match s.strip_prefix("cuda:") {
-                Some(n) => n.parse::<usize>().map_err(|_| {
-                    Error::bad_value(Setting::Device, format!("{s:?}"), "expected cuda:N")
-                })?,
-                None => 0,
-            };
-            if !cfg!(feature = "cuda") {
-                return Err(Error::bad_value(
-                    Setting::Device,
-                    s,
-                    "cannot be used: this sahara is built without CUDA (build it with --features cuda, or scripts/build-cuda.sh)",
-                ));
-            }
-            Device::new_cuda(ordinal).map_err(|e| {
-                let e = sahara::error::one_line(&e.to_string());
-                Error::bad_value(Setting::Device, s, format!("cannot be used: {e}"))
-            })
-        }
-        other => Err(Error::bad_value(
-            Setting::Device,
-            format!("{other:?}"),
-            "expected cpu, cuda or cuda:N",
-        )),
     }
 }
 
@@ -302,13 +218,7 @@ impl DataArgs {
     /// Loads the queries and encodes every one up front, so that a bad query stops the run
     /// before any output is written.
     pub fn encode(&self, model: &LoadedModel, template: &Template) -> Result<Vec<EncodedQuery>> {
-        let path = match sahara::organism::builtin::data_path(&self.data) {
-            Some(p) => p?,
-            None => match sahara::organism::builtin::unknown(&self.data) {
-                Some(e) => return Err(e),
-                None => std::path::PathBuf::from(&self.data),
-            },
-        };
+        let path = sahara::io::data::data_file(&self.data)?;
         let data = sahara::io::data::load_queries(&path, self.column.as_deref(), self.limit)?;
         model.prompts.encode_queries(
             template,

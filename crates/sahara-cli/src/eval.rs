@@ -9,12 +9,9 @@ use sahara::io::formats::{schema, EvalLine, EvalSummary, HeadsFile, Judged, RunR
 use sahara::io::fs::write_json;
 use sahara::io::prompt::EncodedQuery;
 use sahara::io::runlog::{queries_fingerprint, sibling, Lines};
-use sahara::methods::eval::{
-    summarize, Condition, ConditionSummary, EvalOptions, Generation, Outcome, Set,
-};
+use sahara::methods::eval::{summarize, Condition, ConditionSummary, EvalOptions, Outcome, Set};
 use sahara::methods::generate::{GenerateOptions, Sampling};
 use sahara::methods::judge::reasoning::Format;
-use sahara::methods::judge::Panel;
 use sahara::model::ablation::{Ablation, HeadSet};
 use sahara::{Error, Result};
 use serde_json::json;
@@ -127,28 +124,6 @@ fn conditions(
         out.push(c);
     }
     Ok(out)
-}
-
-fn line_of(g: &Generation, cond: &Condition, q: &EncodedQuery, panel: &Panel) -> EvalLine {
-    let (refusal, reason, matched) = g.verdicts[0].main_fields();
-    EvalLine {
-        schema: schema::EVAL_LINE.into(),
-        set: g.set,
-        condition: cond.name.clone(),
-        heads: HeadSet(cond.heads.clone()).pairs(),
-        index: q.index,
-        query: q.text.clone(),
-        prompt_tokens: q.tokens.len(),
-        response: g.response.clone(),
-        reasoning: g.reasoning.clone(),
-        tokens: g.tokens.clone(),
-        stop: if g.stopped_at_eos { "eos" } else { "length" }.into(),
-        refusal,
-        reason,
-        matched,
-        judges: panel.records(&g.verdicts),
-        first_token_kl: g.first_token_kl,
-    }
 }
 
 /// Rows of a generation batch on the CPU when --batch-size is not given.
@@ -425,7 +400,7 @@ pub fn run(a: Args) -> Result<()> {
                 ));
             }
             for g in &rows {
-                let line = line_of(
+                let line = EvalLine::of(
                     g,
                     &conditions[g.condition],
                     query_of(g.set, g.query),

@@ -69,20 +69,8 @@ enum Command {
     BenchSaharaStep(bench::MethodArgs),
 }
 
-/// Keeps freed tensor buffers in the heap for reuse: by default glibc returns every large
-/// buffer to the kernel and the next forward pass faults its pages in again (about a tenth of
-/// a CPU forward pass).
-fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator thresholds; called before any other thread runs.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-    }
-}
-
 fn main() -> ExitCode {
-    tune_allocator();
+    sahara::device::tune_allocator();
     // Errors are one line: a library error must not carry a captured backtrace, whatever
     // RUST_BACKTRACE says (panics still honour it).
     // SAFETY: no other thread runs yet.

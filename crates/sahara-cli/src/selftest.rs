@@ -8,7 +8,7 @@ use clap::Args as ClapArgs;
 use sahara::selftest::{check_fixture, fixture_dirs, Check};
 use sahara::{Error, Result};
 
-use crate::common::parse_device;
+use sahara::device::parse_device;
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {

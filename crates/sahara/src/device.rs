@@ -5,7 +5,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Setting};
 use crate::model::config::ModelConfig;
 
 /// The CUDA version this binary was built for, when its build said (scripts/build-cuda.sh).
@@ -431,6 +431,114 @@ pub mod transfers {
     pub fn read_vec2<T: WithDType>(t: &Tensor) -> Result<Vec<Vec<T>>> {
         add(1, 0);
         Ok(t.to_vec2()?)
+    }
+}
+
+/// Parses a `--dtype` value; `None` for auto.
+pub fn parse_dtype(s: &str) -> Result<Option<DType>> {
+    Ok(Some(match s {
+        "auto" => return Ok(None),
+        "f32" | "float32" => DType::F32,
+        "bf16" | "bfloat16" => DType::BF16,
+        "f16" | "float16" => DType::F16,
+        other => {
+            return Err(Error::bad_value(
+                Setting::Dtype,
+                format!("{other:?}"),
+                "expected auto, f32, bf16 or f16",
+            ))
+        }
+    }))
+}
+
+/// Parses a `--device` list: one device, or several separated by commas for a model split
+/// over them. A device listed twice is one device (its parts share it).
+pub fn parse_devices(s: &str) -> Result<Vec<Device>> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    if parts.len() > 1 && parts.contains(&"cpu") && parts.iter().any(|p| *p != "cpu") {
+        return Err(Error::bad_value(
+            Setting::Device,
+            format!("{s:?}"),
+            "mixes the CPU and GPUs: split a model over GPUs only (a list of cpu runs the split code on the CPU)",
+        ));
+    }
+    let mut seen: Vec<(&str, Device)> = Vec::new();
+    let mut out = Vec::new();
+    for part in parts {
+        let d = match seen.iter().find(|(n, _)| *n == part) {
+            Some((_, d)) => d.clone(),
+            None => {
+                let d = parse_device(part)?;
+                seen.push((part, d.clone()));
+                d
+            }
+        };
+        out.push(d);
+    }
+    Ok(out)
+}
+
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        _ if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal = match s.strip_prefix("cuda:") {
+                Some(n) => n.parse::<usize>().map_err(|_| {
+                    Error::bad_value(Setting::Device, format!("{s:?}"), "expected cuda:N")
+                })?,
+                None => 0,
+            };
+            if !cfg!(feature = "cuda") {
+                return Err(Error::bad_value(
+                    Setting::Device,
+                    s,
+                    "cannot be used: this sahara is built without CUDA (build it with --features cuda, or scripts/build-cuda.sh)",
+                ));
+            }
+            Device::new_cuda(ordinal).map_err(|e| {
+                let e = crate::error::one_line(&e.to_string());
+                Error::bad_value(Setting::Device, s, format!("cannot be used: {e}"))
+            })
+        }
+        other => Err(Error::bad_value(
+            Setting::Device,
+            format!("{other:?}"),
+            "expected cpu, cuda or cuda:N",
+        )),
+    }
+}
+
+/// Loads a model as `--model`, `--dtype` and `--device` name it: `dtype` is `auto` (see
+/// [`default_dtype`]) or a dtype [`parse_dtype`] reads, `devices` one device or a list for a
+/// split model ([`parse_devices`]).
+pub fn load(
+    model: &str,
+    dtype: &str,
+    devices: &str,
+    opts: crate::LoadOptions,
+) -> Result<crate::LoadedModel> {
+    let dtype = parse_dtype(dtype)?;
+    let devices = parse_devices(devices)?;
+    let dtype = match dtype {
+        Some(d) => d,
+        None => {
+            let cfg = crate::Checkpoint::resolve(model)?.config()?;
+            default_dtype(&cfg, &devices[0])
+        }
+    };
+    crate::LoadedModel::load_on(model, dtype, &devices, opts)
+}
+
+/// Keeps freed tensor buffers in the heap for reuse: by default glibc returns every large
+/// buffer to the kernel and the next forward pass faults its pages in again (about a tenth of
+/// a CPU forward pass). Process-wide; call it once, before other threads allocate (the `sahara`
+/// binary at start, the Python module when it is imported).
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator thresholds.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
     }
 }
 

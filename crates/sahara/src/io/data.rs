@@ -67,6 +67,19 @@ enum Format {
     Text,
 }
 
+/// The file a `--data` name stands for: the built-in organism's sets (`builtin:harmful`,
+/// `builtin:benign`, unpacked on first use), or the path as given. An unknown `builtin:`
+/// name is an error.
+pub fn data_file(name: &str) -> Result<std::path::PathBuf> {
+    match crate::organism::builtin::data_path(name) {
+        Some(p) => p,
+        None => match crate::organism::builtin::unknown(name) {
+            Some(e) => Err(e),
+            None => Ok(std::path::PathBuf::from(name)),
+        },
+    }
+}
+
 /// Reads the queries of `path`.
 ///
 /// `column` names the CSV column or JSON key to read (default: the first of

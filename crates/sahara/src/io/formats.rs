@@ -332,6 +332,34 @@ pub struct EvalLine {
 }
 
 impl EvalLine {
+    /// The line of a generated, judged response `g` of condition `cond` to query `q`.
+    pub fn of(
+        g: &crate::methods::eval::Generation,
+        cond: &crate::methods::eval::Condition,
+        q: &EncodedQuery,
+        panel: &crate::methods::judge::Panel,
+    ) -> Self {
+        let (refusal, reason, matched) = g.verdicts[0].main_fields();
+        EvalLine {
+            schema: schema::EVAL_LINE.into(),
+            set: g.set,
+            condition: cond.name.clone(),
+            heads: crate::model::ablation::HeadSet(cond.heads.clone()).pairs(),
+            index: q.index,
+            query: q.text.clone(),
+            prompt_tokens: q.tokens.len(),
+            response: g.response.clone(),
+            reasoning: g.reasoning.clone(),
+            tokens: g.tokens.clone(),
+            stop: if g.stopped_at_eos { "eos" } else { "length" }.into(),
+            refusal,
+            reason,
+            matched,
+            judges: panel.records(&g.verdicts),
+            first_token_kl: g.first_token_kl,
+        }
+    }
+
     /// The outcome a resumed line records, checked against the run: `conditions` maps a
     /// condition's name to its index, `sets` holds each set's queries. `Ok(None)` for a
     /// condition this run does not ask for; `Err` says why the line does not fit.

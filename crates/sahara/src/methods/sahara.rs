@@ -307,6 +307,32 @@ pub fn step_scores(
     Ok(grid_of(&model.cfg, &scores))
 }
 
+/// The unmodified model's subspace every step compares against: the left singular vectors
+/// of the prompts' final hidden states.
+pub fn reference_subspace(model: &Decoder, prompts: &[Vec<u32>]) -> Result<LeftSubspace> {
+    LeftSubspace::of(&stack_rows(&final_hidden(model, prompts, &[])?))
+}
+
+/// One greedy step of the Sahara search: every head not in `selected` scored
+/// ([`step_scores`]), and the best of them chosen ([`best_head`]).
+pub fn greedy_step(
+    model: &Decoder,
+    prompts: &[Vec<u32>],
+    selected: &[(usize, usize)],
+    reference: &LeftSubspace,
+    opts: &SaharaOptions,
+    progress: &mut dyn FnMut(usize),
+) -> Result<crate::io::formats::AttributeStep> {
+    let grid = step_scores(model, prompts, selected, reference, opts, progress)?;
+    let (l, h, score) =
+        best_head(&grid).ok_or_else(|| Error::InvalidArgument("no head left to select".into()))?;
+    Ok(crate::io::formats::AttributeStep {
+        selected: [l, h],
+        score,
+        scores: grid,
+    })
+}
+
 /// The best head of a step's grid (ties: lower layer, then lower head).
 pub fn best_head(grid: &HeadGrid) -> Option<(usize, usize, f64)> {
     let mut best: Option<(usize, usize, f64)> = None;
