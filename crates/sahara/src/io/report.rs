@@ -1087,7 +1087,7 @@ fn eval_section(
         if judges.is_empty() { "the judge".to_string() } else { judges.join(", ") }
     );
     // Bars, one group per condition, one bar per judge.
-    let (bar, gap, pad_l, h) = (18.0, 14.0, 150.0, 24.0);
+    let (bar, gap, pad_l) = (18.0, 14.0, 150.0);
     let per = judges.len().max(1) as f64;
     let height = 20.0 + conds.len() as f64 * (per * bar + gap);
     let width = 640.0;
@@ -1164,7 +1164,6 @@ fn eval_section(
         }
         y += gap;
     }
-    let _ = h;
     out.push_str("</svg><p>");
     for (j, judge) in judges.iter().enumerate() {
         let _ = write!(
