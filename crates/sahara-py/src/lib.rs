@@ -236,6 +236,22 @@ fn flat_grid(grid: &HeadGrid, out: &mut Vec<f64>) {
 }
 
 impl Model {
+    /// Prompts (see [`Model::queries`]) and the heads to ablate (q scale 1e-5 for pairs),
+    /// checked against the model.
+    fn prompts_and_heads(
+        &self,
+        prompts: &Bound<'_, PyAny>,
+        ablate: Option<&Bound<'_, PyAny>>,
+        template: Option<&str>,
+    ) -> PyResult<(Vec<EncodedQuery>, Vec<HeadAblation>)> {
+        let qs = self.queries(prompts, template, None)?;
+        let abl = head_ablations(ablate, Ablation::paper_default())?;
+        for a in &abl {
+            a.validate(self.cfg()).py()?;
+        }
+        Ok((qs, abl))
+    }
+
     fn cfg(&self) -> &sahara::ModelConfig {
         self.inner.cfg()
     }
@@ -244,9 +260,10 @@ impl Model {
     fn queries(
         &self,
         queries: &Bound<'_, PyAny>,
-        template: &str,
+        template: Option<&str>,
         system: Option<String>,
     ) -> PyResult<Vec<EncodedQuery>> {
+        let template = template.unwrap_or(default_template(&self.inner));
         let t = Template::parse(template, system).py()?;
         let mut out = Vec::new();
         for (i, item) in queries.try_iter()?.enumerate() {
@@ -402,11 +419,7 @@ impl Model {
         template: Option<&str>,
         kl: &str,
     ) -> PyResult<Ships> {
-        let qs = self.queries(
-            queries,
-            template.unwrap_or(default_template(&self.inner)),
-            None,
-        )?;
+        let qs = self.queries(queries, template, None)?;
         let mut opts = ShipsOptions::new(self.cfg());
         opts.ablation = ablation_of(target, mode, epsilon)?;
         opts.kl = kl.parse().py()?;
@@ -455,7 +468,7 @@ impl Model {
         template: Option<&str>,
     ) -> PyResult<Attribution> {
         let template = template.unwrap_or(default_template(&self.inner));
-        let qs = self.queries(queries, template, None)?;
+        let qs = self.queries(queries, Some(template), None)?;
         let mut opts = SaharaOptions {
             ablation: ablation_of(target, mode, epsilon)?,
             rank,
@@ -526,15 +539,7 @@ impl Model {
         batch_size: usize,
         template: Option<&str>,
     ) -> PyResult<Vec<String>> {
-        let qs = self.queries(
-            prompts,
-            template.unwrap_or(default_template(&self.inner)),
-            None,
-        )?;
-        let abl = head_ablations(ablate, Ablation::paper_default())?;
-        for a in &abl {
-            a.validate(self.cfg()).py()?;
-        }
+        let (qs, abl) = self.prompts_and_heads(prompts, ablate, template)?;
         let opts = GenerateOptions {
             max_new_tokens,
             sampling: sampling(temperature, top_k)?,
@@ -581,12 +586,7 @@ impl Model {
         ablate: Option<&Bound<'py, PyAny>>,
         template: Option<&str>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let qs = self.queries(
-            prompts,
-            template.unwrap_or(default_template(&self.inner)),
-            None,
-        )?;
-        let abl = head_ablations(ablate, Ablation::paper_default())?;
+        let (qs, abl) = self.prompts_and_heads(prompts, ablate, template)?;
         let m = self.inner.clone();
         let v = self.cfg().vocab_size;
         let flat: Vec<f32> = py
@@ -629,12 +629,7 @@ impl Model {
         ablate: Option<&Bound<'py, PyAny>>,
         template: Option<&str>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let qs = self.queries(
-            prompts,
-            template.unwrap_or(default_template(&self.inner)),
-            None,
-        )?;
-        let abl = head_ablations(ablate, Ablation::paper_default())?;
+        let (qs, abl) = self.prompts_and_heads(prompts, ablate, template)?;
         let m = self.inner.clone();
         let rows: Vec<Vec<u32>> = qs.iter().map(|q| q.tokens.clone()).collect();
         let hidden = py
@@ -667,9 +662,9 @@ impl Model {
         template: Option<&str>,
     ) -> PyResult<Evaluation> {
         let template = template.unwrap_or(default_template(&self.inner));
-        let h = self.queries(harmful, template, None)?;
+        let h = self.queries(harmful, Some(template), None)?;
         let b = match benign {
-            Some(b) if !b.is_none() => Some(self.queries(b, template, None)?),
+            Some(b) if !b.is_none() => Some(self.queries(b, Some(template), None)?),
             _ => None,
         };
         let ablation = ablation_of(target, mode, epsilon)?;

@@ -127,23 +127,29 @@ fn record_for(path: &Path, command: &str) -> Result<RunRecord> {
     Ok(record)
 }
 
+/// The source of an output of `command`, from the run record beside it (required).
+fn recorded(path: &Path, command: &str) -> Result<Source> {
+    let record = record_for(path, command)?;
+    let (model, fingerprint) = (record.model.clone(), record.model_fingerprint.clone());
+    Ok(Source::of(path, Some(record), model, fingerprint))
+}
+
+/// The complete lines of a JSON Lines output.
+fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    Ok(read_lines::<T>(path, &text, |_, _| Ok(()))?.0)
+}
+
 /// Reads a ships output: its lines, summary and run record.
 pub fn load_ships(path: &Path) -> Result<ShipsInput> {
-    let record = record_for(path, "ships")?;
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let (lines, _) = read_lines::<ShipsLine>(path, &text, |_, _| Ok(()))?;
+    let source = recorded(path, "ships")?;
     let summary_path = sibling(path, "summary.json");
     let summary: crate::io::formats::ShipsSummary =
         serde_json::from_value(read_json_file(&summary_path)?)
             .map_err(|e| Error::data(&summary_path, format!("not a ships summary ({e})")))?;
     Ok(ShipsInput {
-        source: Source::of(
-            path,
-            Some(record.clone()),
-            record.model.clone(),
-            record.model_fingerprint.clone(),
-        ),
-        lines,
+        source,
+        lines: read_jsonl(path)?,
         kl: summary.kl,
         summary: summary.summary,
     })
@@ -151,34 +157,18 @@ pub fn load_ships(path: &Path) -> Result<ShipsInput> {
 
 /// Reads an attribute output and its run record.
 pub fn load_attribute(path: &Path) -> Result<AttributeInput> {
-    let record = record_for(path, "attribute")?;
-    let output = AttributeOutput::read(path)?;
     Ok(AttributeInput {
-        source: Source::of(
-            path,
-            Some(record.clone()),
-            record.model.clone(),
-            record.model_fingerprint.clone(),
-        ),
-        output,
+        source: recorded(path, "attribute")?,
+        output: AttributeOutput::read(path)?,
     })
 }
 
 /// Reads an eval output: its lines, summary and run record.
 pub fn load_eval(path: &Path) -> Result<EvalInput> {
-    let record = record_for(path, "eval")?;
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let (lines, _) = read_lines::<EvalLine>(path, &text, |_, _| Ok(()))?;
-    let summary = read_json_file(&sibling(path, "summary.json"))?;
     Ok(EvalInput {
-        source: Source::of(
-            path,
-            Some(record.clone()),
-            record.model.clone(),
-            record.model_fingerprint.clone(),
-        ),
-        lines,
-        summary,
+        source: recorded(path, "eval")?,
+        lines: read_jsonl(path)?,
+        summary: read_json_file(&sibling(path, "summary.json"))?,
     })
 }
 
