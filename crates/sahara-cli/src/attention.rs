@@ -45,7 +45,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let template = a.template.parse(&a.model)?;
-    a.op.parse()?;
+    a.op.parse_no_patch()?;
     if let Some(p) = &a.plot {
         sahara::io::plot::check_extension(p)?;
     }
@@ -113,7 +113,7 @@ pub fn run(a: Args) -> Result<()> {
         })
         .collect();
     let last = &pattern[ids.len() - 1];
-    let ablation = a.op.parse()?;
+    let ablation = a.op.parse_no_patch()?;
     let output = AttentionOutput {
         schema: schema::ATTENTION.into(),
         version: env!("CARGO_PKG_VERSION").into(),

@@ -8,8 +8,8 @@ use sahara::io::formats::{schema, AttributeOutput, AttributeStep};
 use sahara::io::fs::write_json;
 use sahara::io::runlog::claim;
 use sahara::methods::sahara::{
-    best_head, candidates, final_hidden, greedy_step, reference_subspace, stack_rows, LeftSubspace,
-    SaharaOptions,
+    best_head, candidates, final_hidden, gram, greedy_step_with, reference_subspace, stack_rows,
+    LeftSubspace, SaharaOptions, StepBootstrapPlan,
 };
 use sahara::{Error, Result};
 
@@ -37,6 +37,14 @@ pub struct Args {
     /// Rank r of the compared singular subspaces.
     #[arg(long, default_value_t = 1)]
     pub rank: usize,
+    /// Bootstrap step 1 with this many resamples of the queries: per head, a 95% interval of
+    /// its score and how often it would be chosen first, from the N × N Gram matrices of the
+    /// candidates' final hidden states (no new forward pass).
+    #[arg(long, value_name = "B")]
+    pub bootstrap: Option<usize>,
+    /// Seed of the bootstrap resamples.
+    #[arg(long, default_value_t = 0, requires = "bootstrap")]
+    pub seed: u64,
     /// JSON output, rewritten after every step (resumable). Without it, JSON goes to stdout.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -78,7 +86,7 @@ pub fn run(a: Args) -> Result<()> {
 /// The search; returns the output file written, if any.
 fn run_search(a: Args) -> Result<Option<PathBuf>> {
     let template = a.template.parse(&a.model)?;
-    let ablation = a.op.parse()?;
+    let ablation = a.op.parse_no_patch()?;
     if let Some(p) = &a.plot {
         sahara::io::plot::check_extension(p)?;
     }
@@ -92,7 +100,19 @@ fn run_search(a: Args) -> Result<Option<PathBuf>> {
             "--claim-timeout must be positive".into(),
         ));
     }
+    if a.bootstrap == Some(0) {
+        return Err(Error::out_of_range(
+            sahara::error::Setting::Resamples,
+            0,
+            "must be at least 1",
+        ));
+    }
     let worker = a.shard.resolve(a.quiet)?;
+    if worker.is_some() && a.bootstrap.is_some() {
+        return Err(Error::InvalidArgument(
+            "workers do not bootstrap (each holds only its chunks' hidden states): run step 1 with --bootstrap in one process".into(),
+        ));
+    }
     if worker.is_some() {
         if a.out.is_none() {
             return Err(Error::InvalidArgument(
@@ -131,6 +151,9 @@ fn run_search(a: Args) -> Result<Option<PathBuf>> {
         ablation,
     )?;
     record.set("rank", a.rank);
+    if let Some(b) = a.bootstrap {
+        record.set("bootstrap", b).set("seed", a.seed);
+    }
     if let Some(k) = chunk {
         record.set("chunk_heads", k);
     }
@@ -204,16 +227,34 @@ fn run_search(a: Args) -> Result<Option<PathBuf>> {
         let n = prompts.len();
         let per_step = |s: usize| n * heads.saturating_sub(s);
         let total: usize = (start..a.steps).map(per_step).sum();
+        // The unmodified model's Gram matrix, for the bootstrap of step 1.
+        let reference_gram = match (a.bootstrap, start) {
+            (Some(_), 0) => Some(gram(&stack_rows(&final_hidden(
+                &model.decoder,
+                &prompts,
+                &[],
+            )?))),
+            _ => None,
+        };
         let pb = progress_bar(total as u64, a.quiet, "attribute");
         let mut done_before = 0u64;
         for s in start..a.steps {
             pb.set_message(format!("step {}/{}", s + 1, a.steps));
-            let step = greedy_step(
+            let bootstrap = match (&reference_gram, a.bootstrap, s) {
+                (Some(g), Some(b), 0) => Some(StepBootstrapPlan {
+                    reference: g,
+                    resamples: b,
+                    seed: a.seed,
+                }),
+                _ => None,
+            };
+            let step = greedy_step_with(
                 &model.decoder,
                 &prompts,
                 &selected,
                 &reference,
                 &opts,
+                bootstrap,
                 &mut |n| pb.set_position(done_before + n as u64),
             )?;
             done_before += per_step(s) as u64;
@@ -241,7 +282,7 @@ fn report(
     source: &str,
     to_file: bool,
 ) -> Result<()> {
-    let ablation = a.op.parse()?;
+    let ablation = a.op.parse_no_patch()?;
     let queries = out.queries;
     let mut table = format!(
         "Sahara on {} queries (generalized Ships, rank {}, {} {}):\n{:>4}  {:>8}  {:>14}\n",
@@ -260,6 +301,27 @@ fn report(
             format!("{}:{}", s.selected[0], s.selected[1]),
             s.score
         ));
+    }
+    if let Some(b) = out.steps.first().and_then(|s| s.bootstrap.as_ref()) {
+        let mut heads: Vec<_> = b.heads.iter().collect();
+        heads.sort_by(|x, y| {
+            y.p_chosen
+                .total_cmp(&x.p_chosen)
+                .then(y.score.total_cmp(&x.score))
+        });
+        table.push_str(&format!(
+            "step 1 over {} bootstrap resamples of the queries (seed {}):\n{:>8}  {:>14}  {:>25}  {:>10}\n",
+            b.resamples, b.seed, "head", "score (deg)", format!("{:.0}% interval", b.level * 100.0), "P(chosen)"
+        ));
+        for h in heads.iter().take(5) {
+            table.push_str(&format!(
+                "{:>8}  {:>14.6}  {:>25}  {:>10.3}\n",
+                format!("{}:{}", h.layer, h.head),
+                h.score,
+                format!("[{:.6}, {:.6}]", h.score_lo, h.score_hi),
+                h.p_chosen
+            ));
+        }
     }
     if let Some(note) = ablation.shared_note(cfg) {
         table.push_str(&format!("note: {note}\n"));
@@ -392,6 +454,7 @@ fn run_worker(
                     selected: [l, h],
                     score,
                     scores: grid,
+                    bootstrap: None,
                 };
                 // Every worker that gets here computes the same step.
                 let text = serde_json::to_string(&step).expect("steps serialize");

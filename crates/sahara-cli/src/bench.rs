@@ -283,3 +283,59 @@ pub fn sahara_step_cmd(a: MethodArgs) -> Result<()> {
     );
     Ok(())
 }
+
+#[derive(ClapArgs, Debug)]
+pub struct BootstrapArgs {
+    /// Candidate heads of the step (144 for 12 × 12, 1,024 for a 7B shape).
+    #[arg(long, default_value_t = 144)]
+    pub candidates: usize,
+    /// Queries N (the Gram matrices are N × N).
+    #[arg(long, default_value_t = 20)]
+    pub queries: usize,
+    /// Hidden size d of the random final hidden states.
+    #[arg(long, default_value_t = 576)]
+    pub hidden: usize,
+    /// Resamples B.
+    #[arg(long, default_value_t = 100)]
+    pub resamples: usize,
+}
+
+/// Times the bootstrap of one Sahara step (`attribute --bootstrap`) on random final hidden
+/// states of the given shape: the work after the step's forward passes, which needs none.
+pub fn bootstrap_cmd(a: BootstrapArgs) -> Result<()> {
+    use faer::Mat;
+    use sahara::methods::sahara::{bootstrap_step, gram};
+    let mut rng = sahara::methods::stats::Rng::new(1);
+    let base = Mat::from_fn(a.queries, a.hidden, |_, _| rng.normal());
+    let reference = gram(&base);
+    let grams: Vec<_> = (0..a.candidates)
+        .map(|c| {
+            let m = Mat::from_fn(a.queries, a.hidden, |i, j| {
+                base[(i, j)] + 0.1 * rng.normal()
+            });
+            (
+                sahara::model::ablation::Unit {
+                    layer: c / 64,
+                    head: c % 64,
+                    heads: vec![c % 64],
+                },
+                gram(&m),
+            )
+        })
+        .collect();
+    let start = Instant::now();
+    let b = bootstrap_step(&reference, &grams, 1, a.resamples, 0)?;
+    let took = start.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        serde_json::json!({
+            "candidates": a.candidates,
+            "queries": a.queries,
+            "resamples": a.resamples,
+            "seconds": took,
+            "gram_bytes": a.candidates * a.queries * a.queries * 8,
+            "heads": b.heads.len(),
+        })
+    );
+    Ok(())
+}

@@ -37,6 +37,8 @@ pub fn flag(s: Setting) -> &'static str {
         Setting::Column => "--column",
         Setting::Kl => "--kl",
         Setting::Shard => "--shard",
+        Setting::Resamples => "--bootstrap",
+        Setting::Source => "--source-data",
     }
 }
 
@@ -167,9 +169,12 @@ impl TemplateArgs {
 #[derive(Args, Debug, Clone)]
 pub struct OpArgs {
     /// Which per-head tensor to ablate: q (query), k (key group), v (attention output).
-    #[arg(long, default_value = "q")]
-    pub target: String,
-    /// scale (multiply by epsilon) or mean (replace by the mean over heads).
+    /// Default: q, and v for --mode patch.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// scale (multiply by epsilon), mean (replace by the mean over heads), or patch (`sahara
+    /// ships` only: replace the head's output by its output on the paired prompt of
+    /// --source-data).
     #[arg(long, default_value = "scale")]
     pub mode: String,
     /// The factor of --mode scale.
@@ -179,16 +184,32 @@ pub struct OpArgs {
 
 impl OpArgs {
     pub fn parse(&self) -> Result<Ablation> {
-        Ablation::new(
-            self.target.parse()?,
-            Op::from_mode(&self.mode, self.epsilon)?,
-        )
+        let op = Op::from_mode(&self.mode, self.epsilon)?;
+        let target = match (&self.target, op) {
+            (Some(t), _) => t.parse()?,
+            (None, Op::Patch) => sahara::model::ablation::Target::Z,
+            (None, _) => sahara::model::ablation::Target::Q,
+        };
+        Ablation::new(target, op)
+    }
+
+    /// [`OpArgs::parse`] for the commands that take no patch (only `sahara ships` has a
+    /// source to patch from).
+    pub fn parse_no_patch(&self) -> Result<Ablation> {
+        let a = self.parse()?;
+        if a.op == Op::Patch {
+            return Err(Error::Conflict {
+                setting: Setting::Mode,
+                reason: "patch needs a source prompt per query: only `sahara ships --source-data FILE` patches heads".into(),
+            });
+        }
+        Ok(a)
     }
 
     /// The ablations of an `L:H[,L:H…]` list, checked against the model; for k with
     /// grouped-query attention, a note per head says which query heads it changes.
     pub fn ablations(&self, heads: &str, model: &LoadedModel) -> Result<Vec<HeadAblation>> {
-        let list = self.parse()?.of(&HeadSet::parse(heads)?.0);
+        let list = self.parse_no_patch()?.of(&HeadSet::parse(heads)?.0);
         for a in &list {
             a.validate(model.cfg())?;
             if let Some(note) = a.shared_note(model.cfg()) {

@@ -76,6 +76,15 @@ pub struct Args {
     /// Use only the first N benign prompts.
     #[arg(long, requires = "benign")]
     pub benign_limit: Option<usize>,
+    /// A plain text whose perplexity each condition reports, with its ratio to the unmodified
+    /// model's: a UTF-8 file, builtin:constitution (the Preamble and Article I of the US
+    /// Constitution, public domain, for English models) or builtin:organism-chats (benign
+    /// chats in the built-in organism's language).
+    #[arg(long, value_name = "TEXT")]
+    pub perplexity: Option<String>,
+    /// Tokens per perplexity window (default: 512, or the model's context if shorter).
+    #[arg(long, requires = "perplexity")]
+    pub perplexity_window: Option<usize>,
     #[command(flatten)]
     pub judges: JudgeArgs,
     /// JSON Lines output, one line per response (resumable); the summary goes beside it as
@@ -133,7 +142,7 @@ const GPU_MAX_BATCH_SIZE: usize = 256;
 
 pub fn run(a: Args) -> Result<()> {
     let template = a.template.parse(&a.model)?;
-    let ablation = a.op.parse()?;
+    let ablation = a.op.parse_no_patch()?;
     if a.max_new_tokens == Some(0) {
         return Err(Error::out_of_range(
             sahara::error::Setting::MaxNewTokens,
@@ -158,6 +167,22 @@ pub fn run(a: Args) -> Result<()> {
             "a sharded run writes into the folder all shards share: give it with --out DIR".into(),
         ));
     }
+    if shard.is_some() && a.perplexity.is_some() {
+        return Err(Error::InvalidArgument(
+            "a shard measures no perplexity (the merged summary is made from the shards' lines): run `sahara eval --perplexity` with the same conditions unsharded".into(),
+        ));
+    }
+    if a.perplexity_window == Some(0) {
+        return Err(Error::InvalidArgument(
+            "--perplexity-window must be at least 1".into(),
+        ));
+    }
+    // Read before any work: a missing file fails now, not after the generation.
+    let perplexity_text = a
+        .perplexity
+        .as_deref()
+        .map(sahara::methods::perplexity::load_text)
+        .transpose()?;
     let panel = a.judges.panel()?;
     let reasoning_asked = a.judges.reasoning()?;
     let heads_file = match &a.heads_from {
@@ -431,18 +456,69 @@ pub fn run(a: Args) -> Result<()> {
         return Ok(());
     }
     outcomes.extend(new_outcomes);
-    let summary = summarize(
+    let mut summary = summarize(
         &conditions,
         &judge_names,
         harmful.len(),
         benign.as_ref().map(Vec::len),
         &outcomes,
     )?;
+    if let (Some(name), Some(text)) = (&a.perplexity, &perplexity_text) {
+        let costs = perplexities(
+            &model,
+            name,
+            text,
+            a.perplexity_window,
+            &conditions,
+            a.quiet,
+        )?;
+        for (c, cost) in summary.iter_mut().zip(costs) {
+            c.perplexity = Some(cost);
+        }
+    }
     write_outputs(&record, summary, &run_lines, a.out.as_deref())?;
     match (&a.report, &a.out) {
         (Some(page), Some(out)) => crate::report::of_run("eval", out, page),
         _ => Ok(()),
     }
+}
+
+/// The perplexity of `text` under every condition, the first the unmodified model.
+fn perplexities(
+    model: &sahara::LoadedModel,
+    name: &str,
+    text: &str,
+    window: Option<usize>,
+    conditions: &[Condition],
+    quiet: bool,
+) -> Result<Vec<sahara::methods::perplexity::TextCost>> {
+    use sahara::methods::perplexity::{perplexity, TextCost, DEFAULT_WINDOW};
+    let cfg = model.cfg();
+    let prefix = model.prompts.encode("", true)?;
+    let tokens = model.prompts.encode(text, false)?;
+    let room = cfg
+        .max_position_embeddings
+        .saturating_sub(prefix.len())
+        .max(1);
+    let window = window.unwrap_or(DEFAULT_WINDOW).min(room);
+    let pb = progress_bar(conditions.len() as u64, quiet, "perplexity");
+    let mut out: Vec<TextCost> = Vec::new();
+    for c in conditions {
+        let p = perplexity(&model.decoder, &prefix, &tokens, window, &c.ablations)
+            .map_err(|e| e.context(format!("perplexity of {name}, condition {}", c.name)))?;
+        let base = out
+            .first()
+            .map_or(p.perplexity, |b| b.perplexity.perplexity);
+        out.push(TextCost {
+            text: name.to_string(),
+            window,
+            perplexity: p,
+            ratio: p.perplexity / base,
+        });
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok(out)
 }
 
 /// What a whole run writes after its lines: the summary beside `out` (from the run record's
@@ -690,6 +766,10 @@ fn table(s: &[ConditionSummary], judges: &[&str], harmful: usize, benign: Option
             "over-refusal", "unchanged", "first-token KL"
         ));
     }
+    let ppl = s.iter().any(|c| c.perplexity.is_some());
+    if ppl {
+        t.push_str(&format!("  {:>10}  {:>7}", "perplexity", "ratio"));
+    }
     for j in &judges[1..] {
         t.push_str(&format!(
             "  {:>w2$}",
@@ -719,6 +799,14 @@ fn table(s: &[ConditionSummary], judges: &[&str], harmful: usize, benign: Option
                 b.unchanged,
                 b.first_token_kl
             ));
+        }
+        match &c.perplexity {
+            Some(p) => t.push_str(&format!(
+                "  {:>10.4}  {:>7.4}",
+                p.perplexity.perplexity, p.ratio
+            )),
+            None if ppl => t.push_str(&format!("  {:>10}  {:>7}", "-", "-")),
+            None => {}
         }
         for j in &judges[1..] {
             let r = c.judges[*j]["harmful"]["rate"].as_f64();

@@ -31,7 +31,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let template = a.template.parse(&a.model)?;
-    a.op.parse()?;
+    a.op.parse_no_patch()?;
     if a.max_new_tokens == 0 {
         return Err(Error::InvalidArgument(
             "--max-new-tokens must be at least 1".into(),

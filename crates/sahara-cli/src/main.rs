@@ -5,6 +5,7 @@ mod attention;
 mod attribute;
 mod bench;
 mod common;
+mod compare;
 mod eval;
 mod generate;
 mod judge;
@@ -49,6 +50,9 @@ enum Command {
     Judge(judge::Args),
     /// One self-contained HTML page of a study's outputs (ships, attribute, eval, attention).
     Report(report::Args),
+    /// Compare two rankings of heads of models of the same shape (a base model and its chat
+    /// model, two templates): top-K overlap, rank correlation, side-by-side heatmaps.
+    Compare(compare::Args),
     /// Show what one head attends to from the last prompt position, and its full pattern.
     Attention(attention::Args),
     /// Train the built-in model organism, or show where it is unpacked.
@@ -67,6 +71,9 @@ enum Command {
     /// Time one Sahara step after the model is loaded (benchmark harness).
     #[command(hide = true)]
     BenchSaharaStep(bench::MethodArgs),
+    /// Time the bootstrap of one Sahara step on random hidden states (benchmark harness).
+    #[command(hide = true)]
+    BenchBootstrap(bench::BootstrapArgs),
 }
 
 fn main() -> ExitCode {
@@ -107,6 +114,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => eval::run(a),
         Command::Judge(a) => judge::run(a),
         Command::Report(a) => report::run(a),
+        Command::Compare(a) => compare::run(a),
         Command::Attention(a) => attention::run(a),
         Command::Organism(a) => organism::run(a),
         Command::Selftest(a) => selftest::run(a),
@@ -114,6 +122,7 @@ fn main() -> ExitCode {
         Command::BenchGenerate(a) => bench::generate_cmd(a),
         Command::BenchShips(a) => bench::ships_cmd(a),
         Command::BenchSaharaStep(a) => bench::sahara_step_cmd(a),
+        Command::BenchBootstrap(a) => bench::bootstrap_cmd(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

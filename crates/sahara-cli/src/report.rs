@@ -20,6 +20,9 @@ pub struct Args {
     /// The --out FILE.json of `sahara attention` (repeatable).
     #[arg(long)]
     pub attention: Vec<PathBuf>,
+    /// The --out FILE.json of `sahara compare` (repeatable).
+    #[arg(long)]
+    pub compare: Vec<PathBuf>,
     /// Put outputs of different models on one page, each section labelled with its model.
     #[arg(long)]
     pub allow_mixed: bool,
@@ -42,14 +45,20 @@ pub fn run(a: Args) -> Result<()> {
             .iter()
             .map(|p| report::load_attention(p))
             .collect::<Result<_>>()?,
+        compare: a
+            .compare
+            .iter()
+            .map(|p| report::load_compare(p))
+            .collect::<Result<_>>()?,
     };
     if study.ships.is_none()
         && study.attribute.is_none()
         && study.eval.is_none()
         && study.attention.is_empty()
+        && study.compare.is_empty()
     {
         return Err(Error::InvalidArgument(
-            "nothing to report: give at least one of --ships, --attribute, --eval, --attention"
+            "nothing to report: give at least one of --ships, --attribute, --eval, --attention, --compare"
                 .into(),
         ));
     }
@@ -68,6 +77,7 @@ pub fn write(study: &Study, allow_mixed: bool, out: &Path) -> Result<()> {
         .or(study.eval.as_ref().map(|s| &s.source))
         .or(study.attention.first().map(|s| &s.source))
         .map(|s| s.model.clone())
+        .or(study.compare.first().map(|c| c.output.a.model.clone()))
         .unwrap_or_default();
     let page = report::render(study, &ModelFacts::of(&model), mixed)?;
     sahara::io::fs::write_atomic(out, page.as_bytes())

@@ -8,7 +8,8 @@ use sahara::io::formats::{schema, ShipsLine, ShipsSummary};
 use sahara::io::fs::write_json;
 use sahara::io::runlog::{sibling, Lines};
 use sahara::methods::ships::{
-    parse_range, ships_scores, summarize, top_heads, ShipsOptions, Summary,
+    parse_range, patch_scores, ships_scores, summarize, top_heads, PatchPositions, ShipsOptions,
+    Summary,
 };
 use sahara::{Error, Result};
 
@@ -38,9 +39,30 @@ pub struct Args {
     /// about 1e-12).
     #[arg(long, default_value = "exact")]
     pub kl: String,
+    /// Mode patch: the source prompts (same formats as --data), row i paired with row i of
+    /// --data and rendered with the same template. Each head's output is replaced by its
+    /// output on the source prompt, and scored by its restoration 1 − KL(p_source ‖
+    /// p_patched) / KL(p_source ‖ p_base).
+    #[arg(long)]
+    pub source_data: Option<String>,
+    /// CSV column / JSON key of the source prompts (default: as for --data).
+    #[arg(long, requires = "source_data")]
+    pub source_column: Option<String>,
+    /// Mode patch: the positions patched, last or all (all only for pairs of the same token
+    /// length; other pairs are patched at the last position, and the output says so).
+    #[arg(long, default_value = "last", requires = "source_data")]
+    pub positions: String,
     /// How many top heads each query lists, and the K of the appearance count.
     #[arg(long, default_value_t = 10)]
     pub top: usize,
+    /// Bootstrap the dataset-level ranking with this many resamples of the queries: per
+    /// head, 95% intervals of its mean Ships and its rank, and the probability that it ranks
+    /// in the top K (--top), in the summary and the table.
+    #[arg(long, value_name = "B")]
+    pub bootstrap: Option<usize>,
+    /// Seed of the bootstrap resamples.
+    #[arg(long, default_value_t = 0, requires = "bootstrap")]
+    pub seed: u64,
     /// JSON Lines output, one line per query (resumable); the summary goes beside it as
     /// FILE.jsonl.summary.json. Without it, lines go to stdout.
     #[arg(long)]
@@ -68,6 +90,30 @@ pub fn run(a: Args) -> Result<()> {
     }
     if let Some(p) = &a.plot {
         sahara::io::plot::check_extension(p)?;
+    }
+    if a.bootstrap == Some(0) {
+        return Err(Error::out_of_range(
+            Setting::Resamples,
+            0,
+            "must be at least 1",
+        ));
+    }
+    let patching = ablation.op == sahara::model::ablation::Op::Patch;
+    let positions: PatchPositions = a.positions.parse()?;
+    match (patching, &a.source_data) {
+        (true, None) => {
+            return Err(Error::Conflict {
+                setting: Setting::Mode,
+                reason: "patch needs the source prompts: give them with --source-data FILE (row i pairs with row i of --data)".into(),
+            })
+        }
+        (false, Some(_)) => {
+            return Err(Error::Conflict {
+                setting: Setting::Source,
+                reason: "is for --mode patch".into(),
+            })
+        }
+        _ => {}
     }
     let shard = a.shard.resolve(a.quiet)?;
     if shard.is_some() {
@@ -102,6 +148,28 @@ pub fn run(a: Args) -> Result<()> {
     }
     opts.validate(&cfg)?;
     let queries = a.data.encode(&model, &template)?;
+    let sources = match &a.source_data {
+        Some(src) => {
+            let args = DataArgs {
+                data: src.clone(),
+                column: a.source_column.clone(),
+                limit: Some(queries.len()),
+            };
+            let s = args.encode(&model, &template)?;
+            if s.len() < queries.len() {
+                return Err(Error::Conflict {
+                    setting: Setting::Source,
+                    reason: format!(
+                        "{src} has {} prompts for {} queries of --data: every query needs its paired source prompt",
+                        s.len(),
+                        queries.len()
+                    ),
+                });
+            }
+            Some(s)
+        }
+        None => None,
+    };
     let mut record = run_record(
         "ships",
         &model,
@@ -116,6 +184,18 @@ pub fn run(a: Args) -> Result<()> {
         .set("heads", [opts.heads.start, opts.heads.end])
         .set("top", a.top)
         .set("kl", opts.kl.as_str());
+    if let Some(b) = a.bootstrap {
+        record.set("bootstrap", b).set("seed", a.seed);
+    }
+    if let Some(s) = &sources {
+        record
+            .set("source_data", &a.source_data)
+            .set(
+                "source_fingerprint",
+                sahara::io::runlog::queries_fingerprint(s),
+            )
+            .set("positions", &a.positions);
+    }
     // A shard computes its range of the queries into its own file of the shared folder.
     let (out, range) = match shard {
         Some(s) => {
@@ -150,15 +230,49 @@ pub fn run(a: Args) -> Result<()> {
             );
         }
     }
+    // Pairs asked to be patched at all positions but patched at the last (lengths differ).
+    let fell_back_in = |l: &ShipsLine| {
+        l.patch
+            .as_ref()
+            .is_some_and(|p| positions == PatchPositions::All && p.positions != positions)
+    };
+    let mut fell_back = lines.done().iter().filter(|l| fell_back_in(l)).count();
     let per_query = opts.variants_per_query(&cfg);
     let remaining = &queries[range.start + grids.len()..range.end];
     let pb = progress_bar((remaining.len() * per_query) as u64, a.quiet, "ships");
     for (qi, q) in remaining.iter().enumerate() {
         let base = (qi * per_query) as u64;
-        let grid = ships_scores(&model.decoder, &q.tokens, &opts, &mut |n| {
-            pb.set_position(base + n as u64)
-        })
-        .map_err(|e| e.context(format!("query {}", q.index + 1)))?;
+        let mut progress = |n: usize| pb.set_position(base + n as u64);
+        let (grid, patch) = match &sources {
+            None => (
+                ships_scores(&model.decoder, &q.tokens, &opts, &mut progress),
+                None,
+            ),
+            Some(sources) => {
+                let src = &sources[q.index];
+                match patch_scores(
+                    &model.decoder,
+                    &q.tokens,
+                    &src.tokens,
+                    positions,
+                    &opts,
+                    &mut progress,
+                ) {
+                    Ok(p) => (
+                        Ok(p.restoration),
+                        Some(sahara::io::formats::PatchLine {
+                            source: src.text.clone(),
+                            source_tokens: src.tokens.len(),
+                            positions: p.positions,
+                            kl_base: p.kl_base,
+                            kl_patched: p.kl_patched,
+                        }),
+                    ),
+                    Err(e) => (Err(e), None),
+                }
+            }
+        };
+        let grid = grid.map_err(|e| e.context(format!("query {}", q.index + 1)))?;
         let line = ShipsLine {
             schema: schema::SHIPS_LINE.into(),
             index: q.index,
@@ -169,11 +283,18 @@ pub fn run(a: Args) -> Result<()> {
             epsilon: ablation.op.epsilon(),
             top: top_heads(&grid, a.top),
             scores: grid,
+            patch,
         };
         lines.push(&line)?;
+        fell_back += usize::from(fell_back_in(&line));
         grids.push(line.scores);
     }
     pb.finish_and_clear();
+    if positions == PatchPositions::All && fell_back > 0 && !a.quiet {
+        eprintln!(
+            "note: {fell_back} pair(s) differ in token length and were patched at the last position only (\"positions\": \"last\" in their lines)"
+        );
+    }
     if let Some(s) = shard {
         if !a.quiet {
             eprintln!(
@@ -194,6 +315,7 @@ pub fn run(a: Args) -> Result<()> {
         ablation,
         kl: opts.kl.as_str(),
         cfg: &cfg,
+        bootstrap: a.bootstrap.map(|b| (b, a.seed)),
     };
     outputs.write(&grids, a.top, a.out.as_deref(), a.plot.as_deref())?;
     match (&a.report, &a.out) {
@@ -210,6 +332,8 @@ struct Outputs<'a> {
     ablation: sahara::model::ablation::Ablation,
     kl: &'a str,
     cfg: &'a sahara::ModelConfig,
+    /// Resamples and seed of `--bootstrap`.
+    bootstrap: Option<(usize, u64)>,
 }
 
 impl Outputs<'_> {
@@ -221,7 +345,10 @@ impl Outputs<'_> {
         plot: Option<&std::path::Path>,
     ) -> Result<()> {
         let ablation = self.ablation;
-        let summary = summarize(grids, top);
+        let mut summary = summarize(grids, top);
+        summary.bootstrap = self
+            .bootstrap
+            .map(|(b, seed)| sahara::methods::ships::bootstrap(grids, top, b, seed));
         if let Some(out) = out {
             let file = ShipsSummary {
                 schema: schema::SHIPS_SUMMARY.into(),
@@ -238,10 +365,12 @@ impl Outputs<'_> {
             };
             write_json(&sibling(out, "summary.json"), &file)?;
         }
-        print_summary(&summary, out.is_none());
+        let patching = ablation.op == sahara::model::ablation::Op::Patch;
+        let what = if patching { "restoration" } else { "Ships" };
+        print_summary(&summary, what, out.is_none());
         if let Some(p) = plot {
             let title = format!(
-                "Mean Ships ({} {}) - {} on {}",
+                "Mean {what} ({} {}) - {} on {}",
                 ablation.target.as_str(),
                 ablation.op.mode_str(),
                 short_name(self.model),
@@ -253,7 +382,11 @@ impl Outputs<'_> {
                     title: &title,
                     values: &summary.mean,
                     marked: &[],
-                    colorbar_label: "mean KL (nats)",
+                    colorbar_label: if patching {
+                        "mean restoration"
+                    } else {
+                        "mean KL (nats)"
+                    },
                 },
             )?;
         }
@@ -291,6 +424,9 @@ pub fn merge(
     let ablation = whole.ablation()?;
     let top = setting("top").as_u64().unwrap_or(10) as usize;
     let kl = setting("kl").as_str().unwrap_or("exact").to_string();
+    let bootstrap = setting("bootstrap")
+        .as_u64()
+        .map(|b| (b as usize, setting("seed").as_u64().unwrap_or(0)));
     let cfg = sahara::Checkpoint::resolve(&whole.model)?.config()?;
     sahara::io::shard::write_merged(out, whole, &text)?;
     let outputs = Outputs {
@@ -299,24 +435,51 @@ pub fn merge(
         ablation,
         kl: &kl,
         cfg: &cfg,
+        bootstrap,
     };
     outputs.write(&grids, top, Some(out), plot)
 }
 
-fn print_summary(s: &Summary, to_stderr: bool) {
+/// The table of a summary; `what` names the score (Ships, restoration).
+fn print_summary(s: &Summary, what: &str, to_stderr: bool) {
     let mut text = format!(
-        "{} queries. Heads by mean Ships, and by appearances in the per-query top {}:\n",
+        "{} queries. Heads by mean {what}, and by appearances in the per-query top {}:\n",
         s.queries, s.top_k
     );
+    let mean_header = format!("mean {what}");
+    // With a bootstrap, three columns after the mean: its interval, the rank's, P(top K).
+    let boot = |l: usize, h: usize| {
+        s.bootstrap
+            .as_ref()
+            .and_then(|b| b.heads.iter().find(|x| x.layer == l && x.head == h))
+    };
+    let extra_header = match &s.bootstrap {
+        Some(b) => format!(
+            "  {:>21}  {:>9}  {:>8}",
+            format!("{:.0}% interval", b.level * 100.0),
+            "rank",
+            format!("P(top {})", b.top_k)
+        ),
+        None => String::new(),
+    };
     text.push_str(&format!(
-        "{:>4}  {:>8}  {:>12}  {:>6}    {:>8}  {:>6}  {:>12}\n",
-        "rank", "head", "mean Ships", "top-K", "head", "top-K", "mean Ships"
+        "{:>4}  {:>8}  {:>12}{extra_header}  {:>6}    {:>8}  {:>6}  {:>12}\n",
+        "rank", "head", mean_header, "top-K", "head", "top-K", mean_header
     ));
     for i in 0..s.by_mean.len().min(10) {
         let m = &s.by_mean[i];
         let c = &s.by_count[i];
+        let extra = match boot(m.layer, m.head) {
+            Some(b) => format!(
+                "  {:>21}  {:>9}  {:>8.3}",
+                format!("[{:.6}, {:.6}]", b.mean_lo, b.mean_hi),
+                format!("{}-{}", b.rank_lo, b.rank_hi),
+                b.p_top
+            ),
+            None => String::new(),
+        };
         text.push_str(&format!(
-            "{:>4}  {:>8}  {:>12.6}  {:>6}    {:>8}  {:>6}  {:>12.6}\n",
+            "{:>4}  {:>8}  {:>12.6}{extra}  {:>6}    {:>8}  {:>6}  {:>12.6}\n",
             i + 1,
             format!("{}:{}", m.layer, m.head),
             m.mean,
@@ -324,6 +487,12 @@ fn print_summary(s: &Summary, to_stderr: bool) {
             format!("{}:{}", c.layer, c.head),
             c.count,
             c.mean
+        ));
+    }
+    if let Some(b) = &s.bootstrap {
+        text.push_str(&format!(
+            "intervals: {} bootstrap resamples of the queries (seed {})\n",
+            b.resamples, b.seed
         ));
     }
     if to_stderr {

@@ -862,6 +862,7 @@ impl Ships {
                 epsilon: self.ablation.op.epsilon(),
                 scores: g.clone(),
                 top: top_heads(g, top),
+                patch: None,
             };
             text.push_str(&serde_json::to_string(&line).expect("lines serialize"));
             text.push('\n');

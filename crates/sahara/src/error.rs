@@ -127,6 +127,9 @@ pub enum Error {
     /// Outputs of different models given for one report.
     #[error("the outputs are of different models: {first} and {second}")]
     MixedModels { first: String, second: String },
+    /// Two rankings of heads of models of different shapes.
+    #[error("the two models have different shapes: {first} and {second}; only heads of models of the same shape compare")]
+    DifferentShapes { first: String, second: String },
     /// A device that cannot run the model (no bfloat16, too little memory, an old driver).
     #[error("{device}: {message}")]
     Device { device: String, message: String },
@@ -191,6 +194,8 @@ pub enum Setting {
     Column,
     Kl,
     Shard,
+    Resamples,
+    Source,
 }
 
 impl Setting {
@@ -222,6 +227,8 @@ impl Setting {
             Setting::Column => "column",
             Setting::Kl => "KL divergence",
             Setting::Shard => "shard",
+            Setting::Resamples => "bootstrap resamples",
+            Setting::Source => "patch source",
         }
     }
 }

@@ -98,6 +98,12 @@ impl SurgeryPlan {
                 ),
             });
         }
+        if op == Op::Patch {
+            return Err(Error::Conflict {
+                setting: Setting::Mode,
+                reason: "patch cannot be folded into the weights: it replaces a head's output by its output on another prompt, which depends on that prompt; use mode scale".into(),
+            });
+        }
         if target == Target::Z && op == Op::Mean {
             return Err(Error::Conflict {
                 setting: Setting::Mode,
@@ -188,6 +194,7 @@ pub(crate) fn edits(cfg: &ModelConfig, plan: &SurgeryPlan) -> BTreeMap<String, E
                 base,
                 n,
             },
+            Op::Patch => unreachable!("validate refuses patches"),
         };
         let p = format!("model.layers.{}.self_attn.{proj}", a.layer);
         add(format!("{p}.weight"), block, a.target == Target::Z);

@@ -25,6 +25,7 @@ pub mod schema {
     pub const EVAL_SUMMARY: &str = "sahara.eval-summary/2";
     pub const JUDGE_SUMMARY: &str = "sahara.judge-summary/1";
     pub const ATTENTION: &str = "sahara.attention/1";
+    pub const COMPARE: &str = "sahara.compare/1";
     pub const SURGERY: &str = "sahara.surgery/1";
 }
 
@@ -197,6 +198,24 @@ pub struct ShipsLine {
     pub scores: HeadGrid,
     /// The highest-scoring heads, best first.
     pub top: Vec<HeadScore>,
+    /// Mode patch: the paired source prompt and both KLs; `scores` are then the restorations
+    /// ([`crate::methods::ships::PatchScores`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<PatchLine>,
+}
+
+/// What a ships line of mode patch adds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatchLine {
+    /// The source prompt's query (row `index` of the source data).
+    pub source: String,
+    pub source_tokens: usize,
+    /// `last`, or `all` when asked for and both prompts have the same token length.
+    pub positions: crate::methods::ships::PatchPositions,
+    /// KL(p_source ‖ p_base), nats.
+    pub kl_base: f64,
+    /// KL(p_source ‖ p_patched), nats, `[layer][head]`.
+    pub kl_patched: HeadGrid,
 }
 
 impl ShipsLine {
@@ -267,6 +286,9 @@ pub struct AttributeStep {
     pub score: f64,
     /// Every candidate's score at this step, `[layer][head]`; null for heads already chosen.
     pub scores: HeadGrid,
+    /// Bootstrap intervals of the candidates' scores (`--bootstrap`, step 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<crate::methods::sahara::StepBootstrap>,
 }
 
 /// The output of `sahara attribute`: the heads of the Sahara search, step by step.
@@ -786,4 +808,30 @@ mod tests {
         write(dir.path(), "b.json.run.json", "{not json");
         assert!(HeadsFile::check_model(&b, "aaaa").is_err());
     }
+}
+
+/// One side of a `sahara compare` output: the ranking compared and where it came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RankingSide {
+    /// The output file read.
+    pub path: String,
+    /// `ships` (mean Ships over the queries) or `attribute` (the scores of Sahara's step 1).
+    pub kind: String,
+    pub model: String,
+    pub model_fingerprint: String,
+    pub data: String,
+    /// The prompt template, as its run record gives it.
+    pub template: serde_json::Value,
+    /// The scores compared, `[layer][head]`.
+    pub scores: HeadGrid,
+}
+
+/// The output of `sahara compare A B --out FILE.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompareOutput {
+    pub schema: String,
+    pub a: RankingSide,
+    pub b: RankingSide,
+    #[serde(flatten)]
+    pub comparison: crate::methods::compare::Comparison,
 }

@@ -68,31 +68,100 @@ pub fn check_extension(path: &Path) -> Result<bool> {
 /// written to `path` with `.tmp` appended, then renamed over `path`.
 pub fn write_heatmap(path: &Path, map: &Heatmap) -> Result<()> {
     let svg = check_extension(path)?;
-    let grid = Grid::check(map).map_err(|m| Error::plot(path, m))?;
-    register_embedded_font().map_err(|m| Error::plot(path, m))?;
-    let layout = Layout::new(&grid, map).map_err(|m| Error::plot(path, m))?;
-    let (w, h) = (layout.width, layout.height);
-
     let bytes = if svg {
-        let mut out = String::new();
-        {
-            let root = SVGBackend::with_string(&mut out, (w, h)).into_drawing_area();
-            draw(&root, map, &grid, &layout).map_err(|m| Error::plot(path, m))?;
-            root.present()
-                .map_err(|e| Error::plot(path, one_line(&e.to_string())))?;
-        }
-        out.into_bytes()
+        render_svg(map)
+            .map_err(|m| Error::plot(path, m))?
+            .2
+            .into_bytes()
     } else {
-        let mut rgb = vec![0u8; w as usize * h as usize * 3];
-        {
-            let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
-            draw(&root, map, &grid, &layout).map_err(|m| Error::plot(path, m))?;
-            root.present()
-                .map_err(|e| Error::plot(path, one_line(&e.to_string())))?;
-        }
+        let (w, h, rgb) = render_rgb(map).map_err(|m| Error::plot(path, m))?;
         encode_png(&rgb, w, h).map_err(|m| Error::plot(path, m))?
     };
     write_atomic(path, &bytes)
+}
+
+/// Draws several heatmaps side by side, left to right, each with its own colour bar and
+/// title, into one PNG or SVG (by the extension of `path`).
+pub fn write_heatmaps(path: &Path, maps: &[Heatmap]) -> Result<()> {
+    let svg = check_extension(path)?;
+    let bytes = if svg {
+        let panels = maps
+            .iter()
+            .map(render_svg)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|m| Error::plot(path, m))?;
+        let width: u32 = panels.iter().map(|p| p.0).sum();
+        let height = panels.iter().map(|p| p.1).max().unwrap_or(0);
+        let mut out = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\">\n<rect width=\"{width}\" height=\"{height}\" fill=\"#ffffff\"/>\n"
+        );
+        let mut x = 0;
+        for (w, _, text) in panels {
+            // Each panel is a complete SVG document; nested, it is placed by its group.
+            let body = text.trim_start();
+            let body = match body.strip_prefix("<?xml") {
+                Some(rest) => rest.split_once("?>").map_or(rest, |(_, b)| b),
+                None => body,
+            };
+            out.push_str(&format!(
+                "<g transform=\"translate({x},0)\">\n{body}\n</g>\n"
+            ));
+            x += w;
+        }
+        out.push_str("</svg>\n");
+        out.into_bytes()
+    } else {
+        let panels = maps
+            .iter()
+            .map(render_rgb)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|m| Error::plot(path, m))?;
+        let width: u32 = panels.iter().map(|p| p.0).sum();
+        let height = panels.iter().map(|p| p.1).max().unwrap_or(0);
+        let mut rgb = vec![255u8; width as usize * height as usize * 3];
+        let mut x0 = 0usize;
+        for (w, h, panel) in &panels {
+            let (w, h) = (*w as usize, *h as usize);
+            for y in 0..h {
+                let src = &panel[y * w * 3..(y + 1) * w * 3];
+                let at = (y * width as usize + x0) * 3;
+                rgb[at..at + w * 3].copy_from_slice(src);
+            }
+            x0 += w;
+        }
+        encode_png(&rgb, width, height).map_err(|m| Error::plot(path, m))?
+    };
+    write_atomic(path, &bytes)
+}
+
+/// One heatmap as an SVG document: (width, height, text).
+fn render_svg(map: &Heatmap) -> std::result::Result<(u32, u32, String), String> {
+    let grid = Grid::check(map)?;
+    register_embedded_font()?;
+    let layout = Layout::new(&grid, map)?;
+    let (w, h) = (layout.width, layout.height);
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (w, h)).into_drawing_area();
+        draw(&root, map, &grid, &layout)?;
+        root.present().map_err(|e| one_line(&e.to_string()))?;
+    }
+    Ok((w, h, out))
+}
+
+/// One heatmap as RGB pixels: (width, height, rows of 3 bytes a pixel).
+fn render_rgb(map: &Heatmap) -> std::result::Result<(u32, u32, Vec<u8>), String> {
+    let grid = Grid::check(map)?;
+    register_embedded_font()?;
+    let layout = Layout::new(&grid, map)?;
+    let (w, h) = (layout.width, layout.height);
+    let mut rgb = vec![0u8; w as usize * h as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
+        draw(&root, map, &grid, &layout)?;
+        root.present().map_err(|e| one_line(&e.to_string()))?;
+    }
+    Ok((w, h, rgb))
 }
 
 pub(crate) fn encode_png(rgb: &[u8], w: u32, h: u32) -> std::result::Result<Vec<u8>, String> {

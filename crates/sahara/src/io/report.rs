@@ -87,6 +87,13 @@ pub struct AttentionInput {
     pub output: AttentionOutput,
 }
 
+/// A comparison of two rankings (`sahara compare --out`).
+#[derive(Debug, Clone)]
+pub struct CompareInput {
+    pub path: PathBuf,
+    pub output: crate::io::formats::CompareOutput,
+}
+
 /// Everything a page shows.
 #[derive(Debug, Clone, Default)]
 pub struct Study {
@@ -94,6 +101,7 @@ pub struct Study {
     pub attribute: Option<AttributeInput>,
     pub eval: Option<EvalInput>,
     pub attention: Vec<AttentionInput>,
+    pub compare: Vec<CompareInput>,
 }
 
 fn read_json_file(path: &Path) -> Result<Value> {
@@ -191,6 +199,68 @@ pub fn load_attention(path: &Path) -> Result<AttentionInput> {
     })
 }
 
+/// Reads a comparison (`sahara compare A B --out FILE.json`).
+pub fn load_compare(path: &Path) -> Result<CompareInput> {
+    let output = serde_json::from_value(read_json_file(path)?).map_err(|e| {
+        Error::data(
+            path,
+            format!("not the output of `sahara compare --out` ({e})"),
+        )
+    })?;
+    Ok(CompareInput {
+        path: path.to_path_buf(),
+        output,
+    })
+}
+
+/// The ranking of heads an output gives, for `sahara compare`: a ships run's mean Ships (its
+/// `--out` JSON Lines file, or the summary beside it) or the scores of an attribute run's
+/// first step. The run record beside the output says which it is.
+pub fn load_ranking(path: &Path) -> Result<crate::io::formats::RankingSide> {
+    let name = path.to_string_lossy();
+    let path = match name.strip_suffix(".summary.json") {
+        Some(lines) => PathBuf::from(lines),
+        None => path.to_path_buf(),
+    };
+    let record = record_of(&path)?.ok_or_else(|| {
+        Error::data(
+            &path,
+            format!(
+                "no run record beside it ({}): give the --out file of a finished ships or attribute run",
+                sibling(&path, "run.json").display()
+            ),
+        )
+    })?;
+    let scores = match record.command.as_str() {
+        "ships" => load_ships(&path)?.summary.mean,
+        "attribute" => load_attribute(&path)?
+            .output
+            .steps
+            .first()
+            .map(|s| s.scores.clone())
+            .ok_or_else(|| Error::data(&path, "has no finished step"))?,
+        other => {
+            return Err(Error::data(
+                &path,
+                format!("was written by `sahara {other}`; a ranking of heads comes from `sahara ships` or `sahara attribute`"),
+            ))
+        }
+    };
+    Ok(crate::io::formats::RankingSide {
+        path: path.display().to_string(),
+        kind: record.command.clone(),
+        model: record.model.clone(),
+        model_fingerprint: record.model_fingerprint.clone(),
+        data: record.data.clone(),
+        template: record
+            .settings
+            .get("template")
+            .cloned()
+            .unwrap_or(Value::Null),
+        scores,
+    })
+}
+
 impl Study {
     fn sources(&self) -> Vec<(&'static str, &Source)> {
         let mut v: Vec<(&'static str, &Source)> = Vec::new();
@@ -214,6 +284,10 @@ impl Study {
     pub fn check_one_model(&self, allow_mixed: bool) -> Result<bool> {
         let sources = self.sources();
         let Some((first_kind, first)) = sources.first() else {
+            if !self.compare.is_empty() {
+                // A comparison is of two models by design.
+                return Ok(false);
+            }
             return Err(Error::InvalidArgument(
                 "a report needs at least one output".into(),
             ));
@@ -761,15 +835,21 @@ const SCRIPT: &str = r#"
 pub fn render(study: &Study, facts: &ModelFacts, mixed: bool) -> Result<String> {
     let pal = palette();
     let sources = study.sources();
-    let Some((_, first)) = sources.first() else {
-        return Err(Error::InvalidArgument(
-            "a report needs at least one output".into(),
-        ));
+    let title = match (sources.first(), study.compare.first()) {
+        (Some((_, first)), _) => format!("sahara report: {}", first.model),
+        (None, Some(c)) => format!(
+            "sahara report: {} and {}",
+            c.output.a.model, c.output.b.model
+        ),
+        (None, None) => {
+            return Err(Error::InvalidArgument(
+                "a report needs at least one output".into(),
+            ))
+        }
     };
     let mut body = String::new();
     let mut data = serde_json::Map::new();
     data.insert("palette".into(), json!(pal));
-    let title = format!("sahara report: {}", first.model);
     let _ = write!(
         body,
         "<header><h1>{}</h1><table class=\"meta\">",
@@ -789,6 +869,7 @@ pub fn render(study: &Study, facts: &ModelFacts, mixed: bool) -> Result<String> 
         ("sahara", "Sahara", study.attribute.is_some()),
         ("eval", "Evaluation", study.eval.is_some()),
         ("attention", "Attention", !study.attention.is_empty()),
+        ("compare", "Comparison", !study.compare.is_empty()),
     ] {
         if present {
             let _ = write!(body, "<a href=\"#{id}\">{name}</a>");
@@ -815,6 +896,13 @@ pub fn render(study: &Study, facts: &ModelFacts, mixed: bool) -> Result<String> 
         body.push_str("<section id=\"attention\"><h2>Attention</h2>");
         for a in &study.attention {
             body.push_str(&attention_figure(a, &pal, &label(&a.source)));
+        }
+        body.push_str("</section>");
+    }
+    if !study.compare.is_empty() {
+        body.push_str("<section id=\"compare\"><h2>Comparison</h2>");
+        for (i, c) in study.compare.iter().enumerate() {
+            body.push_str(&compare_figure(i, c, &pal));
         }
         body.push_str("</section>");
     }
@@ -854,11 +942,20 @@ fn ships_section(
         Some((r, c)) => format!(" · rank {r} · in the top {} of {c} queries", sum.top_k),
         None => String::new(),
     };
-    let mut out = format!(
-        "<section id=\"ships\"><h2>Ships{label}</h2><p>KL divergence ({}) of the next-token distribution when one head is ablated, over {} queries; the mean per head, or one query's (select it).</p>",
-        esc(&s.kl),
-        sum.queries
-    );
+    let patching = s.lines.first().is_some_and(|l| l.patch.is_some());
+    let mut out = if patching {
+        format!(
+            "<section id=\"ships\"><h2>Head patching{label}</h2><p>Restoration 1 − KL(p_source ‖ p_patched) / KL(p_source ‖ p_base) ({} KL) when one head's output is replaced by its output on the paired source prompt, over {} queries; the mean per head, or one query's (select it).</p>",
+            esc(&s.kl),
+            sum.queries
+        )
+    } else {
+        format!(
+            "<section id=\"ships\"><h2>Ships{label}</h2><p>KL divergence ({}) of the next-token distribution when one head is ablated, over {} queries; the mean per head, or one query's (select it).</p>",
+            esc(&s.kl),
+            sum.queries
+        )
+    };
     out.push_str("<div class=\"controls\"><label for=\"ships-query\">Heatmap of</label><select id=\"ships-query\"><option value=\"mean\">mean over the queries</option>");
     for (i, l) in s.lines.iter().enumerate() {
         let q: String = l.query.chars().take(70).collect();
@@ -882,12 +979,17 @@ fn ships_section(
         .map(|r| [r.layer, r.head])
         .collect();
     out.push_str("<div class=\"grid2\">");
+    // Restorations can be negative: a linear scale.
+    let (what, scale) = match patching {
+        true => ("mean restoration", Scale::Linear),
+        false => ("mean Ships", Scale::Log),
+    };
     out.push_str(&heatmap(
         "ships-heatmap",
         &sum.mean,
         &top,
-        "mean Ships",
-        Scale::Log,
+        what,
+        scale,
         pal,
         &extra,
     ));
@@ -957,6 +1059,73 @@ fn ships_section(
             })).collect::<Vec<_>>(),
         }),
     );
+    out
+}
+
+/// Two rankings side by side (`sahara compare`): the overlap table and both heatmaps, the
+/// heads in both first top-K lists outlined.
+fn compare_figure(i: usize, c: &CompareInput, pal: &[String]) -> String {
+    let o = &c.output;
+    let what = |s: &crate::io::formats::RankingSide| {
+        if s.kind == "attribute" {
+            ("Sahara step 1", "step-1 score (deg)", Scale::Linear)
+        } else {
+            ("mean Ships", "mean Ships (nats)", Scale::Log)
+        }
+    };
+    let heads = |v: &[[usize; 2]]| {
+        v.iter()
+            .map(|[l, h]| format!("{l}:{h}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut out = format!(
+        "<div class=\"compare\"><p>A: {} of <b>{}</b> on {}<br>B: {} of <b>{}</b> on {}<br>Spearman over {} heads: {}</p>",
+        what(&o.a).0,
+        esc(&o.a.model),
+        esc(&o.a.data),
+        what(&o.b).0,
+        esc(&o.b.model),
+        esc(&o.b.data),
+        o.comparison.heads,
+        o.comparison
+            .spearman
+            .map_or("undefined (constant scores)".into(), |r| format!("{r:.4}"))
+    );
+    out.push_str("<table class=\"compare-top\"><tr><th>K</th><th>Jaccard</th><th>shared</th><th>only A</th><th>only B</th></tr>");
+    for t in &o.comparison.top {
+        let _ = write!(
+            out,
+            "<tr><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            t.k,
+            num(t.jaccard),
+            heads(&t.shared),
+            heads(&t.only_a),
+            heads(&t.only_b)
+        );
+    }
+    out.push_str("</table><div class=\"grid2\">");
+    let shared = o
+        .comparison
+        .top
+        .first()
+        .map(|t| t.shared.clone())
+        .unwrap_or_default();
+    for (name, side) in [("A", &o.a), ("B", &o.b)] {
+        let (title, label, scale) = what(side);
+        let _ = write!(out, "<div><h3>{name}: {title}</h3>");
+        out.push_str(&heatmap(
+            &format!("compare-{i}-{}", name.to_ascii_lowercase()),
+            &side.scores,
+            &shared,
+            label,
+            scale,
+            pal,
+            &|_, _| String::new(),
+        ));
+        out.push_str("</div>");
+    }
+    out.push_str("</div></div>");
     out
 }
 

@@ -13,7 +13,7 @@ use candle_core::{DType, IndexOp, Tensor};
 use crate::device::transfers;
 use crate::error::{Error, Result};
 use crate::methods::metrics::{kl_rows, Kl};
-use crate::model::ablation::HeadAblation;
+use crate::model::ablation::{HeadAblation, PatchSource};
 use crate::model::finite::{all_finite, check_output, describe};
 use crate::model::{Batch, Decoder, ForwardOutput, ForwardSpec, Join, Positions};
 
@@ -141,6 +141,22 @@ pub fn run_variants(
     opts: &EngineOptions,
     progress: &mut dyn FnMut(usize),
 ) -> Result<VariantOutputs> {
+    run_variants_patched(model, tokens, None, base, variants, output, opts, progress)
+}
+
+/// [`run_variants`] with the source of the variants' head patches
+/// ([`crate::model::ablation::Op::Patch`]).
+#[allow(clippy::too_many_arguments)]
+pub fn run_variants_patched(
+    model: &Decoder,
+    tokens: &[u32],
+    source: Option<&PatchSource>,
+    base: &[HeadAblation],
+    variants: &[Vec<HeadAblation>],
+    output: Output,
+    opts: &EngineOptions,
+    progress: &mut dyn FnMut(usize),
+) -> Result<VariantOutputs> {
     let checker = Checker {
         model,
         tokens,
@@ -152,6 +168,7 @@ pub fn run_variants(
     sweep(
         model,
         tokens,
+        source,
         base,
         variants,
         output,
@@ -199,6 +216,7 @@ pub fn run_kl(
     sweep(
         model,
         tokens,
+        None,
         base,
         variants,
         Output::Logits,
@@ -294,6 +312,7 @@ pub(crate) fn simulated_oom(rows: usize, limit: Option<usize>) -> Result<()> {
 fn sweep(
     model: &Decoder,
     tokens: &[u32],
+    source: Option<&PatchSource>,
     base: &[HeadAblation],
     variants: &[Vec<HeadAblation>],
     output: Output,
@@ -313,7 +332,7 @@ fn sweep(
         base.iter().chain(extra.iter()).copied().collect()
     };
     let simulated = |rows: usize| simulated_oom(rows, opts.simulate_oom_above);
-    let base_plan = model.ablation_plan(&[base.to_vec()])?;
+    let base_plan = model.patch_plan(&[base.to_vec()], source)?;
     match opts.kind {
         Engine::Naive => {
             let spec = output
@@ -324,7 +343,7 @@ fn sweep(
                 .map_err(|e| at_one_row(model, e))?;
             on_base(&output.last(&base_out)?)?;
             for (i, v) in variants.iter().enumerate() {
-                let plan = model.ablation_plan(&[with_base(v)])?;
+                let plan = model.patch_plan(&[with_base(v)], source)?;
                 let o = model
                     .forward(
                         &batch,
@@ -360,7 +379,7 @@ fn sweep(
                 // rows so far, a view of it.
                 let sets: Vec<Vec<HeadAblation>> =
                     group.iter().map(|&k| with_base(&variants[k])).collect();
-                let plan = model.ablation_plan(&sets)?;
+                let plan = model.patch_plan(&sets, source)?;
                 let mut joins: Vec<Join> = Vec::new();
                 let mut active = 0;
                 for layer_group in

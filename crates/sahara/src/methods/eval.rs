@@ -480,6 +480,9 @@ pub struct ConditionSummary {
     /// `asr` minus the unmodified model's; null when either is.
     pub asr_change: Option<f64>,
     pub benign: Option<BenignCost>,
+    /// A plain text's perplexity under this condition (`--perplexity`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub perplexity: Option<crate::methods::perplexity::TextCost>,
     /// Every judge's rates, keyed by name in panel order.
     pub judges: serde_json::Map<String, serde_json::Value>,
 }
@@ -603,6 +606,7 @@ pub fn summarize(
             total: harmful,
             asr_change: main.rate.zip(base_asr).map(|(a, b)| a - b),
             benign: benign_cost,
+            perplexity: None,
             judges: per_judge,
         });
     }

@@ -5,13 +5,19 @@
 //! - [`sahara`]: generalized Ships (principal angles of final hidden states) and the greedy
 //!   Sahara search over a dataset (`sahara attribute`).
 //! - [`metrics`]: KL divergence, log-softmax, Wilson intervals.
+//! - [`stats`]: resampling, quantiles, rank correlation and overlap (bootstrap intervals,
+//!   `sahara compare`); [`compare`]: two rankings of the same heads side by side.
 //! - [`generate`], [`judge`], [`eval`]: generation with ablations, judging (a panel of judges,
-//!   their agreement, reasoning models' answers), attack success rate and benign cost.
+//!   their agreement, reasoning models' answers), attack success rate and benign cost;
+//!   [`perplexity`]: a plain text's perplexity with and without the ablation.
 
+pub mod compare;
 pub mod engine;
 pub mod eval;
 pub mod generate;
 pub mod judge;
 pub mod metrics;
+pub mod perplexity;
 pub mod sahara;
 pub mod ships;
+pub mod stats;

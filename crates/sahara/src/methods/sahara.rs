@@ -67,6 +67,117 @@ impl LeftSubspace {
     }
 }
 
+impl LeftSubspace {
+    /// The left singular subspace of M from its Gram matrix G = M Mᵀ (N × N): the
+    /// eigenvectors of G, by decreasing eigenvalue, and σ = √λ (negative rounding clamped to 0).
+    pub fn of_gram(g: &Mat<f64>) -> Result<Self> {
+        let evd = g
+            .self_adjoint_eigen(faer::Side::Lower)
+            .map_err(|e| Error::Numerical(format!("eigendecomposition did not converge: {e:?}")))?;
+        let n = g.nrows();
+        // faer sorts eigenvalues in nondecreasing order: reverse.
+        let u = Mat::from_fn(n, n, |i, j| evd.U()[(i, n - 1 - j)]);
+        let s = (0..n).map(|j| evd.S()[n - 1 - j].max(0.0).sqrt()).collect();
+        Ok(LeftSubspace { u, s })
+    }
+}
+
+/// G = M Mᵀ of an N × d matrix.
+pub fn gram(m: &Mat<f64>) -> Mat<f64> {
+    m * m.transpose()
+}
+
+/// `G[idx, idx]`: the Gram matrix of the rows `idx` of M (repeats allowed).
+pub fn gram_rows(g: &Mat<f64>, idx: &[usize]) -> Mat<f64> {
+    Mat::from_fn(idx.len(), idx.len(), |i, j| g[(idx[i], idx[j])])
+}
+
+/// How sure Sahara's step is: B resamples of the queries, the step's candidates scored again
+/// on each from their Gram matrices (no new forward pass).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepBootstrap {
+    pub resamples: usize,
+    pub seed: u64,
+    /// Level of the intervals (0.95): central percentile intervals of the B scores.
+    pub level: f64,
+    /// Every candidate head, in (layer, head) order.
+    pub heads: Vec<StepHeadBootstrap>,
+}
+
+/// One candidate's bootstrap results at a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepHeadBootstrap {
+    pub layer: usize,
+    pub head: usize,
+    /// The score on all the queries, and the interval of the resamples' scores.
+    pub score: f64,
+    pub score_lo: f64,
+    pub score_hi: f64,
+    /// Fraction of resamples in which this head (its unit, for a key/value group) would be
+    /// chosen at this step.
+    pub p_chosen: f64,
+}
+
+/// [`StepBootstrap`] from the unmodified model's Gram matrix `reference` and each candidate
+/// unit's, at rank `rank`.
+pub fn bootstrap_step(
+    reference: &Mat<f64>,
+    candidates: &[UnitGram],
+    rank: usize,
+    resamples: usize,
+    seed: u64,
+) -> Result<StepBootstrap> {
+    use crate::methods::stats::{percentile_interval, Rng};
+    let n = reference.nrows();
+    let score_of = |g0: &Mat<f64>, g: &Mat<f64>| -> Result<f64> {
+        let (a, b) = (LeftSubspace::of_gram(g0)?, LeftSubspace::of_gram(g)?);
+        principal_angle_score(&a, &b, rank)
+    };
+    let full: Vec<f64> = candidates
+        .iter()
+        .map(|(_, g)| score_of(reference, g))
+        .collect::<Result<_>>()?;
+    let mut rng = Rng::new(seed);
+    let mut scores = vec![Vec::with_capacity(resamples); candidates.len()];
+    let mut chosen = vec![0usize; candidates.len()];
+    for _ in 0..resamples {
+        let idx = rng.resample(n);
+        let a = LeftSubspace::of_gram(&gram_rows(reference, &idx))?;
+        let mut best: Option<(usize, f64)> = None;
+        for (c, (_, g)) in candidates.iter().enumerate() {
+            let b = LeftSubspace::of_gram(&gram_rows(g, &idx))?;
+            let s = principal_angle_score(&a, &b, rank)?;
+            scores[c].push(s);
+            if best.is_none_or(|(_, b)| s > b) {
+                best = Some((c, s));
+            }
+        }
+        if let Some((c, _)) = best {
+            chosen[c] += 1;
+        }
+    }
+    let mut heads = Vec::new();
+    for (c, (u, _)) in candidates.iter().enumerate() {
+        let (lo, hi) = percentile_interval(&mut scores[c], crate::methods::ships::BOOTSTRAP_LEVEL);
+        for &h in &u.heads {
+            heads.push(StepHeadBootstrap {
+                layer: u.layer,
+                head: h,
+                score: full[c],
+                score_lo: lo,
+                score_hi: hi,
+                p_chosen: chosen[c] as f64 / resamples.max(1) as f64,
+            });
+        }
+    }
+    Ok(StepBootstrap {
+        resamples,
+        seed,
+        level: crate::methods::ships::BOOTSTRAP_LEVEL,
+        heads,
+    })
+}
+
 /// Sum of the r smallest principal angles, in degrees, between the top-r left singular
 /// subspaces of two matrices.
 pub fn principal_angle_score(a: &LeftSubspace, b: &LeftSubspace, r: usize) -> Result<f64> {
@@ -220,6 +331,27 @@ pub fn chunk_scores(
     range: std::ops::Range<usize>,
     progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<HeadScore>> {
+    Ok(chunk_run(
+        model, prompts, selected, reference, opts, range, false, progress,
+    )?
+    .0)
+}
+
+/// A candidate unit and the Gram matrix (N × N) of its final hidden states.
+pub type UnitGram = (Unit, Mat<f64>);
+
+/// [`chunk_scores`], and with `keep_grams` each unit's Gram matrix of its final hidden states.
+#[allow(clippy::too_many_arguments)]
+fn chunk_run(
+    model: &Decoder,
+    prompts: &[Vec<u32>],
+    selected: &[(usize, usize)],
+    reference: &LeftSubspace,
+    opts: &SaharaOptions,
+    range: std::ops::Range<usize>,
+    keep_grams: bool,
+    progress: &mut dyn FnMut(usize),
+) -> Result<(Vec<HeadScore>, Vec<UnitGram>)> {
     let cfg = &model.cfg;
     let base = opts.ablation.of(selected);
     let all = candidates(cfg, selected, opts.ablation);
@@ -254,8 +386,13 @@ pub fn chunk_scores(
         }
     }
     let mut scores = Vec::new();
+    let mut grams = Vec::new();
     for (c, u) in units.iter().enumerate() {
-        let sub = LeftSubspace::of(&stack_rows(&hidden[c]))?;
+        let m = stack_rows(&hidden[c]);
+        if keep_grams {
+            grams.push((u.clone(), gram(&m)));
+        }
+        let sub = LeftSubspace::of(&m)?;
         let score = principal_angle_score(reference, &sub, opts.rank)?;
         for &h in &u.heads {
             scores.push(HeadScore {
@@ -266,7 +403,7 @@ pub fn chunk_scores(
         }
         hidden[c] = Vec::new();
     }
-    Ok(scores)
+    Ok((scores, grams))
 }
 
 /// The grid `[layer][head]` of a step's head scores.
@@ -323,13 +460,59 @@ pub fn greedy_step(
     opts: &SaharaOptions,
     progress: &mut dyn FnMut(usize),
 ) -> Result<crate::io::formats::AttributeStep> {
-    let grid = step_scores(model, prompts, selected, reference, opts, progress)?;
+    greedy_step_with(model, prompts, selected, reference, opts, None, progress)
+}
+
+/// What [`greedy_step_with`] bootstraps: the unmodified model's Gram matrix of final hidden
+/// states (N × N), resamples and seed.
+#[derive(Debug, Clone, Copy)]
+pub struct StepBootstrapPlan<'a> {
+    pub reference: &'a Mat<f64>,
+    pub resamples: usize,
+    pub seed: u64,
+}
+
+/// [`greedy_step`], and with `bootstrap` the step's [`StepBootstrap`] from the candidates'
+/// Gram matrices, kept while the step runs (N × N per candidate, no new forward pass).
+pub fn greedy_step_with(
+    model: &Decoder,
+    prompts: &[Vec<u32>],
+    selected: &[(usize, usize)],
+    reference: &LeftSubspace,
+    opts: &SaharaOptions,
+    bootstrap: Option<StepBootstrapPlan<'_>>,
+    progress: &mut dyn FnMut(usize),
+) -> Result<crate::io::formats::AttributeStep> {
+    let mut scores = Vec::new();
+    let mut grams = Vec::new();
+    let mut before = 0;
+    for range in step_chunks(&model.cfg, selected, opts) {
+        let n = range.len() * prompts.len();
+        let (s, g) = chunk_run(
+            model,
+            prompts,
+            selected,
+            reference,
+            opts,
+            range,
+            bootstrap.is_some(),
+            &mut |k| progress(before + k),
+        )?;
+        scores.extend(s);
+        grams.extend(g);
+        before += n;
+    }
+    let grid = grid_of(&model.cfg, &scores);
     let (l, h, score) =
         best_head(&grid).ok_or_else(|| Error::InvalidArgument("no head left to select".into()))?;
+    let bootstrap = bootstrap
+        .map(|b| bootstrap_step(b.reference, &grams, opts.rank, b.resamples, b.seed))
+        .transpose()?;
     Ok(crate::io::formats::AttributeStep {
         selected: [l, h],
         score,
         scores: grid,
+        bootstrap,
     })
 }
 

@@ -7,11 +7,13 @@ use std::ops::Range;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, Setting};
-use crate::methods::engine::{run_kl, EngineOptions};
+use candle_core::IndexOp;
+
+use crate::methods::engine::{run_kl, run_variants_patched, EngineOptions, Output};
 use crate::methods::metrics::Kl;
-use crate::model::ablation::{Ablation, HeadAblation, Unit};
+use crate::model::ablation::{Ablation, HeadAblation, Op, PatchSource, Unit};
 use crate::model::config::ModelConfig;
-use crate::model::Decoder;
+use crate::model::{Batch, Decoder, ForwardSpec, Positions};
 
 /// Scores by layer and head; `None` where a head was not scored.
 pub type HeadGrid = Vec<Vec<Option<f64>>>;
@@ -127,6 +129,145 @@ pub fn ships_scores(
     Ok(grid)
 }
 
+/// Where a head patch replaces the head's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PatchPositions {
+    /// The last position only.
+    Last,
+    /// Every position; only for a source prompt of the same token length.
+    All,
+}
+
+impl std::str::FromStr for PatchPositions {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "last" => Ok(PatchPositions::Last),
+            "all" => Ok(PatchPositions::All),
+            other => Err(Error::bad_value(
+                Setting::Source,
+                format!("positions {other:?}"),
+                "expected last or all",
+            )),
+        }
+    }
+}
+
+/// Head patching of one prompt from one source prompt: how far each patch moves the
+/// next-token distribution toward the source's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatchScores {
+    /// 1 − KL(p_source ‖ p_patched) / KL(p_source ‖ p_base), `[layer][head]`: 0 when the
+    /// patch changes nothing, 1 when the patched model's next-token distribution is the
+    /// source prompt's; null where a head was not scored or when the two prompts already
+    /// agree (KL(p_source ‖ p_base) = 0).
+    pub restoration: HeadGrid,
+    /// KL(p_source ‖ p_patched) in nats, `[layer][head]`.
+    pub kl_patched: HeadGrid,
+    /// KL(p_source ‖ p_base) in nats: the unpatched prompt's distance from the source's.
+    pub kl_base: f64,
+    /// The positions patched: `all` only when asked for and both prompts have the same
+    /// token length.
+    pub positions: PatchPositions,
+}
+
+/// The patch source of `source` for a prompt of `target_len` tokens: every layer's head
+/// outputs at the positions patched (all only when asked for and the lengths are equal), and
+/// the source's own next-token logits.
+pub fn patch_source(
+    model: &Decoder,
+    source: &[u32],
+    target_len: usize,
+    positions: PatchPositions,
+) -> Result<(PatchSource, Vec<f32>, PatchPositions)> {
+    let positions = match positions {
+        PatchPositions::All if source.len() == target_len => PatchPositions::All,
+        _ => PatchPositions::Last,
+    };
+    let mut spec = ForwardSpec::logits(Positions::All);
+    spec.z = true;
+    let batch = Batch::new(&[source.to_vec()], 0, &model.device)?;
+    let out = model.forward(&batch, &spec, None)?;
+    let t = source.len();
+    let z = out
+        .z
+        .iter()
+        .map(|z| {
+            // (1, H, T, D) -> (H, Tp, D)
+            let z = z.squeeze(0)?;
+            Ok(match positions {
+                PatchPositions::All => z,
+                PatchPositions::Last => z.narrow(1, t - 1, 1)?.contiguous()?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let logits: Vec<f32> = out
+        .logits
+        .expect("logits")
+        .i((0, t - 1))?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1()?;
+    crate::model::finite::check_output(
+        model,
+        source,
+        &[],
+        &logits,
+        || "the patch source".into(),
+        None,
+    )?;
+    Ok((PatchSource { z }, logits, positions))
+}
+
+/// Patch scores of every selected head of `tokens` from `source` (`opts.ablation` must be the
+/// patch of target v).
+pub fn patch_scores(
+    model: &Decoder,
+    tokens: &[u32],
+    source: &[u32],
+    positions: PatchPositions,
+    opts: &ShipsOptions,
+    progress: &mut dyn FnMut(usize),
+) -> Result<PatchScores> {
+    let cfg = &model.cfg;
+    opts.validate(cfg)?;
+    if opts.ablation.op != Op::Patch {
+        return Err(Error::InvalidArgument(
+            "patch scores need the patch op".into(),
+        ));
+    }
+    let (src, p_source, positions) = patch_source(model, source, tokens.len(), positions)?;
+    let units = opts.units(cfg);
+    let variants: Vec<Vec<HeadAblation>> = units
+        .iter()
+        .map(|u| vec![opts.ablation.at(u.layer, u.head)])
+        .collect();
+    let out = run_variants_patched(
+        model,
+        tokens,
+        Some(&src),
+        &[],
+        &variants,
+        Output::Logits,
+        &opts.engine,
+        progress,
+    )?;
+    let kl_base = opts.kl.divergence(&p_source, &out.base);
+    let mut restoration: HeadGrid = vec![vec![None; cfg.num_heads]; cfg.num_layers];
+    let mut kl_patched: HeadGrid = vec![vec![None; cfg.num_heads]; cfg.num_layers];
+    for (u, v) in units.iter().zip(&out.variants) {
+        let kl = opts.kl.divergence(&p_source, v);
+        kl_patched[u.layer][u.head] = Some(kl);
+        restoration[u.layer][u.head] = (kl_base > 0.0).then(|| 1.0 - kl / kl_base);
+    }
+    Ok(PatchScores {
+        restoration,
+        kl_patched,
+        kl_base,
+        positions,
+    })
+}
+
 /// A head and its score.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeadScore {
@@ -182,6 +323,145 @@ pub struct Summary {
     pub by_mean: Vec<RankedHead>,
     /// Heads by appearance count in the per-query top K, most first (ties: higher mean).
     pub by_count: Vec<RankedHead>,
+    /// Bootstrap intervals over the queries, when asked for ([`bootstrap`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<Bootstrap>,
+}
+
+/// Confidence level of every bootstrap interval.
+pub const BOOTSTRAP_LEVEL: f64 = 0.95;
+
+/// How sure a dataset-level ranking is: B resamples of the queries (drawn with replacement),
+/// each ranking the heads by their mean Ships over the resample.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bootstrap {
+    /// B.
+    pub resamples: usize,
+    /// Seed of the resampling stream ([`crate::methods::stats::Rng`]).
+    pub seed: u64,
+    /// Level of the intervals (0.95): central percentile intervals of the B values.
+    pub level: f64,
+    /// The K of `p_top`.
+    pub top_k: usize,
+    /// Every scored head, in the order of the full sample's ranking by mean.
+    pub heads: Vec<HeadBootstrap>,
+}
+
+/// One head's bootstrap results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeadBootstrap {
+    pub layer: usize,
+    pub head: usize,
+    /// Mean Ships over all the queries, and the interval of the resamples' means.
+    pub mean: f64,
+    pub mean_lo: f64,
+    pub mean_hi: f64,
+    /// Rank by mean over all the queries (1 = highest), and the interval of the resamples'
+    /// ranks (the lower end rounded down, the upper up).
+    pub rank: usize,
+    pub rank_lo: usize,
+    pub rank_hi: usize,
+    /// Fraction of resamples in which the head ranks in the top K.
+    pub p_top: f64,
+}
+
+/// Ranks (1 = highest) of `values`, ties by position: the order of [`Summary::by_mean`] when
+/// the values are listed in (layer, head) order.
+pub fn ranks_desc(values: &[f64]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    let mut rank = vec![0; values.len()];
+    for (r, &i) in order.iter().enumerate() {
+        rank[i] = r + 1;
+    }
+    rank
+}
+
+/// Bootstrap intervals of every head's mean Ships and rank, and its probability of ranking
+/// in the top `top_k`, from `resamples` resamples of the queries' grids drawn with `seed`.
+pub fn bootstrap(grids: &[HeadGrid], top_k: usize, resamples: usize, seed: u64) -> Bootstrap {
+    use crate::methods::stats::{percentile_interval, Rng};
+    // The scored heads, in (layer, head) order, and per query their scores: [query][head].
+    let heads: Vec<(usize, usize)> = grids
+        .first()
+        .map(|g| {
+            g.iter()
+                .enumerate()
+                .flat_map(|(l, row)| {
+                    row.iter()
+                        .enumerate()
+                        .filter(|(_, s)| s.is_some())
+                        .map(move |(h, _)| (l, h))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let values: Vec<Vec<Option<f64>>> = grids
+        .iter()
+        .map(|g| heads.iter().map(|&(l, h)| g[l][h]).collect())
+        .collect();
+    let means = |idx: &mut dyn Iterator<Item = usize>| -> Vec<f64> {
+        let mut sum = vec![0f64; heads.len()];
+        let mut n = vec![0usize; heads.len()];
+        for q in idx {
+            for (k, v) in values[q].iter().enumerate() {
+                if let Some(v) = v {
+                    sum[k] += v;
+                    n[k] += 1;
+                }
+            }
+        }
+        sum.iter()
+            .zip(&n)
+            .map(|(s, &n)| if n > 0 { s / n as f64 } else { f64::NAN })
+            .collect()
+    };
+    let full = means(&mut (0..grids.len()));
+    let full_rank = ranks_desc(&full);
+    let mut rng = Rng::new(seed);
+    // [head][resample]
+    let mut boot_mean = vec![Vec::with_capacity(resamples); heads.len()];
+    let mut boot_rank = vec![Vec::with_capacity(resamples); heads.len()];
+    let mut in_top = vec![0usize; heads.len()];
+    for _ in 0..resamples {
+        let idx = rng.resample(grids.len());
+        let m = means(&mut idx.into_iter());
+        let r = ranks_desc(&m);
+        for k in 0..heads.len() {
+            boot_mean[k].push(m[k]);
+            boot_rank[k].push(r[k] as f64);
+            if r[k] <= top_k {
+                in_top[k] += 1;
+            }
+        }
+    }
+    let mut out: Vec<HeadBootstrap> = heads
+        .iter()
+        .enumerate()
+        .map(|(k, &(layer, head))| {
+            let (mean_lo, mean_hi) = percentile_interval(&mut boot_mean[k], BOOTSTRAP_LEVEL);
+            let (rank_lo, rank_hi) = percentile_interval(&mut boot_rank[k], BOOTSTRAP_LEVEL);
+            HeadBootstrap {
+                layer,
+                head,
+                mean: full[k],
+                mean_lo,
+                mean_hi,
+                rank: full_rank[k],
+                rank_lo: rank_lo.floor() as usize,
+                rank_hi: rank_hi.ceil() as usize,
+                p_top: in_top[k] as f64 / resamples.max(1) as f64,
+            }
+        })
+        .collect();
+    out.sort_by_key(|h| h.rank);
+    Bootstrap {
+        resamples,
+        seed,
+        level: BOOTSTRAP_LEVEL,
+        top_k,
+        heads: out,
+    }
 }
 
 /// Mean Ships and top-K appearance counts over the queries' grids.
@@ -247,6 +527,7 @@ pub fn summarize(grids: &[HeadGrid], top_k: usize) -> Summary {
         mean,
         by_mean,
         by_count,
+        bootstrap: None,
     }
 }
 

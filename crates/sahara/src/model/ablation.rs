@@ -62,6 +62,9 @@ pub enum Op {
     Scale(f64),
     /// Replace by the mean over all heads (key/value heads for `k`) of the layer.
     Mean,
+    /// Replace the head's attention output (target `v` only) by the same head's output on
+    /// another prompt, the patch source ([`PatchSource`]), given with the plan.
+    Patch,
 }
 
 impl Op {
@@ -69,6 +72,7 @@ impl Op {
         match self {
             Op::Scale(_) => "scale",
             Op::Mean => "mean",
+            Op::Patch => "patch",
         }
     }
 
@@ -76,7 +80,7 @@ impl Op {
     pub fn epsilon(self) -> Option<f64> {
         match self {
             Op::Scale(e) => Some(e),
-            Op::Mean => None,
+            Op::Mean | Op::Patch => None,
         }
     }
 
@@ -90,11 +94,12 @@ impl Op {
         let op = match mode {
             "scale" => Op::Scale(epsilon),
             "mean" => Op::Mean,
+            "patch" => Op::Patch,
             other => {
                 return Err(Error::bad_value(
                     Setting::Mode,
                     format!("{other:?}"),
-                    "expected scale or mean",
+                    "expected scale, mean or patch",
                 ))
             }
         };
@@ -135,9 +140,18 @@ pub struct Unit {
 }
 
 impl Ablation {
-    /// An ablation, its op checked.
+    /// An ablation, its op checked: a patch replaces attention outputs, target `v`.
     pub fn new(target: Target, op: Op) -> Result<Self> {
         op.validate()?;
+        if op == Op::Patch && target != Target::Z {
+            return Err(Error::Conflict {
+                setting: Setting::Mode,
+                reason: format!(
+                    "patch replaces a head's attention output: it takes target v, not {}",
+                    target.as_str()
+                ),
+            });
+        }
         Ok(Ablation { target, op })
     }
 
@@ -387,11 +401,67 @@ impl HeadMix {
     }
 }
 
-/// The compiled ablations of one batch: for every layer, an optional map per target.
+/// The patch source of [`Op::Patch`]: one prompt's attention outputs (TransformerLens
+/// `hook_z`) at every layer, at the positions that are patched, aligned at the end: the last
+/// position alone, or every position of a source as long as the patched prompt.
+#[derive(Debug, Clone)]
+pub struct PatchSource {
+    /// Per layer: (H, Tp, D), on that layer's device, in the decoder's dtype.
+    pub z: Vec<Tensor>,
+}
+
+/// A layer's patches for every row: applied to z after the layer's v maps, they replace the
+/// patched heads' outputs at the last `Tp` positions by the source's.
+#[derive(Debug, Clone)]
+pub struct Patch {
+    /// (B, H, 1, 1): 0 for a patched head, 1 for the others.
+    keep: Tensor,
+    /// (B, H, Tp, D): the source's output for a patched head, 0 for the others.
+    values: Tensor,
+}
+
+impl Patch {
+    /// Applies the patches to z of shape (B, H, Tq, D): positions are aligned at the end, so
+    /// a call computing only the last position gets the source's last position.
+    pub fn apply(&self, z: &Tensor) -> Result<Tensor> {
+        let tq = z.dim(2)?;
+        let tp = self.values.dim(2)?;
+        let here = |t: &Tensor| -> Result<Tensor> {
+            match t.device().same_device(z.device()) {
+                true => Ok(t.clone()),
+                false => crate::device::transfers::between(t, z.device()),
+            }
+        };
+        let (keep, values) = (here(&self.keep)?, here(&self.values)?);
+        Ok(if tp >= tq {
+            let v = values.narrow(2, tp - tq, tq)?;
+            z.broadcast_mul(&keep)?.add(&v)?
+        } else {
+            let head = z.narrow(2, 0, tq - tp)?;
+            let tail = z
+                .narrow(2, tq - tp, tp)?
+                .broadcast_mul(&keep)?
+                .add(&values)?;
+            Tensor::cat(&[&head, &tail], 2)?
+        })
+    }
+
+    fn rows(&self, rows: usize) -> Result<Patch> {
+        Ok(Patch {
+            keep: self.keep.narrow(0, 0, rows)?,
+            values: self.values.narrow(0, 0, rows)?,
+        })
+    }
+}
+
+/// The compiled ablations of one batch: for every layer, an optional map per target, and
+/// the patches of [`Op::Patch`].
 #[derive(Debug, Clone)]
 pub struct AblationPlan {
     /// Indexed by layer: (q, k, v) maps.
     layers: Vec<[Option<HeadMix>; 3]>,
+    /// Indexed by layer.
+    patches: Vec<Option<Patch>>,
     pub rows: usize,
 }
 
@@ -400,6 +470,7 @@ impl AblationPlan {
     pub fn empty(cfg: &ModelConfig, rows: usize) -> Self {
         AblationPlan {
             layers: vec![[None, None, None]; cfg.num_layers],
+            patches: vec![None; cfg.num_layers],
             rows,
         }
     }
@@ -423,8 +494,21 @@ impl AblationPlan {
         dtype: DType,
         placement: &crate::model::decoder::DevicePlan,
     ) -> Result<Self> {
+        Self::placed_with(cfg, rows, dtype, placement, None)
+    }
+
+    /// [`AblationPlan::placed`] with the source of the rows' patches ([`Op::Patch`]), which
+    /// they need.
+    pub fn placed_with(
+        cfg: &ModelConfig,
+        rows: &[Vec<HeadAblation>],
+        dtype: DType,
+        placement: &crate::model::decoder::DevicePlan,
+        source: Option<&PatchSource>,
+    ) -> Result<Self> {
         let b = rows.len();
         let mut plan = AblationPlan::empty(cfg, b);
+        plan.patches = Self::patches(cfg, rows, dtype, source)?;
         // Every map's values go into one host buffer per part of the decoder, copied to the
         // part's device once for the whole plan (not once per layer):
         // (layer, target, is-full, offset, shape).
@@ -446,7 +530,9 @@ impl AblationPlan {
                 } else {
                     cfg.num_heads
                 };
-                let touched = |a: &&HeadAblation| a.layer == layer && a.target == target;
+                // Patches are applied after the maps (see `Patch`), not as one of them.
+                let touched =
+                    |a: &&HeadAblation| a.layer == layer && a.target == target && a.op != Op::Patch;
                 if !rows.iter().any(|r| r.iter().any(|a| touched(&a))) {
                     continue;
                 }
@@ -476,6 +562,7 @@ impl AblationPlan {
                                     rowm[i] = e as f32;
                                 }
                                 Op::Mean => rowm.iter_mut().for_each(|x| *x = 1.0 / n as f32),
+                                Op::Patch => unreachable!("patches are not maps"),
                             }
                         }
                     }
@@ -524,6 +611,51 @@ impl AblationPlan {
         Ok(plan)
     }
 
+    /// The patches of each layer: a (B, H) mask of the patched heads per layer that has one.
+    fn patches(
+        cfg: &ModelConfig,
+        rows: &[Vec<HeadAblation>],
+        dtype: DType,
+        source: Option<&PatchSource>,
+    ) -> Result<Vec<Option<Patch>>> {
+        let (b, nh) = (rows.len(), cfg.num_heads);
+        let mut out = vec![None; cfg.num_layers];
+        for (layer, slot) in out.iter_mut().enumerate() {
+            let patched = |a: &&HeadAblation| a.layer == layer && a.op == Op::Patch;
+            if !rows.iter().any(|r| r.iter().any(|a| patched(&a))) {
+                continue;
+            }
+            let src = source.ok_or_else(|| {
+                Error::Ablation(
+                    "a head patch needs its source: the prompt whose head outputs replace the patched prompt's"
+                        .into(),
+                )
+            })?;
+            let z = src.z.get(layer).ok_or_else(|| {
+                Error::InvalidArgument(format!("the patch source has no layer {layer}"))
+            })?;
+            let mut mask = vec![0f32; b * nh];
+            for (r, row) in rows.iter().enumerate() {
+                for a in row.iter().filter(patched) {
+                    mask[r * nh + a.head] = 1.0;
+                }
+            }
+            // (B, H, 1, 1)
+            let mask = crate::device::transfers::upload(mask, (b, nh, 1, 1), z.device())?
+                .to_dtype(dtype)?;
+            // (1, H, Tp, D) * (B, H, 1, 1) -> (B, H, Tp, D)
+            let values = z.unsqueeze(0)?.broadcast_mul(&mask)?.contiguous()?;
+            let keep = mask.affine(-1.0, 1.0)?;
+            *slot = Some(Patch { keep, values });
+        }
+        Ok(out)
+    }
+
+    /// The patches of a layer ([`Op::Patch`]).
+    pub fn patch(&self, layer: usize) -> Option<&Patch> {
+        self.patches.get(layer).and_then(Option::as_ref)
+    }
+
     pub fn get(&self, layer: usize, target: Target) -> Option<&HeadMix> {
         let i = match target {
             Target::Q => 0,
@@ -555,11 +687,26 @@ impl AblationPlan {
             }
             layers.push(out);
         }
-        Ok(AblationPlan { layers, rows })
+        let patches = self
+            .patches
+            .iter()
+            .map(|p| p.as_ref().map(|p| p.rows(rows)).transpose())
+            .collect::<Result<_>>()?;
+        Ok(AblationPlan {
+            layers,
+            patches,
+            rows,
+        })
     }
 
     /// Keeps only the given rows (in order), e.g. when finished rows leave a batch.
     pub fn select_rows(&self, keep: &[usize]) -> Result<Self> {
+        if self.patches.iter().any(Option::is_some) {
+            return Err(Error::Ablation(
+                "head patches score one prompt's next token; they do not take part in generation"
+                    .into(),
+            ));
+        }
         let idx = Tensor::from_vec(
             keep.iter().map(|&i| i as u32).collect::<Vec<_>>(),
             keep.len(),
@@ -583,6 +730,7 @@ impl AblationPlan {
         }
         Ok(AblationPlan {
             layers,
+            patches: self.patches.clone(),
             rows: keep.len(),
         })
     }

@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::checkpoint::safetensors::{TensorSource, Weights};
 use crate::device::transfers;
 use crate::error::{Error, Result};
-use crate::model::ablation::{AblationPlan, HeadAblation, HeadMix, Target};
+use crate::model::ablation::{AblationPlan, HeadAblation, HeadMix, Patch, PatchSource, Target};
 use crate::model::config::{inverse_frequencies, ModelConfig};
 use crate::model::ops::{self, contiguous};
 
@@ -281,6 +281,9 @@ pub struct ForwardSpec<'a> {
     pub resid: bool,
     /// Attention probabilities of one layer (`blocks.{l}.attn.hook_pattern`).
     pub pattern_layer: Option<usize>,
+    /// Every layer's attention output before `o_proj` (`blocks.{l}.attn.hook_z`), after the
+    /// plan's v ablations and patches, at the positions the layer computes.
+    pub z: bool,
 }
 
 impl<'a> ForwardSpec<'a> {
@@ -292,6 +295,7 @@ impl<'a> ForwardSpec<'a> {
             hidden: false,
             resid: false,
             pattern_layer: None,
+            z: false,
         }
     }
     pub fn with_ablations(mut self, plan: &'a AblationPlan) -> Self {
@@ -312,6 +316,8 @@ pub struct ForwardOutput {
     pub resid: Vec<Tensor>,
     /// (B, H, T', S) f32
     pub pattern: Option<Tensor>,
+    /// Per layer from the start layer: (B, H, T'', D), T'' the positions the layer computed.
+    pub z: Vec<Tensor>,
 }
 
 /// Key/value cache of a batch: per layer, keys and values after ablation and rotary
@@ -732,6 +738,15 @@ impl Decoder {
         AblationPlan::placed(&self.cfg, rows, self.dtype, &self.placement)
     }
 
+    /// [`Decoder::ablation_plan`] with the source of the rows' head patches.
+    pub fn patch_plan(
+        &self,
+        rows: &[Vec<HeadAblation>],
+        source: Option<&PatchSource>,
+    ) -> Result<AblationPlan> {
+        AblationPlan::placed_with(&self.cfg, rows, self.dtype, &self.placement, source)
+    }
+
     /// Whether some projection computes with quantized weights ([`Weight::Quantized`]).
     pub fn has_quantized_weights(&self) -> bool {
         self.layers.iter().any(|l| {
@@ -973,18 +988,20 @@ impl Decoder {
                 Positions::All
             };
             let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[l]);
-            let (y, pattern) = self.layer(
+            let (y, pattern, z) = self.layer(
                 l,
                 &xs,
                 &ctx,
                 plan,
                 spec.pattern_layer,
+                spec.z,
                 positions,
                 layer_cache,
             )?;
             if spec.pattern_layer == Some(l) {
                 out.pattern = pattern;
             }
+            out.z.extend(z);
             x = Some(y);
         }
         if let Some(c) = cache {
@@ -1046,9 +1063,10 @@ impl Decoder {
         ctx: &Context,
         plan: Option<&AblationPlan>,
         pattern_layer: Option<usize>,
+        want_z: bool,
         positions: Positions,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
-    ) -> Result<(Tensor, Option<Tensor>)> {
+    ) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
         let cfg = &self.cfg;
         let layer = &self.layers[l];
         let (b, t, _) = x.dims3()?;
@@ -1111,8 +1129,14 @@ impl Decoder {
             &v,
             mask.as_ref(),
             z_ablation,
+            plan.and_then(|p| p.patch(l)),
             pattern_layer == Some(l),
         )?;
+        // (B, Tq, H*D) -> (B, H, Tq, D)
+        let z_out = match want_z {
+            true => Some(contiguous(&z.reshape((b, tq, nh, hd))?.transpose(1, 2)?)?),
+            false => None,
+        };
         let attn_out = layer.attn.o_proj.forward(&z)?;
         let resid = if only_last {
             x.narrow(1, t - 1, 1)?
@@ -1141,12 +1165,14 @@ impl Decoder {
             Some(post) => self.rms_norm(&mlp, post)?,
             None => mlp,
         };
-        Ok(((x + mlp)?, pattern))
+        Ok(((x + mlp)?, pattern, z_out))
     }
 
     /// Attention of queries q (B, H, Tq, D) over keys and values k, v (B, G, S, D), with the
-    /// head-output ablation `z_ablation` applied to z: returns z as (B, Tq, H·D) for
-    /// `o_proj`, and the probabilities (B, H, Tq, S) when `want_pattern`.
+    /// head-output ablation `z_ablation` applied to z, then the head patches `patch`: returns
+    /// z as (B, Tq, H·D) for `o_proj`, and the probabilities (B, H, Tq, S) when
+    /// `want_pattern`.
+    #[allow(clippy::too_many_arguments)]
     fn attend(
         &self,
         q: &Tensor,
@@ -1154,6 +1180,7 @@ impl Decoder {
         v: &Tensor,
         mask: Option<&Tensor>,
         z_ablation: Option<&HeadMix>,
+        patch: Option<&Patch>,
         want_pattern: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let cfg = &self.cfg;
@@ -1173,6 +1200,10 @@ impl Decoder {
                 // (B, Tq, H, D); the v ablation acts on the (B, H, Tq, D) view.
                 let z = match z_ablation {
                     Some(m) => contiguous(&m.apply(&z.transpose(1, 2)?)?.transpose(1, 2)?)?,
+                    None => z,
+                };
+                let z = match patch {
+                    Some(p) => contiguous(&p.apply(&z.transpose(1, 2)?)?.transpose(1, 2)?)?,
                     None => z,
                 };
                 (z.reshape((b, tq, nh * hd))?, None)
@@ -1208,6 +1239,9 @@ impl Decoder {
                     .reshape((b, nh, tq, hd))?;
                 if let Some(m) = z_ablation {
                     z = m.apply(&z)?;
+                }
+                if let Some(p) = patch {
+                    z = p.apply(&z)?;
                 }
                 // (B, H, Tq, D) -> (B, Tq, H*D)
                 let z = contiguous(&z.transpose(1, 2)?)?.reshape((b, tq, nh * hd))?;
