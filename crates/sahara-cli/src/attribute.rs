@@ -8,8 +8,8 @@ use sahara::io::formats::{schema, AttributeOutput, AttributeStep};
 use sahara::io::fs::write_json;
 use sahara::io::runlog::claim;
 use sahara::methods::sahara::{
-    best_head, candidates, final_hidden, gram, greedy_step_with, reference_subspace, stack_rows,
-    LeftSubspace, SaharaOptions, StepBootstrapPlan,
+    best_head, candidates, final_hidden, gram, greedy_step_with, stack_rows, LeftSubspace,
+    SaharaOptions, StepBootstrapPlan,
 };
 use sahara::{Error, Result};
 
@@ -220,20 +220,18 @@ fn run_search(a: Args) -> Result<Option<PathBuf>> {
         .collect();
     out.selected = out.steps.iter().map(|s| s.selected).collect();
     if out.steps.len() < a.steps {
-        let reference = reference_subspace(&model.decoder, &prompts)?;
+        // The unmodified model's final hidden states: its subspace, and for the bootstrap of
+        // step 1 their Gram matrix.
+        let rows = stack_rows(&final_hidden(&model.decoder, &prompts, &[])?);
+        let reference = LeftSubspace::of(&rows)?;
         let start = out.steps.len();
         // Each later step scores one head fewer.
         let heads = candidates(&cfg, &[], ablation).len();
         let n = prompts.len();
         let per_step = |s: usize| n * heads.saturating_sub(s);
         let total: usize = (start..a.steps).map(per_step).sum();
-        // The unmodified model's Gram matrix, for the bootstrap of step 1.
         let reference_gram = match (a.bootstrap, start) {
-            (Some(_), 0) => Some(gram(&stack_rows(&final_hidden(
-                &model.decoder,
-                &prompts,
-                &[],
-            )?))),
+            (Some(_), 0) => Some(gram(&rows)),
             _ => None,
         };
         let pb = progress_bar(total as u64, a.quiet, "attribute");

@@ -39,6 +39,7 @@ pub fn flag(s: Setting) -> &'static str {
         Setting::Shard => "--shard",
         Setting::Resamples => "--bootstrap",
         Setting::Source => "--source-data",
+        Setting::Positions => "--positions",
     }
 }
 
@@ -117,18 +118,30 @@ pub struct ModelArgs {
     /// numbers close to the dequantized model's (run records say so).
     #[arg(long)]
     pub keep_quantized: bool,
+    /// A LoRA adapter folder (PEFT: adapter_config.json and adapter_model.safetensors),
+    /// merged into the model's weights at load. It is part of the model's fingerprint in run
+    /// records.
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
 }
 
 impl ModelArgs {
     pub fn load(&self) -> Result<LoadedModel> {
-        sahara::device::load(
+        let model = sahara::device::load(
             &self.model,
             &self.dtype,
             &self.device,
             sahara::LoadOptions {
                 keep_quantized: self.keep_quantized,
+                adapter: self.adapter.clone(),
             },
-        )
+        )?;
+        if let Some(a) = &model.adapter {
+            for note in &a.notes {
+                eprintln!("note: {note}");
+            }
+        }
+        Ok(model)
     }
 }
 

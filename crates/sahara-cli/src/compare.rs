@@ -40,6 +40,13 @@ pub fn run(a: Args) -> Result<()> {
     let side_b = sahara::io::report::load_ranking(&a.b)?;
     let comparison = compare(&side_a.scores, &side_b.scores, &a.top)
         .map_err(|e| e.context(format!("{} and {}", a.a.display(), a.b.display())))?;
+    if what(&side_a) != what(&side_b) {
+        eprintln!(
+            "note: A's scores are {} and B's {}: only their ranks compare",
+            what(&side_a),
+            what(&side_b)
+        );
+    }
     let out = CompareOutput {
         schema: schema::COMPARE.into(),
         a: side_a,
@@ -66,12 +73,10 @@ pub fn run(a: Args) -> Result<()> {
             )
         };
         let (ta, tb) = (title("A", &out.a), title("B", &out.b));
-        let label = |s: &RankingSide| {
-            if s.kind == "attribute" {
-                "principal angle (degrees)"
-            } else {
-                "mean KL (nats)"
-            }
+        let label = |s: &RankingSide| match (s.kind.as_str(), s.mode.as_str()) {
+            ("attribute", _) => "principal angle (degrees)",
+            (_, "patch") => "mean restoration",
+            _ => "mean KL (nats)",
         };
         sahara::io::plot::write_heatmaps(
             p,
@@ -96,10 +101,10 @@ pub fn run(a: Args) -> Result<()> {
 
 /// What a side's scores are.
 fn what(s: &RankingSide) -> &'static str {
-    if s.kind == "attribute" {
-        "Sahara step 1"
-    } else {
-        "mean Ships"
+    match (s.kind.as_str(), s.mode.as_str()) {
+        ("attribute", _) => "Sahara step 1",
+        (_, "patch") => "mean patch restoration",
+        _ => "mean Ships",
     }
 }
 

@@ -494,7 +494,14 @@ fn perplexities(
 ) -> Result<Vec<sahara::methods::perplexity::TextCost>> {
     use sahara::methods::perplexity::{perplexity, TextCost, DEFAULT_WINDOW};
     let cfg = model.cfg();
-    let prefix = model.prompts.encode("", true)?;
+    // The special tokens a plain encoding puts in front of the text (not those it appends).
+    let (with, without) = (
+        model.prompts.encode("a", true)?,
+        model.prompts.encode("a", false)?,
+    );
+    let prefix: Vec<u32> = (0..=with.len().saturating_sub(without.len()))
+        .find(|&i| with[i..].starts_with(&without))
+        .map_or_else(Vec::new, |i| with[..i].to_vec());
     let tokens = model.prompts.encode(text, false)?;
     let room = cfg
         .max_position_embeddings

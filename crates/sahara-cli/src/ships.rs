@@ -45,7 +45,8 @@ pub struct Args {
     /// p_patched) / KL(p_source ‖ p_base).
     #[arg(long)]
     pub source_data: Option<String>,
-    /// CSV column / JSON key of the source prompts (default: as for --data).
+    /// CSV column / JSON key of the source prompts (default: the first of input, goal, Goal,
+    /// prompt, query).
     #[arg(long, requires = "source_data")]
     pub source_column: Option<String>,
     /// Mode patch: the positions patched, last or all (all only for pairs of the same token
@@ -184,9 +185,6 @@ pub fn run(a: Args) -> Result<()> {
         .set("heads", [opts.heads.start, opts.heads.end])
         .set("top", a.top)
         .set("kl", opts.kl.as_str());
-    if let Some(b) = a.bootstrap {
-        record.set("bootstrap", b).set("seed", a.seed);
-    }
     if let Some(s) = &sources {
         record
             .set("source_data", &a.source_data)
@@ -315,6 +313,8 @@ pub fn run(a: Args) -> Result<()> {
         ablation,
         kl: opts.kl.as_str(),
         cfg: &cfg,
+        // Not in the run record: the lines do not depend on it, so a finished run can be
+        // summarized again with other resamples.
         bootstrap: a.bootstrap.map(|b| (b, a.seed)),
     };
     outputs.write(&grids, a.top, a.out.as_deref(), a.plot.as_deref())?;
@@ -424,9 +424,6 @@ pub fn merge(
     let ablation = whole.ablation()?;
     let top = setting("top").as_u64().unwrap_or(10) as usize;
     let kl = setting("kl").as_str().unwrap_or("exact").to_string();
-    let bootstrap = setting("bootstrap")
-        .as_u64()
-        .map(|b| (b as usize, setting("seed").as_u64().unwrap_or(0)));
     let cfg = sahara::Checkpoint::resolve(&whole.model)?.config()?;
     sahara::io::shard::write_merged(out, whole, &text)?;
     let outputs = Outputs {
@@ -435,7 +432,7 @@ pub fn merge(
         ablation,
         kl: &kl,
         cfg: &cfg,
-        bootstrap,
+        bootstrap: None,
     };
     outputs.write(&grids, top, Some(out), plot)
 }

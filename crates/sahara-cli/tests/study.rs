@@ -82,7 +82,7 @@ fn ships_bootstrap_puts_intervals_in_the_summary_and_the_table_reproducibly() {
 }
 
 #[test]
-fn attribute_bootstrap_rescores_step_one_from_gram_matrices() {
+fn attribute_bootstrap_gives_step_one_intervals_and_choice_frequencies() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("a.json");
     let (table, _) = ok_both(

@@ -196,6 +196,7 @@ pub enum Setting {
     Shard,
     Resamples,
     Source,
+    Positions,
 }
 
 impl Setting {
@@ -229,6 +230,7 @@ impl Setting {
             Setting::Shard => "shard",
             Setting::Resamples => "bootstrap resamples",
             Setting::Source => "patch source",
+            Setting::Positions => "patched positions",
         }
     }
 }

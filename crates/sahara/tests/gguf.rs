@@ -763,6 +763,7 @@ fn load_quantized(path: &std::path::Path, keep: bool) -> LoadedModel {
         &Device::Cpu,
         sahara::LoadOptions {
             keep_quantized: keep,
+            ..Default::default()
         },
     )
     .unwrap()
@@ -863,6 +864,7 @@ fn keeping_weights_quantized_needs_a_gguf_file() {
         &Device::Cpu,
         sahara::LoadOptions {
             keep_quantized: true,
+            ..Default::default()
         },
     )
     .err()

@@ -84,6 +84,26 @@ fn ships_bootstrap_is_reproducible_and_ranks_a_clear_winner_first_always() {
     );
 }
 
+#[test]
+fn ships_bootstrap_takes_heads_from_every_query_and_ranks_unscored_ones_last() {
+    // Query 0 scored nothing (a patch pair whose prompts already agree); query 1 both heads.
+    let grids: Vec<HeadGrid> = vec![
+        vec![vec![None, None]],
+        vec![vec![Some(2.0), Some(1.0)]],
+        vec![vec![Some(3.0), Some(0.5)]],
+    ];
+    let b = bootstrap(&grids, 1, 200, 0);
+    assert_eq!(b.heads.len(), 2);
+    assert_eq!((b.heads[0].head, b.heads[0].rank), (0, 1));
+    for h in &b.heads {
+        assert!(h.mean_lo.is_finite() && h.mean_hi.is_finite(), "{h:?}");
+    }
+    // A resample of query 0 alone scores neither head: neither is then in the top 1, so
+    // P(top 1) of the two heads adds up to less than 1 (about 1 - 1/27).
+    let p: f64 = b.heads.iter().map(|h| h.p_top).sum();
+    assert!(p < 1.0 && p > 0.9, "{p}");
+}
+
 /// N rows of a population whose hidden states lie along e1 (sd 3), e2 (sd 1) and e3 (sd 0.5),
 /// and the ablated model's: the same rows through a fixed map that mixes the top two axes.
 fn population(rng: &mut Rng, n: usize) -> (Mat<f64>, Mat<f64>) {

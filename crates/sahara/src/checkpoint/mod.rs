@@ -3,6 +3,7 @@
 
 pub mod gguf;
 pub mod hub;
+pub mod lora;
 pub mod random;
 pub mod safetensors;
 pub mod surgery;
@@ -107,14 +108,32 @@ impl Checkpoint {
             }
             Ok(plan)
         };
+        // The decoder from `weights`, with the adapter merged when there is one.
+        let mut adapter_info = None;
+        let mut build = |weights: &dyn safetensors::TensorSource,
+                         plan: &crate::model::decoder::DevicePlan|
+         -> Result<Decoder> {
+            match &opts.adapter {
+                None => crate::model::Decoder::load_placed(cfg.clone(), weights, dtype, plan),
+                Some(dir) => {
+                    let adapter = lora::Adapter::open(dir, &cfg, weights)?;
+                    let merged = lora::Merged {
+                        base: weights,
+                        adapter: &adapter,
+                    };
+                    let d = crate::model::Decoder::load_placed(cfg.clone(), &merged, dtype, plan)?;
+                    adapter_info = Some(AdapterInfo::of(&adapter));
+                    Ok(d)
+                }
+            }
+        };
         let (decoder, prompts, eos) = match self {
             Checkpoint::Gguf(path) => {
                 let file = gguf::GgufFile::open(path)?;
                 let mut weights = gguf::GgufWeights::new(&file, &cfg);
                 weights.keep_quantized = opts.keep_quantized;
                 let plan = place(weights.device_bytes(dtype))?;
-                let decoder =
-                    crate::model::Decoder::load_placed(cfg.clone(), &weights, dtype, &plan)?;
+                let decoder = build(&weights, &plan)?;
                 let eos = decoder.cfg.eos_token_ids.clone();
                 (decoder, file.prompt_encoder()?, eos)
             }
@@ -127,8 +146,7 @@ impl Checkpoint {
                 }
                 let plan = place(crate::device::weight_bytes(&cfg, dtype))?;
                 let weights = crate::checkpoint::safetensors::Weights::open_dir(dir)?;
-                let decoder =
-                    crate::model::Decoder::load_placed(cfg.clone(), &weights, dtype, &plan)?;
+                let decoder = build(&weights, &plan)?;
                 let mut eos = generation_eos(dir)?;
                 for id in &decoder.cfg.eos_token_ids {
                     if !eos.contains(id) {
@@ -138,13 +156,9 @@ impl Checkpoint {
                 (decoder, PromptEncoder::load(dir)?, eos)
             }
         };
-        Ok(LoadedModel::new(
-            self.clone(),
-            source,
-            decoder,
-            prompts,
-            eos,
-        ))
+        let mut model = LoadedModel::new(self.clone(), source, decoder, prompts, eos);
+        model.adapter = adapter_info;
+        Ok(model)
     }
 
     /// Folds `plan` into the weights and writes a Hugging Face folder to `out` (a GGUF source
@@ -166,11 +180,38 @@ impl Checkpoint {
 }
 
 /// How a checkpoint is loaded.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoadOptions {
     /// Keep a GGUF file's quantized projections in their block formats on the device (the
     /// quantized matrix product computes with them) instead of dequantizing them at load.
     pub keep_quantized: bool,
+    /// A LoRA adapter folder (PEFT) merged into the weights at load ([`lora::Adapter`]).
+    pub adapter: Option<PathBuf>,
+}
+
+/// The LoRA adapter merged into a loaded model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterInfo {
+    pub dir: PathBuf,
+    pub fingerprint: String,
+    pub rank: usize,
+    pub scale: f64,
+    /// The base weights it changed.
+    pub targets: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+impl AdapterInfo {
+    fn of(a: &lora::Adapter) -> Self {
+        AdapterInfo {
+            dir: a.dir.clone(),
+            fingerprint: a.fingerprint.clone(),
+            rank: a.rank,
+            scale: a.scale,
+            targets: a.targets().map(str::to_string).collect(),
+            notes: a.notes.clone(),
+        }
+    }
 }
 
 /// A model loaded for use: decoder, tokenizer and chat template, end-of-sequence ids.
@@ -182,9 +223,21 @@ pub struct LoadedModel {
     pub prompts: PromptEncoder,
     /// End-of-sequence ids of `generation_config.json` and `config.json`.
     pub eos: Vec<u32>,
+    /// The LoRA adapter merged into the weights, if any.
+    pub adapter: Option<AdapterInfo>,
 }
 
 impl LoadedModel {
+    /// The fingerprint run records hold: the checkpoint's, and the adapter's when one is
+    /// merged (a run resumed with another adapter, or none, is refused).
+    pub fn fingerprint(&self) -> Result<String> {
+        let base = self.checkpoint.fingerprint()?;
+        Ok(match &self.adapter {
+            Some(a) => format!("{base}+lora:{}", a.fingerprint),
+            None => base,
+        })
+    }
+
     /// A loaded model; its prompt encoder refuses token ids beyond the decoder's embeddings.
     pub fn new(
         checkpoint: Checkpoint,
@@ -200,6 +253,7 @@ impl LoadedModel {
             decoder,
             prompts,
             eos,
+            adapter: None,
         }
     }
 

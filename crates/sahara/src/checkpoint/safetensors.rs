@@ -248,23 +248,26 @@ impl Weights {
                 expected: shape.to_vec(),
             });
         }
-        let src = match info.dtype {
-            StDtype::F32 => DType::F32,
-            StDtype::F16 => DType::F16,
-            StDtype::BF16 => DType::BF16,
-            StDtype::F64 => DType::F64,
-            other => {
-                return Err(Error::TensorDtype {
-                    name: name.to_string(),
-                    path: file.path.clone(),
-                    found: format!("{other:?}"),
-                })
-            }
-        };
+        let src = candle_dtype(info.dtype).ok_or_else(|| Error::TensorDtype {
+            name: name.to_string(),
+            path: file.path.clone(),
+            found: format!("{:?}", info.dtype),
+        })?;
         let t = Tensor::from_raw_buffer(file.bytes(info), src, shape, &Device::Cpu)?;
         file.release(info);
         let t = if src == dtype { t } else { t.to_dtype(dtype)? };
         Ok(t.to_device(device)?)
+    }
+}
+
+/// The candle dtype of a safetensors float dtype the decoder reads; `None` for the others.
+pub fn candle_dtype(d: StDtype) -> Option<DType> {
+    match d {
+        StDtype::F32 => Some(DType::F32),
+        StDtype::F16 => Some(DType::F16),
+        StDtype::BF16 => Some(DType::BF16),
+        StDtype::F64 => Some(DType::F64),
+        _ => None,
     }
 }
 

@@ -64,17 +64,20 @@ impl RunRecord {
             command: command.into(),
             version: env!("CARGO_PKG_VERSION").into(),
             model: model.source.clone(),
-            model_fingerprint: model.checkpoint.fingerprint()?,
+            model_fingerprint: model.fingerprint()?,
             data: data.into(),
             data_fingerprint: crate::io::runlog::queries_fingerprint(queries),
             queries: queries.len(),
-            settings: if model.decoder.has_quantized_weights() {
-                // Quantized products give other numbers than the dequantized weights.
+            settings: {
                 let mut m = serde_json::Map::new();
-                m.insert("weights".into(), "quantized".into());
+                if model.decoder.has_quantized_weights() {
+                    // Quantized products give other numbers than the dequantized weights.
+                    m.insert("weights".into(), "quantized".into());
+                }
+                if let Some(a) = &model.adapter {
+                    m.insert("adapter".into(), a.dir.display().to_string().into());
+                }
                 m
-            } else {
-                serde_json::Map::new()
             },
         })
     }
@@ -817,6 +820,9 @@ pub struct RankingSide {
     pub path: String,
     /// `ships` (mean Ships over the queries) or `attribute` (the scores of Sahara's step 1).
     pub kind: String,
+    /// The run's mode: `scale`, `mean`, or `patch` (a ships run's scores are then mean
+    /// restorations, not KL divergences).
+    pub mode: String,
     pub model: String,
     pub model_fingerprint: String,
     pub data: String,

@@ -249,6 +249,7 @@ pub fn load_ranking(path: &Path) -> Result<crate::io::formats::RankingSide> {
     Ok(crate::io::formats::RankingSide {
         path: path.display().to_string(),
         kind: record.command.clone(),
+        mode: record.ablation()?.op.mode_str().to_string(),
         model: record.model.clone(),
         model_fingerprint: record.model_fingerprint.clone(),
         data: record.data.clone(),
@@ -1066,12 +1067,10 @@ fn ships_section(
 /// heads in both first top-K lists outlined.
 fn compare_figure(i: usize, c: &CompareInput, pal: &[String]) -> String {
     let o = &c.output;
-    let what = |s: &crate::io::formats::RankingSide| {
-        if s.kind == "attribute" {
-            ("Sahara step 1", "step-1 score (deg)", Scale::Linear)
-        } else {
-            ("mean Ships", "mean Ships (nats)", Scale::Log)
-        }
+    let what = |s: &crate::io::formats::RankingSide| match (s.kind.as_str(), s.mode.as_str()) {
+        ("attribute", _) => ("Sahara step 1", "step-1 score (deg)", Scale::Linear),
+        (_, "patch") => ("mean patch restoration", "mean restoration", Scale::Linear),
+        _ => ("mean Ships", "mean Ships (nats)", Scale::Log),
     };
     let heads = |v: &[[usize; 2]]| {
         v.iter()

@@ -129,6 +129,17 @@ pub fn bootstrap_step(
 ) -> Result<StepBootstrap> {
     use crate::methods::stats::{percentile_interval, Rng};
     let n = reference.nrows();
+    // A resample holds about 0.63 N distinct queries; its top-r subspace needs r of them.
+    if 2 * rank > n {
+        return Err(Error::out_of_range(
+            Setting::Rank,
+            rank,
+            format!(
+                "a bootstrap of {n} queries needs a rank of at most {}",
+                n / 2
+            ),
+        ));
+    }
     let score_of = |g0: &Mat<f64>, g: &Mat<f64>| -> Result<f64> {
         let (a, b) = (LeftSubspace::of_gram(g0)?, LeftSubspace::of_gram(g)?);
         principal_angle_score(&a, &b, rank)
@@ -141,7 +152,16 @@ pub fn bootstrap_step(
     let mut scores = vec![Vec::with_capacity(resamples); candidates.len()];
     let mut chosen = vec![0usize; candidates.len()];
     for _ in 0..resamples {
-        let idx = rng.resample(n);
+        // Redrawn (rarely) until it has at least r distinct queries.
+        let idx = loop {
+            let idx = rng.resample(n);
+            let mut distinct = idx.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            if distinct.len() >= rank {
+                break idx;
+            }
+        };
         let a = LeftSubspace::of_gram(&gram_rows(reference, &idx))?;
         let mut best: Option<(usize, f64)> = None;
         for (c, (_, g)) in candidates.iter().enumerate() {
@@ -506,7 +526,17 @@ pub fn greedy_step_with(
     let (l, h, score) =
         best_head(&grid).ok_or_else(|| Error::InvalidArgument("no head left to select".into()))?;
     let bootstrap = bootstrap
-        .map(|b| bootstrap_step(b.reference, &grams, opts.rank, b.resamples, b.seed))
+        .map(|b| -> Result<StepBootstrap> {
+            let mut out = bootstrap_step(b.reference, &grams, opts.rank, b.resamples, b.seed)?;
+            // The full sample's score as the step computed it (its SVD), not again from the
+            // Gram matrices.
+            for h in &mut out.heads {
+                if let Some(s) = grid[h.layer][h.head] {
+                    h.score = s;
+                }
+            }
+            Ok(out)
+        })
         .transpose()?;
     Ok(crate::io::formats::AttributeStep {
         selected: [l, h],

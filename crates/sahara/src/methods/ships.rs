@@ -146,8 +146,8 @@ impl std::str::FromStr for PatchPositions {
             "last" => Ok(PatchPositions::Last),
             "all" => Ok(PatchPositions::All),
             other => Err(Error::bad_value(
-                Setting::Source,
-                format!("positions {other:?}"),
+                Setting::Positions,
+                format!("{other:?}"),
                 "expected last or all",
             )),
         }
@@ -161,16 +161,21 @@ pub struct PatchScores {
     /// 1 − KL(p_source ‖ p_patched) / KL(p_source ‖ p_base), `[layer][head]`: 0 when the
     /// patch changes nothing, 1 when the patched model's next-token distribution is the
     /// source prompt's; null where a head was not scored or when the two prompts already
-    /// agree (KL(p_source ‖ p_base) = 0).
+    /// agree (KL(p_source ‖ p_base) below [`MIN_KL_BASE`]).
     pub restoration: HeadGrid,
     /// KL(p_source ‖ p_patched) in nats, `[layer][head]`.
     pub kl_patched: HeadGrid,
     /// KL(p_source ‖ p_base) in nats: the unpatched prompt's distance from the source's.
+    /// Below [`MIN_KL_BASE`] the restorations are null: the two prompts' next tokens already
+    /// agree, and a ratio to a near-zero distance would be rounding.
     pub kl_base: f64,
     /// The positions patched: `all` only when asked for and both prompts have the same
     /// token length.
     pub positions: PatchPositions,
 }
+
+/// The smallest KL(p_source ‖ p_base), in nats, whose restorations are computed.
+pub const MIN_KL_BASE: f64 = 1e-6;
 
 /// The patch source of `source` for a prompt of `target_len` tokens: every layer's head
 /// outputs at the positions patched (all only when asked for and the lengths are equal), and
@@ -258,7 +263,7 @@ pub fn patch_scores(
     for (u, v) in units.iter().zip(&out.variants) {
         let kl = opts.kl.divergence(&p_source, v);
         kl_patched[u.layer][u.head] = Some(kl);
-        restoration[u.layer][u.head] = (kl_base > 0.0).then(|| 1.0 - kl / kl_base);
+        restoration[u.layer][u.head] = (kl_base >= MIN_KL_BASE).then(|| 1.0 - kl / kl_base);
     }
     Ok(PatchScores {
         restoration,
@@ -366,10 +371,17 @@ pub struct HeadBootstrap {
 }
 
 /// Ranks (1 = highest) of `values`, ties by position: the order of [`Summary::by_mean`] when
-/// the values are listed in (layer, head) order.
+/// the values are listed in (layer, head) order. A NaN (a head no query of a resample
+/// scored) ranks last.
 pub fn ranks_desc(values: &[f64]) -> Vec<usize> {
+    let key = |x: f64| if x.is_nan() { f64::NEG_INFINITY } else { x };
     let mut order: Vec<usize> = (0..values.len()).collect();
-    order.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    order.sort_by(|&a, &b| {
+        key(values[b])
+            .total_cmp(&key(values[a]))
+            .then(values[a].is_nan().cmp(&values[b].is_nan()))
+            .then(a.cmp(&b))
+    });
     let mut rank = vec![0; values.len()];
     for (r, &i) in order.iter().enumerate() {
         rank[i] = r + 1;
@@ -381,24 +393,28 @@ pub fn ranks_desc(values: &[f64]) -> Vec<usize> {
 /// in the top `top_k`, from `resamples` resamples of the queries' grids drawn with `seed`.
 pub fn bootstrap(grids: &[HeadGrid], top_k: usize, resamples: usize, seed: u64) -> Bootstrap {
     use crate::methods::stats::{percentile_interval, Rng};
-    // The scored heads, in (layer, head) order, and per query their scores: [query][head].
-    let heads: Vec<(usize, usize)> = grids
-        .first()
-        .map(|g| {
-            g.iter()
-                .enumerate()
-                .flat_map(|(l, row)| {
-                    row.iter()
-                        .enumerate()
-                        .filter(|(_, s)| s.is_some())
-                        .map(move |(h, _)| (l, h))
-                })
-                .collect()
+    // The heads scored in any query, in (layer, head) order, and per query their scores:
+    // [query][head].
+    let (nl, nh) = grids
+        .iter()
+        .map(|g| (g.len(), g.iter().map(Vec::len).max().unwrap_or(0)))
+        .fold((0, 0), |(a, b), (l, h)| (a.max(l), b.max(h)));
+    let heads: Vec<(usize, usize)> = (0..nl)
+        .flat_map(|l| (0..nh).map(move |h| (l, h)))
+        .filter(|&(l, h)| {
+            grids
+                .iter()
+                .any(|g| g.get(l).and_then(|r| r.get(h)).is_some_and(Option::is_some))
         })
-        .unwrap_or_default();
+        .collect();
     let values: Vec<Vec<Option<f64>>> = grids
         .iter()
-        .map(|g| heads.iter().map(|&(l, h)| g[l][h]).collect())
+        .map(|g| {
+            heads
+                .iter()
+                .map(|&(l, h)| g.get(l).and_then(|r| r.get(h)).copied().flatten())
+                .collect()
+        })
         .collect();
     let means = |idx: &mut dyn Iterator<Item = usize>| -> Vec<f64> {
         let mut sum = vec![0f64; heads.len()];
@@ -428,9 +444,11 @@ pub fn bootstrap(grids: &[HeadGrid], top_k: usize, resamples: usize, seed: u64) 
         let m = means(&mut idx.into_iter());
         let r = ranks_desc(&m);
         for k in 0..heads.len() {
-            boot_mean[k].push(m[k]);
+            if !m[k].is_nan() {
+                boot_mean[k].push(m[k]);
+            }
             boot_rank[k].push(r[k] as f64);
-            if r[k] <= top_k {
+            if r[k] <= top_k && !m[k].is_nan() {
                 in_top[k] += 1;
             }
         }

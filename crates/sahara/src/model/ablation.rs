@@ -414,10 +414,11 @@ pub struct PatchSource {
 /// patched heads' outputs at the last `Tp` positions by the source's.
 #[derive(Debug, Clone)]
 pub struct Patch {
-    /// (B, H, 1, 1): 0 for a patched head, 1 for the others.
+    /// (B, H, 1, 1): 1 for a patched head, 0 for the others; and `keep` = 1 − `mask`.
+    mask: Tensor,
     keep: Tensor,
-    /// (B, H, Tp, D): the source's output for a patched head, 0 for the others.
-    values: Tensor,
+    /// (1, H, Tp, D): the source's outputs, shared by every row.
+    source: Tensor,
 }
 
 impl Patch {
@@ -425,31 +426,30 @@ impl Patch {
     /// a call computing only the last position gets the source's last position.
     pub fn apply(&self, z: &Tensor) -> Result<Tensor> {
         let tq = z.dim(2)?;
-        let tp = self.values.dim(2)?;
+        let tp = self.source.dim(2)?;
         let here = |t: &Tensor| -> Result<Tensor> {
             match t.device().same_device(z.device()) {
                 true => Ok(t.clone()),
                 false => crate::device::transfers::between(t, z.device()),
             }
         };
-        let (keep, values) = (here(&self.keep)?, here(&self.values)?);
-        Ok(if tp >= tq {
-            let v = values.narrow(2, tp - tq, tq)?;
-            z.broadcast_mul(&keep)?.add(&v)?
+        let (mask, keep, source) = (here(&self.mask)?, here(&self.keep)?, here(&self.source)?);
+        // (B, H, n, D) * keep + (1, H, n, D) * mask, over the last n = min(Tq, Tp) positions.
+        let n = tp.min(tq);
+        let src = source.narrow(2, tp - n, n)?.broadcast_mul(&mask)?;
+        let tail = z.narrow(2, tq - n, n)?.broadcast_mul(&keep)?.add(&src)?;
+        Ok(if n == tq {
+            tail
         } else {
-            let head = z.narrow(2, 0, tq - tp)?;
-            let tail = z
-                .narrow(2, tq - tp, tp)?
-                .broadcast_mul(&keep)?
-                .add(&values)?;
-            Tensor::cat(&[&head, &tail], 2)?
+            Tensor::cat(&[&z.narrow(2, 0, tq - n)?, &tail], 2)?
         })
     }
 
     fn rows(&self, rows: usize) -> Result<Patch> {
         Ok(Patch {
+            mask: self.mask.narrow(0, 0, rows)?,
             keep: self.keep.narrow(0, 0, rows)?,
-            values: self.values.narrow(0, 0, rows)?,
+            source: self.source.clone(),
         })
     }
 }
@@ -643,10 +643,12 @@ impl AblationPlan {
             // (B, H, 1, 1)
             let mask = crate::device::transfers::upload(mask, (b, nh, 1, 1), z.device())?
                 .to_dtype(dtype)?;
-            // (1, H, Tp, D) * (B, H, 1, 1) -> (B, H, Tp, D)
-            let values = z.unsqueeze(0)?.broadcast_mul(&mask)?.contiguous()?;
             let keep = mask.affine(-1.0, 1.0)?;
-            *slot = Some(Patch { keep, values });
+            *slot = Some(Patch {
+                mask,
+                keep,
+                source: z.unsqueeze(0)?,
+            });
         }
         Ok(out)
     }
