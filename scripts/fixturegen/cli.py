@@ -30,6 +30,10 @@ def main(argv: list[str]) -> None:
     if argv == ["paper_kl"]:
         paper_kl_fixture()
         return
+    if argv == ["lora"]:
+        from .lora import lora_fixture
+        lora_fixture()
+        return
     if argv[:1] == ["organism"]:
         # The built-in organism is trained by `sahara organism train`, not here; this checks
         # that transformers loads the committed folder and answers as sahara does.

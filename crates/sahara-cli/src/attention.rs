@@ -118,7 +118,7 @@ pub fn run(a: Args) -> Result<()> {
         schema: schema::ATTENTION.into(),
         version: env!("CARGO_PKG_VERSION").into(),
         model: model.source.clone(),
-        model_fingerprint: model.checkpoint.fingerprint()?,
+        model_fingerprint: model.fingerprint()?,
         query: a.prompt.clone(),
         template: template.name(),
         prompt: prompt.clone(),

@@ -206,7 +206,7 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     if let Some(p) = &a.heads_from {
-        check_heads_model(p, &model.checkpoint.fingerprint()?, a.heads_from_any_model)?;
+        check_heads_model(p, &model.fingerprint()?, a.heads_from_any_model)?;
     }
     if !a.quiet {
         if let Some(f) = &heads_file {

@@ -32,6 +32,10 @@ pub struct Args {
     pub heads_from_any_model: bool,
     #[command(flatten)]
     pub op: OpArgs,
+    /// A LoRA adapter folder (PEFT) merged into the written weights before the ablation is
+    /// folded in (a model folder's source only).
+    #[arg(long, value_name = "DIR")]
+    pub adapter: Option<PathBuf>,
     /// Output folder (must not exist or be empty, unless --force).
     #[arg(long)]
     pub out: PathBuf,
@@ -60,9 +64,16 @@ pub fn run(a: Args) -> Result<()> {
     let spec = SurgeryPlan { heads, ablation };
     let checkpoint = sahara::Checkpoint::resolve(&a.model)?;
     if let Some(p) = &a.heads_from {
-        check_heads_model(p, &checkpoint.fingerprint()?, a.heads_from_any_model)?;
+        let adapter = a
+            .adapter
+            .as_deref()
+            .map(sahara::checkpoint::lora::adapter_fingerprint)
+            .transpose()?;
+        let fingerprint =
+            sahara::checkpoint::lora::with_adapter(checkpoint.fingerprint()?, adapter.as_deref());
+        check_heads_model(p, &fingerprint, a.heads_from_any_model)?;
     }
-    let r = checkpoint.surgery(&a.model, &a.out, &spec, a.force)?;
+    let r = checkpoint.surgery_with(&a.model, &a.out, &spec, a.force, a.adapter.as_deref())?;
     if matches!(checkpoint, sahara::Checkpoint::Gguf(_)) {
         eprintln!(
             "note: the source is a GGUF file; the output is a Hugging Face safetensors folder of the dequantized weights in float32 (GGUF output is not written)"

@@ -305,14 +305,25 @@ fn default_template(m: &LoadedModel) -> &'static str {
 
 #[pymethods]
 impl Model {
-    /// Model(source, dtype="auto", device="cpu"): a model folder, a hub id in the local
-    /// cache, a GGUF file, or "builtin:organism".
+    /// Model(source, dtype="auto", device="cpu", adapter=None): a model folder, a hub id in
+    /// the local cache, a GGUF file, or "builtin:organism"; `adapter` a PEFT LoRA adapter
+    /// folder merged into the weights at load.
     #[new]
-    #[pyo3(signature = (source, dtype="auto", device="cpu"))]
-    fn new(py: Python<'_>, source: &str, dtype: &str, device: &str) -> PyResult<Self> {
+    #[pyo3(signature = (source, dtype="auto", device="cpu", adapter=None))]
+    fn new(
+        py: Python<'_>,
+        source: &str,
+        dtype: &str,
+        device: &str,
+        adapter: Option<PathBuf>,
+    ) -> PyResult<Self> {
         let (s, d, dev) = (source.to_string(), dtype.to_string(), device.to_string());
+        let opts = sahara::LoadOptions {
+            adapter,
+            ..Default::default()
+        };
         let m = py
-            .allow_threads(|| sahara::device::load(&s, &d, &dev, Default::default()))
+            .allow_threads(|| sahara::device::load(&s, &d, &dev, opts))
             .py()?;
         Ok(Model { inner: Arc::new(m) })
     }
@@ -320,7 +331,7 @@ impl Model {
     /// The built-in safety-aligned model organism.
     #[staticmethod]
     fn organism(py: Python<'_>) -> PyResult<Self> {
-        Self::new(py, "builtin:organism", "f32", "cpu")
+        Self::new(py, "builtin:organism", "f32", "cpu", None)
     }
 
     #[getter]

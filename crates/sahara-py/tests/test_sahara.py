@@ -195,3 +195,21 @@ def test_ctrl_c_interrupts_a_long_sweep_and_the_model_stays_usable(organism):
     assert took < 30, f"the interrupt took {took:.1f} s"
     s = organism.ships(qs[:2])
     assert s.scores.shape == (2, 4, 8)
+
+
+def test_an_adapter_is_merged_as_the_cli_merges_it(tmp_path):
+    base = str(ROOT / "fixtures" / "llama3")
+    adapter = str(ROOT / "fixtures" / "lora" / "qv")
+    queries = ["The little robot", "A quiet morning"]
+    plain = sahara.Model(base, dtype="f32")
+    lora = sahara.Model(base, dtype="f32", adapter=adapter)
+    assert not np.allclose(plain.logits(queries), lora.logits(queries))
+    s = lora.ships(lora.encode(queries))
+    data = tmp_path / "q.txt"
+    data.write_text("\n".join(queries) + "\n")
+    out = tmp_path / "s.jsonl"
+    cli("ships", "--model", base, "--adapter", adapter, "--data", str(data), "--quiet", "--out", str(out))
+    want = np.array([l["scores"] for l in jsonl(out)], dtype=np.float64)
+    np.testing.assert_allclose(s.scores, want, rtol=1e-12, atol=0)
+    with pytest.raises(sahara.SaharaError):
+        sahara.Model(base, adapter=str(tmp_path))

@@ -78,7 +78,9 @@ class Model:
     kv_heads: int
     family: str
     config: dict[str, Any]
-    def __init__(self, source: str, dtype: str = "auto", device: str = "cpu") -> None: ...
+    def __init__(
+        self, source: str, dtype: str = "auto", device: str = "cpu", adapter: Optional[str] = None
+    ) -> None: ...
     @staticmethod
     def organism() -> "Model": ...
     def encode(

@@ -61,6 +61,14 @@ struct RawConfig {
     layers_to_transform: Option<serde_json::Value>,
     #[serde(default)]
     base_model_name_or_path: Option<String>,
+    #[serde(default)]
+    lora_bias: bool,
+    #[serde(default)]
+    layer_replication: Option<serde_json::Value>,
+    #[serde(default)]
+    alora_invocation_tokens: Option<serde_json::Value>,
+    #[serde(default)]
+    arrow_config: Option<serde_json::Value>,
 }
 
 /// A LoRA adapter checked against a base model.
@@ -149,6 +157,24 @@ impl Adapter {
                 dir,
                 "modules_to_save: adapters that replace whole modules are not supported",
             ));
+        }
+        if raw.lora_bias {
+            return Err(bad(
+                dir,
+                "lora_bias: adapters with a bias on lora_B are not supported",
+            ));
+        }
+        for (name, v) in [
+            ("layer_replication", &raw.layer_replication),
+            ("alora_invocation_tokens", &raw.alora_invocation_tokens),
+            ("arrow_config", &raw.arrow_config),
+        ] {
+            if v.as_ref().is_some_and(|v| !v.is_null()) {
+                return Err(bad(
+                    dir,
+                    format!("{name}: not supported (the adapter is not a plain LoRA)"),
+                ));
+            }
         }
         if raw.r == 0 || !raw.lora_alpha.is_finite() {
             return Err(bad(
@@ -273,7 +299,7 @@ impl Adapter {
         } else {
             raw.lora_alpha / raw.r as f64
         };
-        let fingerprint = crate::io::runlog::fingerprint(&[text.as_bytes(), file.bytes_all()]);
+        let fingerprint = fingerprint_of(text.as_bytes(), file.bytes_all());
         Ok(Adapter {
             dir: dir.to_path_buf(),
             rank: raw.r,
@@ -313,6 +339,31 @@ impl Adapter {
         // (out, r) @ (r, in) -> (out, in)
         // The decoder checks the merged weight for non-finite values as it checks every weight.
         Ok(Some((load(b)?.matmul(&load(a)?)? * self.scale)?))
+    }
+}
+
+/// The fingerprint of an adapter from its configuration's and weights' bytes.
+fn fingerprint_of(config: &[u8], weights: &[u8]) -> String {
+    crate::io::runlog::fingerprint(&[config, weights])
+}
+
+/// The fingerprint of the adapter in `dir`, as [`Adapter::open`] computes it, without
+/// checking it against a model.
+pub fn adapter_fingerprint(dir: &Path) -> Result<String> {
+    let (c, w) = (
+        dir.join("adapter_config.json"),
+        dir.join("adapter_model.safetensors"),
+    );
+    let config = std::fs::read(&c).map_err(|e| Error::io(&c, e))?;
+    let weights = std::fs::read(&w).map_err(|e| Error::io(&w, e))?;
+    Ok(fingerprint_of(&config, &weights))
+}
+
+/// A model's fingerprint with an adapter merged: one home for run records and heads files.
+pub fn with_adapter(base: String, adapter: Option<&str>) -> String {
+    match adapter {
+        Some(a) => format!("{base}+lora:{a}"),
+        None => base,
     }
 }
 

@@ -170,11 +170,30 @@ impl Checkpoint {
         plan: &surgery::SurgeryPlan,
         force: bool,
     ) -> Result<surgery::SurgeryReport> {
-        match self {
-            Checkpoint::Folder(dir) => surgery::surgery(dir, source, out, plan, force),
-            Checkpoint::Gguf(path) => {
+        self.surgery_with(source, out, plan, force, None)
+    }
+
+    /// [`Checkpoint::surgery`] with a LoRA adapter merged into the written weights too (a
+    /// model folder's source only).
+    pub fn surgery_with(
+        &self,
+        source: &str,
+        out: &Path,
+        plan: &surgery::SurgeryPlan,
+        force: bool,
+        adapter: Option<&Path>,
+    ) -> Result<surgery::SurgeryReport> {
+        match (self, adapter) {
+            (Checkpoint::Folder(dir), _) => {
+                surgery::surgery_with_adapter(dir, source, out, plan, force, adapter)
+            }
+            (Checkpoint::Gguf(path), None) => {
                 gguf::export::surgery_from_gguf(path, source, out, plan, force)
             }
+            (Checkpoint::Gguf(path), Some(_)) => Err(Error::InvalidArgument(format!(
+                "{}: surgery merges an adapter into a Hugging Face model folder's weights, not a GGUF file's",
+                path.display()
+            ))),
         }
     }
 }
@@ -231,11 +250,10 @@ impl LoadedModel {
     /// The fingerprint run records hold: the checkpoint's, and the adapter's when one is
     /// merged (a run resumed with another adapter, or none, is refused).
     pub fn fingerprint(&self) -> Result<String> {
-        let base = self.checkpoint.fingerprint()?;
-        Ok(match &self.adapter {
-            Some(a) => format!("{base}+lora:{}", a.fingerprint),
-            None => base,
-        })
+        Ok(lora::with_adapter(
+            self.checkpoint.fingerprint()?,
+            self.adapter.as_ref().map(|a| a.fingerprint.as_str()),
+        ))
     }
 
     /// A loaded model; its prompt encoder refuses token ids beyond the decoder's embeddings.

@@ -73,6 +73,7 @@ impl SurgeryPlan {
             total_parameters: total,
             changed_fraction: changed as f64 / total.max(1) as f64,
             verify_relative_difference,
+            adapter: None,
         }
     }
 
@@ -315,6 +316,19 @@ pub fn surgery(
     plan: &SurgeryPlan,
     force: bool,
 ) -> Result<SurgeryReport> {
+    surgery_with_adapter(src, source, out, plan, force, None)
+}
+
+/// [`surgery`] with the LoRA adapter in `adapter` merged into the tensors it targets first;
+/// the verification loads the source with the adapter.
+pub fn surgery_with_adapter(
+    src: &Path,
+    source: &str,
+    out: &Path,
+    plan: &SurgeryPlan,
+    force: bool,
+    adapter: Option<&Path>,
+) -> Result<SurgeryReport> {
     let cfg = ModelConfig::from_file(&src.join("config.json"))?;
     plan.validate(&cfg)?;
     if out.exists() {
@@ -331,6 +345,16 @@ pub fn surgery(
     for name in edits.keys() {
         weights.locate(name)?;
     }
+    // A LoRA adapter is merged into the tensors it targets before the ablation is folded in.
+    let lora = adapter
+        .map(|dir| crate::checkpoint::lora::Adapter::open(dir, &cfg, &weights))
+        .transpose()?;
+    let merged: Vec<String> = lora
+        .as_ref()
+        .map(|a| a.targets().map(str::to_string).collect())
+        .unwrap_or_default();
+    let mut rewritten: BTreeSet<String> = edits.keys().cloned().collect();
+    rewritten.extend(merged.iter().cloned());
 
     // Configuration and tokenizer files unchanged; weight files copied, then patched.
     for entry in std::fs::read_dir(src).map_err(|e| Error::io(src, e))? {
@@ -343,38 +367,40 @@ pub fn surgery(
         copy_file(&p, &dst)?;
     }
     let mut changed_parameters = 0;
-    for (name, edit) in &edits {
+    for name in &rewritten {
         let (file, info): (_, &TensorInfo) = weights.locate(name)?;
         let mut values = to_f64(file.bytes(info), info.dtype)?;
-        apply_edit(&mut values, &info.shape, edit);
-        let bytes = from_f64(&values, info.dtype);
-        let per_unit = match info.shape.as_slice() {
-            [r, c] => {
-                if edit.columns {
-                    *r
-                } else {
-                    *c
-                }
+        let delta = lora.as_ref().map(|a| a.delta(name, &Device::Cpu));
+        if let Some(d) = delta.transpose()?.flatten() {
+            let d: Vec<f32> = d.flatten_all()?.to_vec1()?;
+            for (v, x) in values.iter_mut().zip(d) {
+                *v += x as f64;
             }
-            _ => 1,
-        };
-        changed_parameters += edit
-            .blocks
-            .iter()
-            .map(|b| match b {
-                Block::Scale { len, .. } | Block::Mean { len, .. } => len * per_unit,
-            })
-            .sum::<usize>();
-        let dst = tmp.join(file.path.file_name().expect("weight files have names"));
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&dst)
-            .map_err(write_err(&dst))?;
-        let offset = (file.bytes(info).as_ptr() as usize) - (file.bytes_all().as_ptr() as usize);
-        f.seek(SeekFrom::Start(offset as u64))
-            .map_err(write_err(&dst))?;
-        f.write_all(&bytes).map_err(write_err(&dst))?;
-        f.sync_all().map_err(write_err(&dst))?;
+            // A merged tensor changes as a whole.
+            changed_parameters += values.len();
+        } else if let Some(edit) = edits.get(name) {
+            let per_unit = match info.shape.as_slice() {
+                [r, c] => {
+                    if edit.columns {
+                        *r
+                    } else {
+                        *c
+                    }
+                }
+                _ => 1,
+            };
+            changed_parameters += edit
+                .blocks
+                .iter()
+                .map(|b| match b {
+                    Block::Scale { len, .. } | Block::Mean { len, .. } => len * per_unit,
+                })
+                .sum::<usize>();
+        }
+        if let Some(edit) = edits.get(name) {
+            apply_edit(&mut values, &info.shape, edit);
+        }
+        write_at(&tmp, file, info, &from_f64(&values, info.dtype))?;
     }
     let total_parameters: usize = weights
         .files
@@ -387,7 +413,15 @@ pub fn surgery(
     // Verify: the written model's logits equal the source's with the ablation in memory.
     let probe_dtype = DType::F32;
     let dev = Device::Cpu;
-    let ablated = LoadedModel::load(src.to_str().unwrap_or_default(), probe_dtype, &dev)?;
+    let ablated = LoadedModel::load_with(
+        src.to_str().unwrap_or_default(),
+        probe_dtype,
+        &dev,
+        crate::checkpoint::LoadOptions {
+            adapter: adapter.map(Path::to_path_buf),
+            ..Default::default()
+        },
+    )?;
     let written = LoadedModel::load(tmp.to_str().unwrap_or_default(), probe_dtype, &dev)?;
     let probe: Vec<u32> = ablated
         .prompts
@@ -415,8 +449,8 @@ pub fn surgery(
     }
 
     let affected = plan.affected_heads(&cfg);
-    let changed_tensors: Vec<String> = edits.keys().cloned().collect();
-    let record = plan.record(
+    let changed_tensors: Vec<String> = rewritten.iter().cloned().collect();
+    let mut record = plan.record(
         source,
         weights_hash(src)?,
         &affected,
@@ -424,18 +458,46 @@ pub fn surgery(
         (changed_parameters, total_parameters),
         rel,
     );
+    if let Some(a) = &lora {
+        record.adapter = Some(serde_json::json!({
+            "path": a.dir.display().to_string(),
+            "fingerprint": a.fingerprint,
+            "r": a.rank,
+            "scale": a.scale,
+            "merged_tensors": merged,
+        }));
+    }
     let rec_path = tmp.join("sahara-surgery.json");
     write_json(&rec_path, &record)?;
 
     move_into_place(&tmp, out, &mut guard)?;
     Ok(SurgeryReport {
         out: out.to_path_buf(),
-        changed_tensors: edits.keys().cloned().collect(),
+        changed_tensors,
         changed_parameters,
         total_parameters,
         verify_relative_difference: rel,
         affected_heads: affected,
     })
+}
+
+/// Writes `bytes` over a tensor's data in the staged copy of its weight file in `tmp`.
+fn write_at(
+    tmp: &Path,
+    file: &crate::checkpoint::safetensors::WeightFile,
+    info: &TensorInfo,
+    bytes: &[u8],
+) -> Result<()> {
+    let dst = tmp.join(file.path.file_name().expect("weight files have names"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&dst)
+        .map_err(write_err(&dst))?;
+    let offset = (file.bytes(info).as_ptr() as usize) - (file.bytes_all().as_ptr() as usize);
+    f.seek(SeekFrom::Start(offset as u64))
+        .map_err(write_err(&dst))?;
+    f.write_all(bytes).map_err(write_err(&dst))?;
+    f.sync_all().map_err(write_err(&dst))
 }
 
 /// max |Δlogit| / max |logit| on a probe prompt between `source` run with `ablations` in

@@ -274,6 +274,10 @@ pub struct SurgeryRecord {
     pub total_parameters: usize,
     pub changed_fraction: f64,
     pub verify_relative_difference: f64,
+    /// The LoRA adapter merged into the written weights (`--adapter`): its path,
+    /// fingerprint, r, scale and the tensors it changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<serde_json::Value>,
 }
 
 fn exact() -> String {

@@ -1,0 +1,177 @@
+//! LoRA adapters merged at load against PEFT's own merge (`fixtures/lora`, made by
+//! `python3 scripts/make_fixtures.py lora` on the tiny Llama of `fixtures/llama3`), and the
+//! adapters sahara refuses.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use sahara::checkpoint::random::{write_random_model, RandomModel};
+use sahara::{Batch, ForwardSpec, LoadOptions, LoadedModel, Positions};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+fn load(base: &Path, adapter: Option<&Path>) -> sahara::Result<LoadedModel> {
+    LoadedModel::load_with(
+        base.to_str().unwrap(),
+        DType::F32,
+        &Device::Cpu,
+        LoadOptions {
+            adapter: adapter.map(Path::to_path_buf),
+            ..Default::default()
+        },
+    )
+}
+
+fn logits(m: &LoadedModel, ids: &[u32]) -> Tensor {
+    let batch = Batch::new(&[ids.to_vec()], 0, &Device::Cpu).unwrap();
+    m.decoder
+        .forward(&batch, &ForwardSpec::logits(Positions::All), None)
+        .unwrap()
+        .logits
+        .unwrap()
+        .i(0)
+        .unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+#[test]
+fn adapters_merge_as_pefts_merge_and_unload() {
+    let dir = fixtures().join("lora");
+    let reference: HashMap<String, Tensor> =
+        candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let prompts: Vec<Vec<u32>> = serde_json::from_value(meta["prompts"].clone()).unwrap();
+    let base = fixtures().join("llama3");
+    let plain = load(&base, None).unwrap();
+    for name in ["qv", "all_rslora"] {
+        let m = load(&base, Some(&dir.join(name))).unwrap();
+        let info = m.adapter.as_ref().unwrap();
+        assert!(!info.targets.is_empty());
+        for (j, ids) in prompts.iter().enumerate() {
+            let want = &reference[&format!("{name}.p{j}")];
+            let got = logits(&m, ids);
+            let d = max_diff(&got, want);
+            eprintln!(
+                "{name}, prompt {j}: max |Δlogit| {d:.2e} against PEFT, {:.2e} from the base",
+                max_diff(&logits(&plain, ids), want)
+            );
+            assert!(d <= 1e-4, "{name}, prompt {j}: max |Δlogit| {d}");
+            // The fixture's own check: PEFT's merged and unmerged models agree.
+            let unmerged = &reference[&format!("{name}.unmerged.p{j}")];
+            assert!(max_diff(want, unmerged) <= 1e-4);
+            // And the adapter changes the model.
+            let moved = max_diff(&logits(&plain, ids), want);
+            assert!(moved > 1e-2, "{name} moves the logits by only {moved}");
+        }
+        // The fingerprint run records hold names the adapter.
+        assert!(m.fingerprint().unwrap().contains("+lora:"));
+        assert_ne!(m.fingerprint().unwrap(), plain.fingerprint().unwrap());
+    }
+}
+
+/// A copy of the `qv` adapter with its configuration edited by `edit`.
+fn edited(edit: impl FnOnce(&mut serde_json::Value)) -> tempfile::TempDir {
+    let src = fixtures().join("lora/qv");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        src.join("adapter_model.safetensors"),
+        dir.path().join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("adapter_config.json")).unwrap())
+            .unwrap();
+    edit(&mut cfg);
+    std::fs::write(
+        dir.path().join("adapter_config.json"),
+        serde_json::to_string(&cfg).unwrap(),
+    )
+    .unwrap();
+    dir
+}
+
+/// An edit of an adapter configuration.
+type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+
+#[test]
+fn adapters_sahara_cannot_merge_exactly_are_refused_with_the_setting_named() {
+    let base = fixtures().join("llama3");
+    let cases: Vec<(&str, Edit)> = vec![
+        ("use_dora", Box::new(|c| c["use_dora"] = true.into())),
+        (
+            "rank_pattern",
+            Box::new(|c| c["rank_pattern"] = serde_json::json!({"q_proj": 2})),
+        ),
+        (
+            "alpha_pattern",
+            Box::new(|c| c["alpha_pattern"] = serde_json::json!({"q_proj": 2})),
+        ),
+        ("bias", Box::new(|c| c["bias"] = "all".into())),
+        ("lora_bias", Box::new(|c| c["lora_bias"] = true.into())),
+        (
+            "modules_to_save",
+            Box::new(|c| c["modules_to_save"] = serde_json::json!(["lm_head"])),
+        ),
+        (
+            "regular expression",
+            Box::new(|c| c["target_modules"] = ".*proj".into()),
+        ),
+        ("only LORA", Box::new(|c| c["peft_type"] = "IA3".into())),
+        (
+            "target_modules does not list",
+            Box::new(|c| c["target_modules"] = serde_json::json!(["q_proj"])),
+        ),
+        (
+            "layers_to_transform leaves out",
+            Box::new(|c| c["layers_to_transform"] = serde_json::json!([1])),
+        ),
+    ];
+    for (needle, edit) in cases {
+        let dir = edited(edit);
+        let e = load(&base, Some(dir.path()))
+            .err()
+            .expect(needle)
+            .to_string();
+        assert!(e.contains(needle), "{needle}: {e}");
+    }
+    // fan_in_fan_out is reset as PEFT resets it for nn.Linear, and said.
+    let dir = edited(|c| c["fan_in_fan_out"] = true.into());
+    let m = load(&base, Some(dir.path())).unwrap();
+    assert!(m.adapter.unwrap().notes[0].contains("fan_in_fan_out"));
+}
+
+#[test]
+fn an_adapter_of_another_model_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = RandomModel::tiny("LlamaForCausalLM");
+    spec.hidden_size = 48;
+    write_random_model(dir.path(), &spec).unwrap();
+    let e = load(dir.path(), Some(&fixtures().join("lora/qv")))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("is it an adapter of another model"), "{e}");
+    // A folder without an adapter.
+    let e = load(&fixtures().join("llama3"), Some(dir.path()))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(e.contains("adapter_config.json"), "{e}");
+}
