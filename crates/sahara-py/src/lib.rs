@@ -781,8 +781,16 @@ impl Model {
         };
         let source = self.inner.source.clone();
         let out = out_dir.clone();
+        // The model's adapter, if any, is merged into the written weights too.
+        let adapter = self.inner.adapter.as_ref().map(|a| a.dir.clone());
         py.allow_threads(|| {
-            sahara::Checkpoint::resolve(&source)?.surgery(&source, &out, &plan, force)
+            sahara::Checkpoint::resolve(&source)?.surgery_with(
+                &source,
+                &out,
+                &plan,
+                force,
+                adapter.as_deref(),
+            )
         })
         .py()?;
         let manifest = std::fs::read_to_string(out_dir.join("sahara-surgery.json"))

@@ -213,3 +213,10 @@ def test_an_adapter_is_merged_as_the_cli_merges_it(tmp_path):
     np.testing.assert_allclose(s.scores, want, rtol=1e-12, atol=0)
     with pytest.raises(sahara.SaharaError):
         sahara.Model(base, adapter=str(tmp_path))
+    # Surgery from a model with an adapter writes the merged weights.
+    record = lora.surgery(str(tmp_path / "merged"), [(1, 2)])
+    assert "model.layers.0.self_attn.v_proj.weight" in record["adapter"]["merged_tensors"]
+    written = sahara.Model(str(tmp_path / "merged"), dtype="f32")
+    np.testing.assert_allclose(
+        written.logits(queries), lora.logits(queries, ablate=[(1, 2)]), rtol=1e-4, atol=1e-4
+    )

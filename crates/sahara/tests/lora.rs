@@ -9,6 +9,9 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use sahara::checkpoint::random::{write_random_model, RandomModel};
 use sahara::{Batch, ForwardSpec, LoadOptions, LoadedModel, Positions};
 
+mod common;
+use common::max_abs_diff as max_diff;
+
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
@@ -33,19 +36,6 @@ fn logits(m: &LoadedModel, ids: &[u32]) -> Tensor {
         .logits
         .unwrap()
         .i(0)
-        .unwrap()
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
         .unwrap()
 }
 
@@ -139,6 +129,14 @@ fn adapters_sahara_cannot_merge_exactly_are_refused_with_the_setting_named() {
             Box::new(|c| c["target_modules"] = serde_json::json!(["q_proj"])),
         ),
         (
+            "init_lora_weights",
+            Box::new(|c| c["init_lora_weights"] = "pissa".into()),
+        ),
+        (
+            "corda_config",
+            Box::new(|c| c["corda_config"] = serde_json::json!({"cache_file": "x"})),
+        ),
+        (
             "layers_to_transform leaves out",
             Box::new(|c| c["layers_to_transform"] = serde_json::json!([1])),
         ),
@@ -151,6 +149,11 @@ fn adapters_sahara_cannot_merge_exactly_are_refused_with_the_setting_named() {
             .to_string();
         assert!(e.contains(needle), "{needle}: {e}");
     }
+    // PEFT's suffix form of a target name is read as PEFT reads it.
+    let dir = edited(|c| {
+        c["target_modules"] = serde_json::json!(["self_attn.q_proj", "self_attn.v_proj"])
+    });
+    assert!(load(&base, Some(dir.path())).is_ok());
     // fan_in_fan_out is reset as PEFT resets it for nn.Linear, and said.
     let dir = edited(|c| c["fan_in_fan_out"] = true.into());
     let m = load(&base, Some(dir.path())).unwrap();

@@ -158,6 +158,46 @@ impl Adapter {
                 "modules_to_save: adapters that replace whole modules are not supported",
             ));
         }
+        // Initializations and variants that change the base weights or the update's form:
+        // such adapters are not W + s·BA on the base they name.
+        let extra: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&text).unwrap_or_default();
+        if let Some(init) = extra.get("init_lora_weights") {
+            let plain = matches!(init, serde_json::Value::Bool(_) | serde_json::Value::Null)
+                || matches!(init.as_str(), Some("gaussian") | Some("eva"));
+            if !plain {
+                return Err(bad(dir, format!("init_lora_weights {init}: an adapter initialized from the base's weights (PiSSA, OLoRA, LoftQ, CorDA, …) needs its base changed too; convert it to a plain LoRA with PEFT (path_initial_model_for_weight_conversion) first")));
+            }
+        }
+        for key in [
+            "loftq_config",
+            "corda_config",
+            "lora_ga_config",
+            "eva_config",
+            "kasa_config",
+            "velora_config",
+            "monteclora_config",
+            "target_parameters",
+            "use_qalora",
+            "use_bdlora",
+            "trainable_token_indices",
+        ] {
+            let set = match extra.get(key) {
+                None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(false)) => {
+                    false
+                }
+                Some(serde_json::Value::Object(m)) => !m.is_empty(),
+                Some(serde_json::Value::Array(a)) => !a.is_empty(),
+                Some(_) => true,
+            };
+            // EVA only chooses the initial A; the trained adapter is plain LoRA.
+            if set && key != "eva_config" {
+                return Err(bad(
+                    dir,
+                    format!("{key}: not supported (the adapter is not a plain LoRA)"),
+                ));
+            }
+        }
         if raw.lora_bias {
             return Err(bad(
                 dir,
@@ -255,7 +295,11 @@ impl Adapter {
                 ));
             };
             let kind = module.rsplit('.').next().unwrap_or_default();
-            if !kinds.iter().any(|k| k == kind) {
+            // PEFT matches a target by the module's full name or a suffix after a dot.
+            let listed = kinds
+                .iter()
+                .any(|k| module == *k || module.ends_with(&format!(".{k}")));
+            if !listed {
                 return Err(Error::data(
                     &path,
                     format!("holds weights for {module}, which target_modules does not list"),
@@ -301,7 +345,8 @@ impl Adapter {
         };
         let fingerprint = fingerprint_of(text.as_bytes(), file.bytes_all());
         Ok(Adapter {
-            dir: dir.to_path_buf(),
+            // Canonical, so that the same adapter named another way resumes a run.
+            dir: std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()),
             rank: raw.r,
             scale,
             base_model: raw.base_model_name_or_path,
@@ -380,10 +425,22 @@ impl TensorSource for Merged<'_> {
 
     fn load(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
         match self.adapter.delta(name, device)? {
-            // Merged in f32, then converted, as PEFT merges a float32 model.
-            Some(d) => Ok((self.base.load(name, shape, DType::F32, device)? + d)?.to_dtype(dtype)?),
+            Some(d) => {
+                // Merged in f32 and rounded to the dtype the base stores it in, as PEFT merges
+                // a model loaded in its own dtype (and as `sahara surgery` writes it).
+                let merged = (self.base.load(name, shape, DType::F32, device)? + d)?;
+                let merged = match self.base.stored_dtype(name) {
+                    Some(s) if s != DType::F32 && s != DType::F64 => merged.to_dtype(s)?,
+                    _ => merged,
+                };
+                Ok(merged.to_dtype(dtype)?)
+            }
             None => self.base.load(name, shape, dtype, device),
         }
+    }
+
+    fn stored_dtype(&self, name: &str) -> Option<DType> {
+        self.base.stored_dtype(name)
     }
 
     fn load_weight(

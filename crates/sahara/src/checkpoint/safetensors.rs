@@ -112,6 +112,11 @@ pub trait TensorSource {
     fn contains(&self, name: &str) -> bool;
     /// Loads a tensor, checking its shape, converted to `dtype` on `device`.
     fn load(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor>;
+    /// The float dtype a tensor is stored in, where the source keeps one (safetensors);
+    /// `None` where it is dequantized or unknown.
+    fn stored_dtype(&self, _name: &str) -> Option<DType> {
+        None
+    }
     /// Loads a projection's weight: dense as [`TensorSource::load`] loads it, unless the
     /// source keeps its weights quantized.
     fn load_weight(
@@ -133,6 +138,11 @@ impl TensorSource for Weights {
     }
     fn load(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
         Weights::load(self, name, shape, dtype, device)
+    }
+    fn stored_dtype(&self, name: &str) -> Option<DType> {
+        self.locate(name)
+            .ok()
+            .and_then(|(_, info)| candle_dtype(info.dtype))
     }
 }
 

@@ -446,22 +446,41 @@ pub fn step_scores(
     opts: &SaharaOptions,
     progress: &mut dyn FnMut(usize),
 ) -> Result<HeadGrid> {
+    let (scores, _) = run_step(model, prompts, selected, reference, opts, false, progress)?;
+    Ok(grid_of(&model.cfg, &scores))
+}
+
+/// Every chunk of the step after `selected`, one after the other: the heads' scores, and with
+/// `keep_grams` each unit's Gram matrix.
+fn run_step(
+    model: &Decoder,
+    prompts: &[Vec<u32>],
+    selected: &[(usize, usize)],
+    reference: &LeftSubspace,
+    opts: &SaharaOptions,
+    keep_grams: bool,
+    progress: &mut dyn FnMut(usize),
+) -> Result<(Vec<HeadScore>, Vec<UnitGram>)> {
     let mut scores = Vec::new();
+    let mut grams = Vec::new();
     let mut before = 0;
     for range in step_chunks(&model.cfg, selected, opts) {
         let n = range.len() * prompts.len();
-        scores.extend(chunk_scores(
+        let (s, g) = chunk_run(
             model,
             prompts,
             selected,
             reference,
             opts,
             range,
+            keep_grams,
             &mut |k| progress(before + k),
-        )?);
+        )?;
+        scores.extend(s);
+        grams.extend(g);
         before += n;
     }
-    Ok(grid_of(&model.cfg, &scores))
+    Ok((scores, grams))
 }
 
 /// The unmodified model's subspace every step compares against: the left singular vectors
@@ -503,25 +522,15 @@ pub fn greedy_step_with(
     bootstrap: Option<StepBootstrapPlan<'_>>,
     progress: &mut dyn FnMut(usize),
 ) -> Result<crate::io::formats::AttributeStep> {
-    let mut scores = Vec::new();
-    let mut grams = Vec::new();
-    let mut before = 0;
-    for range in step_chunks(&model.cfg, selected, opts) {
-        let n = range.len() * prompts.len();
-        let (s, g) = chunk_run(
-            model,
-            prompts,
-            selected,
-            reference,
-            opts,
-            range,
-            bootstrap.is_some(),
-            &mut |k| progress(before + k),
-        )?;
-        scores.extend(s);
-        grams.extend(g);
-        before += n;
-    }
+    let (scores, grams) = run_step(
+        model,
+        prompts,
+        selected,
+        reference,
+        opts,
+        bootstrap.is_some(),
+        progress,
+    )?;
     let grid = grid_of(&model.cfg, &scores);
     let (l, h, score) =
         best_head(&grid).ok_or_else(|| Error::InvalidArgument("no head left to select".into()))?;
