@@ -79,6 +79,20 @@ fn ships_bootstrap_puts_intervals_in_the_summary_and_the_table_reproducibly() {
     let other: Value = serde_json::from_str(&run("c.jsonl", "1").1).unwrap();
     assert_ne!(other["bootstrap"]["heads"], s["bootstrap"]["heads"]);
     assert_eq!(other["by_mean"], s["by_mean"]);
+    // The report shows the intervals beside the top heads.
+    let page = dir.path().join("r.html");
+    ok(sahara(dir.path())
+        .arg("report")
+        .arg("--ships")
+        .arg(dir.path().join("a.jsonl"))
+        .arg("--out")
+        .arg(&page));
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(
+        html.contains("<th>rank interval</th>"),
+        "no interval columns"
+    );
+    assert!(html.contains("over 50 bootstrap resamples"));
 }
 
 #[test]
@@ -125,6 +139,18 @@ fn attribute_bootstrap_gives_step_one_intervals_and_choice_frequencies() {
     assert!((chosen - 1.0).abs() < 1e-9, "choices add up to {chosen}");
     // Only step 1 is bootstrapped.
     assert!(v["steps"][1].get("bootstrap").is_none());
+    let page = dir.path().join("r.html");
+    ok(sahara(dir.path())
+        .arg("report")
+        .arg("--attribute")
+        .arg(&out)
+        .arg("--out")
+        .arg(&page));
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(
+        html.contains("id=\"sahara-bootstrap\""),
+        "no bootstrap table"
+    );
     // Workers do not bootstrap.
     fails(
         sahara(dir.path())

@@ -1009,15 +1009,41 @@ fn ships_section(
         &|_, _| String::new(),
     ));
     out.push_str("</div>");
+    // With a bootstrap, each head's intervals and P(top K) as three more columns.
+    let boot = |l: usize, h: usize| {
+        sum.bootstrap
+            .as_ref()
+            .and_then(|b| b.heads.iter().find(|x| x.layer == l && x.head == h))
+    };
+    let boot_header = match &sum.bootstrap {
+        Some(b) => format!(
+            "<th>{:.0}% interval</th><th>rank interval</th><th>P(top {})</th>",
+            b.level * 100.0,
+            b.top_k
+        ),
+        None => String::new(),
+    };
     let _ = write!(
         out,
-        "<h3>Top {} heads by mean Ships</h3><table id=\"ships-top\"><tr><th>rank</th><th>head</th><th>mean Ships</th><th>in top {} of</th></tr>",
+        "<h3>Top {} heads by {what}</h3><table id=\"ships-top\"><tr><th>rank</th><th>head</th><th>{what}</th>{boot_header}<th>in top {} of</th></tr>",
         sum.top_k, sum.top_k
     );
     for (i, r) in sum.by_mean.iter().take(sum.top_k.max(10)).enumerate() {
+        let cells = match boot(r.layer, r.head) {
+            Some(b) => format!(
+                "<td class=\"n\">[{}, {}]</td><td class=\"n\">{}–{}</td><td class=\"n\">{}</td>",
+                num(b.mean_lo),
+                num(b.mean_hi),
+                b.rank_lo,
+                b.rank_hi,
+                num(b.p_top)
+            ),
+            None if sum.bootstrap.is_some() => "<td></td><td></td><td></td>".into(),
+            None => String::new(),
+        };
         let _ = write!(
             out,
-            "<tr><td class=\"n\">{}</td><td>{}:{}</td><td class=\"n\">{}</td><td class=\"n\">{} queries</td></tr>",
+            "<tr><td class=\"n\">{}</td><td>{}:{}</td><td class=\"n\">{}</td>{cells}<td class=\"n\">{} queries</td></tr>",
             i + 1,
             r.layer,
             r.head,
@@ -1026,6 +1052,17 @@ fn ships_section(
         );
     }
     out.push_str("</table>");
+    if let Some(b) = &sum.bootstrap {
+        let _ = write!(
+            out,
+            "<p class=\"note\">Intervals: central {:.0}% percentile intervals over {} bootstrap resamples of the queries (seed {}); P(top {}): the share of resamples in which the head ranks in the top {}.</p>",
+            b.level * 100.0,
+            b.resamples,
+            b.seed,
+            b.top_k,
+            b.top_k
+        );
+    }
     let _ = write!(
         out,
         "<h3>Heads most often in a query's top {}</h3><table id=\"ships-count\"><tr><th>head</th><th>queries</th><th>mean Ships</th></tr>",
@@ -1147,7 +1184,35 @@ fn attribute_section(a: &AttributeInput, pal: &[String], label: &str) -> String 
             num(s.score)
         );
     }
-    out.push_str("</table><div class=\"grid2\">");
+    out.push_str("</table>");
+    if let Some(b) = o.steps.first().and_then(|s| s.bootstrap.as_ref()) {
+        let mut heads: Vec<_> = b.heads.iter().collect();
+        heads.sort_by(|x, y| {
+            y.p_chosen
+                .total_cmp(&x.p_chosen)
+                .then(y.score.total_cmp(&x.score))
+        });
+        let _ = write!(
+            out,
+            "<h3>Step 1 over {} bootstrap resamples of the queries</h3><table id=\"sahara-bootstrap\"><tr><th>head</th><th>score (deg)</th><th>{:.0}% interval</th><th>P(chosen)</th></tr>",
+            b.resamples,
+            b.level * 100.0
+        );
+        for h in heads.iter().take(10) {
+            let _ = write!(
+                out,
+                "<tr><td>{}:{}</td><td class=\"n\">{}</td><td class=\"n\">[{}, {}]</td><td class=\"n\">{}</td></tr>",
+                h.layer,
+                h.head,
+                num(h.score),
+                num(h.score_lo),
+                num(h.score_hi),
+                num(h.p_chosen)
+            );
+        }
+        out.push_str("</table>");
+    }
+    out.push_str("<div class=\"grid2\">");
     if let Some(first) = o.steps.first() {
         out.push_str("<div><h3>Step 1: every head's score, the chosen heads outlined</h3>");
         out.push_str(&heatmap(
