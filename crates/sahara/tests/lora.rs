@@ -178,3 +178,70 @@ fn an_adapter_of_another_model_is_refused() {
         .to_string();
     assert!(e.contains("adapter_config.json"), "{e}");
 }
+
+#[test]
+fn a_bfloat16_base_merges_and_its_surgery_verifies() {
+    // The llama3 fixture stored in bfloat16.
+    let src = fixtures().join("llama3");
+    let dir = tempfile::tempdir().unwrap();
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let tensors: HashMap<String, Tensor> =
+        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let bf16: HashMap<String, Tensor> = tensors
+        .into_iter()
+        .map(|(k, v)| (k, v.to_dtype(DType::BF16).unwrap()))
+        .collect();
+    candle_core::safetensors::save(&bf16, dir.path().join("model.safetensors")).unwrap();
+    let adapter = fixtures().join("lora/all_rslora");
+    let m = load(dir.path(), Some(&adapter)).unwrap();
+    // Close to PEFT's float32 merge, within what bfloat16 weights allow.
+    let reference: HashMap<String, Tensor> =
+        candle_core::safetensors::load(fixtures().join("lora/reference.safetensors"), &Device::Cpu)
+            .unwrap();
+    let meta: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("lora/reference.json")).unwrap(),
+    )
+    .unwrap();
+    let ids: Vec<u32> = serde_json::from_value(meta["prompts"][0].clone()).unwrap();
+    let want = &reference["all_rslora.p0"];
+    let d = max_diff(&logits(&m, &ids), want);
+    // bfloat16 keeps about 3 significant digits of every merged weight: a few percent of the
+    // largest logit.
+    let scale: f32 = want.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+    let rel = d / scale;
+    eprintln!(
+        "bfloat16 base: max |Δlogit| {d} against PEFT's float32 merge ({rel:.3} of the largest)"
+    );
+    assert!(
+        rel < 0.05,
+        "bfloat16 base: max |Δlogit| {d}, {rel} of the largest logit"
+    );
+    // Surgery writes the merged bfloat16 weights and verifies them against the in-memory
+    // merge, which rounds to bfloat16 as the file does.
+    let plan = sahara::checkpoint::surgery::SurgeryPlan {
+        heads: sahara::model::ablation::HeadSet(vec![(1, 2)]),
+        ablation: sahara::model::ablation::Ablation::paper_default(),
+    };
+    let out = dir.path().join("out");
+    let r = sahara::checkpoint::surgery::surgery_with_adapter(
+        dir.path(),
+        "bf16",
+        &out,
+        &plan,
+        false,
+        Some(&adapter),
+    )
+    .unwrap();
+    assert!(
+        r.verify_relative_difference < 1e-3,
+        "{}",
+        r.verify_relative_difference
+    );
+}
