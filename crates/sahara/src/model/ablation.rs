@@ -1,11 +1,12 @@
 //! Head ablations as data: a value `(layer, head, target, op)` per intervention, passed per
 //! batch row, compiled into per-layer head-mixing tensors the decoder applies.
 //!
-//! Every op is a linear map over the heads of one layer, applied independently at every
-//! position: `scale(ε)` multiplies one head by ε, `mean` replaces one head by the mean over all
-//! heads of the layer. A row's maps for one (layer, target) are combined into one
+//! `scale` and `mean` are linear maps over the heads of one layer, applied independently at
+//! every position: `scale(ε)` multiplies one head by ε, `mean` replaces one head by the mean
+//! over all heads of the layer. A row's maps for one (layer, target) are combined into one
 //! `n × n` matrix computed from the *unmodified* heads, so that several ablations in the same
-//! layer do not depend on their order.
+//! layer do not depend on their order. `patch` (target v) replaces a head's output by another
+//! prompt's, the [`PatchSource`] given with the plan; it is applied after the layer's maps.
 
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
