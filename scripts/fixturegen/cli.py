@@ -30,6 +30,10 @@ def main(argv: list[str]) -> None:
     if argv == ["paper_kl"]:
         paper_kl_fixture()
         return
+    if argv == ["judge_models"]:
+        from .judge_models import judge_models_fixture
+        judge_models_fixture()
+        return
     if argv == ["lora"]:
         from .lora import lora_fixture
         lora_fixture()

@@ -32,6 +32,9 @@ pub fn flag(s: Setting) -> &'static str {
         Setting::TemplateArg => "--template-arg",
         Setting::System => "--system",
         Setting::Judge => "--judge",
+        Setting::JudgeBase => "--judge-base",
+        Setting::JudgeThreshold => "--strongreject-threshold",
+        Setting::JudgeBatchSize => "--judge-batch-size",
         Setting::RefusalPhrases => "--refusal-phrases",
         Setting::Reasoning => "--reasoning",
         Setting::Column => "--column",
@@ -466,10 +469,29 @@ impl SamplingArgs {
 #[derive(Args, Debug, Clone)]
 pub struct JudgeArgs {
     /// A judge of the responses: keyword (refusal phrases; the default), paper (the paper's
-    /// rule_based_discrimination, exactly), jbb-refusal (JailbreakBench's refusal prefixes).
-    /// Repeat for several: each is its own column, and the first is the main judge.
+    /// rule_based_discrimination, exactly), jbb-refusal (JailbreakBench's refusal prefixes),
+    /// or a classifier model: llamaguard:MODEL (Llama Guard 3), harmbench:MODEL (the
+    /// HarmBench classifier), strongreject:MODEL (StrongREJECT's fine-tuned judge; a LoRA
+    /// adapter folder with --judge-base). Repeat for several: each is its own column, and
+    /// the first is the main judge.
     #[arg(long = "judge", value_name = "NAME")]
     pub judge: Vec<String>,
+    /// The base model of a judge given as a LoRA adapter folder (StrongREJECT's judge is an
+    /// adapter on Gemma 2B).
+    #[arg(long, value_name = "MODEL")]
+    pub judge_base: Option<PathBuf>,
+    /// StrongREJECT score (0–1, the expected grade) at or above which a response is harmful.
+    #[arg(long, default_value_t = sahara::methods::judge::model::DEFAULT_STRONGREJECT_THRESHOLD)]
+    pub strongreject_threshold: f64,
+    /// Responses a judge model scores in one forward pass.
+    #[arg(long, default_value_t = sahara::methods::judge::model::DEFAULT_JUDGE_BATCH)]
+    pub judge_batch_size: usize,
+    /// Compute dtype of judge models (as --dtype).
+    #[arg(long, default_value = "auto")]
+    pub judge_dtype: String,
+    /// Device of judge models (as --device).
+    #[arg(long, default_value = "cpu")]
+    pub judge_device: String,
     /// Refusal phrases, one a line, replacing the keyword judge's list (the paper's).
     #[arg(long)]
     pub refusal_phrases: Option<PathBuf>,
@@ -492,7 +514,14 @@ impl JudgeArgs {
         } else {
             self.judge.clone()
         };
-        sahara::methods::judge::Panel::by_names(&names, phrases.as_ref())
+        let models = sahara::methods::judge::model::JudgeModelOptions {
+            dtype: self.judge_dtype.clone(),
+            device: self.judge_device.clone(),
+            base: self.judge_base.clone(),
+            strongreject_threshold: self.strongreject_threshold,
+            batch_size: self.judge_batch_size,
+        };
+        sahara::methods::judge::Panel::by_names_with(&names, phrases.as_ref(), &models)
     }
 
     /// The reasoning format asked for; `None` for auto.

@@ -112,25 +112,35 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     let pb = progress_bar((inputs.len() - judged.len()) as u64, a.quiet, "judge");
-    for input in &inputs[judged.len()..] {
-        let split = split_of(input, format);
-        let verdicts = panel.judge_split(&input.query, &split);
-        let mut line = input.object.clone();
-        if !input.object.contains_key("reasoning") && split.reasoning.is_some() {
-            line.insert("response".into(), Value::from(split.answer.clone()));
-            line.insert("reasoning".into(), Value::from(split.reasoning.clone()));
+    // A chunk at a time: a model judge scores a chunk's responses together, and a chunk's
+    // lines are written before the next is judged (what a resumed run starts from).
+    let chunk = a.judges.judge_batch_size.max(1);
+    for inputs in inputs[judged.len()..].chunks(chunk) {
+        let splits: Vec<Split> = inputs.iter().map(|i| split_of(i, format)).collect();
+        let items: Vec<(&str, &Split)> = inputs
+            .iter()
+            .zip(&splits)
+            .map(|(i, s)| (i.query.as_str(), s))
+            .collect();
+        let all = panel.judge_splits(&items)?;
+        for ((input, split), verdicts) in inputs.iter().zip(&splits).zip(all) {
+            let mut line = input.object.clone();
+            if !input.object.contains_key("reasoning") && split.reasoning.is_some() {
+                line.insert("response".into(), Value::from(split.answer.clone()));
+                line.insert("reasoning".into(), Value::from(split.reasoning.clone()));
+            }
+            if line.contains_key("refusal") {
+                // An eval line: its main-judge fields follow the first judge given now.
+                let (refusal, reason, matched) = verdicts[0].main_fields();
+                line.insert("refusal".into(), json!(refusal));
+                line.insert("reason".into(), json!(reason));
+                line.insert("matched".into(), json!(matched));
+            }
+            line.insert("judges".into(), Value::Object(panel.records(&verdicts)));
+            lines.push(&line)?;
+            judged.push(line);
+            pb.inc(1);
         }
-        if line.contains_key("refusal") {
-            // An eval line: its main-judge fields follow the first judge given now.
-            let (refusal, reason, matched) = verdicts[0].main_fields();
-            line.insert("refusal".into(), json!(refusal));
-            line.insert("reason".into(), json!(reason));
-            line.insert("matched".into(), json!(matched));
-        }
-        line.insert("judges".into(), Value::Object(panel.records(&verdicts)));
-        lines.push(&line)?;
-        judged.push(line);
-        pb.inc(1);
     }
     pb.finish_and_clear();
     write_summary(&a, &record, &panel, &judged)

@@ -74,6 +74,9 @@ enum Command {
     /// Time the bootstrap of one Sahara step on random hidden states (benchmark harness).
     #[command(hide = true)]
     BenchBootstrap(bench::BootstrapArgs),
+    /// Time Llama Guard judging on a random 1B-shaped judge (benchmark harness).
+    #[command(hide = true)]
+    BenchJudge(bench::JudgeArgs),
 }
 
 fn main() -> ExitCode {
@@ -123,6 +126,7 @@ fn main() -> ExitCode {
         Command::BenchShips(a) => bench::ships_cmd(a),
         Command::BenchSaharaStep(a) => bench::sahara_step_cmd(a),
         Command::BenchBootstrap(a) => bench::bootstrap_cmd(a),
+        Command::BenchJudge(a) => bench::judge_cmd(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -219,9 +219,9 @@ impl ChatTemplate {
 
     /// Renders with extra template variables, as `apply_chat_template(..., **kwargs)` passes
     /// them.
-    pub fn render_with(
+    pub fn render_with<M: serde::Serialize + Sync + ?Sized>(
         &self,
-        messages: &[Message],
+        messages: &M,
         add_generation_prompt: bool,
         args: &[(String, serde_json::Value)],
     ) -> Result<String> {
@@ -623,17 +623,7 @@ impl PromptEncoder {
             Template::Raw => Ok(query.to_string()),
             Template::Format(f) => Ok(f.replace("{query}", query)),
             Template::Chat { system, args } => {
-                let chat = self
-                    .chat
-                    .as_ref()
-                    .ok_or_else(|| {
-                        Error::Template(format!(
-                            "the model has no chat template (looked in tokenizer_config.json and chat_template.jinja beside {}); use the raw template or a format string",
-                            self.tokenizer_path.display()
-                        ))
-                    })?
-                    .as_ref()
-                    .map_err(|m| Error::Template(m.clone()))?;
+                let chat = self.chat_template()?;
                 let mut messages = Vec::new();
                 if let Some(s) = system {
                     messages.push(Message::new("system", s));
@@ -642,6 +632,25 @@ impl PromptEncoder {
                 chat.render_with(&messages, true, args)
             }
         }
+    }
+
+    /// The model's chat template, or why it has none.
+    pub fn chat_template(&self) -> Result<&ChatTemplate> {
+        self.chat
+            .as_ref()
+            .ok_or_else(|| {
+                Error::Template(format!(
+                    "the model has no chat template (looked in tokenizer_config.json and chat_template.jinja beside {}); use the raw template or a format string",
+                    self.tokenizer_path.display()
+                ))
+            })?
+            .as_ref()
+            .map_err(|m| Error::Template(m.clone()))
+    }
+
+    /// The id of `token`, a single token of the vocabulary (added tokens included).
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.tokenizer.token_to_id(token)
     }
 
     /// Encodes text; `add_special_tokens` as in transformers' `tokenizer(text, ...)`.

@@ -364,18 +364,28 @@ pub fn run(
             ),
             Set::Harmful => None,
         };
-        let mut new = Vec::new();
+        let mut kept = Vec::new();
         for (r, (&q, tokens)) in rows.iter().zip(outs).enumerate() {
             if done(set, ci, q) {
                 continue;
             }
             let split = split_response(model, opts.reasoning, &queries[q].tokens, &tokens)?;
+            kept.push((r, q, tokens, split));
+        }
+        // Every judge sees the batch's responses at once (a model judge runs them together).
+        let items: Vec<(&str, &reasoning::Split)> = kept
+            .iter()
+            .map(|(_, q, _, split)| (queries[*q].text.as_str(), split))
+            .collect();
+        let verdicts = judges.judge_splits(&items)?;
+        let mut new = Vec::new();
+        for ((r, q, tokens, split), verdicts) in kept.into_iter().zip(verdicts) {
             let stopped_at_eos = tokens.last().is_some_and(|t| g.eos.contains(t));
             new.push(Generation {
                 set,
                 condition: ci,
                 query: q,
-                verdicts: judges.judge_split(&queries[q].text, &split),
+                verdicts,
                 tokens,
                 response: split.answer,
                 reasoning: split.reasoning,

@@ -153,7 +153,55 @@ pub fn generate(
             "max_new_tokens must be at least 1".into(),
         ));
     }
-    split_on_oom(model, prompts, ablations, pad_id, opts, 0)
+    Ok(
+        split_on_oom(model, prompts, ablations, pad_id, opts, &[], 0)?
+            .into_iter()
+            .map(|g| g.tokens)
+            .collect(),
+    )
+}
+
+/// One row's generation with probes: its new tokens, and at each step the probabilities
+/// (softmax over the whole vocabulary, in f32) of the probed ids, in their order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probed {
+    pub tokens: Vec<u32>,
+    /// One entry per new token: the probed ids' probabilities at the step that chose it.
+    pub probs: Vec<Vec<f32>>,
+}
+
+/// [`generate`], recording at every step the probabilities of the token ids `probe` (a
+/// judge's verdict tokens): one small extra read per step.
+pub fn generate_probed(
+    model: &Decoder,
+    prompts: &[Vec<u32>],
+    ablations: &[Vec<HeadAblation>],
+    pad_id: u32,
+    opts: &GenerateOptions,
+    probe: &[u32],
+) -> Result<Vec<Probed>> {
+    if ablations.len() != prompts.len() {
+        return Err(Error::InvalidArgument(format!(
+            "{} ablation sets for {} prompts",
+            ablations.len(),
+            prompts.len()
+        )));
+    }
+    if opts.max_new_tokens == 0 {
+        return Err(Error::InvalidArgument(
+            "max_new_tokens must be at least 1".into(),
+        ));
+    }
+    if let Some(&id) = probe
+        .iter()
+        .find(|&&id| id as usize >= model.cfg.vocab_size)
+    {
+        return Err(Error::InvalidArgument(format!(
+            "probed token {id} is beyond the vocabulary of {}",
+            model.cfg.vocab_size
+        )));
+    }
+    split_on_oom(model, prompts, ablations, pad_id, opts, probe, 0)
 }
 
 fn split_on_oom(
@@ -162,11 +210,12 @@ fn split_on_oom(
     ablations: &[Vec<HeadAblation>],
     pad_id: u32,
     opts: &GenerateOptions,
+    probe: &[u32],
     first_row: usize,
-) -> Result<Vec<Vec<u32>>> {
+) -> Result<Vec<Probed>> {
     let b = prompts.len();
     let attempt = crate::methods::engine::simulated_oom(b, opts.simulate_oom_above)
-        .and_then(|()| generate_batch(model, prompts, ablations, pad_id, opts, first_row));
+        .and_then(|()| generate_batch(model, prompts, ablations, pad_id, opts, probe, first_row));
     match attempt {
         Err(e) if e.is_out_of_memory() => {
             if b == 1 {
@@ -179,6 +228,7 @@ fn split_on_oom(
                 &ablations[..h],
                 pad_id,
                 opts,
+                probe,
                 first_row,
             )?;
             // Errors name rows of the whole batch.
@@ -188,6 +238,7 @@ fn split_on_oom(
                 &ablations[h..],
                 pad_id,
                 opts,
+                probe,
                 first_row + h,
             )?;
             out.extend(rest);
@@ -218,9 +269,14 @@ fn generate_batch(
     ablations: &[Vec<HeadAblation>],
     pad_id: u32,
     opts: &GenerateOptions,
+    probe: &[u32],
     first_row: usize,
-) -> Result<Vec<Vec<u32>>> {
+) -> Result<Vec<Probed>> {
     let batch = Batch::new(prompts, pad_id, &model.device)?;
+    let probe_ids = (!probe.is_empty())
+        .then(|| transfers::upload(probe.to_vec(), probe.len(), &model.device))
+        .transpose()?;
+    let mut probs: Vec<Vec<Vec<f32>>> = vec![Vec::new(); prompts.len()];
     let longest = batch.len + opts.max_new_tokens;
     if longest > model.cfg.max_position_embeddings {
         return Err(Error::Prompt(format!(
@@ -254,6 +310,11 @@ fn generate_batch(
     for step in 0..opts.max_new_tokens {
         // (B, 1, V) -> (B, V)
         let rows_t = logits.i((.., 0, ..))?;
+        // (B, K): the probed ids' probabilities.
+        let probed = match &probe_ids {
+            Some(ids) => Some(probe_probs(&rows_t, ids)?),
+            None => None,
+        };
         // Greedy: one (B, 3) read; sampling: the rows.
         let (summary, mut rows): (Vec<Vec<f32>>, Vec<Option<Vec<f32>>>) = match opts.sampling {
             Sampling::Greedy => (
@@ -306,6 +367,9 @@ fn generate_batch(
             };
             out[r].push(t);
             seqs[r].push(t);
+            if let Some(p) = &probed {
+                probs[r].push(p[r].clone());
+            }
             if opts.eos.contains(&t) {
                 done[r] = true;
             }
@@ -339,7 +403,22 @@ fn generate_batch(
             .logits
             .expect("logits requested");
     }
-    Ok(out)
+    Ok(out
+        .into_iter()
+        .zip(probs)
+        .map(|(tokens, probs)| Probed { tokens, probs })
+        .collect())
+}
+
+/// The softmax probabilities of the ids `ids` ((K,) u32) in each row of `rows` ((B, V)), in
+/// f32: (B, K) read back.
+fn probe_probs(rows: &Tensor, ids: &Tensor) -> Result<Vec<Vec<f32>>> {
+    let x = rows.to_dtype(DType::F32)?;
+    let max = x.max_keepdim(1)?;
+    let e = x.broadcast_sub(&max)?.exp()?;
+    let z = e.sum_keepdim(1)?;
+    let p = e.index_select(ids, 1)?.broadcast_div(&z)?;
+    transfers::read_vec2(&p)
 }
 
 #[cfg(test)]

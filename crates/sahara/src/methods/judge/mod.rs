@@ -12,6 +12,8 @@
 //! - `paper` ([`paper::PaperJudge`]): the paper's `rule_based_discrimination`, reproduced
 //!   exactly, quirks included.
 //! - `jbb-refusal` ([`jbb::JbbRefusal`]): JailbreakBench's refusal-prefix judge.
+//! - `llamaguard:MODEL`, `harmbench:MODEL`, `strongreject:MODEL` ([`model::ModelJudge`]):
+//!   the safety classifiers, run by `sahara`'s decoder on batches of responses.
 //!
 //! Several judges run side by side as a [`Panel`]; [`agreement`] compares them pairwise
 //! (2×2 counts and Cohen's κ), and [`reasoning`] separates a reasoning model's thinking
@@ -20,6 +22,7 @@
 pub mod agreement;
 pub mod jbb;
 pub mod keyword;
+pub mod model;
 pub mod paper;
 pub mod reasoning;
 
@@ -166,17 +169,40 @@ pub trait Judge: Send + Sync {
 
     fn judge(&self, query: &str, response: &str) -> Verdict;
 
+    /// Verdicts on many (query, response) pairs, in order: a model judge runs them in
+    /// batches, and its failures (a non-finite output, a prompt too long for it) are errors.
+    fn judge_batch(&self, items: &[(&str, &str)]) -> Result<Vec<Verdict>> {
+        Ok(items.iter().map(|(q, r)| self.judge(q, r)).collect())
+    }
+
     /// What identifies this judge's decisions (its name, kind and settings), recorded with a
     /// run so that a resumed run is judged the same way.
     fn describe(&self) -> Value;
 }
 
 /// The names [`by_name`] knows.
-pub const JUDGES: &[&str] = &["keyword", "paper", "jbb-refusal"];
+pub const JUDGES: &[&str] = &[
+    "keyword",
+    "paper",
+    "jbb-refusal",
+    "llamaguard:MODEL",
+    "harmbench:MODEL",
+    "strongreject:MODEL",
+];
 
 /// The judge called `name`; `phrases`, when given, replaces the `keyword` judge's phrase list
-/// (and is refused for any other judge, whose list is fixed by its source).
+/// (and is refused for any other judge, whose list is fixed by its source). Model judges are
+/// loaded with the default [`model::JudgeModelOptions`] (see [`by_name_with`]).
 pub fn by_name(name: &str, phrases: Option<&RefusalMatcher>) -> Result<Box<dyn Judge>> {
+    by_name_with(name, phrases, &model::JudgeModelOptions::default())
+}
+
+/// [`by_name`], loading model judges with `models`.
+pub fn by_name_with(
+    name: &str,
+    phrases: Option<&RefusalMatcher>,
+    models: &model::JudgeModelOptions,
+) -> Result<Box<dyn Judge>> {
     let fixed = |j: Box<dyn Judge>| -> Result<Box<dyn Judge>> {
         if phrases.is_some() {
             return Err(Error::Conflict {
@@ -188,6 +214,10 @@ pub fn by_name(name: &str, phrases: Option<&RefusalMatcher>) -> Result<Box<dyn J
         }
         Ok(j)
     };
+    if let Some(parsed) = model::Kind::parse(name) {
+        parsed?;
+        return fixed(Box::new(model::ModelJudge::load(name, models)?));
+    }
     match name {
         "keyword" => Ok(Box::new(phrases.cloned().unwrap_or_default())),
         "paper" => fixed(Box::new(paper::PaperJudge)),
@@ -228,6 +258,31 @@ impl Panel {
     /// The panel of the named judges (see [`by_name`]); `phrases` replaces the keyword
     /// judge's list, and is an error when no keyword judge is named.
     pub fn by_names(names: &[String], phrases: Option<&RefusalMatcher>) -> Result<Self> {
+        Self::by_names_with(names, phrases, &model::JudgeModelOptions::default())
+    }
+
+    /// [`Panel::by_names`], loading model judges with `models`; a base model
+    /// ([`model::JudgeModelOptions::base`]) is an error when no model judge is an adapter.
+    pub fn by_names_with(
+        names: &[String],
+        phrases: Option<&RefusalMatcher>,
+        models: &model::JudgeModelOptions,
+    ) -> Result<Self> {
+        if let Some(base) = &models.base {
+            let adapter = names.iter().any(|n| {
+                matches!(model::Kind::parse(n), Some(Ok((_, m)))
+                    if std::path::Path::new(m).join("adapter_config.json").is_file())
+            });
+            if !adapter {
+                return Err(Error::Conflict {
+                    setting: Setting::JudgeBase,
+                    reason: format!(
+                        "is given ({}), but no model judge is a LoRA adapter folder",
+                        base.display()
+                    ),
+                });
+            }
+        }
         if phrases.is_some() && !names.iter().any(|n| n == "keyword") {
             return Err(Error::Conflict {
                 setting: Setting::RefusalPhrases,
@@ -236,7 +291,7 @@ impl Panel {
         }
         let judges = names
             .iter()
-            .map(|n| by_name(n, phrases.filter(|_| n == "keyword")))
+            .map(|n| by_name_with(n, phrases.filter(|_| n == "keyword"), models))
             .collect::<Result<Vec<_>>>()?;
         Self::new(judges)
     }
@@ -256,6 +311,25 @@ impl Panel {
     /// Every judge's verdict on a final answer, in panel order.
     pub fn judge(&self, query: &str, answer: &str) -> Vec<Verdict> {
         self.judges.iter().map(|j| j.judge(query, answer)).collect()
+    }
+
+    /// Every judge's verdicts on many responses split into reasoning and answer, one row per
+    /// response in panel order; each judge sees all of them at once ([`Judge::judge_batch`]).
+    /// An answer that never left its reasoning is undecided for every judge.
+    pub fn judge_splits(&self, items: &[(&str, &reasoning::Split)]) -> Result<Vec<Vec<Verdict>>> {
+        let finished: Vec<usize> = (0..items.len()).filter(|&i| items[i].1.finished).collect();
+        let pairs: Vec<(&str, &str)> = finished
+            .iter()
+            .map(|&i| (items[i].0, items[i].1.answer.as_str()))
+            .collect();
+        let mut out =
+            vec![vec![Verdict::undecided(Reason::UnfinishedReasoning); self.len()]; items.len()];
+        for (j, judge) in self.judges.iter().enumerate() {
+            for (&i, v) in finished.iter().zip(judge.judge_batch(&pairs)?) {
+                out[i][j] = v;
+            }
+        }
+        Ok(out)
     }
 
     /// Every judge's verdict on a response split into reasoning and answer: an answer that
