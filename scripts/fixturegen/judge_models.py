@@ -217,6 +217,28 @@ def _with_tokens(src: str, dst: str, words: list[str], seed: int, chat_template:
     return path
 
 
+def _decide_yes_no(model, tok, texts: list[str], path) -> None:
+    """Makes the random classifier decide: its output rows of "Yes" and "No" (untied from the
+    input embeddings) dominate every other token, and which one wins depends on the prompt
+    (about half say yes), with probabilities away from 0 and 1. Saved over `path`."""
+    with torch.no_grad():
+        h = torch.stack([model.model(torch.tensor([tok(t).input_ids])).last_hidden_state[0, -1] for t in texts])
+        mean = h.mean(0)
+        w = mean / mean.dot(mean)  # w·h ≈ 1 for every prompt
+        v = h[0] - mean
+        v = v - v.dot(mean) / mean.dot(mean) * mean
+        v = v / v.norm()
+        s = (h @ v).sort().values
+        m = float((s[len(s) // 2 - 1] + s[len(s) // 2]) / 2)
+        gap = float((h @ v - m).abs().min())
+        a = 1.5 / gap  # the closest prompt at P(yes) = sigmoid(±3)
+        head = model.get_output_embeddings().weight
+        yes, no = tok.convert_tokens_to_ids("Yes"), tok.convert_tokens_to_ids("No")
+        head[yes] = 30.0 * w + a * (v - m * w)
+        head[no] = 30.0 * w - a * (v - m * w)
+    model.save_pretrained(path)
+
+
 def _forward_last(model, ids: list[int]) -> torch.Tensor:
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0, -1].double()
@@ -258,6 +280,7 @@ def models_fixture(prompts: dict) -> None:
     path = _with_tokens("llama_gqa", "harmbench", ["Yes", "No"], 2)
     tok = transformers.AutoTokenizer.from_pretrained(path)
     model = transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+    _decide_yes_no(model, tok, [c["harmbench"] for c in prompts["cases"] if c["response"].strip()], path)
 
     def spelled(word):
         # The word in any case, bare or after one word-start marker (SentencePiece's "▁",

@@ -149,6 +149,7 @@ fn harmbench_on_the_tiny_model_sums_every_yes_token_as_transformers_does() {
     let ps = pairs(&p);
     let items: Vec<(&str, &str)> = ps.iter().map(|(b, r)| (b.as_str(), r.as_str())).collect();
     let verdicts = j.judge_batch(&items).unwrap();
+    let mut decided = [0, 0];
     for ((row, (b, resp)), v) in r["harmbench"]["rows"]
         .as_array()
         .unwrap()
@@ -163,13 +164,18 @@ fn harmbench_on_the_tiny_model_sums_every_yes_token_as_transformers_does() {
             continue;
         }
         close(v.score.unwrap(), row["p_yes"].as_f64().unwrap(), "P(yes)");
+        // The fixture's classifier decides (its Yes/No rows dominate): yes on some prompts,
+        // no on others, as transformers' greedy token says.
         let said = row["greedy_text"].as_str().unwrap();
-        assert_eq!(v.harmful, None);
-        assert_eq!(
-            v.reason,
-            Reason::Other(format!("answered {said:?}, neither yes nor no"))
-        );
+        let want = match said {
+            "Yes" => Some(true),
+            "No" => Some(false),
+            other => panic!("the fixture's classifier said {other:?}"),
+        };
+        assert_eq!(v.harmful, want, "verdict on {b:?}");
+        decided[usize::from(want == Some(true))] += 1;
     }
+    assert!(decided[0] > 0 && decided[1] > 0, "no and yes: {decided:?}");
 }
 
 #[test]
