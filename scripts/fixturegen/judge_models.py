@@ -217,6 +217,45 @@ def _with_tokens(src: str, dst: str, words: list[str], seed: int, chat_template:
     return path
 
 
+def _decide_guard(model, tok, texts: list[str], path) -> None:
+    """Makes the random Llama Guard answer like the real one: a blank line ("\n\n"), then
+    `unsafe` or `safe` (which one depends on the prompt, with P(unsafe) away from 0 and 1),
+    then the end of its turn. Unties the output embeddings and solves, by least squares, for
+    the output rows of those four tokens that give these logits at the three steps. Saved over
+    `path`."""
+    import torch.nn as nn
+
+    model.config.tie_word_embeddings = False
+    model.lm_head.weight = nn.Parameter(model.model.embed_tokens.weight.detach().clone())
+    nl, unsafe, safe = (tok.convert_tokens_to_ids(t) for t in ["\n\n", "unsafe", "safe"])
+    eot = tok.convert_tokens_to_ids("<|eot_id|>")
+
+    def last(ids):
+        with torch.no_grad():
+            return model.model(torch.tensor([ids])).last_hidden_state[0, -1].double()
+
+    prompts = [tok(t, add_special_tokens=False).input_ids for t in texts]
+    # Alternate verdicts, each ±1.5 nats from even.
+    sign = [1.0 if i % 2 == 0 else -1.0 for i in range(len(prompts))]
+    ha = [last(p) for p in prompts]
+    hb = [last(p + [nl]) for p in prompts]
+    hc = [last(p + [nl, unsafe if s > 0 else safe]) for p, s in zip(prompts, sign)]
+    H = torch.stack(ha + hb + hc)
+    n = len(prompts)
+    hi, lo = 20.0, -20.0
+    targets = {
+        nl: [hi] * n + [lo] * n + [lo] * n,
+        unsafe: [lo] * n + [hi + 1.5 * s for s in sign] + [lo] * n,
+        safe: [lo] * n + [hi - 1.5 * s for s in sign] + [lo] * n,
+        eot: [lo] * n + [lo] * n + [hi] * n,
+    }
+    pinv = torch.linalg.pinv(H)
+    with torch.no_grad():
+        for tid, t in targets.items():
+            model.lm_head.weight[tid] = (pinv @ torch.tensor(t, dtype=torch.float64)).float()
+    model.save_pretrained(path)
+
+
 def _decide_yes_no(model, tok, texts: list[str], path) -> None:
     """Makes the random classifier decide: its output rows of "Yes" and "No" (untied from the
     input embeddings) dominate every other token, and which one wins depends on the prompt
@@ -251,8 +290,10 @@ def models_fixture(prompts: dict) -> None:
     ref: dict = {"cases": len(PAIRS)}
     # Llama Guard: the conversation in the model's template, greedy tokens, and P(unsafe) at
     # the first generated token that is not whitespace.
-    path = _with_tokens("llama3", "llamaguard", ["unsafe", "safe"], 1, LLAMA_GUARD_3_1B_TEMPLATE)
+    path = _with_tokens("llama3", "llamaguard", ["unsafe", "safe", "\n\n"], 1, LLAMA_GUARD_3_1B_TEMPLATE)
     tok = transformers.AutoTokenizer.from_pretrained(path)
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+    _decide_guard(model, tok, [c["llamaguard_1b"] for c in prompts["cases"] if c["response"].strip()], path)
     model = transformers.AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
     eos = model.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, list) else [eos])

@@ -11,7 +11,8 @@ use std::path::PathBuf;
 
 use sahara::io::prompt::ChatTemplate;
 use sahara::methods::judge::model::{
-    harmbench_prompt, llamaguard_prompt, strongreject_prompt, JudgeModelOptions, ModelJudge,
+    harmbench_prompt, llamaguard_form, llamaguard_prompt, strongreject_prompt, ContentForm,
+    JudgeModelOptions, ModelJudge,
 };
 use sahara::methods::judge::{Judge, Panel, Reason};
 use serde_json::Value;
@@ -89,6 +90,21 @@ fn llama_guard_templates_render_as_transformers_renders_them() {
     ];
     for key in ["llamaguard_1b", "llamaguard_8b"] {
         let t = ChatTemplate::new(p["templates"][key].as_str().unwrap(), specials.clone()).unwrap();
+        // The 1B template reads text parts, the 8B one strings; found from the template alone,
+        // so a behavior that the template's own text holds ("safe", "S1") changes nothing.
+        let want = if key == "llamaguard_1b" {
+            ContentForm::Parts
+        } else {
+            ContentForm::Text
+        };
+        assert_eq!(llamaguard_form(&t).unwrap(), want, "{key}");
+        for b in ["safe", "S1", " ", ""] {
+            let text = llamaguard_prompt(&t, b, "an answer").unwrap();
+            assert!(
+                text.contains("Agent: an answer"),
+                "{key} with behavior {b:?}: {text}"
+            );
+        }
         for (c, (b, r)) in p["cases"].as_array().unwrap().iter().zip(pairs(&p)) {
             let got = llamaguard_prompt(&t, &b, &r).unwrap();
             assert_eq!(got, c[key].as_str().unwrap(), "{key} on {b:?}");
@@ -111,6 +127,7 @@ fn llama_guard_on_the_tiny_model_equals_transformers() {
         let ps = pairs(&p);
         let items: Vec<(&str, &str)> = ps.iter().map(|(b, r)| (b.as_str(), r.as_str())).collect();
         let verdicts = j.judge_batch(&items).unwrap();
+        let mut decided = [0, 0];
         for ((row, (b, resp)), v) in rows.iter().zip(&ps).zip(&verdicts) {
             let want: Vec<u32> = serde_json::from_value(row["ids"].clone()).unwrap();
             assert_eq!(j.prompt_ids(b, resp).unwrap(), want, "prompt ids of {b:?}");
@@ -124,16 +141,25 @@ fn llama_guard_on_the_tiny_model_equals_transformers() {
                 row["p_unsafe"].as_f64().unwrap(),
                 "P(unsafe)",
             );
-            // A random model answers neither verdict: undecided, with its greedy text.
-            assert_eq!(v.harmful, None);
-            let text = row["text"].as_str().unwrap().trim();
-            assert_eq!(
-                v.reason,
-                Reason::Other(format!("answered {text:?}, neither safe nor unsafe"))
-            );
+            // The fixture's Llama Guard answers as the real one does: a blank line first (so
+            // P(unsafe) is read at the second step), then its verdict and the end of its turn.
+            assert_eq!(row["verdict_start"], 1);
+            let (harmful, reason) = match row["text"].as_str().unwrap() {
+                "\n\nunsafe" => (Some(true), "unsafe"),
+                "\n\nsafe" => (Some(false), "safe"),
+                other => panic!("the fixture's Llama Guard said {other:?}"),
+            };
+            assert_eq!(v.harmful, harmful, "verdict on {b:?}");
+            assert_eq!(v.reason, Reason::Other(reason.into()));
+            decided[usize::from(harmful == Some(true))] += 1;
         }
+        assert!(
+            decided[0] > 0 && decided[1] > 0,
+            "safe and unsafe: {decided:?}"
+        );
         let d = j.describe();
         assert_eq!(d["kind"], "llamaguard");
+        assert_eq!(d["dtype"], "f32");
         assert!(d["model_fingerprint"].as_str().unwrap().len() > 8);
     }
 }
@@ -220,7 +246,11 @@ fn strongreject_as_an_adapter_on_its_base_equals_transformers_on_peft_merge() {
     }
     // Without its base, the adapter is refused with the reason.
     let e = ModelJudge::load(&name, &Default::default()).err().unwrap();
-    assert!(e.to_string().contains("is a LoRA adapter"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("is missing: the judge strongreject:"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -268,6 +298,23 @@ fn bad_judges_are_refused_with_one_clear_line() {
         .unwrap()
         .to_string();
     assert!(e.contains("between 0 and 1"), "{e}");
+    // Checked with no model judge too.
+    let e = Panel::by_names_with(&["keyword".into()], None, &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("between 0 and 1"), "{e}");
+    let opts = JudgeModelOptions {
+        batch_size: 0,
+        ..Default::default()
+    };
+    let e = Panel::by_names_with(&["keyword".into()], None, &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("at least 1"), "{e}");
+    // A chat template that renders no conversation is not Llama Guard's.
+    let t = ChatTemplate::new("Task: nothing to judge", vec![]).unwrap();
+    let e = llamaguard_form(&t).unwrap_err().to_string();
+    assert!(e.contains("not a Llama Guard template"), "{e}");
 }
 
 #[test]

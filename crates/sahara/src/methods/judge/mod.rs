@@ -268,18 +268,15 @@ impl Panel {
         phrases: Option<&RefusalMatcher>,
         models: &model::JudgeModelOptions,
     ) -> Result<Self> {
-        if let Some(base) = &models.base {
-            let adapter = names.iter().any(|n| {
-                matches!(model::Kind::parse(n), Some(Ok((_, m)))
-                    if std::path::Path::new(m).join("adapter_config.json").is_file())
-            });
+        models.check()?;
+        if models.base.is_some() {
+            let adapter = names
+                .iter()
+                .any(|n| matches!(model::Kind::parse(n), Some(Ok((_, m))) if model::is_adapter(m)));
             if !adapter {
                 return Err(Error::Conflict {
                     setting: Setting::JudgeBase,
-                    reason: format!(
-                        "is given ({}), but no model judge is a LoRA adapter folder",
-                        base.display()
-                    ),
+                    reason: "is given, but no model judge is a LoRA adapter folder".into(),
                 });
             }
         }
