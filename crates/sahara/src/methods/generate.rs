@@ -141,20 +141,8 @@ pub fn generate(
     pad_id: u32,
     opts: &GenerateOptions,
 ) -> Result<Vec<Vec<u32>>> {
-    if ablations.len() != prompts.len() {
-        return Err(Error::InvalidArgument(format!(
-            "{} ablation sets for {} prompts",
-            ablations.len(),
-            prompts.len()
-        )));
-    }
-    if opts.max_new_tokens == 0 {
-        return Err(Error::InvalidArgument(
-            "max_new_tokens must be at least 1".into(),
-        ));
-    }
     Ok(
-        split_on_oom(model, prompts, ablations, pad_id, opts, &[], 0)?
+        generate_probed(model, prompts, ablations, pad_id, opts, &[])?
             .into_iter()
             .map(|g| g.tokens)
             .collect(),
