@@ -117,7 +117,8 @@ pub fn choose(logits: &[f32], sampling: &Sampling, rng: &mut impl Rng) -> u32 {
     }
 }
 
-fn argmax(logits: &[f32]) -> u32 {
+/// The first index of the largest logit.
+pub(crate) fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &v) in logits.iter().enumerate() {
         if v > logits[best] {
