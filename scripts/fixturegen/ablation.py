@@ -75,6 +75,13 @@ def register_ablation(model, abl: dict, eps: float) -> list:
                 module, edit = attn.qkv_proj, fused_qkv(edit, start, start + n * head_dim)
             elif kind == "qk_norm":
                 module, edit = (attn.q_norm if target == "q" else attn.k_norm), per_head(edit)
+            elif kind == "qk_norm_heads_first":
+                # Gemma 3 normalizes (batch, heads, seq, head_dim), after the transpose.
+                module = attn.q_norm if target == "q" else attn.k_norm
+                edit = (lambda e: lambda x: e(x.transpose(1, 2)).transpose(1, 2))(per_head(edit))
+            elif kind == "qk_norm_whole":
+                # OLMo 2: the norm spans the whole projection, its output is already flat.
+                module = attn.q_norm if target == "q" else attn.k_norm
             else:
                 module = attn.q_proj if target == "q" else attn.k_proj
             handles.append(module.register_forward_hook(lambda m, a, out, edit=edit: edit(out)))
@@ -94,7 +101,9 @@ def ablation_kind(model) -> str:
     if hasattr(attn, "qkv_proj"):
         return "fused_qkv"
     if hasattr(attn, "q_norm"):
-        return "qk_norm"
+        if attn.q_norm.weight.numel() != attn.head_dim:
+            return "qk_norm_whole"
+        return "qk_norm_heads_first" if type(attn).__name__.startswith("Gemma3") else "qk_norm"
     return "proj"
 
 
@@ -106,4 +115,10 @@ ABLATION_POINTS = {
         "v": "o_proj input",
     },
     "qk_norm": {"q": "q_norm output", "k": "k_norm output", "v": "o_proj input"},
+    "qk_norm_heads_first": {"q": "q_norm output", "k": "k_norm output", "v": "o_proj input"},
+    "qk_norm_whole": {
+        "q": "q_norm output (one norm over all heads), columns [h*head_dim, (h+1)*head_dim)",
+        "k": "k_norm output (one norm over all key/value heads), columns [g*head_dim, (g+1)*head_dim)",
+        "v": "o_proj input",
+    },
 }

@@ -179,6 +179,34 @@ def check_gemma2(spec, model, raw_ids, logits, vocab_len) -> dict:
     return {"layer_types": list(cfg.layer_types)}
 
 
+def check_gemma3(spec, model, raw_ids, logits, vocab_len) -> dict:
+    """What the gemma3 fixture exercises beyond gemma2: the local rotary base of the sliding
+    layers, the linear scaling of the global ones, the 5:1 layer pattern, the per-head q/k
+    norms; and that Gemma 3's attention ignores attn_logit_softcapping."""
+    cfg = model.config
+    longest = max(range(len(raw_ids)), key=lambda i: len(raw_ids[i]))
+    ids = raw_ids[longest]
+    assert cfg.layer_types == ["sliding_attention"] * 5 + ["full_attention"], cfg.layer_types
+    diffs = {}
+    variants = {
+        "local base = global base": dict(rope_local_base_freq=cfg.rope_parameters["full_attention"]["rope_theta"]),
+        "no global scaling": dict(rope_scaling=None),
+        "no sliding window": dict(layer_types=["full_attention"] * cfg.num_hidden_layers),
+    }
+    for label, kw in variants.items():
+        other = _clone_with_config(spec, model, spec["config"](vocab_len, **kw))
+        diffs[label] = _max_diff(forward_logits(other, ids), logits[longest])
+        assert diffs[label] > 1e-2, (label, diffs[label])
+    capped = spec["config"](vocab_len)
+    capped.attn_logit_softcapping = 0.5
+    other = _clone_with_config(spec, model, capped)
+    diffs["attn_logit_softcapping 0.5 (ignored)"] = _max_diff(forward_logits(other, ids), logits[longest])
+    assert diffs["attn_logit_softcapping 0.5 (ignored)"] == 0.0
+    print("  gemma3: max |Δlogit| on the longest prompt (" + str(len(ids)) + " tokens) with "
+          + ", ".join(f"{k}: {v:.3f}" for k, v in diffs.items()))
+    return {"layer_types": list(cfg.layer_types)}
+
+
 def check_phi3(spec, model, raw_ids, logits, vocab_len, greedy_records) -> dict:
     cfg = model.config
     rp = cfg.rope_parameters

@@ -24,6 +24,10 @@ def main(argv: list[str]) -> None:
     if argv[:1] == ["smollm2"]:
         smollm2_fixture(argv[1:])
         return
+    if argv[:1] == ["gemma3_270m"]:
+        from .gemma3_270m import gemma3_fixture
+        gemma3_fixture(argv[1:])
+        return
     if argv == ["gguf_tiny"]:
         gguf_tiny_fixture()
         return

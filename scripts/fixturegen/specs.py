@@ -6,6 +6,8 @@ from __future__ import annotations
 from transformers import (
     Gemma2Config,
     Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     GemmaConfig,
     GemmaForCausalLM,
     GenerationConfig,
@@ -13,6 +15,8 @@ from transformers import (
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    Olmo2Config,
+    Olmo2ForCausalLM,
     Phi3Config,
     Phi3ForCausalLM,
     Qwen2Config,
@@ -22,10 +26,11 @@ from transformers import (
 )
 
 from .common import NEW_MIN_TOP2_GAP
-from .templates import GEMMA2_CHAT_TEMPLATE, GEMMA_CHAT_TEMPLATE, LLAMA2_CHAT_TEMPLATE, MISTRAL_CHAT_TEMPLATE
+from .templates import GEMMA2_CHAT_TEMPLATE, GEMMA3_CHAT_TEMPLATE, GEMMA_CHAT_TEMPLATE, LLAMA2_CHAT_TEMPLATE, MISTRAL_CHAT_TEMPLATE
 from .toks import (
     make_gemma_tokenizer,
     make_llama3_tokenizer,
+    make_olmo2_tokenizer,
     make_phi3_tokenizer,
     make_qwen2_tokenizer,
     make_qwen3_tokenizer,
@@ -219,6 +224,78 @@ def spec_gemma2():
                 norm_center=0.0, min_gap=NEW_MIN_TOP2_GAP)
 
 
+def spec_gemma3():
+    tok = make_gemma_tokenizer(total_vocab=420, chat_template=GEMMA3_CHAT_TEMPLATE)
+    eot = tok.convert_tokens_to_ids("<end_of_turn>")
+
+    def config(vocab_size, layer_types="default", rope_local_base_freq=100.0, rope_scaling="default",
+               final_logit_softcapping=None):
+        # Six layers, Gemma 3's pattern (five sliding-window layers, then one global), with a
+        # window of 4 and a local rotary base (100) far from the global one (10000) scaled
+        # linearly by 4, as the 4B-27B models scale theirs by 8.
+        if rope_scaling == "default":
+            rope_scaling = {"rope_type": "linear", "factor": 4.0}
+        kw = {} if layer_types == "default" else {"layer_types": layer_types}
+        return Gemma3TextConfig(
+            vocab_size=vocab_size,
+            hidden_size=64,
+            intermediate_size=32,  # six layers within the folder size limit
+            num_hidden_layers=6,
+            num_attention_heads=4,
+            num_key_value_heads=1,  # Gemma 3 270M and 1B have one key/value head
+            head_dim=32,
+            hidden_activation="gelu_pytorch_tanh",
+            max_position_embeddings=256,
+            rms_norm_eps=1e-6,
+            rope_theta=10000.0,
+            rope_local_base_freq=rope_local_base_freq,
+            rope_scaling=rope_scaling,
+            query_pre_attn_scalar=24,  # != head_dim
+            final_logit_softcapping=final_logit_softcapping,
+            sliding_window=4,
+            tie_word_embeddings=True,
+            pad_token_id=0,
+            eos_token_id=[1, eot],
+            bos_token_id=2,
+            initializer_range=0.15,
+            **kw,
+        )
+
+    gen = GenerationConfig(bos_token_id=2, eos_token_id=[1, eot], pad_token_id=0)
+    return dict(cls=Gemma3ForCausalLM, tok=tok, config=config, gen=gen, seed=9000, std=0.15, hub_style=True,
+                norm_center=0.0, min_gap=NEW_MIN_TOP2_GAP)
+
+
+def spec_olmo2():
+    tok = make_olmo2_tokenizer(base_vocab=470)
+    eot = tok.convert_tokens_to_ids("<|endoftext|>")
+    pad = tok.convert_tokens_to_ids("<|pad|>")
+
+    def config(vocab_size):
+        padded = (vocab_size + 31) // 32 * 32
+        return Olmo2Config(
+            vocab_size=padded,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,  # OLMo 2 7B/13B are MHA; GQA here tests the k norm's size
+            max_position_embeddings=256,
+            rms_norm_eps=1e-6,
+            rope_theta=500000.0,
+            attention_bias=False,
+            tie_word_embeddings=False,
+            bos_token_id=None,
+            eos_token_id=eot,
+            pad_token_id=pad,
+            initializer_range=0.15,
+        )
+
+    gen = GenerationConfig(eos_token_id=eot, pad_token_id=pad)
+    return dict(cls=Olmo2ForCausalLM, tok=tok, config=config, gen=gen, seed=9500, std=0.15, hub_style=True, pad=pad,
+                min_gap=NEW_MIN_TOP2_GAP)
+
+
 PHI3_SHORT_FACTOR = [1.0, 1.02, 1.05, 1.1, 1.2, 1.35, 1.5, 1.7]
 PHI3_LONG_FACTOR = [1.0, 1.5, 2.2, 3.0, 4.0, 5.0, 6.5, 8.0]
 
@@ -302,6 +379,8 @@ SPECS = {
     "qwen2": spec_qwen2,
     "gemma": spec_gemma,
     "gemma2": spec_gemma2,
+    "gemma3": spec_gemma3,
+    "olmo2": spec_olmo2,
     "phi3": spec_phi3,
     "qwen3": spec_qwen3,
 }
@@ -317,7 +396,7 @@ SPECS = {
 # ---------------------------------------------------------------------------
 def to_hub_style(cfg: dict, name: str) -> dict:
     cfg = dict(cfg)
-    rope = cfg.pop("rope_parameters", None)
+    rope = cfg.pop("rope_parameters", None) if name != "gemma3" else None
     if rope is not None:
         rope = dict(rope)
         cfg["rope_theta"] = rope.pop("rope_theta")
@@ -344,6 +423,20 @@ def to_hub_style(cfg: dict, name: str) -> dict:
         cfg["hidden_act"] = cfg["hidden_activation"]
         assert cfg.pop("layer_types") == ["sliding_attention", "full_attention"] * (cfg["num_hidden_layers"] // 2)
         assert cfg.pop("use_bidirectional_attention") is None
+    if name == "gemma3":
+        # google/gemma-3-*: rope_theta, rope_local_base_freq and rope_scaling at the top
+        # level, `sliding_window_pattern` and no layer_types (transformers 5 derives them).
+        rope = cfg.pop("rope_parameters")
+        cfg["rope_theta"] = rope["full_attention"]["rope_theta"]
+        cfg["rope_local_base_freq"] = rope["sliding_attention"]["rope_theta"]
+        assert rope["sliding_attention"]["rope_type"] == "default"
+        full = {k: v for k, v in rope["full_attention"].items() if k != "rope_theta"}
+        cfg["rope_scaling"] = full if full.get("rope_type", "default") != "default" else None
+        assert cfg.pop("layer_types") == (["sliding_attention"] * 5 + ["full_attention"]) * (cfg["num_hidden_layers"] // 6)
+        assert cfg.pop("_sliding_window_pattern") == 6
+        cfg["sliding_window_pattern"] = 6
+        cfg["hidden_act"] = cfg["hidden_activation"]
+        assert cfg.pop("use_bidirectional_attention") in (None, False)
     if name == "phi3":
         # As in microsoft/Phi-3-mini-128k-instruct: rope_scaling holds only the
         # factor lists and the type; original_max_position_embeddings is a

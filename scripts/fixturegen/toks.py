@@ -340,3 +340,35 @@ def make_qwen3_tokenizer(base_vocab: int) -> Qwen2Tokenizer:
     if ids != list(range(n, n + 5)) or len(tok) != n + 5:
         raise RuntimeError(f"unexpected Qwen3 special ids {ids} (base vocab {n}, len {len(tok)})")
     return tok
+
+
+OLMO2_SPECIALS = ["<|endoftext|>", "<|pad|>"]
+
+
+def make_olmo2_tokenizer(base_vocab: int) -> PreTrainedTokenizerFast:
+    """OLMo 2 style (its cl100k-like `dolma2` tokenizer): byte-level BPE with the
+    cl100k/Llama-3 split, `<|endoftext|>` as BOS and EOS and `<|pad|>` appended after the
+    BPE vocabulary, no BOS added to plain text (the chat template writes it); the chat
+    markers `<|user|>`, `<|assistant|>` are plain text."""
+    from .templates import OLMO2_CHAT_TEMPLATE
+    vocab, merges = _train_bytelevel(base_vocab, LLAMA3_SPLIT_REGEX, nfc=False)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+    tok.normalizer = None
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel(add_prefix_space=True, trim_offsets=True, use_regex=True)
+    tok.post_processor = processors.ByteLevel(add_prefix_space=True, trim_offsets=False, use_regex=True)
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in OLMO2_SPECIALS])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|pad|>",
+        clean_up_tokenization_spaces=False,
+        model_input_names=["input_ids", "attention_mask"],
+        chat_template=OLMO2_CHAT_TEMPLATE,
+    )

@@ -43,6 +43,7 @@ pub fn flag(s: Setting) -> &'static str {
         Setting::Resamples => "--bootstrap",
         Setting::Source => "--source-data",
         Setting::Positions => "--positions",
+        Setting::Output => "--out",
     }
 }
 
@@ -60,6 +61,10 @@ pub fn render(e: &Error) -> String {
             expected,
         } => format!("{} {value}: {expected}", flag(*setting)),
         Error::Conflict { setting, reason } => format!("{} {reason}", flag(*setting)),
+        Error::OutputNotEmpty { path } if path.is_file() => format!(
+            "--out {} exists; choose another file or pass --force to replace it",
+            path.display()
+        ),
         Error::OutputNotEmpty { path } => format!(
             "--out {} exists and is not empty; choose another folder or pass --force to replace it",
             path.display()
@@ -67,6 +72,10 @@ pub fn render(e: &Error) -> String {
         Error::OutputNotAFile { path, what } => {
             format!("--out {} is {what}; name a file to write", path.display())
         }
+        Error::OutputIsSource { path } if path.is_file() => format!(
+            "--out {} is the source file; surgery never writes into its source",
+            path.display()
+        ),
         Error::OutputIsSource { path } => format!(
             "--out {} is the source folder; surgery never writes into its source",
             path.display()

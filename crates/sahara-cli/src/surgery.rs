@@ -1,8 +1,10 @@
-//! `sahara surgery`: write the ablated model as a Hugging Face folder.
+//! `sahara surgery`: write the ablated model as a Hugging Face folder, or, from a GGUF
+//! source, as a GGUF file with the unchanged tensors kept as they are.
 
 use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
+use sahara::checkpoint::gguf::write::ChangedType;
 use sahara::checkpoint::surgery::SurgeryPlan;
 use sahara::io::formats::HeadsFile;
 use sahara::model::ablation::HeadSet;
@@ -13,7 +15,8 @@ use crate::common::{check_heads_model, OpArgs};
 #[derive(ClapArgs, Debug)]
 pub struct Args {
     /// Source model folder (Hugging Face layout), hub id in the local cache, or GGUF file
-    /// (written out as a Hugging Face safetensors folder).
+    /// (written out as a Hugging Face safetensors folder, or as a GGUF file with an --out
+    /// ending in .gguf).
     #[arg(long)]
     pub model: String,
     /// Heads to ablate: L:H[,L:H…].
@@ -36,9 +39,16 @@ pub struct Args {
     /// folded in (a model folder's source only).
     #[arg(long, value_name = "DIR")]
     pub adapter: Option<PathBuf>,
-    /// Output folder (must not exist or be empty, unless --force).
+    /// Output folder (must not exist or be empty, unless --force); from a GGUF source, a path
+    /// ending in .gguf writes a GGUF file instead: the tensors the ablation does not change
+    /// copied byte for byte in their types (quantized stays quantized), the changed ones in
+    /// --changed-dtype.
     #[arg(long)]
     pub out: PathBuf,
+    /// With a GGUF --out: the type the changed tensors are written in, f32 (the default) or
+    /// f16.
+    #[arg(long, value_name = "DTYPE", value_parser = ["f32", "f16"])]
+    pub changed_dtype: Option<String>,
     /// Replace a non-empty --out.
     #[arg(long)]
     pub force: bool,
@@ -73,12 +83,47 @@ pub fn run(a: Args) -> Result<()> {
             sahara::checkpoint::lora::with_adapter(checkpoint.fingerprint()?, adapter.as_deref());
         check_heads_model(p, &fingerprint, a.heads_from_any_model)?;
     }
-    let r = checkpoint.surgery_with(&a.model, &a.out, &spec, a.force, a.adapter.as_deref())?;
-    if matches!(checkpoint, sahara::Checkpoint::Gguf(_)) {
-        eprintln!(
-            "note: the source is a GGUF file; the output is a Hugging Face safetensors folder of the dequantized weights in float32 (GGUF output is not written)"
-        );
+    let gguf_out = sahara::checkpoint::gguf::write::names_gguf_file(&a.out);
+    if a.changed_dtype.is_some() && !gguf_out {
+        return Err(Error::InvalidArgument(format!(
+            "--changed-dtype applies to a GGUF output only (an --out path ending in .gguf), not to the folder {}",
+            a.out.display()
+        )));
     }
+    let r = if gguf_out {
+        let changed = match a.changed_dtype.as_deref() {
+            Some("f16") => ChangedType::F16,
+            _ => ChangedType::F32,
+        };
+        let r = checkpoint.surgery_to_gguf(
+            &a.model,
+            &a.out,
+            &spec,
+            a.force,
+            a.adapter.as_deref(),
+            changed,
+        )?;
+        eprintln!(
+            "note: {} tensors copied as they are, {} rewritten in {}; the record is {}",
+            sahara::checkpoint::gguf::GgufFile::open(&a.out)?
+                .content
+                .tensor_infos
+                .len()
+                - r.changed_tensors.len(),
+            r.changed_tensors.len(),
+            changed.name(),
+            sahara::checkpoint::gguf::write::record_path(&a.out).display()
+        );
+        r
+    } else {
+        let r = checkpoint.surgery_with(&a.model, &a.out, &spec, a.force, a.adapter.as_deref())?;
+        if matches!(checkpoint, sahara::Checkpoint::Gguf(_)) {
+            eprintln!(
+                "note: the source is a GGUF file; the output is a Hugging Face safetensors folder of the dequantized weights in float32 (an --out ending in .gguf writes a GGUF file with the quantized tensors kept)"
+            );
+        }
+        r
+    };
     if ablation.target == sahara::Target::K {
         let heads: Vec<String> = r
             .affected_heads

@@ -200,6 +200,8 @@ pub enum Setting {
     Resamples,
     Source,
     Positions,
+    /// Where an output is written.
+    Output,
 }
 
 impl Setting {
@@ -237,6 +239,7 @@ impl Setting {
             Setting::Resamples => "bootstrap resamples",
             Setting::Source => "patch source",
             Setting::Positions => "patched positions",
+            Setting::Output => "output",
         }
     }
 }

@@ -60,6 +60,8 @@ fn written_models_equal_the_in_memory_ablation_for_every_family_and_foldable_op(
         "qwen3",
         "gemma",
         "gemma2",
+        "gemma3",
+        "olmo2",
         "phi3",
     ] {
         let src = fixture(name);
@@ -71,7 +73,15 @@ fn written_models_equal_the_in_memory_ablation_for_every_family_and_foldable_op(
             .unwrap();
         let orig = tensor_bytes(&src);
         // With per-head q/k norms (Qwen 3) only ε = 0 folds into q/k rows exactly.
-        let cases: Vec<(Target, Op)> = if source.cfg().qk_norm {
+        // With OLMo 2's norm over the whole projection, scale folds into the norm's slice.
+        let cases: Vec<(Target, Op)> = if source.cfg().qk_norm_whole {
+            vec![
+                (Target::Q, Op::Scale(1e-5)),
+                (Target::K, Op::Scale(1e-5)),
+                (Target::Q, Op::Scale(0.0)),
+                (Target::Z, Op::Scale(1e-5)),
+            ]
+        } else if source.cfg().qk_norm {
             vec![
                 (Target::Q, Op::Scale(0.0)),
                 (Target::K, Op::Scale(0.0)),
@@ -209,6 +219,42 @@ fn scaling_queries_before_a_per_head_norm_is_refused_with_the_reason() {
         e.contains("q_norm") && e.contains("Only epsilon 0 folds exactly"),
         "{e}"
     );
+}
+
+#[test]
+fn scaling_a_gemma3_query_and_averaging_an_olmo2_query_are_refused_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plan = |op| SurgeryPlan {
+        heads: sahara::model::ablation::HeadSet(vec![(0, 1)]),
+        ablation: sahara::model::ablation::Ablation {
+            target: Target::Q,
+            op,
+        },
+    };
+    let e = surgery(
+        &fixture("gemma3"),
+        "q",
+        &tmp.path().join("o"),
+        &plan(Op::Scale(1e-5)),
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("Only epsilon 0 folds exactly"), "{e}");
+    let e = surgery(
+        &fixture("olmo2"),
+        "q",
+        &tmp.path().join("o"),
+        &plan(Op::Mean),
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("whole projection") && e.contains("mode scale"),
+        "{e}"
+    );
+    assert!(!tmp.path().join("o").exists());
 }
 
 #[test]

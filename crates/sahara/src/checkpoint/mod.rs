@@ -190,12 +190,44 @@ impl Checkpoint {
             (Checkpoint::Gguf(path), None) => {
                 gguf::export::surgery_from_gguf(path, source, out, plan, force)
             }
-            (Checkpoint::Gguf(path), Some(_)) => Err(Error::InvalidArgument(format!(
-                "{}: surgery merges an adapter into a Hugging Face model folder's weights, not a GGUF file's",
-                path.display()
-            ))),
+            (Checkpoint::Gguf(path), Some(_)) => Err(adapter_on_gguf(path)),
         }
     }
+
+    /// Folds `plan` into the weights of a GGUF source and writes a GGUF file to `out`: the
+    /// tensors the ablation does not change copied as they are (quantized stays quantized),
+    /// the changed ones in `changed` ([`gguf::write`]). Refused for a Hugging Face folder
+    /// source, and with an adapter.
+    pub fn surgery_to_gguf(
+        &self,
+        source: &str,
+        out: &Path,
+        plan: &surgery::SurgeryPlan,
+        force: bool,
+        adapter: Option<&Path>,
+        changed: gguf::write::ChangedType,
+    ) -> Result<surgery::SurgeryReport> {
+        match (self, adapter) {
+            (Checkpoint::Gguf(path), None) => {
+                gguf::write::surgery_to_gguf(path, source, out, plan, force, changed)
+            }
+            (Checkpoint::Gguf(path), Some(_)) => Err(adapter_on_gguf(path)),
+            (Checkpoint::Folder(_), _) => Err(Error::Conflict {
+                setting: crate::error::Setting::Output,
+                reason: format!(
+                    "{} names a GGUF file, which surgery writes only from a GGUF source (its quantized tensors copied as they are); this source is a Hugging Face model folder: name an output folder instead",
+                    out.display()
+                ),
+            }),
+        }
+    }
+}
+
+fn adapter_on_gguf(path: &Path) -> Error {
+    Error::InvalidArgument(format!(
+        "{}: surgery merges an adapter into a Hugging Face model folder's weights, not a GGUF file's",
+        path.display()
+    ))
 }
 
 /// How a checkpoint is loaded.

@@ -146,12 +146,29 @@ impl TensorSource for Weights {
     }
 }
 
+/// The decoder's name of a stored tensor: a multimodal checkpoint keeps its language model
+/// under `language_model.model.*` and `language_model.lm_head.*` (hub files) or
+/// `model.language_model.*` (saved by transformers 5), which read as `model.*` and
+/// `lm_head.*`; other names are their own.
+pub fn decoder_name(stored: &str) -> String {
+    for (prefix, to) in [
+        ("language_model.model.", "model."),
+        ("model.language_model.", "model."),
+        ("language_model.lm_head.", "lm_head."),
+    ] {
+        if let Some(rest) = stored.strip_prefix(prefix) {
+            return format!("{to}{rest}");
+        }
+    }
+    stored.to_string()
+}
+
 /// All weight files of a model folder, by tensor name.
 pub struct Weights {
     pub dir: PathBuf,
     pub files: Vec<WeightFile>,
-    /// Tensor name to index in `files`.
-    index: HashMap<String, usize>,
+    /// Tensor name, as the decoder names it, to (index in `files`, name stored there).
+    index: HashMap<String, (usize, String)>,
     /// Whether the files come from `model.safetensors.index.json`.
     pub sharded: bool,
 }
@@ -215,7 +232,7 @@ impl Weights {
         for (i, p) in paths.iter().enumerate() {
             let f = WeightFile::open(p)?;
             for name in f.tensors.keys() {
-                index.insert(name.clone(), i);
+                index.insert(decoder_name(name), (i, name.clone()));
             }
             files.push(f);
         }
@@ -233,12 +250,12 @@ impl Weights {
 
     /// The file holding a tensor and its header entry.
     pub fn locate(&self, name: &str) -> Result<(&WeightFile, &TensorInfo)> {
-        let i = *self.index.get(name).ok_or_else(|| Error::MissingTensor {
+        let (i, stored) = self.index.get(name).ok_or_else(|| Error::MissingTensor {
             name: name.to_string(),
             dir: self.dir.clone(),
         })?;
-        let f = &self.files[i];
-        Ok((f, &f.tensors[name]))
+        let f = &self.files[*i];
+        Ok((f, &f.tensors[stored]))
     }
 
     /// Loads a tensor, checking its shape, converted to `dtype` on `device`.

@@ -9,6 +9,9 @@
 //!   rows and bias, exact because the projection is linear; `mean` on `v` is not a linear map
 //!   of any one weight matrix's rows or columns (the mean is over the heads' outputs before
 //!   `o_proj`, which mixes them), so it is refused.
+//! - with per-head q/k norms (Qwen 3, Gemma 3), q/k fold only with ε = 0 (the rows zeroed);
+//!   with OLMo 2's norm over the whole projection, `scale(ε)` on q/k multiplies the head's
+//!   slice of the `q_norm`/`k_norm` weight by ε, and `mean` is refused.
 //!
 //! The source folder is never written. The output is built in a temporary folder beside the
 //! destination and renamed into place once complete and verified. Weight files keep their
@@ -90,7 +93,17 @@ impl SurgeryPlan {
             a.validate(cfg)?;
         }
         let (target, op) = (self.ablation.target, self.ablation.op);
-        if cfg.qk_norm && target != Target::Z && op != Op::Scale(0.0) {
+        if cfg.qk_norm_whole && target != Target::Z && op == Op::Mean {
+            return Err(Error::Conflict {
+                setting: Setting::Mode,
+                reason: format!(
+                    "mean on target {} cannot be folded exactly on this model: one RMSNorm spans all heads' {}s (q_norm/k_norm over the whole projection), so replacing one head's projection rows changes every head's normalization; use mode scale, which folds into that head's slice of the norm weight",
+                    if target == Target::Q { "q" } else { "k" },
+                    if target == Target::Q { "querie" } else { "key" }
+                ),
+            });
+        }
+        if cfg.qk_norm && !cfg.qk_norm_whole && target != Target::Z && op != Op::Scale(0.0) {
             return Err(Error::Conflict {
                 setting: Setting::Epsilon,
                 reason: format!(
@@ -134,6 +147,28 @@ pub(crate) struct Edit {
     /// `columns` is set.
     pub(crate) blocks: Vec<Block>,
     pub(crate) columns: bool,
+}
+
+impl Edit {
+    /// How many values of a tensor of `shape` the edit changes.
+    pub(crate) fn changed_parameters(&self, shape: &[usize]) -> usize {
+        let per_unit = match shape {
+            [r, c] => {
+                if self.columns {
+                    *r
+                } else {
+                    *c
+                }
+            }
+            _ => 1,
+        };
+        self.blocks
+            .iter()
+            .map(|b| match b {
+                Block::Scale { len, .. } | Block::Mean { len, .. } => len * per_unit,
+            })
+            .sum()
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -196,6 +231,14 @@ pub(crate) fn edits(cfg: &ModelConfig, plan: &SurgeryPlan) -> BTreeMap<String, E
                 n,
             },
             Op::Patch => unreachable!("validate refuses patches"),
+        };
+        // OLMo 2's q/k norm has one weight per element of the whole projection, after the
+        // norm: the head's slice of it times ε scales exactly that head's normalized output
+        // (its rows of the projection cannot: the norm would undo it and change the others).
+        let proj = match (cfg.qk_norm_whole, a.target) {
+            (true, Target::Q) => "q_norm",
+            (true, Target::K) => "k_norm",
+            _ => proj,
         };
         let p = format!("model.layers.{}.self_attn.{proj}", a.layer);
         add(format!("{p}.weight"), block, a.target == Target::Z);
@@ -379,23 +422,7 @@ pub fn surgery_with_adapter(
             // A merged tensor changes as a whole.
             changed_parameters += values.len();
         } else if let Some(edit) = edits.get(name) {
-            let per_unit = match info.shape.as_slice() {
-                [r, c] => {
-                    if edit.columns {
-                        *r
-                    } else {
-                        *c
-                    }
-                }
-                _ => 1,
-            };
-            changed_parameters += edit
-                .blocks
-                .iter()
-                .map(|b| match b {
-                    Block::Scale { len, .. } | Block::Mean { len, .. } => len * per_unit,
-                })
-                .sum::<usize>();
+            changed_parameters += edit.changed_parameters(&info.shape);
         }
         if let Some(edit) = edits.get(name) {
             apply_edit(&mut values, &info.shape, edit);

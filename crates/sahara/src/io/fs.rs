@@ -110,7 +110,8 @@ pub fn check_writable_folder(dir: &Path) -> Result<()> {
     std::fs::remove_file(&probe).map_err(write_err(dir))
 }
 
-/// Removes a folder on drop unless disarmed: no half-written model is left behind.
+/// Removes a folder (or a file) on drop unless disarmed: no half-written model is left
+/// behind.
 pub struct Cleanup(Option<PathBuf>);
 
 impl Cleanup {
@@ -123,7 +124,11 @@ impl Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_dir_all(p);
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(p)
+            } else {
+                std::fs::remove_file(p)
+            };
         }
     }
 }
@@ -179,6 +184,41 @@ pub fn move_into_place(tmp: &Path, out: &Path, guard: &mut Cleanup) -> Result<()
     if aside.exists() {
         let _ = std::fs::remove_dir_all(&aside);
     }
+    Ok(())
+}
+
+/// Checks that the file `out` may be written (absent, or replaced with `force`; never a
+/// folder) and returns the temporary beside it to write instead (`.NAME.tmp.PID`), removed
+/// when the returned guard drops unless [`move_file_into_place`] renames it to `out`. For a
+/// file too large to hold in memory ([`write_atomic`] takes the bytes).
+pub fn staging_file(out: &Path, force: bool) -> Result<(PathBuf, Cleanup)> {
+    if out.is_dir() {
+        return Err(Error::OutputNotAFile {
+            path: out.to_path_buf(),
+            what: "a folder",
+        });
+    }
+    if out.exists() && !force {
+        return Err(Error::OutputNotEmpty {
+            path: out.to_path_buf(),
+        });
+    }
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(write_err(parent))?;
+    remove_stale_temporaries(out);
+    let tmp = temporary(out);
+    let _ = std::fs::remove_file(&tmp);
+    Ok((tmp.clone(), Cleanup(Some(tmp))))
+}
+
+/// Renames the finished, synced temporary `tmp` (from [`staging_file`]) to `out`, replacing
+/// an existing `out` in one step.
+pub fn move_file_into_place(tmp: &Path, out: &Path, guard: &mut Cleanup) -> Result<()> {
+    std::fs::rename(tmp, out).map_err(write_err(out))?;
+    guard.disarm();
     Ok(())
 }
 
@@ -255,6 +295,32 @@ mod tests {
             Err(Error::OutputNotEmpty { .. })
         ));
         assert!(staging_folder(&out, true).is_ok());
+    }
+
+    #[test]
+    fn a_staged_file_is_removed_unless_moved_into_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("m.gguf");
+        {
+            let (tmp, _guard) = staging_file(&out, false).unwrap();
+            std::fs::write(&tmp, "x").unwrap();
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let (tmp, mut guard) = staging_file(&out, false).unwrap();
+        std::fs::write(&tmp, "new").unwrap();
+        move_file_into_place(&tmp, &out, &mut guard).unwrap();
+        drop(guard);
+        assert_eq!(std::fs::read(&out).unwrap(), b"new");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert!(matches!(
+            staging_file(&out, false),
+            Err(Error::OutputNotEmpty { .. })
+        ));
+        assert!(staging_file(&out, true).is_ok());
+        assert!(matches!(
+            staging_file(dir.path(), true),
+            Err(Error::OutputNotAFile { .. })
+        ));
     }
 
     #[cfg(unix)]

@@ -23,8 +23,17 @@ pub struct RawConfig {
     pub rms_norm_eps: Option<f64>,
     pub rope_theta: Option<f64>,
     pub rope_scaling: Option<Value>,
-    /// transformers 5 keeps `rope_theta` and the scaling in one object.
+    /// transformers 5 keeps `rope_theta` and the scaling in one object (Gemma 3: one per
+    /// layer type, `full_attention` and `sliding_attention`).
     pub rope_parameters: Option<Value>,
+    /// Gemma 3: the rotary base of the sliding-window layers.
+    pub rope_local_base_freq: Option<f64>,
+    /// Gemma 3 before `layer_types`: every n-th layer is global, the others slide.
+    pub sliding_window_pattern: Option<usize>,
+    /// EmbeddingGemma's bidirectional attention (not a causal language model).
+    pub use_bidirectional_attention: Option<bool>,
+    /// The language model's configuration inside a multimodal one (Gemma 3).
+    pub text_config: Option<Box<RawConfig>>,
     pub max_position_embeddings: Option<usize>,
     pub vocab_size: Option<usize>,
     pub tie_word_embeddings: Option<bool>,
@@ -101,6 +110,9 @@ pub struct ModelConfig {
     pub rms_norm_eps: f64,
     pub rope_theta: f64,
     pub rope_scaling: RopeScaling,
+    /// The rotary base of sliding-window layers, without scaling, where it differs from the
+    /// global one (Gemma 3); `None`: every layer uses `rope_theta` and `rope_scaling`.
+    pub rope_local_theta: Option<f64>,
     pub max_position_embeddings: usize,
     pub vocab_size: usize,
     pub tie_word_embeddings: bool,
@@ -125,8 +137,14 @@ pub struct ModelConfig {
     pub final_softcap: Option<f64>,
     /// Norms after attention and around the MLP (Gemma 2's four norms per layer).
     pub sandwich_norms: bool,
-    /// Per-head RMSNorm of queries and keys before the rotary embedding (Qwen 3).
+    /// RMSNorm of queries and keys after the projection, before the rotary embedding: per
+    /// head (Qwen 3, Gemma 3) or, with `qk_norm_whole`, over the whole projection (OLMo 2).
     pub qk_norm: bool,
+    /// The q/k norms span all heads of the projection, one weight per element (OLMo 2).
+    pub qk_norm_whole: bool,
+    /// Norms on the attention and MLP outputs before the residual adds, none before them
+    /// (OLMo 2).
+    pub post_norms: bool,
     /// Weights stored as fused `qkv_proj` and `gate_up_proj` (Phi-3).
     pub fused_projections: bool,
     pub bos_token_id: Option<u32>,
@@ -188,6 +206,31 @@ impl ModelConfig {
 
     /// Resolves a raw configuration; the error is a message about the value at fault.
     pub fn resolve(raw: &RawConfig) -> std::result::Result<Self, String> {
+        // A multimodal checkpoint: the language model's configuration is `text_config`.
+        let wrapper = raw
+            .architectures
+            .as_ref()
+            .and_then(|a| a.first())
+            .and_then(|a| Family::from_wrapper_class(a));
+        if let Some(family) = wrapper {
+            let Some(text) = &raw.text_config else {
+                return Err(format!(
+                    "{} has no `text_config`",
+                    family.info().wrapper_class.unwrap_or_default()
+                ));
+            };
+            let mut text = (**text).clone();
+            text.architectures = Some(vec![family.info().hf_class.to_string()]);
+            // Token ids and the dtype may be kept at the top level only.
+            text.bos_token_id = text.bos_token_id.or(raw.bos_token_id.clone());
+            text.eos_token_id = text.eos_token_id.or(raw.eos_token_id.clone());
+            text.pad_token_id = text.pad_token_id.or(raw.pad_token_id.clone());
+            text.torch_dtype = text.torch_dtype.or(raw.torch_dtype.clone());
+            text.dtype = text.dtype.or(raw.dtype.clone());
+            text.tie_word_embeddings = text.tie_word_embeddings.or(raw.tie_word_embeddings);
+            text.text_config = None;
+            return Self::resolve(&text);
+        }
         let architecture = match (&raw.architectures, &raw.model_type) {
             (Some(a), _) if !a.is_empty() => a[0].clone(),
             (_, Some(t)) => match Family::from_model_type(t) {
@@ -203,6 +246,12 @@ impl ModelConfig {
             ));
         };
         let fam = family.info();
+        if raw.use_bidirectional_attention == Some(true) {
+            return Err(
+                "use_bidirectional_attention is set: an embedding model, not a causal language model"
+                    .into(),
+            );
+        }
         let need = |v: Option<usize>, name: &str| -> std::result::Result<usize, String> {
             match v {
                 Some(0) => Err(format!("`{name}` must be positive")),
@@ -258,8 +307,11 @@ impl ModelConfig {
             }
         };
 
-        // rope_theta and rope_scaling, in the transformers 4 or 5 layout.
+        // rope_theta and rope_scaling, in the transformers 4 or 5 layout; Gemma 3's transformers
+        // 5 layout has one set per layer type.
         let params = raw.rope_parameters.as_ref().filter(|v| v.is_object());
+        let local_params = params.and_then(|p| p.get("sliding_attention"));
+        let params = params.map(|p| p.get("full_attention").unwrap_or(p));
         let rope_theta = raw
             .rope_theta
             .or_else(|| {
@@ -281,6 +333,37 @@ impl ModelConfig {
                 raw.max_position_embeddings,
                 raw.original_max_position_embeddings,
             )?,
+        };
+
+        let rope_local_theta = match fam.default_rope_local_theta {
+            None => None,
+            Some(default) => {
+                if let Some(p) = local_params {
+                    let kind = p
+                        .get("rope_type")
+                        .and_then(Value::as_str)
+                        .unwrap_or("default");
+                    if kind != "default" {
+                        return Err(format!(
+                            "rope_parameters.sliding_attention has rope_type {kind:?}; only default is supported for sliding-window layers"
+                        ));
+                    }
+                }
+                let theta = raw
+                    .rope_local_base_freq
+                    .or_else(|| {
+                        local_params
+                            .and_then(|p| p.get("rope_theta"))
+                            .and_then(Value::as_f64)
+                    })
+                    .unwrap_or(default);
+                if !(theta.is_finite() && theta > 0.0) {
+                    return Err(format!(
+                        "rope_local_base_freq must be a positive number, got {theta}"
+                    ));
+                }
+                Some(theta)
+            }
         };
 
         let window = match &raw.sliding_window {
@@ -324,6 +407,15 @@ impl ModelConfig {
                         .map(|l| if used && l >= from { window } else { None })
                         .collect()
                 }
+                WindowLayers::Pattern(default) => {
+                    let every = raw.sliding_window_pattern.unwrap_or(default);
+                    if every == 0 {
+                        return Err("sliding_window_pattern must be positive".into());
+                    }
+                    (0..num_layers)
+                        .map(|l| if (l + 1) % every == 0 { None } else { window })
+                        .collect()
+                }
                 WindowLayers::None => vec![None; num_layers],
             }
         };
@@ -360,6 +452,7 @@ impl ModelConfig {
             rms_norm_eps,
             rope_theta,
             rope_scaling,
+            rope_local_theta,
             max_position_embeddings: raw
                 .max_position_embeddings
                 .unwrap_or(fam.default_max_positions),
@@ -376,10 +469,12 @@ impl ModelConfig {
                 (true, Some(s)) => 1.0 / s.sqrt(),
                 _ => 1.0 / (head_dim as f64).sqrt(),
             },
-            attn_softcap: raw.attn_logit_softcapping.filter(|_| fam.gemma2_attention),
+            attn_softcap: raw.attn_logit_softcapping.filter(|_| fam.attention_softcap),
             final_softcap: raw.final_logit_softcapping.filter(|_| fam.gemma2_attention),
             sandwich_norms: fam.gemma2_attention,
-            qk_norm: fam.qk_norm,
+            qk_norm: fam.qk_norm || fam.olmo2_norms,
+            qk_norm_whole: fam.olmo2_norms,
+            post_norms: fam.olmo2_norms,
             fused_projections: fam.fused_projections,
             bos_token_id,
             eos_token_ids,
@@ -510,6 +605,18 @@ pub(crate) fn token_ids(v: Option<&Value>) -> std::result::Result<Vec<u32>, Stri
 /// For LongRoPE these are the short-context frequencies; see [`long_inverse_frequencies`].
 pub fn inverse_frequencies(cfg: &ModelConfig) -> Vec<f32> {
     longrope_frequencies(cfg, false)
+}
+
+/// Inverse rotary frequencies of the sliding-window layers of a model with their own base
+/// (`rope_local_theta`, no scaling); `None` when every layer uses [`inverse_frequencies`].
+pub fn local_inverse_frequencies(cfg: &ModelConfig) -> Option<Vec<f32>> {
+    let base = cfg.rope_local_theta? as f32;
+    let dim = cfg.head_dim;
+    Some(
+        (0..dim / 2)
+            .map(|i| 1.0f32 / base.powf((2 * i) as f32 / dim as f32))
+            .collect(),
+    )
 }
 
 /// LongRoPE's frequencies for sequences longer than the original context (other scalings:
@@ -691,6 +798,59 @@ mod tests {
             .iter()
             .zip(&base)
             .any(|(s, b)| *s < *b && *s > *b / 8.0));
+    }
+
+    #[test]
+    fn gemma3_reads_both_rope_layouts_and_its_layer_pattern() {
+        // transformers 5: one rope set per layer type.
+        let v5 = ModelConfig::resolve(&raw(&format!(
+            r#"{{"architectures": ["Gemma3ForCausalLM"], {BASE}, "sliding_window": 3,
+               "layer_types": ["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+               "rope_parameters": {{
+               "full_attention": {{"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0}},
+               "sliding_attention": {{"rope_type": "default", "rope_theta": 10.0}}}}}}"#
+        )))
+        .unwrap();
+        // The hub's layout: top-level keys, and the older `sliding_window_pattern`.
+        let hub = ModelConfig::resolve(&raw(&format!(
+            r#"{{"architectures": ["Gemma3ForCausalLM"], {BASE}, "sliding_window": 3,
+               "rope_theta": 1000000.0, "rope_local_base_freq": 10.0,
+               "rope_scaling": {{"rope_type": "linear", "factor": 8.0}}, "sliding_window_pattern": 2}}"#
+        )))
+        .unwrap();
+        for c in [&v5, &hub] {
+            assert_eq!(c.rope_theta, 1_000_000.0);
+            assert_eq!(c.rope_local_theta, Some(10.0));
+            assert_eq!(c.rope_scaling, RopeScaling::Linear { factor: 8.0 });
+            assert_eq!(c.sliding_window, vec![Some(3), None, Some(3), None]);
+            // Gemma 3's attention ignores a soft-cap; its norms are per head.
+            assert!(c.qk_norm && !c.qk_norm_whole && c.sandwich_norms);
+        }
+        let local = local_inverse_frequencies(&hub).unwrap();
+        assert_eq!(local[1], 1.0 / 10f32.powf(2.0 / hub.head_dim as f32));
+        // A scaled local rope is not what any Gemma 3 has: refused, not ignored.
+        let e = ModelConfig::resolve(&raw(&format!(
+            r#"{{"architectures": ["Gemma3ForCausalLM"], {BASE}, "rope_parameters": {{
+               "full_attention": {{"rope_type": "default", "rope_theta": 1.0e6}},
+               "sliding_attention": {{"rope_type": "linear", "factor": 2.0, "rope_theta": 10.0}}}}}}"#
+        )))
+        .unwrap_err();
+        assert!(e.contains("sliding_attention"), "{e}");
+        let e = ModelConfig::resolve(&raw(&format!(
+            r#"{{"architectures": ["Gemma3ForCausalLM"], {BASE}, "use_bidirectional_attention": true}}"#
+        )))
+        .unwrap_err();
+        assert!(e.contains("bidirectional"), "{e}");
+    }
+
+    #[test]
+    fn olmo2_normalizes_outputs_and_whole_projections() {
+        let c = ModelConfig::resolve(&raw(&format!(
+            r#"{{"architectures": ["Olmo2ForCausalLM"], {BASE}, "attn_logit_softcapping": 3.0}}"#
+        )))
+        .unwrap();
+        assert!(c.qk_norm && c.qk_norm_whole && c.post_norms && !c.sandwich_norms);
+        assert_eq!((c.attn_softcap, c.rope_local_theta), (None, None));
     }
 
     #[test]

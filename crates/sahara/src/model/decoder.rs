@@ -202,13 +202,16 @@ impl Linear {
 
 #[derive(Debug, Clone)]
 pub struct Layer {
-    pub input_layernorm: Tensor,
-    /// Before the MLP (Llama), or on the attention output (Gemma 2's sandwich norms).
+    /// Before attention; `None` for OLMo 2, which normalizes only outputs.
+    pub input_layernorm: Option<Tensor>,
+    /// Before the MLP (Llama), or on the attention output (Gemma 2's sandwich norms, OLMo 2).
     pub post_attention_layernorm: Tensor,
-    /// Gemma 2: before and after the MLP.
+    /// Gemma 2: before the MLP.
     pub pre_feedforward_layernorm: Option<Tensor>,
+    /// Gemma 2 and OLMo 2: on the MLP output.
     pub post_feedforward_layernorm: Option<Tensor>,
-    /// Qwen 3: per-head RMSNorm of queries and keys, (D,).
+    /// RMSNorm of queries and keys: per head, (D,) (Qwen 3, Gemma 3), or over the whole
+    /// projection, (H·D,) and (G·D,) (OLMo 2).
     pub q_norm: Option<Tensor>,
     pub k_norm: Option<Tensor>,
     pub attn: Attention,
@@ -365,6 +368,8 @@ struct Context {
     /// (B, T, D/2) in the model dtype.
     cos: Tensor,
     sin: Tensor,
+    /// The sliding-window layers' own tables (Gemma 3's local rotary base), (B, T, D/2).
+    local: Option<(Tensor, Tensor)>,
     /// Index of the first query position in the padded sequence (the cache length).
     offset: usize,
     /// Key length S = offset + T.
@@ -384,6 +389,13 @@ impl Context {
         Ok(Context {
             cos: transfers::between(&self.cos, device)?,
             sin: transfers::between(&self.sin, device)?,
+            local: match &self.local {
+                Some((c, s)) => Some((
+                    transfers::between(c, device)?,
+                    transfers::between(s, device)?,
+                )),
+                None => None,
+            },
             offset: self.offset,
             keys: self.keys,
             pad: self.pad.clone(),
@@ -412,6 +424,8 @@ pub struct Decoder {
     /// factor cos and sin are multiplied by.
     inv_freq_long: Option<(Tensor, usize)>,
     rope_attention_factor: f64,
+    /// (D/2,) f32: the sliding-window layers' frequencies where they have their own base.
+    inv_freq_local: Option<Tensor>,
     /// √hidden in the model dtype, for models that scale their embeddings.
     embed_scale: Option<Tensor>,
     pub dtype: DType,
@@ -622,26 +636,39 @@ impl Decoder {
                     Ok(None)
                 }
             };
-            let qk = |name: &str| -> Result<Option<Tensor>> {
+            // Per head (D,), or over the whole projection of `heads` heads.
+            let qk = |name: &str, heads: usize| -> Result<Option<Tensor>> {
                 if cfg.qk_norm {
+                    let n = if cfg.qk_norm_whole { heads * hd } else { hd };
                     Ok(Some(norm_weight(
                         &format!("{p}.self_attn.{name}.weight"),
-                        hd,
+                        n,
                     )?))
                 } else {
                     Ok(None)
                 }
             };
             layers.push(Layer {
-                input_layernorm: norm_weight(&format!("{p}.input_layernorm.weight"), d)?,
+                input_layernorm: if cfg.post_norms {
+                    None
+                } else {
+                    Some(norm_weight(&format!("{p}.input_layernorm.weight"), d)?)
+                },
                 post_attention_layernorm: norm_weight(
                     &format!("{p}.post_attention_layernorm.weight"),
                     d,
                 )?,
                 pre_feedforward_layernorm: sandwich("pre_feedforward_layernorm")?,
-                post_feedforward_layernorm: sandwich("post_feedforward_layernorm")?,
-                q_norm: qk("q_norm")?,
-                k_norm: qk("k_norm")?,
+                post_feedforward_layernorm: if cfg.post_norms {
+                    Some(norm_weight(
+                        &format!("{p}.post_feedforward_layernorm.weight"),
+                        d,
+                    )?)
+                } else {
+                    sandwich("post_feedforward_layernorm")?
+                },
+                q_norm: qk("q_norm", h)?,
+                k_norm: qk("k_norm", g)?,
                 attn: Attention {
                     qkv_proj: qkv_proj.with_transposed_storage()?,
                     o_proj: linear(&format!("{p}.self_attn.o_proj"), d, h * hd, cfg.o_bias)?
@@ -691,6 +718,9 @@ impl Decoder {
     ) -> Result<Self> {
         let inv = inverse_frequencies(&cfg);
         let n = inv.len();
+        let inv_freq_local = crate::model::config::local_inverse_frequencies(&cfg)
+            .map(|f| Tensor::from_vec(f, n, device))
+            .transpose()?;
         let n_layers = cfg.num_layers;
         let inv_freq = Tensor::from_vec(inv, n, device)?;
         let (inv_freq_long, rope_attention_factor) = match &cfg.rope_scaling {
@@ -727,6 +757,7 @@ impl Decoder {
             inv_freq,
             inv_freq_long,
             rope_attention_factor,
+            inv_freq_local,
             dtype,
             device: device.clone(),
             placement: DevicePlan::single(device, n_layers),
@@ -864,9 +895,21 @@ impl Decoder {
         }
         let cos = cos.to_dtype(self.dtype)?;
         let sin = sin.to_dtype(self.dtype)?;
+        let local = match &self.inv_freq_local {
+            Some(f) => {
+                // (B, T, 1) * (1, 1, D/2) -> (B, T, D/2)
+                let freqs = pos.broadcast_mul(&f.reshape((1, 1, half))?)?;
+                Some((
+                    freqs.cos()?.to_dtype(self.dtype)?,
+                    freqs.sin()?.to_dtype(self.dtype)?,
+                ))
+            }
+            None => None,
+        };
         Ok(Context {
             cos,
             sin,
+            local,
             offset,
             keys: offset + t,
             pad: pad.to_vec(),
@@ -1053,6 +1096,20 @@ impl Decoder {
         ops::rms_norm(x, w, self.cfg.rms_norm_eps)
     }
 
+    /// The query or key norm of x (B, T, heads, D): over each head's D values, or over all
+    /// heads' together (OLMo 2, `qk_norm_whole`).
+    fn qk_norm(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        if !self.cfg.qk_norm_whole {
+            return self.rms_norm(&x, w);
+        }
+        let (b, t, n, d) = x.dims4()?;
+        // (B, T, heads·D), normalized, back to (B, T, heads, D)
+        Ok(self
+            .rms_norm(&x.reshape((b, t, n * d))?, w)?
+            .reshape((b, t, n, d))?)
+    }
+
     /// One decoder layer. `x`: (B, T, d) -> (B, T, d), or (B, 1, d) for `Positions::Last`
     /// (queries, attention output and MLP at the last position only).
     #[allow(clippy::too_many_arguments)]
@@ -1072,10 +1129,18 @@ impl Decoder {
         let (b, t, _) = x.dims3()?;
         let (nh, ng, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
         let only_last = positions == Positions::Last;
-        // (B, T, D/2): the context's rows for the rows running now.
-        let (cos, sin) = (ctx.cos.narrow(0, 0, b)?, ctx.sin.narrow(0, 0, b)?);
+        // (B, T, D/2): the context's rows for the rows running now, from the sliding-window
+        // layers' own tables where the model has them.
+        let (cos, sin) = match (&ctx.local, cfg.sliding_window[l]) {
+            (Some((c, s)), Some(_)) => (c, s),
+            _ => (&ctx.cos, &ctx.sin),
+        };
+        let (cos, sin) = (cos.narrow(0, 0, b)?, sin.narrow(0, 0, b)?);
 
-        let h = self.rms_norm(x, &layer.input_layernorm)?;
+        let h = match &layer.input_layernorm {
+            Some(w) => self.rms_norm(x, w)?,
+            None => x.clone(),
+        };
         let tq = if only_last { 1 } else { t };
         // (B, T, (H + 2G) * D) -> (B, T, H + 2G, D)
         let qkv = layer
@@ -1083,17 +1148,17 @@ impl Decoder {
             .qkv_proj
             .forward(&h)?
             .reshape((b, t, nh + 2 * ng, hd))?;
-        // (B, Tq, H, D), then Qwen 3's per-head norm, -> (B, H, Tq, D)
+        // (B, Tq, H, D), then the q norm, -> (B, H, Tq, D)
         let q = qkv.narrow(2, 0, nh)?.narrow(1, t - tq, tq)?;
         let q = match &layer.q_norm {
-            Some(w) => self.rms_norm(&q.contiguous()?, w)?,
+            Some(w) => self.qk_norm(&q, w)?,
             None => q,
         };
         let mut q = contiguous(&q.transpose(1, 2)?)?;
         // (B, T, G, D) -> (B, G, T, D)
         let k = qkv.narrow(2, nh, ng)?;
         let k = match &layer.k_norm {
-            Some(w) => self.rms_norm(&k.contiguous()?, w)?,
+            Some(w) => self.qk_norm(&k, w)?,
             None => k,
         };
         let mut k = contiguous(&k.transpose(1, 2)?)?;
@@ -1144,8 +1209,13 @@ impl Decoder {
             x.clone()
         };
         // Gemma 2 normalizes the attention output before the residual add, and has its own
-        // norm before the MLP; Llama's post-attention norm is the one before the MLP.
+        // norm before the MLP; OLMo 2 normalizes the attention output and nothing before the
+        // MLP; Llama's post-attention norm is the one before the MLP.
         let (x, h2) = match &layer.pre_feedforward_layernorm {
+            None if cfg.post_norms => {
+                let x = (resid + self.rms_norm(&attn_out, &layer.post_attention_layernorm)?)?;
+                (x.clone(), x)
+            }
             Some(pre) => {
                 let x = (resid + self.rms_norm(&attn_out, &layer.post_attention_layernorm)?)?;
                 let h2 = self.rms_norm(&x, pre)?;

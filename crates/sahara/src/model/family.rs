@@ -13,6 +13,8 @@ pub enum Family {
     Qwen3,
     Gemma,
     Gemma2,
+    Gemma3,
+    Olmo2,
     Phi3,
 }
 
@@ -27,6 +29,9 @@ pub enum WindowLayers {
     Even,
     /// With `use_sliding_window`, the layers from `max_window_layers` on (Qwen 2 and 3).
     FromMaxWindowLayers,
+    /// Every layer but each `sliding_window_pattern`-th (default `n`): Gemma 3's five local
+    /// layers, then one global.
+    Pattern(usize),
 }
 
 /// One family's row.
@@ -44,6 +49,9 @@ pub struct FamilyInfo {
     /// `head_dim` when `config.json` omits it (otherwise hidden / heads).
     pub default_head_dim: Option<usize>,
     pub default_rope_theta: f64,
+    /// The rotary base of sliding-window layers when it differs from the global one
+    /// (`rope_local_base_freq`, Gemma 3): the default, and the config key is read.
+    pub default_rope_local_theta: Option<f64>,
     /// `sliding_window` when `config.json` omits the key.
     pub default_sliding_window: Option<usize>,
     pub window_layers: WindowLayers,
@@ -53,11 +61,20 @@ pub struct FamilyInfo {
     pub gemma_style: bool,
     /// q/k/v projections always have biases (and `o_proj` none), whatever `attention_bias` says.
     pub qkv_bias: bool,
-    /// Gemma 2: soft-capped attention scores and logits, `query_pre_attn_scalar`, and norms
-    /// before and after both attention and MLP.
+    /// Gemma 2 and 3: soft-capped logits, `query_pre_attn_scalar`, and norms before and after
+    /// both attention and MLP.
     pub gemma2_attention: bool,
-    /// Qwen 3: per-head RMSNorm of queries and keys.
+    /// Attention scores soft-capped when `attn_logit_softcapping` is set (Gemma 2; Gemma 3's
+    /// attention ignores the key).
+    pub attention_softcap: bool,
+    /// A multimodal class whose `text_config` and language-model weights
+    /// (`language_model.model.*` or `model.language_model.*`) hold this family's decoder.
+    pub wrapper_class: Option<&'static str>,
+    /// RMSNorm of queries and keys after the projection: per head (Qwen 3, Gemma 3).
     pub qk_norm: bool,
+    /// OLMo 2: one RMSNorm over the whole query (key) projection, all heads together, and
+    /// norms after attention and after the MLP instead of before them.
+    pub olmo2_norms: bool,
     /// Phi-3: `qkv_proj` and `gate_up_proj` stored fused.
     pub fused_projections: bool,
 }
@@ -70,13 +87,17 @@ const BASE: FamilyInfo = FamilyInfo {
     gguf_permuted_qk: false,
     default_head_dim: None,
     default_rope_theta: 10000.0,
+    default_rope_local_theta: None,
     default_sliding_window: None,
     window_layers: WindowLayers::None,
     default_max_positions: 2048,
     gemma_style: false,
     qkv_bias: false,
     gemma2_attention: false,
+    attention_softcap: false,
+    wrapper_class: None,
     qk_norm: false,
+    olmo2_norms: false,
     fused_projections: false,
 };
 
@@ -135,6 +156,33 @@ pub const FAMILIES: &[FamilyInfo] = &[
         default_max_positions: 8192,
         gemma_style: true,
         gemma2_attention: true,
+        attention_softcap: true,
+        ..BASE
+    },
+    FamilyInfo {
+        family: Family::Gemma3,
+        hf_class: "Gemma3ForCausalLM",
+        model_type: "gemma3_text",
+        gguf_architecture: Some("gemma3"),
+        default_head_dim: Some(256),
+        default_rope_theta: 1_000_000.0,
+        default_rope_local_theta: Some(10000.0),
+        default_sliding_window: Some(4096),
+        window_layers: WindowLayers::Pattern(6),
+        default_max_positions: 131072,
+        gemma_style: true,
+        gemma2_attention: true,
+        wrapper_class: Some("Gemma3ForConditionalGeneration"),
+        qk_norm: true,
+        ..BASE
+    },
+    FamilyInfo {
+        family: Family::Olmo2,
+        hf_class: "Olmo2ForCausalLM",
+        model_type: "olmo2",
+        default_rope_theta: 10000.0,
+        default_max_positions: 2048,
+        olmo2_norms: true,
         ..BASE
     },
     FamilyInfo {
@@ -164,6 +212,14 @@ impl Family {
             .map(|f| f.family)
     }
 
+    /// The family whose decoder a multimodal class (`wrapper_class`) holds.
+    pub fn from_wrapper_class(class: &str) -> Option<Family> {
+        FAMILIES
+            .iter()
+            .find(|f| f.wrapper_class == Some(class))
+            .map(|f| f.family)
+    }
+
     /// The family of a `model_type`.
     pub fn from_model_type(model_type: &str) -> Option<Family> {
         FAMILIES
@@ -181,11 +237,13 @@ impl Family {
     }
 }
 
-/// The Hugging Face classes the decoder implements, for messages.
+/// The Hugging Face classes the decoder implements (the multimodal ones for their language
+/// model), for messages.
 pub fn supported_hf_classes() -> String {
     FAMILIES
         .iter()
         .map(|f| f.hf_class)
+        .chain(FAMILIES.iter().filter_map(|f| f.wrapper_class))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -209,15 +267,21 @@ mod tests {
             assert_eq!(Family::from_hf_class(f.hf_class), Some(f.family));
             assert_eq!(Family::from_model_type(f.model_type), Some(f.family));
             assert_eq!(f.family.info().hf_class, f.hf_class);
+            if let Some(w) = f.wrapper_class {
+                assert_eq!(Family::from_wrapper_class(w), Some(f.family));
+            }
             if let Some(a) = f.gguf_architecture {
                 assert_eq!(Family::from_gguf_architecture(a), Some(f.family));
             }
         }
         assert_eq!(
             FAMILIES.len(),
-            7,
+            9,
             "a new family needs its row, tests and fixture"
         );
-        assert_eq!(supported_gguf_architectures(), "llama, qwen2, qwen3");
+        assert_eq!(
+            supported_gguf_architectures(),
+            "llama, qwen2, qwen3, gemma3"
+        );
     }
 }

@@ -388,7 +388,7 @@ impl Params {
             .layers
             .iter()
             .map(|l| Layer {
-                input_layernorm: l.input_layernorm.as_tensor().clone(),
+                input_layernorm: Some(l.input_layernorm.as_tensor().clone()),
                 post_attention_layernorm: l.post_attention_layernorm.as_tensor().clone(),
                 pre_feedforward_layernorm: None,
                 post_feedforward_layernorm: None,
@@ -698,7 +698,7 @@ impl Organism {
         d.lm_head = d.lm_head.detach();
         d.norm = d.norm.detach();
         for l in &mut d.layers {
-            l.input_layernorm = l.input_layernorm.detach();
+            l.input_layernorm = l.input_layernorm.as_ref().map(Tensor::detach);
             l.post_attention_layernorm = l.post_attention_layernorm.detach();
             for lin in [
                 &mut l.attn.qkv_proj,

@@ -3,7 +3,8 @@
 //! safetensors of the dequantized weights with query/key rows in Hugging Face order
 //! (sharded at 2 GiB, with `model.safetensors.index.json`, when larger). Surgery from a GGUF
 //! source goes through here: the ablation is folded into the dequantized weights as they are
-//! written, and the folder is verified by reloading it. GGUF output is not written.
+//! written, and the folder is verified by reloading it. GGUF output (the quantized tensors
+//! kept) is [`super::write`]'s.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ use candle_core::{DType, Device};
 use serde_json::{json, Value as Json};
 
 use super::{GgufFile, GgufWeights};
-use crate::checkpoint::surgery::{apply_edit, edits, Block, Edit, SurgeryPlan, SurgeryReport};
+use crate::checkpoint::surgery::{apply_edit, edits, SurgeryPlan, SurgeryReport};
 use crate::error::{Error, Result};
 use crate::io::fs::{move_into_place, staging_folder, write_err, write_json};
 use crate::LoadedModel;
@@ -23,30 +24,13 @@ const SHARD_BYTES: usize = 2 << 30;
 /// Tensors of one shard: (name, shape, little-endian f32 bytes).
 type Shard = Vec<(String, Vec<usize>, Vec<u8>)>;
 
-/// What [`write_hf_folder`] wrote.
+/// What [`write_hf_folder`] (or [`super::write::write_gguf`]) wrote.
 pub struct Written {
     pub total_parameters: usize,
     pub changed_parameters: usize,
+    /// The tensors rewritten: Hugging Face names in a folder, GGUF names in a GGUF file (in
+    /// its order).
     pub changed_tensors: Vec<String>,
-}
-
-fn changed_count(edit: &Edit, shape: &[usize]) -> usize {
-    let per_unit = match shape {
-        [r, c] => {
-            if edit.columns {
-                *r
-            } else {
-                *c
-            }
-        }
-        _ => 1,
-    };
-    edit.blocks
-        .iter()
-        .map(|b| match b {
-            Block::Scale { len, .. } | Block::Mean { len, .. } => len * per_unit,
-        })
-        .sum()
 }
 
 /// Writes the GGUF model as a Hugging Face folder in `dir` (which must exist), folding
@@ -100,7 +84,7 @@ pub fn write_hf_folder(g: &GgufFile, dir: &Path, plan: Option<&SurgeryPlan>) -> 
             let mut v64: Vec<f64> = values.iter().map(|&x| x as f64).collect();
             apply_edit(&mut v64, &shape, edit);
             values = v64.iter().map(|&x| x as f32).collect();
-            changed += changed_count(edit, &shape);
+            changed += edit.changed_parameters(&shape);
         }
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         if shard_bytes + bytes.len() > SHARD_BYTES && !shards.last().expect("shard").is_empty() {

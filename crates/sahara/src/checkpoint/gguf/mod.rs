@@ -12,9 +12,12 @@
 //! - The tokenizer is rebuilt from `tokenizer.ggml.*` ([`tokenizer`]); the chat template is
 //!   `tokenizer.chat_template`.
 //! - [`export`] writes the dequantized model as a Hugging Face folder (used by surgery).
+//! - [`write`] writes surgery's output as a GGUF file with the unchanged tensors kept as
+//!   they are (quantized stays quantized).
 
 pub mod export;
 pub mod tokenizer;
+pub mod write;
 
 use std::fs::File;
 use std::io::Cursor;
@@ -347,6 +350,27 @@ impl GgufFile {
             })
     }
 
+    /// Whether the file's family has Gemma 2 and 3's four norms per layer.
+    fn sandwich_norms(&self) -> bool {
+        self.family().is_ok_and(|f| f.gemma2_attention)
+    }
+
+    /// The GGUF name of a Hugging Face tensor name, in this file's family's layout.
+    pub fn gguf_name(&self, hf: &str) -> Option<String> {
+        translate(hf, true, self.sandwich_norms())
+    }
+
+    /// The Hugging Face name of one of this file's GGUF tensor names.
+    pub fn hf_name(&self, g: &str) -> Option<String> {
+        translate(g, false, self.sandwich_norms())
+    }
+
+    /// Whether llama.cpp's converter stored the norm weights as 1 + w (the Gemma families,
+    /// whose norms multiply by 1 + w): sahara reads them back as w.
+    pub fn shifted_norms(&self) -> bool {
+        self.family().is_ok_and(|f| f.gemma_style)
+    }
+
     /// Whether llama.cpp stored the query/key rows permuted for its rotary layout (its
     /// converter does this for the Llama architecture only).
     pub fn permuted_qk(&self) -> bool {
@@ -433,6 +457,26 @@ impl GgufFile {
                 o.insert("use_sliding_window".into(), json!(false));
                 o.insert("sliding_window".into(), Json::Null);
                 o.insert("attention_bias".into(), json!(fam.qkv_bias));
+            }
+            Family::Gemma3 => {
+                // What llama.cpp assumes of a gemma3 file (none of it is in the metadata):
+                // five sliding-window layers, then a global one; the local layers' rotary
+                // base 10000; scores scaled by 1/√head_dim, except the 27B model's (62
+                // layers), by 1/√(hidden / heads). No soft-capping.
+                let scalar = if layers == 62 {
+                    hidden / heads
+                } else {
+                    head_dim
+                };
+                o.insert("query_pre_attn_scalar".into(), json!(scalar));
+                o.insert("rope_local_base_freq".into(), json!(10000.0));
+                o.insert("sliding_window_pattern".into(), json!(6));
+                o.insert(
+                    "sliding_window".into(),
+                    json!(self.u64(&k("attention.sliding_window"))?),
+                );
+                o.insert("hidden_activation".into(), json!("gelu_pytorch_tanh"));
+                o.insert("attention_bias".into(), json!(false));
             }
             _ => {}
         }
@@ -621,9 +665,17 @@ const LAYER_MODULES: &[(&str, &str)] = &[
     ("post_attention_layernorm", "ffn_norm"),
 ];
 
+/// Gemma 2 and 3's four norms of a layer: llama.cpp names the one before the MLP `ffn_norm`
+/// (Llama's `post_attention_layernorm`), and the two on the outputs by their own names.
+const SANDWICH_NORMS: &[(&str, &str)] = &[
+    ("post_attention_layernorm", "post_attention_norm"),
+    ("pre_feedforward_layernorm", "ffn_norm"),
+    ("post_feedforward_layernorm", "post_ffw_norm"),
+];
+
 /// Translates a tensor name with the tables above, Hugging Face to GGUF with `to_gguf`,
-/// else back.
-fn translate(name: &str, to_gguf: bool) -> Option<String> {
+/// else back; `sandwich`: with Gemma 2 and 3's norm names.
+fn translate(name: &str, to_gguf: bool, sandwich: bool) -> Option<String> {
     let side = |pair: &(&'static str, &'static str)| {
         if to_gguf {
             (pair.0, pair.1)
@@ -642,21 +694,26 @@ fn translate(name: &str, to_gguf: bool) -> Option<String> {
     let (layer, rest) = name.strip_prefix(from_prefix)?.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
     let (module, suffix) = rest.rsplit_once('.')?;
+    let norms: &[(&str, &str)] = if sandwich { SANDWICH_NORMS } else { &[] };
     let (_, to) = LAYER_MODULES
         .iter()
+        .filter(|(hf, _)| !(sandwich && *hf == "post_attention_layernorm"))
+        .chain(norms)
         .map(side)
         .find(|(from, _)| *from == module)?;
     Some(format!("{to_prefix}{layer}.{to}.{suffix}"))
 }
 
-/// The GGUF name of a Hugging Face tensor name.
+/// The GGUF name of a Hugging Face tensor name, in the layout of the families without
+/// sandwich norms (the projections are named alike in all; [`GgufFile::gguf_name`] knows
+/// the file's family).
 pub fn gguf_name(hf: &str) -> Option<String> {
-    translate(hf, true)
+    translate(hf, true, false)
 }
 
-/// The Hugging Face name of a GGUF tensor name.
+/// The Hugging Face name of a GGUF tensor name (as [`gguf_name`], without sandwich norms).
 pub fn hf_name(g: &str) -> Option<String> {
-    translate(g, false)
+    translate(g, false, false)
 }
 
 /// Undoes llama.cpp's reordering of query/key rows: its converter stores the Hugging Face
@@ -712,7 +769,7 @@ impl<'a> GgufWeights<'a> {
             .iter()
             .map(|(g, info)| {
                 let n = info.shape.elem_count();
-                let projection = hf_name(g).is_some_and(|h| h.contains("_proj."));
+                let projection = self.file.hf_name(g).is_some_and(|h| h.contains("_proj."));
                 if self.keep_quantized && projection && is_quantized(info.ggml_dtype) {
                     n / info.ggml_dtype.block_size() * info.ggml_dtype.type_size()
                 } else {
@@ -725,7 +782,7 @@ impl<'a> GgufWeights<'a> {
     /// A projection's weight in its block format on `device`, rows in Hugging Face order;
     /// `None` for one stored as plain floats.
     fn load_quantized(&self, name: &str, device: &Device) -> Result<Option<QTensor>> {
-        let Some(g) = gguf_name(name) else {
+        let Some(g) = self.file.gguf_name(name) else {
             return Ok(None);
         };
         let Some(info) = self.file.content.tensor_infos.get(&g) else {
@@ -772,7 +829,7 @@ impl<'a> GgufWeights<'a> {
     pub fn hf_names(&self) -> Vec<String> {
         let mut out: Vec<(String, u64)> = Vec::new();
         for (g, info) in &self.file.content.tensor_infos {
-            if let Some(hf) = hf_name(g) {
+            if let Some(hf) = self.file.hf_name(g) {
                 out.push((hf, info.offset));
             }
         }
@@ -782,10 +839,13 @@ impl<'a> GgufWeights<'a> {
 
     /// Loads a tensor by its Hugging Face name as f32 on the CPU, rows in Hugging Face order.
     pub fn load_f32(&self, name: &str) -> Result<Tensor> {
-        let g = gguf_name(name).ok_or_else(|| Error::MissingTensor {
-            name: name.to_string(),
-            dir: self.file.path.clone(),
-        })?;
+        let g = self
+            .file
+            .gguf_name(name)
+            .ok_or_else(|| Error::MissingTensor {
+                name: name.to_string(),
+                dir: self.file.path.clone(),
+            })?;
         if !self.file.content.tensor_infos.contains_key(&g) {
             return Err(Error::MissingTensor {
                 name: format!("{g} ({name})"),
@@ -793,6 +853,10 @@ impl<'a> GgufWeights<'a> {
             });
         }
         let t = self.file.dequantize(&g)?;
+        if self.file.shifted_norms() && name.ends_with("norm.weight") {
+            // As transformers' GGUF loader reads them (its Gemma2TensorProcessor).
+            return Ok((t - 1.0)?);
+        }
         if self.file.permuted_qk() {
             if name.contains(".self_attn.q_proj.") {
                 return unpermute_rows(&t, self.num_heads);
@@ -807,14 +871,20 @@ impl<'a> GgufWeights<'a> {
 
 impl TensorSource for GgufWeights<'_> {
     fn contains(&self, name: &str) -> bool {
-        gguf_name(name).is_some_and(|g| self.file.content.tensor_infos.contains_key(&g))
+        self.file
+            .gguf_name(name)
+            .is_some_and(|g| self.file.content.tensor_infos.contains_key(&g))
     }
 
     fn load(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
-        if let Some(info) = gguf_name(name).and_then(|g| self.file.content.tensor_infos.get(&g)) {
+        let g = self.file.gguf_name(name);
+        if let Some(info) = g
+            .as_ref()
+            .and_then(|g| self.file.content.tensor_infos.get(g))
+        {
             if info.shape.dims() != shape {
                 return Err(Error::TensorShape {
-                    name: format!("{} ({name})", gguf_name(name).unwrap_or_default()),
+                    name: format!("{} ({name})", g.unwrap_or_default()),
                     path: self.file.path.clone(),
                     found: info.shape.dims().to_vec(),
                     expected: shape.to_vec(),
@@ -841,7 +911,7 @@ impl TensorSource for GgufWeights<'_> {
             if let Some(q) = self.load_quantized(name, device)? {
                 if q.shape().dims() != shape {
                     return Err(Error::TensorShape {
-                        name: format!("{} ({name})", gguf_name(name).unwrap_or_default()),
+                        name: format!("{} ({name})", self.file.gguf_name(name).unwrap_or_default()),
                         path: self.file.path.clone(),
                         found: q.shape().dims().to_vec(),
                         expected: shape.to_vec(),
