@@ -15,6 +15,8 @@ SURGERY_CASES = [
     ("llama_gqa", [[0, 1], [2, 3]], "q", "scale"),
     ("qwen2", [[1, 2]], "k", "mean"),
     ("mistral", [[1, 0]], "v", "scale"),
+    # OLMo 2's q norm spans the whole projection: the fold scales the head's slice of its weight.
+    ("olmo2", [[0, 0], [0, 3], [1, 1], [1, 2]], "q", "scale"),
 ]
 
 
@@ -32,6 +34,11 @@ def fold(model, heads, target: str, mode: str, eps: float) -> None:
                 continue
             proj, unit, n = (attn.q_proj, head, cfg.num_attention_heads) if target == "q" else (
                 attn.k_proj, head // group, cfg.num_key_value_heads)
+            norm = getattr(attn, "q_norm" if target == "q" else "k_norm", None)
+            if norm is not None and norm.weight.numel() == n * hd:
+                assert mode == "scale", "a mean does not fold through a norm over all heads"
+                norm.weight[unit * hd:(unit + 1) * hd] *= eps
+                continue
             for t in [proj.weight] + ([proj.bias] if proj.bias is not None else []):
                 rows = t.view(n, hd, *t.shape[1:])
                 if mode == "scale":
