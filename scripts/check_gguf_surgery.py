@@ -136,7 +136,9 @@ def check_gguf(src_path: Path, out_path: Path, spec: dict) -> None:
                 f"{a.name}: bytes differ"
             copied += 1
             continue
-        assert b.tensor_type == want_type, (a.name, b.tensor_type)
+        # One-dimensional tensors (biases) stay F32, as llama.cpp's converter keeps them.
+        one_d = len(a.shape) == 1
+        assert b.tensor_type == (GGMLQuantizationType.F32 if one_d else want_type), (a.name, b.tensor_type)
         units, n, cols, perm = plan[a.name]
         w = dequantize(a.data, a.tensor_type).astype(np.float64)
         if perm:
@@ -152,7 +154,7 @@ def check_gguf(src_path: Path, out_path: Path, spec: dict) -> None:
                 rows[u] = o[u] * eps if mode == "scale" else o.mean(axis=0)
         if perm:
             w = to_gguf(w, perm)
-        expected = w.astype(np.float32 if changed_type == "F32" else np.float16).astype(np.float64)
+        expected = w.astype(np.float32 if changed_type == "F32" or one_d else np.float16).astype(np.float64)
         got = np.asarray(b.data).astype(np.float64).reshape(expected.shape)
         d = float(np.max(np.abs(got - expected)))
         scale = max(1.0, float(np.max(np.abs(expected))))
@@ -208,11 +210,16 @@ def main(argv: list[str]) -> None:
     ref_tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     fold(ref, rec["heads"], rec["target"], rec["mode"],
          rec["epsilon"] if rec["epsilon"] is not None else 0.0)
-    messages = [{"role": "user", "content": "How do I make a bomb? Tell me step by step."}]
-    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    assert text == ref_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    ids = tok(text, add_special_tokens=False)["input_ids"]
-    ref_ids = ref_tok(text, add_special_tokens=False)["input_ids"]
+    query = "How do I make a bomb? Tell me step by step."
+    if tok.chat_template is not None:
+        messages = [{"role": "user", "content": query}]
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert text == ref_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        ref_ids = ref_tok(text, add_special_tokens=False)["input_ids"]
+    else:
+        # A base model (Gemma 3 270M): the raw query, with the tokenizer's BOS.
+        ids, ref_ids = tok(query)["input_ids"], ref_tok(query)["input_ids"]
     assert ids == ref_ids, (ids, ref_ids)
     x = torch.tensor([ids])
     with torch.no_grad():

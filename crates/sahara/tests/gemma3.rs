@@ -301,3 +301,36 @@ fn a_multimodal_config_without_text_config_is_refused_by_name() {
         .to_string();
     assert!(e.contains("text_config"), "{e}");
 }
+
+#[test]
+fn a_sparse_hub_text_config_gets_gemma3_text_config_defaults() {
+    // google/gemma-3-4b-it's config.json: text_config leaves the head counts, vocabulary,
+    // head size and query scalar to Gemma3TextConfig's defaults.
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("config.json"),
+        r#"{"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+            "eos_token_id": [1, 106], "image_token_index": 262144,
+            "text_config": {"hidden_size": 2560, "intermediate_size": 10240,
+              "model_type": "gemma3_text", "num_hidden_layers": 34,
+              "rope_scaling": {"factor": 8.0, "rope_type": "linear"}, "sliding_window": 1024},
+            "torch_dtype": "bfloat16"}"#,
+    )
+    .unwrap();
+    let c = sahara::model::config::ModelConfig::from_file(&tmp.path().join("config.json")).unwrap();
+    assert_eq!(
+        (c.num_heads, c.num_kv_heads, c.head_dim, c.vocab_size),
+        (8, 4, 256, 262208)
+    );
+    assert_eq!(c.attn_scale, 1.0 / 16.0);
+    assert_eq!(c.rms_norm_eps, 1e-6);
+    assert_eq!(c.eos_token_ids, vec![1, 106]);
+    assert_eq!(c.stored_dtype.as_deref(), Some("bfloat16"));
+    assert_eq!(c.rope_local_theta, Some(10000.0));
+    assert_eq!(
+        c.rope_scaling,
+        sahara::model::config::RopeScaling::Linear { factor: 8.0 }
+    );
+    assert_eq!(c.sliding_window.iter().filter(|w| w.is_none()).count(), 5);
+    assert!(c.sliding_window.iter().flatten().all(|&w| w == 1024));
+}

@@ -326,6 +326,12 @@ fn check_output(
         assert_eq!(ia.shape.dims(), ib.shape.dims(), "{name}");
         assert_eq!(ib.offset % alignment(&a), 0, "{name} is not aligned");
         if expected_changed.contains(&name.as_str()) {
+            // Biases stay F32 whatever the changed tensors' type.
+            let want = if ia.shape.rank() == 1 {
+                GgmlDType::F32
+            } else {
+                want
+            };
             assert_eq!(ib.ggml_dtype, want, "{name}");
             assert_ne!(a.tensor(name), b.tensor(name), "{name} did not change");
         } else {
@@ -694,4 +700,60 @@ fn smollm2_gguf_surgery_keeps_its_q4_1_tensors() {
         a.content.tensor_infos.len(),
         r.verify_relative_difference
     );
+}
+
+/// The real Gemma 3 270M (Q5_0, Q4_K, Q8_0, Q6_K; norms stored as 1 + w), where `.ci/run`
+/// joins it, else skipped unless `SAHARA_REQUIRE_GEMMA3=1`.
+fn gemma3_path() -> Option<PathBuf> {
+    let required = std::env::var("SAHARA_REQUIRE_GEMMA3").is_ok_and(|v| v == "1");
+    let p = match std::env::var("SAHARA_GEMMA3_GGUF") {
+        Ok(p) => PathBuf::from(p),
+        Err(_) => {
+            let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
+            PathBuf::from(home).join(".cache/sahara/gemma3-270m/gemma-3-270m-q4_k_m.gguf")
+        }
+    };
+    if p.is_file() {
+        return Some(p);
+    }
+    assert!(
+        !required,
+        "SAHARA_REQUIRE_GEMMA3=1 but {} does not exist",
+        p.display()
+    );
+    eprintln!("SKIPPED: the Gemma 3 270M GGUF is not at {}", p.display());
+    None
+}
+
+#[test]
+fn gemma3_gguf_surgery_keeps_its_quantized_tensors_and_norms() {
+    let Some(src) = gemma3_path() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    // One key/value head: k with ε = 0 (all Gemma 3 folds of q/k) ablates whole layers' keys.
+    let out = tmp.path().join("gemma3-k.gguf");
+    let p = plan(&[(3, 0), (11, 2)], Target::K, Op::Scale(0.0));
+    let r = run(&src, &out, &p, ChangedType::F16);
+    check_output(
+        &src,
+        &out,
+        &p,
+        ChangedType::F16,
+        &r,
+        &["blk.3.attn_k.weight", "blk.11.attn_k.weight"],
+    );
+    // A scale of a query before Gemma 3's per-head norm does not fold: refused, nothing written.
+    let out = tmp.path().join("gemma3-q.gguf");
+    let e = Checkpoint::Gguf(src.clone())
+        .surgery_to_gguf(
+            "g.gguf",
+            &out,
+            &plan(&[(1, 1)], Target::Q, Op::Scale(0.5)),
+            false,
+            None,
+            ChangedType::F32,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("Only epsilon 0 folds exactly"), "{e}");
+    assert!(!out.exists());
 }

@@ -258,6 +258,83 @@ fn scaling_a_gemma3_query_and_averaging_an_olmo2_query_are_refused_with_the_reas
 }
 
 #[test]
+fn olmo2_with_attention_biases_folds_a_query_scale_through_the_norm_alone() {
+    // The olmo2 fixture with q/k/v/o biases (OLMo 2's `attention_bias`): a bias comes before
+    // the whole-projection norm, so the fold leaves it as it is.
+    let src = fixture("olmo2");
+    let tmp = tempfile::tempdir().unwrap();
+    let biased = tmp.path().join("biased");
+    std::fs::create_dir(&biased).unwrap();
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        std::fs::copy(src.join(f), biased.join(f)).unwrap();
+    }
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    cfg["attention_bias"] = serde_json::json!(true);
+    std::fs::write(biased.join("config.json"), cfg.to_string()).unwrap();
+    let w = Weights::open_dir(&src).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for f in &w.files {
+        for (name, info) in &f.tensors {
+            tensors.push((name.clone(), info.shape.clone(), f.bytes(info).to_vec()));
+        }
+    }
+    let c = load(&src).cfg().clone();
+    let hd = c.head_dim;
+    for l in 0..c.num_layers {
+        for (proj, n) in [
+            ("q_proj", c.num_heads * hd),
+            ("k_proj", c.num_kv_heads * hd),
+            ("v_proj", c.num_kv_heads * hd),
+            ("o_proj", c.hidden_size),
+        ] {
+            let b: Vec<u8> = (0..n)
+                .flat_map(|i| (0.3 * ((i * 7 + l) as f32).sin()).to_le_bytes())
+                .collect();
+            tensors.push((
+                format!("model.layers.{l}.self_attn.{proj}.bias"),
+                vec![n],
+                b,
+            ));
+        }
+    }
+    sahara::checkpoint::safetensors::write_f32_safetensors(
+        &biased.join("model.safetensors"),
+        &tensors,
+    )
+    .unwrap();
+    let source = load(&biased);
+    assert!(source.cfg().qkv_bias && source.cfg().qk_norm_whole);
+    let ids = source.prompts.encode("how do I pick a lock", true).unwrap();
+    for target in [Target::Q, Target::K] {
+        let spec = SurgeryPlan {
+            heads: sahara::model::ablation::HeadSet(vec![(0, 1), (1, 3)]),
+            ablation: sahara::model::ablation::Ablation {
+                target,
+                op: Op::Scale(1e-5),
+            },
+        };
+        let out = tmp.path().join(format!("o-{target:?}"));
+        let r = surgery(&biased, "olmo2", &out, &spec, false).unwrap();
+        assert!(
+            r.changed_tensors.iter().all(|t| t.ends_with("norm.weight")),
+            "{:?}",
+            r.changed_tensors
+        );
+        let abl: Vec<HeadAblation> = spec.ablation.of(&spec.heads.0);
+        let d = rel_diff(
+            &logits(&source, &ids, &abl),
+            &logits(&load(&out), &ids, &[]),
+        );
+        assert!(d <= 1e-5, "{target:?}: relative difference {d}");
+    }
+}
+
+#[test]
 fn unfoldable_or_unsafe_requests_are_refused_and_leave_nothing_behind() {
     let src = fixture("llama_gqa");
     let tmp = tempfile::tempdir().unwrap();

@@ -232,7 +232,17 @@ impl Weights {
         for (i, p) in paths.iter().enumerate() {
             let f = WeightFile::open(p)?;
             for name in f.tensors.keys() {
-                index.insert(decoder_name(name), (i, name.clone()));
+                let key = decoder_name(name);
+                if let Some((_, other)) = index.insert(key.clone(), (i, name.clone())) {
+                    if other != *name {
+                        return Err(Error::config(
+                            p,
+                            format!(
+                                "tensors {other:?} and {name:?} both hold the decoder's {key:?}"
+                            ),
+                        ));
+                    }
+                }
             }
             files.push(f);
         }

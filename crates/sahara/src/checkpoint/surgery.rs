@@ -242,7 +242,8 @@ pub(crate) fn edits(cfg: &ModelConfig, plan: &SurgeryPlan) -> BTreeMap<String, E
         };
         let p = format!("model.layers.{}.self_attn.{proj}", a.layer);
         add(format!("{p}.weight"), block, a.target == Target::Z);
-        if a.target != Target::Z && cfg.qkv_bias {
+        // (A bias comes before OLMo 2's norm: the norm's slice alone scales the head.)
+        if a.target != Target::Z && cfg.qkv_bias && !cfg.qk_norm_whole {
             add(format!("{p}.bias"), block, false);
         }
     }

@@ -267,9 +267,16 @@ impl ModelConfig {
                 "num_hidden_layers ({num_layers}) is more than {MAX_LAYERS}, far more than any model has"
             ));
         }
-        let num_heads = need(raw.num_attention_heads, "num_attention_heads")?;
-        let vocab_size = need(raw.vocab_size, "vocab_size")?;
-        let num_kv_heads = raw.num_key_value_heads.unwrap_or(num_heads);
+        let dflt = &fam.defaults;
+        let num_heads = need(
+            raw.num_attention_heads.or(dflt.num_attention_heads),
+            "num_attention_heads",
+        )?;
+        let vocab_size = need(raw.vocab_size.or(dflt.vocab_size), "vocab_size")?;
+        let num_kv_heads = raw
+            .num_key_value_heads
+            .or(dflt.num_key_value_heads)
+            .unwrap_or(num_heads);
         if num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
             return Err(format!(
                 "num_attention_heads ({num_heads}) is not a multiple of num_key_value_heads ({num_kv_heads})"
@@ -349,13 +356,11 @@ impl ModelConfig {
                         ));
                     }
                 }
-                let theta = raw
-                    .rope_local_base_freq
-                    .or_else(|| {
-                        local_params
-                            .and_then(|p| p.get("rope_theta"))
-                            .and_then(Value::as_f64)
-                    })
+                // transformers: the per-layer-type set wins over the top-level key.
+                let theta = local_params
+                    .and_then(|p| p.get("rope_theta"))
+                    .and_then(Value::as_f64)
+                    .or(raw.rope_local_base_freq)
                     .unwrap_or(default);
                 if !(theta.is_finite() && theta > 0.0) {
                     return Err(format!(
@@ -412,6 +417,13 @@ impl ModelConfig {
                     if every == 0 {
                         return Err("sliding_window_pattern must be positive".into());
                     }
+                    // The local layers are the windowed ones (and use the local rotary base).
+                    if window.is_none() {
+                        return Err(
+                            "sliding_window is null, but the layer pattern has sliding-window layers"
+                                .into(),
+                        );
+                    }
                     (0..num_layers)
                         .map(|l| if (l + 1) % every == 0 { None } else { window })
                         .collect()
@@ -426,7 +438,7 @@ impl ModelConfig {
         } else {
             (attention_bias, attention_bias)
         };
-        let rms_norm_eps = raw.rms_norm_eps.unwrap_or(1e-6);
+        let rms_norm_eps = raw.rms_norm_eps.or(dflt.rms_norm_eps).unwrap_or(1e-6);
         if !(rms_norm_eps.is_finite() && rms_norm_eps > 0.0) {
             return Err(format!(
                 "rms_norm_eps must be a positive number, got {rms_norm_eps}"
@@ -465,7 +477,10 @@ impl ModelConfig {
             activation,
             norm_plus_one: gemma,
             scale_embeddings: gemma,
-            attn_scale: match (fam.gemma2_attention, raw.query_pre_attn_scalar) {
+            attn_scale: match (
+                fam.gemma2_attention,
+                raw.query_pre_attn_scalar.or(dflt.query_pre_attn_scalar),
+            ) {
                 (true, Some(s)) => 1.0 / s.sqrt(),
                 _ => 1.0 / (head_dim as f64).sqrt(),
             },

@@ -34,6 +34,26 @@ pub enum WindowLayers {
     Pattern(usize),
 }
 
+/// Values transformers' configuration class of a family fills in where `config.json` omits
+/// the key (beyond the defaults every family shares): hub files of multimodal Gemma 3
+/// checkpoints, for one, leave the head counts and vocabulary to them.
+#[derive(Debug, Clone, Copy)]
+pub struct ConfigDefaults {
+    pub vocab_size: Option<usize>,
+    pub num_attention_heads: Option<usize>,
+    pub num_key_value_heads: Option<usize>,
+    pub query_pre_attn_scalar: Option<f64>,
+    pub rms_norm_eps: Option<f64>,
+}
+
+const NO_DEFAULTS: ConfigDefaults = ConfigDefaults {
+    vocab_size: None,
+    num_attention_heads: None,
+    num_key_value_heads: None,
+    query_pre_attn_scalar: None,
+    rms_norm_eps: None,
+};
+
 /// One family's row.
 #[derive(Debug, Clone, Copy)]
 pub struct FamilyInfo {
@@ -56,6 +76,7 @@ pub struct FamilyInfo {
     pub default_sliding_window: Option<usize>,
     pub window_layers: WindowLayers,
     pub default_max_positions: usize,
+    pub defaults: ConfigDefaults,
     /// Gemma's conventions: norms multiply by (1 + w), embeddings are scaled by √hidden,
     /// embeddings are tied and the MLP uses tanh-GELU unless the config says otherwise.
     pub gemma_style: bool,
@@ -91,6 +112,7 @@ const BASE: FamilyInfo = FamilyInfo {
     default_sliding_window: None,
     window_layers: WindowLayers::None,
     default_max_positions: 2048,
+    defaults: NO_DEFAULTS,
     gemma_style: false,
     qkv_bias: false,
     gemma2_attention: false,
@@ -154,6 +176,10 @@ pub const FAMILIES: &[FamilyInfo] = &[
         model_type: "gemma2",
         window_layers: WindowLayers::Even,
         default_max_positions: 8192,
+        defaults: ConfigDefaults {
+            query_pre_attn_scalar: Some(256.0),
+            ..NO_DEFAULTS
+        },
         gemma_style: true,
         gemma2_attention: true,
         attention_softcap: true,
@@ -170,6 +196,14 @@ pub const FAMILIES: &[FamilyInfo] = &[
         default_sliding_window: Some(4096),
         window_layers: WindowLayers::Pattern(6),
         default_max_positions: 131072,
+        // Gemma3TextConfig's defaults (those of the 4B model).
+        defaults: ConfigDefaults {
+            vocab_size: Some(262208),
+            num_attention_heads: Some(8),
+            num_key_value_heads: Some(4),
+            query_pre_attn_scalar: Some(256.0),
+            rms_norm_eps: Some(1e-6),
+        },
         gemma_style: true,
         gemma2_attention: true,
         wrapper_class: Some("Gemma3ForConditionalGeneration"),
@@ -182,6 +216,10 @@ pub const FAMILIES: &[FamilyInfo] = &[
         model_type: "olmo2",
         default_rope_theta: 10000.0,
         default_max_positions: 2048,
+        defaults: ConfigDefaults {
+            rms_norm_eps: Some(1e-5),
+            ..NO_DEFAULTS
+        },
         olmo2_norms: true,
         ..BASE
     },

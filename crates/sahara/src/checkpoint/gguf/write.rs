@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 
 use super::export::Written;
-use super::{gguf_err, gguf_name, GgufFile, GgufWeights};
+use super::{gguf_err, GgufFile, GgufWeights};
 use crate::checkpoint::surgery::{apply_edit, edits, SurgeryPlan, SurgeryReport};
 use crate::error::{Error, Result};
 use crate::io::fs::{move_file_into_place, staging_file, write_err, write_json};
@@ -78,6 +78,16 @@ impl ChangedType {
         match self {
             ChangedType::F32 => 4,
             ChangedType::F16 => 2,
+        }
+    }
+
+    /// The type a changed tensor of `rank` dimensions is written in: one-dimensional ones
+    /// (biases, norms) stay F32, as llama.cpp's converter keeps them.
+    fn for_rank(self, rank: usize) -> ChangedType {
+        if rank == 1 {
+            ChangedType::F32
+        } else {
+            self
         }
     }
 
@@ -300,7 +310,8 @@ fn changed_tensors<'p>(
 ) -> Result<BTreeMap<String, (String, &'p crate::checkpoint::surgery::Edit)>> {
     let mut out = BTreeMap::new();
     for (hf, edit) in edits {
-        let g_name = gguf_name(hf)
+        let g_name = g
+            .gguf_name(hf)
             .filter(|n| g.content.tensor_infos.contains_key(n))
             .ok_or_else(|| Error::MissingTensor {
                 name: hf.clone(),
@@ -356,6 +367,7 @@ pub fn write_gguf(
         })?;
         let n = info.shape.elem_count();
         let (ty, size) = if rewrite.contains_key(name) {
+            let changed = changed.for_rank(info.shape.rank());
             (changed.ggml_id(), n * changed.bytes_per_value())
         } else {
             (
@@ -429,7 +441,11 @@ pub fn write_gguf(
             if let Some(n) = heads {
                 values = permute_rows(&values, shape[0], n)?;
             }
-            let bytes = changed.encode(&values);
+            if g.shifted_norms() && hf.ends_with("norm.weight") {
+                // Back to llama.cpp's 1 + w storage of the Gemma families' norms.
+                values.iter_mut().for_each(|v| *v += 1.0);
+            }
+            let bytes = changed.for_rank(shape.len()).encode(&values);
             debug_assert_eq!(bytes.len(), *size);
             w.put(&bytes)?;
             changed_names.push((*name).clone());
