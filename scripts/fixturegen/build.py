@@ -17,6 +17,7 @@ from .checks import (
     check_gemma,
     check_gemma2,
     check_gemma3,
+    check_moe,
     check_llama3_rope,
     check_mistral_window,
     check_phi3,
@@ -28,7 +29,7 @@ from .common import CHAT_CASES, EPSILON, FIXTURES, MAX_FOLDER_BYTES, MAX_NEW_TOK
 from .modelling import forward_logits, greedy, reinit_
 from .specs import SPECS, to_hub_style
 
-NEW_FAMILIES = ("gemma", "gemma2", "gemma3", "olmo2", "phi3", "qwen3")
+NEW_FAMILIES = ("gemma", "gemma2", "gemma3", "olmo2", "phi3", "qwen3", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe")
 
 
 # ---------------------------------------------------------------------------
@@ -120,6 +121,8 @@ def build(name: str) -> None:
         family_extra.update(check_gemma(spec, model, raw_ids, logits, vocab_len))
     if name == "gemma2":
         family_extra.update(check_gemma2(spec, model, raw_ids, logits, vocab_len))
+    if name in ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe"):
+        family_extra.update(check_moe(spec, model, raw_ids, logits, vocab_len))
     if name == "gemma3":
         family_extra.update(check_gemma3(spec, model, raw_ids, logits, vocab_len))
     if name == "phi3":

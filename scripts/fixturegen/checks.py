@@ -207,6 +207,41 @@ def check_gemma3(spec, model, raw_ids, logits, vocab_len) -> dict:
     return {"layer_types": list(cfg.layer_types)}
 
 
+def check_moe(spec, model, raw_ids, logits, vocab_len) -> dict:
+    """The routing of every prompt token: which experts each layer's router picks, and the
+    smallest margin between a token's k-th and (k+1)-th expert probabilities (a margin near
+    float rounding would make the fixture's routing, hence its logits, fragile). Every
+    expert of a sparse layer gets some token."""
+    cfg = model.config
+    k = cfg.num_experts_per_tok
+    margins, used = [], {}
+    handles = []
+    for i, layer in enumerate(model.model.layers):
+        router = getattr(getattr(layer, "mlp", None), "gate", None)
+        if router is None or not hasattr(router, "top_k"):
+            continue
+
+        def hook(m, args, out, i=i):
+            probs = torch.softmax(out[0].float(), dim=-1)
+            top = torch.sort(probs, dim=-1, descending=True).values
+            margins.append(float((top[:, k - 1] - top[:, k]).min()))
+            used.setdefault(i, set()).update(out[2].flatten().tolist())
+        handles.append(router.register_forward_hook(hook))
+    try:
+        for ids in raw_ids:
+            forward_logits(model, ids)
+    finally:
+        for h in handles:
+            h.remove()
+    assert used, "no router was hooked"
+    n = getattr(cfg, "num_local_experts", None) or cfg.num_experts
+    for i, experts in used.items():
+        assert experts == set(range(n)), (i, experts)
+    print(f"  moe: sparse layers {sorted(used)}, every expert used; smallest top-{k} margin {min(margins):.2e}")
+    assert min(margins) > 1e-4, min(margins)
+    return {"sparse_layers": sorted(used), "min_router_margin": min(margins)}
+
+
 def check_phi3(spec, model, raw_ids, logits, vocab_len, greedy_records) -> dict:
     cfg = model.config
     rp = cfg.rope_parameters

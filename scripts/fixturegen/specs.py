@@ -15,6 +15,14 @@ from transformers import (
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,
+    OlmoeConfig,
+    OlmoeForCausalLM,
+    Qwen2MoeConfig,
+    Qwen2MoeForCausalLM,
+    Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
     Olmo2Config,
     Olmo2ForCausalLM,
     Phi3Config,
@@ -296,6 +304,147 @@ def spec_olmo2():
                 min_gap=NEW_MIN_TOP2_GAP)
 
 
+# ---------------------------------------------------------------------------
+# Mixtures of experts: four experts, two per token, so that tokens go different ways; the
+# weights' spread keeps the router's top-2 choices far from ties (checked by the build).
+# ---------------------------------------------------------------------------
+def spec_mixtral():
+    tok = make_sentencepiece_bpe_tokenizer(total_vocab=440, legacy=True, chat_template=MISTRAL_CHAT_TEMPLATE)
+
+    def config(vocab_size):
+        return MixtralConfig(
+            vocab_size=vocab_size,
+            hidden_size=64,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=256,
+            rms_norm_eps=1e-5,
+            rope_theta=1000000.0,
+            sliding_window=None,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            tie_word_embeddings=False,
+            bos_token_id=1,
+            eos_token_id=2,
+            initializer_range=0.15,
+        )
+
+    gen = GenerationConfig(bos_token_id=1, eos_token_id=2)
+    return dict(cls=MixtralForCausalLM, tok=tok, config=config, gen=gen, seed=10000, std=0.15, hub_style=False,
+                pad=0, min_gap=NEW_MIN_TOP2_GAP)
+
+
+def spec_qwen2_moe():
+    tok = make_qwen2_tokenizer(base_vocab=480)
+    eot = tok.convert_tokens_to_ids("<|endoftext|>")
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+
+    def config(vocab_size):
+        padded = (vocab_size + 31) // 32 * 32
+        return Qwen2MoeConfig(
+            vocab_size=padded,
+            hidden_size=64,
+            intermediate_size=48,  # the dense layer's MLP (mlp_only_layers)
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=40,
+            num_experts=4,
+            num_experts_per_tok=2,
+            norm_topk_prob=False,
+            decoder_sparse_step=1,
+            mlp_only_layers=[2],
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            rms_norm_eps=1e-6,
+            rope_theta=1000000.0,
+            qkv_bias=True,
+            use_sliding_window=False,
+            tie_word_embeddings=False,
+            bos_token_id=eot,
+            eos_token_id=im_end,
+            initializer_range=0.15,
+        )
+
+    gen = GenerationConfig(bos_token_id=eot, eos_token_id=[im_end, eot], pad_token_id=eot)
+    return dict(cls=Qwen2MoeForCausalLM, tok=tok, config=config, gen=gen, seed=11000, std=0.15, hub_style=False,
+                pad=eot, min_gap=NEW_MIN_TOP2_GAP)
+
+
+def spec_qwen3_moe():
+    tok = make_qwen3_tokenizer(base_vocab=480)
+    eot = tok.convert_tokens_to_ids("<|endoftext|>")
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+
+    def config(vocab_size):
+        padded = (vocab_size + 31) // 32 * 32
+        return Qwen3MoeConfig(
+            vocab_size=padded,
+            hidden_size=64,
+            intermediate_size=48,  # the dense layers' MLP (decoder_sparse_step 2)
+            moe_intermediate_size=32,
+            num_experts=4,
+            num_experts_per_tok=2,
+            norm_topk_prob=True,
+            decoder_sparse_step=2,
+            mlp_only_layers=[],
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=32,
+            max_position_embeddings=256,
+            rms_norm_eps=1e-6,
+            rope_theta=1000000.0,
+            attention_bias=False,
+            use_sliding_window=False,
+            tie_word_embeddings=True,
+            bos_token_id=eot,
+            eos_token_id=im_end,
+            initializer_range=0.15,
+        )
+
+    gen = GenerationConfig(bos_token_id=eot, eos_token_id=[im_end, eot], pad_token_id=eot)
+    return dict(cls=Qwen3MoeForCausalLM, tok=tok, config=config, gen=gen, seed=12000, std=0.15, hub_style=True,
+                pad=eot, min_gap=NEW_MIN_TOP2_GAP)
+
+
+def spec_olmoe():
+    tok = make_olmo2_tokenizer(base_vocab=470)
+    eot = tok.convert_tokens_to_ids("<|endoftext|>")
+    pad = tok.convert_tokens_to_ids("<|pad|>")
+
+    def config(vocab_size):
+        padded = (vocab_size + 31) // 32 * 32
+        return OlmoeConfig(
+            vocab_size=padded,
+            hidden_size=64,
+            intermediate_size=32,
+            num_experts=4,
+            num_experts_per_tok=2,
+            norm_topk_prob=False,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            rms_norm_eps=1e-5,
+            rope_theta=10000.0,
+            attention_bias=False,
+            clip_qkv=None,
+            tie_word_embeddings=False,
+            bos_token_id=None,
+            eos_token_id=eot,
+            pad_token_id=pad,
+            initializer_range=0.15,
+        )
+
+    gen = GenerationConfig(eos_token_id=eot, pad_token_id=pad)
+    return dict(cls=OlmoeForCausalLM, tok=tok, config=config, gen=gen, seed=13000, std=0.15, hub_style=False,
+                pad=pad, min_gap=NEW_MIN_TOP2_GAP)
+
+
 PHI3_SHORT_FACTOR = [1.0, 1.02, 1.05, 1.1, 1.2, 1.35, 1.5, 1.7]
 PHI3_LONG_FACTOR = [1.0, 1.5, 2.2, 3.0, 4.0, 5.0, 6.5, 8.0]
 
@@ -381,6 +530,10 @@ SPECS = {
     "gemma2": spec_gemma2,
     "gemma3": spec_gemma3,
     "olmo2": spec_olmo2,
+    "mixtral": spec_mixtral,
+    "qwen2_moe": spec_qwen2_moe,
+    "qwen3_moe": spec_qwen3_moe,
+    "olmoe": spec_olmoe,
     "phi3": spec_phi3,
     "qwen3": spec_qwen3,
 }
@@ -437,6 +590,11 @@ def to_hub_style(cfg: dict, name: str) -> dict:
         cfg["sliding_window_pattern"] = 6
         cfg["hidden_act"] = cfg["hidden_activation"]
         assert cfg.pop("use_bidirectional_attention") in (None, False)
+    if name == "qwen3_moe":
+        # Qwen/Qwen3-30B-A3B names the expert count `num_experts`; transformers 5 writes
+        # `num_local_experts` (and reads both).
+        cfg["num_experts"] = cfg.pop("num_local_experts")
+        cfg.pop("layer_types", None)
     if name == "phi3":
         # As in microsoft/Phi-3-mini-128k-instruct: rope_scaling holds only the
         # factor lists and the type; original_max_position_embeddings is a

@@ -226,18 +226,29 @@ pub fn check_fixture(dir: &Path, dtype: DType, device: &Device) -> Result<Vec<Ch
         ))
     };
 
+    // A mixture of experts sends each token to its top-k experts: in 16 bits a token near a
+    // tie between two experts may go elsewhere than in float32, which changes its output by
+    // the order of the values, so a 16-bit run of such a model is not compared with the
+    // float32 reference (only its engines with each other, below).
+    let comparable = f32 || model.cfg().moe.is_none();
     let (mut logits, mut hidden) = ((0f64, 0f64), (0f64, 0f64));
-    for (i, p) in prompts.iter().enumerate() {
+    for (i, p) in prompts.iter().enumerate().filter(|_| comparable) {
         let (l, h) = forward(p, None)?;
         let dl = compare(&l, reference.tensor(&format!("logits.{i}"))?)?;
         let dh = compare(&h, reference.tensor(&format!("hidden.{i}"))?)?;
         logits = (logits.0.max(dl.0), dl.1);
         hidden = (hidden.0.max(dh.0), dh.1);
     }
-    push("logits".into(), logits.0, logits.1);
-    push("hidden".into(), hidden.0, hidden.1);
+    if comparable {
+        push("logits".into(), logits.0, logits.1);
+        push("hidden".into(), hidden.0, hidden.1);
+    }
 
-    for (name, heads) in reference.ablations(dir, &model)? {
+    let ablations = match comparable {
+        true => reference.ablations(dir, &model)?,
+        false => Vec::new(),
+    };
+    for (name, heads) in ablations {
         let mut worst = (0f64, 0f64);
         for (i, p) in prompts.iter().enumerate() {
             let (l, _) = forward(p, Some(std::slice::from_ref(&heads)))?;

@@ -124,10 +124,24 @@ fn chat_templates_render_as_transformers_does() {
 fn every_fixture_passes_the_selftest_in_f32_and_bf16() {
     // Logits, hidden states, ablated logits, greedy tokens, and fast = naive engines: the
     // checks `sahara selftest` runs on a device (sahara::selftest is their one home).
+    // A mixture of experts in 16 bits is checked by its engines' agreement only (its routing
+    // may differ from float32's).
     for name in families() {
+        let cfg =
+            sahara::model::config::ModelConfig::from_file(&fixture_dir(&name).join("config.json"))
+                .unwrap();
         for dtype in [DType::F32, DType::BF16] {
             let checks = check_fixture(&fixture_dir(&name), dtype, &Device::Cpu).unwrap();
-            assert!(checks.len() >= 5, "{name}: {checks:?}");
+            if dtype == DType::BF16 && cfg.moe.is_some() {
+                let names: Vec<&str> = checks.iter().map(|c| c.check.as_str()).collect();
+                assert_eq!(
+                    names,
+                    ["ships_fast_vs_naive", "sahara_fast_vs_naive"],
+                    "{name}"
+                );
+            } else {
+                assert!(checks.len() >= 5, "{name}: {checks:?}");
+            }
             for c in &checks {
                 assert!(c.passed, "{name} {dtype:?}: {c:?}");
             }

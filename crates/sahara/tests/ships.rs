@@ -98,7 +98,18 @@ fn layer_and_head_ranges_leave_other_entries_empty() {
 #[test]
 fn fast_engine_equals_naive_engine_on_every_fixture_family() {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
-    for name in ["gemma", "gemma2", "gemma3", "olmo2", "phi3", "qwen3"] {
+    for name in [
+        "gemma",
+        "gemma2",
+        "gemma3",
+        "olmo2",
+        "phi3",
+        "qwen3",
+        "mixtral",
+        "qwen2_moe",
+        "qwen3_moe",
+        "olmoe",
+    ] {
         let m =
             LoadedModel::load(root.join(name).to_str().unwrap(), DType::F32, &Device::Cpu).unwrap();
         let tokens = m

@@ -34,6 +34,20 @@ pub struct RawConfig {
     pub use_bidirectional_attention: Option<bool>,
     /// The language model's configuration inside a multimodal one (Gemma 3).
     pub text_config: Option<Box<RawConfig>>,
+    /// Qwen2-MoE's name for q/k/v biases.
+    pub qkv_bias: Option<bool>,
+    /// Mixtral's number of experts.
+    pub num_local_experts: Option<usize>,
+    /// The number of experts (Qwen MoE, OLMoE).
+    pub num_experts: Option<usize>,
+    pub num_experts_per_tok: Option<usize>,
+    pub norm_topk_prob: Option<bool>,
+    pub moe_intermediate_size: Option<usize>,
+    pub shared_expert_intermediate_size: Option<usize>,
+    pub decoder_sparse_step: Option<usize>,
+    pub mlp_only_layers: Option<Vec<usize>>,
+    /// OLMoE's clamp of queries, keys and values (not supported).
+    pub clip_qkv: Option<f64>,
     pub max_position_embeddings: Option<usize>,
     pub vocab_size: Option<usize>,
     pub tie_word_embeddings: Option<bool>,
@@ -96,6 +110,24 @@ pub enum Activation {
     GeluTanh,
 }
 
+/// A mixture of experts in place of the MLP, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoeConfig {
+    pub num_experts: usize,
+    /// Experts each token is routed to.
+    pub top_k: usize,
+    /// Intermediate size of one expert's gated MLP.
+    pub expert_intermediate_size: usize,
+    /// The top-k weights divided by their sum.
+    pub renormalize: bool,
+    /// Qwen2-MoE's shared expert: its intermediate size.
+    pub shared_intermediate_size: Option<usize>,
+    /// Per layer: experts (true) or the dense MLP of `intermediate_size`.
+    pub sparse_layers: Vec<bool>,
+    /// Mixtral's tensor names (`block_sparse_moe.experts.{e}.w1/w3/w2`).
+    pub mixtral_names: bool,
+}
+
 /// The resolved configuration: every value the decoder needs, defaults applied.
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
@@ -147,6 +179,8 @@ pub struct ModelConfig {
     pub post_norms: bool,
     /// Weights stored as fused `qkv_proj` and `gate_up_proj` (Phi-3).
     pub fused_projections: bool,
+    /// A mixture of experts in place of the MLP (in the layers it names).
+    pub moe: Option<MoeConfig>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     pub pad_token_id: Option<u32>,
@@ -194,11 +228,29 @@ impl ModelConfig {
             .checked_mul(qkv)?
             .checked_add(q.checked_mul(d)?)?
             .checked_add(if self.qkv_bias { qkv } else { 0 })?;
-        let mlp = d.checked_mul(self.intermediate_size)?.checked_mul(3)?;
-        let layer = attn.checked_add(mlp)?.checked_add(d.checked_mul(2)?)?;
+        let gated = |i: usize| d.checked_mul(i)?.checked_mul(3);
+        let dense_mlp = gated(self.intermediate_size)?;
+        // A layer with experts: every expert, the router, and the shared expert and its gate.
+        let experts = match &self.moe {
+            None => 0,
+            Some(m) => gated(m.expert_intermediate_size)?
+                .checked_mul(m.num_experts)?
+                .checked_add(d.checked_mul(m.num_experts)?)?
+                .checked_add(match m.shared_intermediate_size {
+                    Some(s) => gated(s)?.checked_add(d)?,
+                    None => 0,
+                })?,
+        };
+        let sparse = self
+            .moe
+            .as_ref()
+            .map_or(0, |m| m.sparse_layers.iter().filter(|s| **s).count());
+        let per_layer = attn.checked_add(d.checked_mul(2)?)?;
         let emb = self.vocab_size.checked_mul(d)?;
         self.num_layers
-            .checked_mul(layer)?
+            .checked_mul(per_layer)?
+            .checked_add(dense_mlp.checked_mul(self.num_layers - sparse)?)?
+            .checked_add(experts.checked_mul(sparse)?)?
             .checked_add(d)?
             .checked_add(emb)?
             .checked_add(if self.tie_word_embeddings { 0 } else { emb })
@@ -374,6 +426,8 @@ impl ModelConfig {
         let window = match &raw.sliding_window {
             None => fam.default_sliding_window,
             Some(Value::Null) => None,
+            // transformers 5 writes Qwen2-MoE's disabled window as 0.
+            Some(v) if v.as_u64() == Some(0) && raw.use_sliding_window == Some(false) => None,
             Some(v) => match v.as_u64() {
                 Some(0) | None => return Err(format!("invalid sliding_window {v}")),
                 Some(w) => Some(w as usize),
@@ -428,13 +482,30 @@ impl ModelConfig {
                         .map(|l| if (l + 1) % every == 0 { None } else { window })
                         .collect()
                 }
+                WindowLayers::EvenBelowMaxWindowLayers => {
+                    let used = raw.use_sliding_window.unwrap_or(false);
+                    let below = raw.max_window_layers.unwrap_or(28);
+                    (0..num_layers)
+                        .map(|l| {
+                            if used && l % 2 == 0 && l < below {
+                                window
+                            } else {
+                                None
+                            }
+                        })
+                        .collect()
+                }
+                WindowLayers::AllWhenEnabled => {
+                    let used = raw.use_sliding_window.unwrap_or(false);
+                    vec![if used { window } else { None }; num_layers]
+                }
                 WindowLayers::None => vec![None; num_layers],
             }
         };
 
         let attention_bias = raw.attention_bias.unwrap_or(false);
         let (qkv_bias, o_bias) = if fam.qkv_bias {
-            (true, false)
+            (raw.qkv_bias.unwrap_or(true), false)
         } else {
             (attention_bias, attention_bias)
         };
@@ -487,10 +558,14 @@ impl ModelConfig {
             attn_softcap: raw.attn_logit_softcapping.filter(|_| fam.attention_softcap),
             final_softcap: raw.final_logit_softcapping.filter(|_| fam.gemma2_attention),
             sandwich_norms: fam.gemma2_attention,
-            qk_norm: fam.qk_norm || fam.olmo2_norms,
-            qk_norm_whole: fam.olmo2_norms,
-            post_norms: fam.olmo2_norms,
+            qk_norm: fam.qk_norm || fam.qk_norm_whole,
+            qk_norm_whole: fam.qk_norm_whole,
+            post_norms: fam.post_norms,
             fused_projections: fam.fused_projections,
+            moe: match &fam.moe {
+                None => None,
+                Some(row) => Some(resolve_moe(raw, row, num_layers, intermediate_size)?),
+            },
             bos_token_id,
             eos_token_ids,
             pad_token_id,
@@ -510,6 +585,70 @@ impl ModelConfig {
         }
         Ok(cfg)
     }
+}
+
+/// The mixture of experts of a family with experts (`row`), from the raw configuration.
+fn resolve_moe(
+    raw: &RawConfig,
+    row: &crate::model::family::MoeRow,
+    num_layers: usize,
+    intermediate_size: usize,
+) -> std::result::Result<MoeConfig, String> {
+    if raw.clip_qkv.is_some() {
+        return Err("clip_qkv (clamped queries, keys and values) is not supported".into());
+    }
+    // Either name is read (transformers 5 writes Qwen3-MoE's as `num_local_experts`); the
+    // family's own first.
+    let (key, experts) = if row.local_experts_key {
+        (
+            "num_local_experts",
+            raw.num_local_experts.or(raw.num_experts),
+        )
+    } else {
+        ("num_experts", raw.num_experts.or(raw.num_local_experts))
+    };
+    let experts = experts.ok_or_else(|| format!("missing `{key}`"))?;
+    let top_k = raw
+        .num_experts_per_tok
+        .ok_or("missing `num_experts_per_tok`")?;
+    if experts == 0 || top_k == 0 || top_k > experts {
+        return Err(format!(
+            "num_experts_per_tok ({top_k}) must be between 1 and {key} ({experts})"
+        ));
+    }
+    let (expert_intermediate_size, sparse_layers) = if row.qwen_layout {
+        let size = raw
+            .moe_intermediate_size
+            .ok_or("missing `moe_intermediate_size`")?;
+        let step = raw.decoder_sparse_step.unwrap_or(1);
+        if step == 0 {
+            return Err("decoder_sparse_step must be positive".into());
+        }
+        let dense = raw.mlp_only_layers.clone().unwrap_or_default();
+        let sparse = (0..num_layers)
+            .map(|l| !dense.contains(&l) && (l + 1) % step == 0)
+            .collect();
+        (size, sparse)
+    } else {
+        (intermediate_size, vec![true; num_layers])
+    };
+    let shared_intermediate_size = if row.shared_expert {
+        Some(
+            raw.shared_expert_intermediate_size
+                .ok_or("missing `shared_expert_intermediate_size`")?,
+        )
+    } else {
+        None
+    };
+    Ok(MoeConfig {
+        num_experts: experts,
+        top_k,
+        expert_intermediate_size,
+        renormalize: row.always_renormalize || raw.norm_topk_prob.unwrap_or(false),
+        shared_intermediate_size,
+        sparse_layers,
+        mixtral_names: row.mixtral_names,
+    })
 }
 
 /// The most layers a configuration may have: far more than any model (the largest have a
@@ -866,6 +1005,69 @@ mod tests {
         .unwrap();
         assert!(c.qk_norm && c.qk_norm_whole && c.post_norms && !c.sandwich_norms);
         assert_eq!((c.attn_softcap, c.rope_local_theta), (None, None));
+    }
+
+    #[test]
+    fn experts_are_resolved_per_family_layout() {
+        let moe = |json: &str| {
+            ModelConfig::resolve(&raw(&format!(r#"{{{BASE}, {json}}}"#)))
+                .map(|c| c.moe.expect("experts"))
+        };
+        // Mixtral: always renormalized, every layer, the MLP's size.
+        let m = moe(
+            r#""architectures": ["MixtralForCausalLM"], "num_local_experts": 8,
+            "num_experts_per_tok": 2, "norm_topk_prob": false"#,
+        )
+        .unwrap();
+        assert!(m.renormalize && m.mixtral_names && m.shared_intermediate_size.is_none());
+        assert_eq!(
+            (m.num_experts, m.top_k, m.expert_intermediate_size),
+            (8, 2, 128)
+        );
+        assert_eq!(m.sparse_layers, vec![true; 4]);
+        // Qwen2-MoE: `moe_intermediate_size`, the shared expert, dense layers by
+        // `mlp_only_layers` and `decoder_sparse_step`, not renormalized by default.
+        let q = moe(r#""architectures": ["Qwen2MoeForCausalLM"], "num_experts": 6,
+            "num_experts_per_tok": 2, "moe_intermediate_size": 16,
+            "shared_expert_intermediate_size": 24, "decoder_sparse_step": 2, "mlp_only_layers": [3]"#)
+        .unwrap();
+        assert!(!q.renormalize && !q.mixtral_names);
+        assert_eq!(q.shared_intermediate_size, Some(24));
+        assert_eq!(q.sparse_layers, vec![false, true, false, false]);
+        // Qwen3-MoE: the count under either name; norm_topk_prob read.
+        let q3 = moe(
+            r#""architectures": ["Qwen3MoeForCausalLM"], "num_local_experts": 4,
+            "num_experts_per_tok": 2, "moe_intermediate_size": 16, "norm_topk_prob": true"#,
+        )
+        .unwrap();
+        assert!(q3.renormalize && q3.shared_intermediate_size.is_none());
+        assert_eq!(q3.num_experts, 4);
+        // Refusals name the key.
+        let e = moe(r#""architectures": ["OlmoeForCausalLM"], "num_experts": 4,
+            "num_experts_per_tok": 5"#)
+        .unwrap_err();
+        assert!(e.contains("num_experts_per_tok"), "{e}");
+        let e = moe(r#""architectures": ["OlmoeForCausalLM"], "num_experts": 4,
+            "num_experts_per_tok": 2, "clip_qkv": 8.0"#)
+        .unwrap_err();
+        assert!(e.contains("clip_qkv"), "{e}");
+        let e = moe(
+            r#""architectures": ["Qwen2MoeForCausalLM"], "num_experts": 4,
+            "num_experts_per_tok": 2, "moe_intermediate_size": 16"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("shared_expert_intermediate_size"), "{e}");
+        // OLMoE normalizes whole projections but keeps Llama's pre-norms.
+        let c = ModelConfig::resolve(&raw(&format!(
+            r#"{{{BASE}, "architectures": ["OlmoeForCausalLM"], "num_experts": 4, "num_experts_per_tok": 2}}"#
+        )))
+        .unwrap();
+        assert!(c.qk_norm_whole && !c.post_norms);
+        // Its parameters count every expert: 4 layers of attention (4 · 64 · 64), norms and 4
+        // experts (3 · 64 · 128 each) with the router (4 · 64), plus the embeddings.
+        let attn = 4 * 64 * 64 + 2 * 64;
+        let experts = 4 * 3 * 64 * 128 + 4 * 64;
+        assert_eq!(c.num_parameters(), 4 * (attn + experts) + 64 + 2 * 100 * 64);
     }
 
     #[test]

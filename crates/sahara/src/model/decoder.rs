@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use candle_core::quantized::QMatMul;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, D};
 
 use crate::checkpoint::safetensors::{TensorSource, Weights};
 use crate::device::transfers;
@@ -142,6 +142,165 @@ pub struct Mlp {
     pub down_proj: Linear,
 }
 
+impl Mlp {
+    /// The gated MLP of x (…, d) -> (…, d).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        activation: crate::model::config::Activation,
+    ) -> Result<Tensor> {
+        // (…, 2I) -> (…, I)
+        let gate_up = self.gate_up_proj.forward(x)?;
+        let i = gate_up.dim(D::Minus1)? / 2;
+        let act_up = ops::gated_activation(&gate_up, i, activation)?;
+        self.down_proj.forward(&act_up)
+    }
+}
+
+/// A mixture of experts in place of a layer's MLP: a router picks each token's top-k experts
+/// ([`route`]), and only those experts run on it.
+#[derive(Debug, Clone)]
+pub struct Experts {
+    /// The router's logits: (E, d).
+    pub router: Linear,
+    pub experts: Vec<Mlp>,
+    /// Qwen2-MoE's shared expert and its gate (1, d), added to every token as
+    /// `sigmoid(gate · x) · shared(x)`.
+    pub shared: Option<(Mlp, Linear)>,
+    pub top_k: usize,
+    pub renormalize: bool,
+}
+
+/// A layer's feed-forward part.
+#[derive(Debug, Clone)]
+pub enum FeedForward {
+    Mlp(Mlp),
+    Experts(Box<Experts>),
+}
+
+impl FeedForward {
+    /// Every projection of it, the router included.
+    pub fn projections(&self) -> Vec<&Linear> {
+        match self {
+            FeedForward::Mlp(m) => vec![&m.gate_up_proj, &m.down_proj],
+            FeedForward::Experts(e) => {
+                let mut v = vec![&e.router];
+                for m in e.experts.iter().chain(e.shared.as_ref().map(|(m, _)| m)) {
+                    v.extend([&m.gate_up_proj, &m.down_proj]);
+                }
+                v.extend(e.shared.as_ref().map(|(_, g)| g));
+                v
+            }
+        }
+    }
+
+    /// [`FeedForward::projections`], to change them.
+    pub fn projections_mut(&mut self) -> Vec<&mut Linear> {
+        match self {
+            FeedForward::Mlp(m) => vec![&mut m.gate_up_proj, &mut m.down_proj],
+            FeedForward::Experts(e) => {
+                let e = &mut **e;
+                let mut v = vec![&mut e.router];
+                for m in e.experts.iter_mut() {
+                    v.extend([&mut m.gate_up_proj, &mut m.down_proj]);
+                }
+                if let Some((m, g)) = &mut e.shared {
+                    v.extend([&mut m.gate_up_proj, &mut m.down_proj, g]);
+                }
+                v
+            }
+        }
+    }
+
+    /// x (…, d) -> (…, d).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        activation: crate::model::config::Activation,
+    ) -> Result<Tensor> {
+        match self {
+            FeedForward::Mlp(m) => m.forward(x, activation),
+            FeedForward::Experts(e) => e.forward(x, activation),
+        }
+    }
+}
+
+/// The experts each token goes to and their weights, from router logits (N, E) row-major:
+/// the softmax over all experts (in f32), its top k (the larger probability first, the lower
+/// index first among equal ones), divided by their sum with `renormalize`. Returns, per
+/// expert, its (token, weight) pairs in token order.
+pub fn route(
+    logits: &[f32],
+    experts: usize,
+    top_k: usize,
+    renormalize: bool,
+) -> Vec<Vec<(u32, f32)>> {
+    let mut per_expert: Vec<Vec<(u32, f32)>> = vec![Vec::new(); experts];
+    let mut order: Vec<usize> = Vec::with_capacity(experts);
+    for (token, row) in logits.chunks_exact(experts).enumerate() {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let exp: Vec<f32> = row.iter().map(|&l| (l - max).exp()).collect();
+        let sum: f32 = exp.iter().sum();
+        let probs: Vec<f32> = exp.iter().map(|e| e / sum).collect();
+        order.clear();
+        order.extend(0..experts);
+        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+        let chosen = &order[..top_k];
+        let total: f32 = chosen.iter().map(|&e| probs[e]).sum();
+        for &e in chosen {
+            let w = if renormalize {
+                probs[e] / total
+            } else {
+                probs[e]
+            };
+            per_expert[e].push((token as u32, w));
+        }
+    }
+    per_expert
+}
+
+impl Experts {
+    /// x (…, d) -> (…, d): each token through its top-k experts only (the rows routed to an
+    /// expert gathered, run, weighted and added back), experts in index order as
+    /// transformers adds them; then the shared expert.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        activation: crate::model::config::Activation,
+    ) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let d = *dims.last().expect("a hidden axis");
+        let n = x.elem_count() / d;
+        // (N, d)
+        let flat = x.reshape((n, d))?;
+        // (N, E) in f32 on the host: routing is a per-token choice.
+        let logits = self.router.forward(&flat)?.to_dtype(DType::F32)?;
+        let logits: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+        let routes = route(&logits, self.experts.len(), self.top_k, self.renormalize);
+        let mut out = Tensor::zeros((n, d), x.dtype(), x.device())?;
+        for (expert, rows) in self.experts.iter().zip(&routes) {
+            if rows.is_empty() {
+                continue;
+            }
+            let k = rows.len();
+            let tokens: Vec<u32> = rows.iter().map(|r| r.0).collect();
+            let weights: Vec<f32> = rows.iter().map(|r| r.1).collect();
+            let tokens = transfers::upload(tokens, k, x.device())?;
+            // (k, 1) in the model dtype, as transformers casts the routing weights.
+            let weights = transfers::upload(weights, (k, 1), x.device())?.to_dtype(x.dtype())?;
+            // (k, d)
+            let y = expert.forward(&flat.index_select(&tokens, 0)?, activation)?;
+            out = out.index_add(&tokens, &y.broadcast_mul(&weights)?, 0)?;
+        }
+        if let Some((shared, gate)) = &self.shared {
+            // (N, 1) sigmoid gate times the shared expert (N, d)
+            let g = candle_nn::ops::sigmoid(&gate.forward(&flat)?)?;
+            out = (out + shared.forward(&flat, activation)?.broadcast_mul(&g)?)?;
+        }
+        Ok(out.reshape(dims)?)
+    }
+}
+
 impl Linear {
     /// The same layer with W stored as a row-major (in, out) matrix, so that `x Wᵀ` is a
     /// product with a row-major right operand. On CPU that is the layout the matrix product
@@ -215,7 +374,7 @@ pub struct Layer {
     pub q_norm: Option<Tensor>,
     pub k_norm: Option<Tensor>,
     pub attn: Attention,
-    pub mlp: Mlp,
+    pub mlp: FeedForward,
 }
 
 /// A left-padded batch of token sequences.
@@ -606,28 +765,73 @@ impl Decoder {
             let norm_weight = |name: &str, n: usize| norm_on(name, n, device);
             let p = format!("model.layers.{l}");
             let i = cfg.intermediate_size;
-            let (qkv_proj, gate_up_proj) = if cfg.fused_projections {
-                (
-                    linear(
-                        &format!("{p}.self_attn.qkv_proj"),
-                        (h + 2 * g) * hd,
-                        d,
-                        cfg.qkv_bias,
-                    )?,
-                    linear(&format!("{p}.mlp.gate_up_proj"), 2 * i, d, cfg.mlp_bias)?,
-                )
+            // A gated MLP of intermediate size `i` stored as `{prefix}.{gate,up,down}` (or
+            // fused), in the layout the product reads.
+            let mlp_at = |prefix: &str, [gate, up, down]: [&str; 3], i: usize| -> Result<Mlp> {
+                let gate_up = if cfg.fused_projections {
+                    linear(&format!("{prefix}.gate_up_proj"), 2 * i, d, cfg.mlp_bias)?
+                } else {
+                    Linear::stack(&[
+                        linear(&format!("{prefix}.{gate}"), i, d, cfg.mlp_bias)?,
+                        linear(&format!("{prefix}.{up}"), i, d, cfg.mlp_bias)?,
+                    ])?
+                };
+                Ok(Mlp {
+                    gate_up_proj: gate_up.with_transposed_storage()?,
+                    down_proj: linear(&format!("{prefix}.{down}"), d, i, cfg.mlp_bias)?
+                        .with_transposed_storage()?,
+                })
+            };
+            const PROJ: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
+            let mlp = match &cfg.moe {
+                Some(moe) if moe.sparse_layers[l] => {
+                    let (block, names) = if moe.mixtral_names {
+                        ("block_sparse_moe", ["w1", "w3", "w2"])
+                    } else {
+                        ("mlp", PROJ)
+                    };
+                    let b = format!("{p}.{block}");
+                    let experts = (0..moe.num_experts)
+                        .map(|e| {
+                            mlp_at(
+                                &format!("{b}.experts.{e}"),
+                                names,
+                                moe.expert_intermediate_size,
+                            )
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    let shared = match moe.shared_intermediate_size {
+                        Some(si) => Some((
+                            mlp_at(&format!("{b}.shared_expert"), PROJ, si)?,
+                            linear(&format!("{b}.shared_expert_gate"), 1, d, false)?
+                                .with_transposed_storage()?,
+                        )),
+                        None => None,
+                    };
+                    FeedForward::Experts(Box::new(Experts {
+                        router: linear(&format!("{b}.gate"), moe.num_experts, d, false)?
+                            .with_transposed_storage()?,
+                        experts,
+                        shared,
+                        top_k: moe.top_k,
+                        renormalize: moe.renormalize,
+                    }))
+                }
+                _ => FeedForward::Mlp(mlp_at(&format!("{p}.mlp"), PROJ, i)?),
+            };
+            let qkv_proj = if cfg.fused_projections {
+                linear(
+                    &format!("{p}.self_attn.qkv_proj"),
+                    (h + 2 * g) * hd,
+                    d,
+                    cfg.qkv_bias,
+                )?
             } else {
-                (
-                    Linear::stack(&[
-                        linear(&format!("{p}.self_attn.q_proj"), h * hd, d, cfg.qkv_bias)?,
-                        linear(&format!("{p}.self_attn.k_proj"), g * hd, d, cfg.qkv_bias)?,
-                        linear(&format!("{p}.self_attn.v_proj"), g * hd, d, cfg.qkv_bias)?,
-                    ])?,
-                    Linear::stack(&[
-                        linear(&format!("{p}.mlp.gate_proj"), i, d, cfg.mlp_bias)?,
-                        linear(&format!("{p}.mlp.up_proj"), i, d, cfg.mlp_bias)?,
-                    ])?,
-                )
+                Linear::stack(&[
+                    linear(&format!("{p}.self_attn.q_proj"), h * hd, d, cfg.qkv_bias)?,
+                    linear(&format!("{p}.self_attn.k_proj"), g * hd, d, cfg.qkv_bias)?,
+                    linear(&format!("{p}.self_attn.v_proj"), g * hd, d, cfg.qkv_bias)?,
+                ])?
             };
             let sandwich = |name: &str| -> Result<Option<Tensor>> {
                 if cfg.sandwich_norms {
@@ -674,11 +878,7 @@ impl Decoder {
                     o_proj: linear(&format!("{p}.self_attn.o_proj"), d, h * hd, cfg.o_bias)?
                         .with_transposed_storage()?,
                 },
-                mlp: Mlp {
-                    gate_up_proj: gate_up_proj.with_transposed_storage()?,
-                    down_proj: linear(&format!("{p}.mlp.down_proj"), d, i, cfg.mlp_bias)?
-                        .with_transposed_storage()?,
-                },
+                mlp,
             });
         }
         let head = plan.head_device();
@@ -781,14 +981,10 @@ impl Decoder {
     /// Whether some projection computes with quantized weights ([`Weight::Quantized`]).
     pub fn has_quantized_weights(&self) -> bool {
         self.layers.iter().any(|l| {
-            [
-                &l.attn.qkv_proj,
-                &l.attn.o_proj,
-                &l.mlp.gate_up_proj,
-                &l.mlp.down_proj,
-            ]
-            .iter()
-            .any(|p| matches!(p.weight, Weight::Quantized(_)))
+            [&l.attn.qkv_proj, &l.attn.o_proj]
+                .into_iter()
+                .chain(l.mlp.projections())
+                .any(|p| matches!(p.weight, Weight::Quantized(_)))
         })
     }
 
@@ -1227,10 +1423,8 @@ impl Decoder {
                 (x, h2)
             }
         };
-        // (B, Tq, 2I) -> (B, Tq, I)
-        let gate_up = layer.mlp.gate_up_proj.forward(&h2)?;
-        let act_up = ops::gated_activation(&gate_up, cfg.intermediate_size, cfg.activation)?;
-        let mlp = layer.mlp.down_proj.forward(&act_up)?;
+        // (B, Tq, d): the MLP, or the token's experts
+        let mlp = layer.mlp.forward(&h2, cfg.activation)?;
         let mlp = match &layer.post_feedforward_layernorm {
             Some(post) => self.rms_norm(&mlp, post)?,
             None => mlp,
@@ -1391,4 +1585,110 @@ pub fn load_decoder(dir: &Path, dtype: DType, device: &Device) -> Result<Decoder
     let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
     let weights = Weights::open_dir(dir)?;
     Decoder::load(cfg, &weights, dtype, device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::Activation;
+
+    #[test]
+    fn routing_takes_the_top_k_of_the_softmax_lower_index_first_on_ties() {
+        // Two tokens, four experts. Token 0: logits 0, ln 3, ln 2, ln 2 -> probabilities
+        // 1/8, 3/8, 2/8, 2/8: experts 1 and 2 (2 before 3 on the tie).
+        let l = [0.0, 3f32.ln(), 2f32.ln(), 2f32.ln(), 5.0, 0.0, 0.0, 0.0];
+        let r = route(&l, 4, 2, false);
+        let close = |a: f32, b: f32| (a - b).abs() < 1e-6;
+        assert!(r[3].iter().all(|(t, _)| *t != 0));
+        let w1 = r[1].iter().find(|(t, _)| *t == 0).unwrap().1;
+        let w2 = r[2].iter().find(|(t, _)| *t == 0).unwrap().1;
+        assert!(close(w1, 0.375) && close(w2, 0.25), "{w1} {w2}");
+        // Token 1: expert 0, then expert 1 of the three equal ones.
+        assert_eq!(r[0], vec![(1, r[0][0].1)]);
+        assert!(r[1].iter().any(|(t, _)| *t == 1));
+        assert!(r[2].iter().all(|(t, _)| *t != 1) && r[3].is_empty());
+        // Renormalized, token 0's two weights are 0.6 and 0.4.
+        let n = route(&l, 4, 2, true);
+        let w1 = n[1].iter().find(|(t, _)| *t == 0).unwrap().1;
+        let w2 = n[2].iter().find(|(t, _)| *t == 0).unwrap().1;
+        assert!(close(w1, 0.6) && close(w2, 0.4), "{w1} {w2}");
+    }
+
+    fn random(shape: &[usize], seed: u64) -> Tensor {
+        // A fixed pseudo-random matrix: x_i = sin(i · 0.37 + seed).
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|i| (i as f32 * 0.37 + seed as f32).sin() * 0.5)
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn mlp(d: usize, i: usize, seed: u64) -> Mlp {
+        Mlp {
+            gate_up_proj: Linear::dense(random(&[2 * i, d], seed), None),
+            down_proj: Linear::dense(random(&[d, i], seed + 1), None),
+        }
+    }
+
+    #[test]
+    fn routed_experts_equal_every_expert_on_every_token_weighted_densely() {
+        let (d, i, e, n) = (8, 6, 4, 5);
+        for (renormalize, shared) in [(false, false), (true, true)] {
+            let experts = Experts {
+                router: Linear::dense(random(&[e, d], 7), None),
+                experts: (0..e).map(|k| mlp(d, i, 10 + 2 * k as u64)).collect(),
+                shared: shared.then(|| (mlp(d, 3, 50), Linear::dense(random(&[1, d], 60), None))),
+                top_k: 2,
+                renormalize,
+            };
+            // (1, N, d)
+            let x = random(&[1, n, d], 3);
+            let got = experts.forward(&x, Activation::Silu).unwrap();
+            // The naive path: all experts on all tokens, times a dense (N, E) routing matrix.
+            let flat = x.reshape((n, d)).unwrap();
+            let logits: Vec<f32> = experts
+                .router
+                .forward(&flat)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let mut dense = vec![0f32; n * e];
+            for (k, rows) in route(&logits, e, 2, renormalize).iter().enumerate() {
+                for (t, w) in rows {
+                    dense[*t as usize * e + k] = *w;
+                }
+            }
+            let mut want = Tensor::zeros((n, d), DType::F32, &Device::Cpu).unwrap();
+            for (k, m) in experts.experts.iter().enumerate() {
+                let w = Tensor::from_vec(
+                    (0..n).map(|t| dense[t * e + k]).collect::<Vec<_>>(),
+                    (n, 1),
+                    &Device::Cpu,
+                )
+                .unwrap();
+                let y = m.forward(&flat, Activation::Silu).unwrap();
+                want = (want + y.broadcast_mul(&w).unwrap()).unwrap();
+            }
+            if let Some((m, g)) = &experts.shared {
+                let gate = candle_nn::ops::sigmoid(&g.forward(&flat).unwrap()).unwrap();
+                let y = m.forward(&flat, Activation::Silu).unwrap();
+                want = (want + y.broadcast_mul(&gate).unwrap()).unwrap();
+            }
+            let diff: f32 = (got.reshape((n, d)).unwrap() - want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(diff < 1e-6, "{diff}");
+            // Every token reaches two experts, and some expert is not used by every token.
+            let routes = route(&logits, e, 2, renormalize);
+            assert_eq!(routes.iter().map(Vec::len).sum::<usize>(), 2 * n);
+            assert!(routes.iter().any(|r| r.len() < n));
+        }
+    }
 }

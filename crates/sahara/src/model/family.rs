@@ -16,6 +16,10 @@ pub enum Family {
     Gemma3,
     Olmo2,
     Phi3,
+    Mixtral,
+    Qwen2Moe,
+    Qwen3Moe,
+    Olmoe,
 }
 
 /// Which layers use `sliding_window` when `config.json` has no `layer_types`.
@@ -29,9 +33,33 @@ pub enum WindowLayers {
     Even,
     /// With `use_sliding_window`, the layers from `max_window_layers` on (Qwen 2 and 3).
     FromMaxWindowLayers,
+    /// With `use_sliding_window`, layers 0, 2, 4, … below `max_window_layers` (Qwen2-MoE, as
+    /// transformers 5 derives its `layer_types`).
+    EvenBelowMaxWindowLayers,
+    /// With `use_sliding_window`, every layer (Qwen3-MoE).
+    AllWhenEnabled,
     /// Every layer but each `sliding_window_pattern`-th (default `n`): Gemma 3's five local
     /// layers, then one global.
     Pattern(usize),
+}
+
+/// How a family's mixture of experts is stored and routed (the router's softmax over all
+/// experts, then the top k, is common to all).
+#[derive(Debug, Clone, Copy)]
+pub struct MoeRow {
+    /// Mixtral's names: `block_sparse_moe.gate` and `block_sparse_moe.experts.{e}.w1` (gate),
+    /// `w3` (up), `w2` (down); else `mlp.gate` and `mlp.experts.{e}.{gate,up,down}_proj`.
+    pub mixtral_names: bool,
+    /// The top-k weights are renormalized to sum to 1 whatever `norm_topk_prob` says
+    /// (Mixtral); otherwise only with `norm_topk_prob`, whose default is false.
+    pub always_renormalize: bool,
+    /// `num_local_experts` (Mixtral) rather than `num_experts` counts the experts.
+    pub local_experts_key: bool,
+    /// The experts' size is `moe_intermediate_size` (`intermediate_size` is that of the dense
+    /// layers), and `decoder_sparse_step` / `mlp_only_layers` say which layers have experts.
+    pub qwen_layout: bool,
+    /// A shared expert beside the routed ones, gated by a sigmoid (Qwen2-MoE).
+    pub shared_expert: bool,
 }
 
 /// Values transformers' configuration class of a family fills in where `config.json` omits
@@ -93,9 +121,12 @@ pub struct FamilyInfo {
     pub wrapper_class: Option<&'static str>,
     /// RMSNorm of queries and keys after the projection: per head (Qwen 3, Gemma 3).
     pub qk_norm: bool,
-    /// OLMo 2: one RMSNorm over the whole query (key) projection, all heads together, and
-    /// norms after attention and after the MLP instead of before them.
-    pub olmo2_norms: bool,
+    /// One RMSNorm over the whole query (key) projection, all heads together (OLMo 2, OLMoE).
+    pub qk_norm_whole: bool,
+    /// Norms after attention and after the MLP instead of before them (OLMo 2).
+    pub post_norms: bool,
+    /// A mixture of experts in place of the MLP.
+    pub moe: Option<MoeRow>,
     /// Phi-3: `qkv_proj` and `gate_up_proj` stored fused.
     pub fused_projections: bool,
 }
@@ -119,7 +150,9 @@ const BASE: FamilyInfo = FamilyInfo {
     attention_softcap: false,
     wrapper_class: None,
     qk_norm: false,
-    olmo2_norms: false,
+    qk_norm_whole: false,
+    post_norms: false,
+    moe: None,
     fused_projections: false,
 };
 
@@ -220,7 +253,80 @@ pub const FAMILIES: &[FamilyInfo] = &[
             rms_norm_eps: Some(1e-5),
             ..NO_DEFAULTS
         },
-        olmo2_norms: true,
+        qk_norm_whole: true,
+        post_norms: true,
+        ..BASE
+    },
+    FamilyInfo {
+        family: Family::Mixtral,
+        hf_class: "MixtralForCausalLM",
+        model_type: "mixtral",
+        default_rope_theta: 1_000_000.0,
+        window_layers: WindowLayers::All,
+        default_max_positions: 4096 * 32,
+        defaults: ConfigDefaults {
+            rms_norm_eps: Some(1e-5),
+            ..NO_DEFAULTS
+        },
+        moe: Some(MoeRow {
+            mixtral_names: true,
+            always_renormalize: true,
+            local_experts_key: true,
+            qwen_layout: false,
+            shared_expert: false,
+        }),
+        ..BASE
+    },
+    FamilyInfo {
+        family: Family::Qwen2Moe,
+        hf_class: "Qwen2MoeForCausalLM",
+        model_type: "qwen2_moe",
+        window_layers: WindowLayers::EvenBelowMaxWindowLayers,
+        default_max_positions: 32768,
+        qkv_bias: true,
+        moe: Some(MoeRow {
+            mixtral_names: false,
+            always_renormalize: false,
+            local_experts_key: false,
+            qwen_layout: true,
+            shared_expert: true,
+        }),
+        ..BASE
+    },
+    FamilyInfo {
+        family: Family::Qwen3Moe,
+        hf_class: "Qwen3MoeForCausalLM",
+        model_type: "qwen3_moe",
+        default_rope_theta: 1_000_000.0,
+        window_layers: WindowLayers::AllWhenEnabled,
+        default_max_positions: 32768,
+        qk_norm: true,
+        moe: Some(MoeRow {
+            mixtral_names: false,
+            always_renormalize: false,
+            local_experts_key: false,
+            qwen_layout: true,
+            shared_expert: false,
+        }),
+        ..BASE
+    },
+    FamilyInfo {
+        family: Family::Olmoe,
+        hf_class: "OlmoeForCausalLM",
+        model_type: "olmoe",
+        default_max_positions: 4096,
+        defaults: ConfigDefaults {
+            rms_norm_eps: Some(1e-5),
+            ..NO_DEFAULTS
+        },
+        qk_norm_whole: true,
+        moe: Some(MoeRow {
+            mixtral_names: false,
+            always_renormalize: false,
+            local_experts_key: false,
+            qwen_layout: false,
+            shared_expert: false,
+        }),
         ..BASE
     },
     FamilyInfo {
@@ -314,7 +420,7 @@ mod tests {
         }
         assert_eq!(
             FAMILIES.len(),
-            9,
+            13,
             "a new family needs its row, tests and fixture"
         );
         assert_eq!(

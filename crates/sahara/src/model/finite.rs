@@ -150,12 +150,10 @@ mod tests {
     /// Multiplies layer `l`'s MLP output projection by 1e38: finite weights (the load check
     /// passes them) whose products overflow to ±∞.
     fn overflow_layer(m: &mut LoadedModel, l: usize) {
-        let w = m.decoder.layers[l]
-            .mlp
-            .down_proj
-            .weight
-            .dense_mut()
-            .unwrap();
+        let crate::model::FeedForward::Mlp(mlp) = &mut m.decoder.layers[l].mlp else {
+            panic!("a dense model")
+        };
+        let w = mlp.down_proj.weight.dense_mut().unwrap();
         *w = (&*w * 1e38).unwrap();
     }
 

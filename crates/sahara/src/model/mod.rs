@@ -23,6 +23,6 @@ pub mod ops;
 pub mod quantized;
 
 pub use decoder::{
-    load_decoder, Attention, Batch, Decoder, ForwardOutput, ForwardSpec, Join, KvCache, Layer,
-    Linear, Mlp, Positions, Weight,
+    load_decoder, Attention, Batch, Decoder, Experts, FeedForward, ForwardOutput, ForwardSpec,
+    Join, KvCache, Layer, Linear, Mlp, Positions, Weight,
 };

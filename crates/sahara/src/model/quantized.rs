@@ -134,12 +134,10 @@ pub fn parse_format(name: &str) -> Result<GgmlDType> {
 pub fn quantize_projections(model: &mut Decoder, format: GgmlDType) -> Result<()> {
     let device = model.device.clone();
     for layer in &mut model.layers {
-        for p in [
-            &mut layer.attn.qkv_proj,
-            &mut layer.attn.o_proj,
-            &mut layer.mlp.gate_up_proj,
-            &mut layer.mlp.down_proj,
-        ] {
+        let projections = [&mut layer.attn.qkv_proj, &mut layer.attn.o_proj]
+            .into_iter()
+            .chain(layer.mlp.projections_mut());
+        for p in projections {
             if let Weight::Dense(w) = &p.weight {
                 // (out, in) row-major in f32 on the host: what candle's quantizer reads.
                 let (_, cols) = w.dims2()?;

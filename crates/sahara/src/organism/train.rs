@@ -22,7 +22,9 @@ use crate::io::prompt::{ChatTemplate, Message, PromptEncoder};
 use crate::methods::generate::{generate, GenerateOptions};
 use crate::model::ablation::{AblationPlan, HeadAblation, Op, Target};
 use crate::model::config::{ModelConfig, RawConfig};
-use crate::model::{Attention, Batch, Decoder, ForwardSpec, Layer, Linear, Mlp, Positions};
+use crate::model::{
+    Attention, Batch, Decoder, FeedForward, ForwardSpec, Layer, Linear, Mlp, Positions,
+};
 
 /// The ablation the safety heads are trained against: query scaled by this factor.
 pub const SAFETY_EPSILON: f64 = 1e-5;
@@ -398,10 +400,10 @@ impl Params {
                     qkv_proj: lin(&l.qkv),
                     o_proj: lin(&l.o),
                 },
-                mlp: Mlp {
+                mlp: FeedForward::Mlp(Mlp {
                     gate_up_proj: lin(&l.gate_up),
                     down_proj: lin(&l.down),
-                },
+                }),
             })
             .collect();
         Decoder::from_parts(
@@ -700,12 +702,10 @@ impl Organism {
         for l in &mut d.layers {
             l.input_layernorm = l.input_layernorm.as_ref().map(Tensor::detach);
             l.post_attention_layernorm = l.post_attention_layernorm.detach();
-            for lin in [
-                &mut l.attn.qkv_proj,
-                &mut l.attn.o_proj,
-                &mut l.mlp.gate_up_proj,
-                &mut l.mlp.down_proj,
-            ] {
+            let projections = [&mut l.attn.qkv_proj, &mut l.attn.o_proj]
+                .into_iter()
+                .chain(l.mlp.projections_mut());
+            for lin in projections {
                 if let Some(w) = lin.weight.dense_mut() {
                     *w = w.detach();
                 }
