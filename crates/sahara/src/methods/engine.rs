@@ -130,7 +130,8 @@ pub fn batch_rows(model: &Decoder, t: usize, opts: &EngineOptions) -> usize {
 
 /// Runs the base model (with `base` ablations) and every variant (with `base` plus its own
 /// ablations) on one prompt, returning `output` at the last position of each: one read from
-/// the device for the base and one per batch. `progress` is called with the number of
+/// the device for the base and one per batch (and, in a mixture of experts, one of the
+/// router's choices per layer with experts). `progress` is called with the number of
 /// variants finished so far.
 pub fn run_variants(
     model: &Decoder,

@@ -169,6 +169,9 @@ pub struct Experts {
     pub shared: Option<(Mlp, Linear)>,
     pub top_k: usize,
     pub renormalize: bool,
+    /// The routing weights multiply in f32 (Mixtral); otherwise they are rounded to the
+    /// model dtype first, as transformers casts them.
+    pub weights_in_f32: bool,
 }
 
 /// A layer's feed-forward part.
@@ -196,16 +199,32 @@ impl FeedForward {
 
     /// [`FeedForward::projections`], to change them.
     pub fn projections_mut(&mut self) -> Vec<&mut Linear> {
+        self.projections_filtered_mut(true)
+    }
+
+    /// The MLP projections without the router and the shared expert's gate: what may be
+    /// quantized (a router's choice is discrete, and quantization noise would flip it).
+    pub fn mlp_projections_mut(&mut self) -> Vec<&mut Linear> {
+        self.projections_filtered_mut(false)
+    }
+
+    fn projections_filtered_mut(&mut self, gates: bool) -> Vec<&mut Linear> {
         match self {
             FeedForward::Mlp(m) => vec![&mut m.gate_up_proj, &mut m.down_proj],
             FeedForward::Experts(e) => {
                 let e = &mut **e;
-                let mut v = vec![&mut e.router];
+                let mut v = Vec::new();
+                if gates {
+                    v.push(&mut e.router);
+                }
                 for m in e.experts.iter_mut() {
                     v.extend([&mut m.gate_up_proj, &mut m.down_proj]);
                 }
                 if let Some((m, g)) = &mut e.shared {
-                    v.extend([&mut m.gate_up_proj, &mut m.down_proj, g]);
+                    v.extend([&mut m.gate_up_proj, &mut m.down_proj]);
+                    if gates {
+                        v.push(g);
+                    }
                 }
                 v
             }
@@ -261,8 +280,10 @@ pub fn route(
 
 impl Experts {
     /// x (…, d) -> (…, d): each token through its top-k experts only (the rows routed to an
-    /// expert gathered, run, weighted and added back), experts in index order as
-    /// transformers adds them; then the shared expert.
+    /// expert gathered and run), each output times its weight in f32 and a token's k outputs
+    /// summed in f32 (in expert order), rounded to the model dtype once, as transformers'
+    /// default grouped experts do; then the shared expert. One read of the router's logits
+    /// and one upload of the routes per layer.
     pub fn forward(
         &self,
         x: &Tensor,
@@ -271,27 +292,43 @@ impl Experts {
         let dims = x.dims().to_vec();
         let d = *dims.last().expect("a hidden axis");
         let n = x.elem_count() / d;
+        let dtype = x.dtype();
         // (N, d)
         let flat = x.reshape((n, d))?;
         // (N, E) in f32 on the host: routing is a per-token choice.
         let logits = self.router.forward(&flat)?.to_dtype(DType::F32)?;
-        let logits: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+        let logits: Vec<f32> = transfers::read_vec1(&logits.flatten_all()?)?;
         let routes = route(&logits, self.experts.len(), self.top_k, self.renormalize);
-        let mut out = Tensor::zeros((n, d), x.dtype(), x.device())?;
+        // Every (token, weight) pair, grouped by expert: (N·k,) each.
+        let tokens: Vec<u32> = routes.iter().flatten().map(|r| r.0).collect();
+        let weights: Vec<f32> = routes.iter().flatten().map(|r| r.1).collect();
+        let pairs = tokens.len();
+        let tokens = transfers::upload(tokens, pairs, x.device())?;
+        // (N·k, 1) in f32, rounded through the model dtype where transformers casts it.
+        let mut weights = transfers::upload(weights, (pairs, 1), x.device())?;
+        if !self.weights_in_f32 {
+            weights = weights.to_dtype(dtype)?.to_dtype(DType::F32)?;
+        }
+        let mut outputs = Vec::with_capacity(self.experts.len());
+        let mut at = 0;
         for (expert, rows) in self.experts.iter().zip(&routes) {
             if rows.is_empty() {
                 continue;
             }
             let k = rows.len();
-            let tokens: Vec<u32> = rows.iter().map(|r| r.0).collect();
-            let weights: Vec<f32> = rows.iter().map(|r| r.1).collect();
-            let tokens = transfers::upload(tokens, k, x.device())?;
-            // (k, 1) in the model dtype, as transformers casts the routing weights.
-            let weights = transfers::upload(weights, (k, 1), x.device())?.to_dtype(x.dtype())?;
-            // (k, d)
-            let y = expert.forward(&flat.index_select(&tokens, 0)?, activation)?;
-            out = out.index_add(&tokens, &y.broadcast_mul(&weights)?, 0)?;
+            // (k, d): the expert on its rows, weighted in f32
+            let these = tokens.narrow(0, at, k)?;
+            let y = expert.forward(&flat.index_select(&these, 0)?, activation)?;
+            outputs.push(
+                y.to_dtype(DType::F32)?
+                    .broadcast_mul(&weights.narrow(0, at, k)?)?,
+            );
+            at += k;
         }
+        // (N·k, d) added into (N, d) in f32, once.
+        let mut out = Tensor::zeros((n, d), DType::F32, x.device())?
+            .index_add(&tokens, &Tensor::cat(&outputs, 0)?, 0)?
+            .to_dtype(dtype)?;
         if let Some((shared, gate)) = &self.shared {
             // (N, 1) sigmoid gate times the shared expert (N, d)
             let g = candle_nn::ops::sigmoid(&gate.forward(&flat)?)?;
@@ -791,6 +828,11 @@ impl Decoder {
                         ("mlp", PROJ)
                     };
                     let b = format!("{p}.{block}");
+                    if weights.contains(&format!("{p}.mlp.experts.gate_up_proj")) {
+                        return Err(Error::InvalidArgument(format!(
+                            "{p}: the experts are stored fused as 3-D tensors (mlp.experts.gate_up_proj and down_proj, as transformers' save_pretrained(save_original_format=False) writes them); sahara reads the per-expert layout of the hub files: save the model with save_original_format=True"
+                        )));
+                    }
                     let experts = (0..moe.num_experts)
                         .map(|e| {
                             mlp_at(
@@ -815,6 +857,7 @@ impl Decoder {
                         shared,
                         top_k: moe.top_k,
                         renormalize: moe.renormalize,
+                        weights_in_f32: moe.mixtral_names,
                     }))
                 }
                 _ => FeedForward::Mlp(mlp_at(&format!("{p}.mlp"), PROJ, i)?),
@@ -1603,8 +1646,10 @@ mod tests {
         let w1 = r[1].iter().find(|(t, _)| *t == 0).unwrap().1;
         let w2 = r[2].iter().find(|(t, _)| *t == 0).unwrap().1;
         assert!(close(w1, 0.375) && close(w2, 0.25), "{w1} {w2}");
-        // Token 1: expert 0, then expert 1 of the three equal ones.
-        assert_eq!(r[0], vec![(1, r[0][0].1)]);
+        // Token 1: expert 0 (e^5 / (e^5 + 3)), then expert 1 of the three equal ones.
+        let p0 = 5f32.exp() / (5f32.exp() + 3.0);
+        assert_eq!(r[0].len(), 1);
+        assert!(r[0][0].0 == 1 && close(r[0][0].1, p0), "{:?}", r[0]);
         assert!(r[1].iter().any(|(t, _)| *t == 1));
         assert!(r[2].iter().all(|(t, _)| *t != 1) && r[3].is_empty());
         // Renormalized, token 0's two weights are 0.6 and 0.4.
@@ -1640,6 +1685,7 @@ mod tests {
                 shared: shared.then(|| (mlp(d, 3, 50), Linear::dense(random(&[1, d], 60), None))),
                 top_k: 2,
                 renormalize,
+                weights_in_f32: true,
             };
             // (1, N, d)
             let x = random(&[1, n, d], 3);

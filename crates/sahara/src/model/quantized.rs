@@ -136,7 +136,7 @@ pub fn quantize_projections(model: &mut Decoder, format: GgmlDType) -> Result<()
     for layer in &mut model.layers {
         let projections = [&mut layer.attn.qkv_proj, &mut layer.attn.o_proj]
             .into_iter()
-            .chain(layer.mlp.projections_mut());
+            .chain(layer.mlp.mlp_projections_mut());
         for p in projections {
             if let Weight::Dense(w) = &p.weight {
                 // (out, in) row-major in f32 on the host: what candle's quantizer reads.

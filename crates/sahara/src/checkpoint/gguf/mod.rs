@@ -388,6 +388,12 @@ impl GgufFile {
         let kv_heads = self
             .opt_u64(&k("attention.head_count_kv"))?
             .unwrap_or(heads);
+        if let Some(e) = self.opt_u64(&k("expert_count"))?.filter(|&e| e > 0) {
+            return Err(gguf_err(
+                &self.path,
+                format!("{a}.expert_count is {e}: a mixture of experts in GGUF (ffn_*_exps tensors) is not read; use the Hugging Face checkpoint"),
+            ));
+        }
         let inter = self.u64(&k("feed_forward_length"))?;
         let eps = self
             .opt_f64(&k("attention.layer_norm_rms_epsilon"))?

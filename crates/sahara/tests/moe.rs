@@ -1,0 +1,59 @@
+//! Mixtures of experts beyond the fixtures' own checks (tests/fixtures.rs runs them against
+//! transformers): what is refused, and how.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device};
+use sahara::checkpoint::safetensors::{write_f32_safetensors, Weights};
+use sahara::LoadedModel;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures")
+        .join(name)
+}
+
+#[test]
+fn fused_three_dimensional_experts_are_refused_with_how_to_save_them() {
+    // qwen3_moe with one more tensor in transformers' fused layout.
+    let src = fixture("qwen3_moe");
+    let tmp = tempfile::tempdir().unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), tmp.path().join(f)).unwrap();
+    }
+    let w = Weights::open_dir(&src).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for f in &w.files {
+        for (name, info) in &f.tensors {
+            tensors.push((name.clone(), info.shape.clone(), f.bytes(info).to_vec()));
+        }
+    }
+    tensors.push((
+        "model.layers.1.mlp.experts.gate_up_proj".into(),
+        vec![1, 2],
+        [0f32, 0.].iter().flat_map(|x| x.to_le_bytes()).collect(),
+    ));
+    write_f32_safetensors(&tmp.path().join("model.safetensors"), &tensors).unwrap();
+    let e = LoadedModel::load(tmp.path().to_str().unwrap(), DType::F32, &Device::Cpu)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("fused") && e.contains("save_original_format=True"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_olmoe_config_with_clamped_projections_is_refused() {
+    let src = fixture("olmoe");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("config.json")).unwrap()).unwrap();
+    cfg["clip_qkv"] = serde_json::json!(8.0);
+    std::fs::write(tmp.path().join("config.json"), cfg.to_string()).unwrap();
+    let e = sahara::model::config::ModelConfig::from_file(&tmp.path().join("config.json"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("clip_qkv"), "{e}");
+}
