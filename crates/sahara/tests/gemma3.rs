@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
-use common::max_abs_diff;
+use common::{gemma3_path, max_abs_diff};
 use sahara::checkpoint::safetensors::{write_f32_safetensors, Weights};
 use sahara::methods::generate::{generate, GenerateOptions};
 use sahara::{Batch, ForwardSpec, LoadedModel, Positions};
@@ -23,30 +23,6 @@ use serde_json::Value as Json;
 
 /// The bound on |Δlogit| against transformers on the same dequantized weights.
 const TOL: f32 = 1e-3;
-
-fn gemma3_path() -> Option<PathBuf> {
-    let required = std::env::var("SAHARA_REQUIRE_GEMMA3").is_ok_and(|v| v == "1");
-    let p = match std::env::var("SAHARA_GEMMA3_GGUF") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) => {
-            let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
-            PathBuf::from(home).join(".cache/sahara/gemma3-270m/gemma-3-270m-q4_k_m.gguf")
-        }
-    };
-    if p.is_file() {
-        return Some(p);
-    }
-    assert!(
-        !required,
-        "SAHARA_REQUIRE_GEMMA3=1 but {} does not exist",
-        p.display()
-    );
-    eprintln!(
-        "SKIPPED: the Gemma 3 270M GGUF is not at {} (set SAHARA_GEMMA3_GGUF; .ci/run installs and joins it)",
-        p.display()
-    );
-    None
-}
 
 struct Real {
     model: LoadedModel,

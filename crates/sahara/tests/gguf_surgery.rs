@@ -702,32 +702,11 @@ fn smollm2_gguf_surgery_keeps_its_q4_1_tensors() {
     );
 }
 
-/// The real Gemma 3 270M (Q5_0, Q4_K, Q8_0, Q6_K; norms stored as 1 + w), where `.ci/run`
-/// joins it, else skipped unless `SAHARA_REQUIRE_GEMMA3=1`.
-fn gemma3_path() -> Option<PathBuf> {
-    let required = std::env::var("SAHARA_REQUIRE_GEMMA3").is_ok_and(|v| v == "1");
-    let p = match std::env::var("SAHARA_GEMMA3_GGUF") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) => {
-            let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
-            PathBuf::from(home).join(".cache/sahara/gemma3-270m/gemma-3-270m-q4_k_m.gguf")
-        }
-    };
-    if p.is_file() {
-        return Some(p);
-    }
-    assert!(
-        !required,
-        "SAHARA_REQUIRE_GEMMA3=1 but {} does not exist",
-        p.display()
-    );
-    eprintln!("SKIPPED: the Gemma 3 270M GGUF is not at {}", p.display());
-    None
-}
-
 #[test]
 fn gemma3_gguf_surgery_keeps_its_quantized_tensors_and_norms() {
-    let Some(src) = gemma3_path() else { return };
+    let Some(src) = common::gemma3_path() else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     // One key/value head: k with ε = 0 (all Gemma 3 folds of q/k) ablates whole layers' keys.
     let out = tmp.path().join("gemma3-k.gguf");

@@ -31,3 +31,32 @@ pub fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap();
     max_abs_diff(a, b) / s
 }
+
+/// The real Gemma 3 270M GGUF that `.ci/run` joins into the cache: `SAHARA_GEMMA3_GGUF`,
+/// else `~/.cache/sahara/gemma3-270m/`. `None` (with a message) when it is absent, a failure
+/// instead with `SAHARA_REQUIRE_GEMMA3=1`.
+#[allow(dead_code)]
+pub fn gemma3_path() -> Option<std::path::PathBuf> {
+    let required = std::env::var("SAHARA_REQUIRE_GEMMA3").is_ok_and(|v| v == "1");
+    let p = match std::env::var("SAHARA_GEMMA3_GGUF") {
+        Ok(p) => std::path::PathBuf::from(p),
+        Err(_) => {
+            let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
+            std::path::PathBuf::from(home)
+                .join(".cache/sahara/gemma3-270m/gemma-3-270m-q4_k_m.gguf")
+        }
+    };
+    if p.is_file() {
+        return Some(p);
+    }
+    assert!(
+        !required,
+        "SAHARA_REQUIRE_GEMMA3=1 but {} does not exist",
+        p.display()
+    );
+    eprintln!(
+        "SKIPPED: the Gemma 3 270M GGUF is not at {} (set SAHARA_GEMMA3_GGUF; .ci/run installs and joins it)",
+        p.display()
+    );
+    None
+}
