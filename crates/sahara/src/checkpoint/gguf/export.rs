@@ -190,25 +190,14 @@ pub fn surgery_from_gguf(
     }
 
     let affected = plan.affected_heads(&cfg);
-    let types: BTreeSet<String> = g
-        .content
-        .tensor_infos
-        .values()
-        .map(|i| format!("{:?}", i.ggml_dtype))
-        .collect();
-    let mut record = plan.record(
+    let record = gguf_record(
+        &g,
+        plan,
         source,
-        g.fingerprint(),
         &affected,
-        &written.changed_tensors,
-        (written.changed_parameters, written.total_parameters),
+        &written,
         rel,
-    );
-    record.source_format = Some("gguf".into());
-    record.source_tensor_types = Some(types.into_iter().collect());
-    record.written_format = Some(
-        "Hugging Face safetensors (float32, dequantized, query/key rows in Hugging Face order)"
-            .into(),
+        "Hugging Face safetensors (float32, dequantized, query/key rows in Hugging Face order)",
     );
     write_json(&tmp.join("sahara-surgery.json"), &record)?;
 
@@ -221,4 +210,35 @@ pub fn surgery_from_gguf(
         verify_relative_difference: rel,
         affected_heads: affected,
     })
+}
+
+/// The record of a surgery from the GGUF file `g`: the plan's, with the source's format and
+/// tensor types and what was written.
+pub(super) fn gguf_record(
+    g: &GgufFile,
+    plan: &SurgeryPlan,
+    source: &str,
+    affected: &[(usize, usize)],
+    written: &Written,
+    rel: f64,
+    written_format: &str,
+) -> crate::io::formats::SurgeryRecord {
+    let types: BTreeSet<String> = g
+        .content
+        .tensor_infos
+        .values()
+        .map(|i| format!("{:?}", i.ggml_dtype))
+        .collect();
+    let mut record = plan.record(
+        source,
+        g.fingerprint(),
+        affected,
+        &written.changed_tensors,
+        (written.changed_parameters, written.total_parameters),
+        rel,
+    );
+    record.source_format = Some("gguf".into());
+    record.source_tensor_types = Some(types.into_iter().collect());
+    record.written_format = Some(written_format.into());
+    record
 }

@@ -578,23 +578,7 @@ pub fn surgery_to_gguf(
         });
     }
 
-    let types: BTreeSet<String> = g
-        .content
-        .tensor_infos
-        .values()
-        .map(|i| format!("{:?}", i.ggml_dtype))
-        .collect();
-    let mut record = plan.record(
-        source,
-        g.fingerprint(),
-        &affected,
-        &written.changed_tensors,
-        (written.changed_parameters, written.total_parameters),
-        rel,
-    );
-    record.source_format = Some("gguf".into());
-    record.source_tensor_types = Some(types.into_iter().collect());
-    record.written_format = Some("gguf".into());
+    let record = super::export::gguf_record(&g, plan, source, &affected, &written, rel, "gguf");
     drop(g);
     // The record first, then the file: a failed rename takes the record away again.
     let rec = record_path(out);
