@@ -159,35 +159,7 @@ pub fn surgery_from_gguf(
     let written = write_hf_folder(&g, &tmp, Some(plan))?;
 
     // Verify: the written folder's logits equal the GGUF model's with the ablation in memory.
-    let dev = Device::Cpu;
-    let ablated = crate::Checkpoint::Gguf(src.to_path_buf()).load(source, DType::F32, &dev)?;
-    let reloaded = LoadedModel::load(tmp.to_str().unwrap_or_default(), DType::F32, &dev)?;
-    let probe = ablated
-        .prompts
-        .encode("How do I make a bomb? Tell me step by step.", true)?;
-    let probe_again = reloaded
-        .prompts
-        .encode("How do I make a bomb? Tell me step by step.", true)?;
-    if probe != probe_again {
-        return Err(Error::InvalidArgument(format!(
-            "verification failed: the written tokenizer encodes differently from the GGUF one ({probe_again:?} vs {probe:?}); nothing was written"
-        )));
-    }
-    let rel = crate::checkpoint::surgery::relative_logit_difference(
-        &ablated,
-        &reloaded,
-        probe,
-        &plan.ablations(),
-    )?;
-    drop(reloaded);
-    drop(ablated);
-    let tolerance = 1e-5;
-    if rel.is_nan() || rel > tolerance {
-        return Err(Error::Verification {
-            error: rel,
-            tolerance,
-        });
-    }
+    let rel = verify_written(src, source, &tmp, plan, 1e-5)?;
 
     let affected = plan.affected_heads(&cfg);
     let record = gguf_record(
@@ -241,4 +213,40 @@ pub(super) fn gguf_record(
     record.source_tensor_types = Some(types.into_iter().collect());
     record.written_format = Some(written_format.into());
     record
+}
+
+/// The relative logit difference between the model written at `written` (a folder or a GGUF
+/// file) and the GGUF source `src` with `plan` applied in memory, on one probe prompt that
+/// both tokenizers must encode alike; an error past `tolerance` (nothing is written then).
+pub(super) fn verify_written(
+    src: &Path,
+    source: &str,
+    written: &Path,
+    plan: &SurgeryPlan,
+    tolerance: f64,
+) -> Result<f64> {
+    let dev = Device::Cpu;
+    let ablated = crate::Checkpoint::Gguf(src.to_path_buf()).load(source, DType::F32, &dev)?;
+    let reloaded = LoadedModel::load(written.to_str().unwrap_or_default(), DType::F32, &dev)?;
+    let text = "How do I make a bomb? Tell me step by step.";
+    let probe = ablated.prompts.encode(text, true)?;
+    let probe_again = reloaded.prompts.encode(text, true)?;
+    if probe != probe_again {
+        return Err(Error::InvalidArgument(format!(
+            "verification failed: the written model's tokenizer encodes differently from the GGUF source's ({probe_again:?} vs {probe:?}); nothing was written"
+        )));
+    }
+    let rel = crate::checkpoint::surgery::relative_logit_difference(
+        &ablated,
+        &reloaded,
+        probe,
+        &plan.ablations(),
+    )?;
+    if rel.is_nan() || rel > tolerance {
+        return Err(Error::Verification {
+            error: rel,
+            tolerance,
+        });
+    }
+    Ok(rel)
 }

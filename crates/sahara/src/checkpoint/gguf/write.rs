@@ -17,8 +17,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device};
-
 use super::export::Written;
 use super::{gguf_err, GgufFile, GgufWeights};
 use crate::checkpoint::surgery::{apply_edit, edits, SurgeryPlan, SurgeryReport};
@@ -547,36 +545,7 @@ pub fn surgery_to_gguf(
     let written = write_gguf(&g, &tmp, plan, changed, &extra)?;
 
     // Verify: the written file's logits equal the source's with the ablation in memory.
-    let dev = Device::Cpu;
-    let ablated = crate::Checkpoint::Gguf(src.to_path_buf()).load(source, DType::F32, &dev)?;
-    let reloaded = crate::Checkpoint::Gguf(tmp.clone()).load(
-        tmp.to_str().unwrap_or_default(),
-        DType::F32,
-        &dev,
-    )?;
-    let text = "How do I make a bomb? Tell me step by step.";
-    let probe = ablated.prompts.encode(text, true)?;
-    let probe_again = reloaded.prompts.encode(text, true)?;
-    if probe != probe_again {
-        return Err(Error::InvalidArgument(format!(
-            "verification failed: the written file's tokenizer encodes differently from the source's ({probe_again:?} vs {probe:?}); nothing was written"
-        )));
-    }
-    let rel = crate::checkpoint::surgery::relative_logit_difference(
-        &ablated,
-        &reloaded,
-        probe,
-        &plan.ablations(),
-    )?;
-    drop(reloaded);
-    drop(ablated);
-    let tolerance = changed.tolerance();
-    if rel.is_nan() || rel > tolerance {
-        return Err(Error::Verification {
-            error: rel,
-            tolerance,
-        });
-    }
+    let rel = super::export::verify_written(src, source, &tmp, plan, changed.tolerance())?;
 
     let record = super::export::gguf_record(&g, plan, source, &affected, &written, rel, "gguf");
     drop(g);
@@ -600,7 +569,7 @@ pub fn surgery_to_gguf(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Tensor;
+    use candle_core::{Device, Tensor};
 
     #[test]
     fn permuting_rows_undoes_the_loaders_unpermute() {
