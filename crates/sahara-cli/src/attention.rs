@@ -49,7 +49,8 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(p) = &a.plot {
         sahara::io::plot::check_extension(p)?;
     }
-    let model = a.model.load()?;
+    let mut model = a.model.load()?;
+    a.op.apply_sink(&mut model)?;
     let cfg = model.cfg();
     if a.layer >= cfg.num_layers {
         return Err(Error::InvalidArgument(format!(

@@ -125,7 +125,8 @@ fn run_search(a: Args) -> Result<Option<PathBuf>> {
             ));
         }
     }
-    let model = a.model.load()?;
+    let mut model = a.model.load()?;
+    a.op.apply_sink(&mut model)?;
     let engine = a.engine.parse(&model.decoder.placement)?;
     let cfg = model.cfg().clone();
     let queries = a.data.encode(&model, &template)?;

@@ -6,7 +6,7 @@ use clap::Args;
 use sahara::error::Setting;
 use sahara::io::formats::{HeadsFile, RunRecord};
 use sahara::io::prompt::EncodedQuery;
-use sahara::model::ablation::{Ablation, HeadAblation, HeadSet, Op};
+use sahara::model::ablation::{Ablation, HeadAblation, HeadSet, Op, SinkPolicy, Target};
 use sahara::{Error, LoadedModel, Result, Template};
 
 /// The flag that sets a library setting.
@@ -43,6 +43,7 @@ pub fn flag(s: Setting) -> &'static str {
         Setting::Resamples => "--bootstrap",
         Setting::Source => "--source-data",
         Setting::Positions => "--positions",
+        Setting::Sink => "--sink",
         Setting::Output => "--out",
     }
 }
@@ -205,6 +206,11 @@ pub struct OpArgs {
     /// The factor of --mode scale.
     #[arg(long, default_value_t = 1e-5, allow_negative_numbers = true)]
     pub epsilon: f64,
+    /// On a model with attention sinks (GPT-OSS), what a q/k ablation does to the ablated
+    /// heads' sinks: keep (the sink keeps its logit; a scaled query attends uniformly over the
+    /// keys with what the sink leaves) or drop (the sink leaves the head's softmax too).
+    #[arg(long, default_value = "keep", value_name = "keep|drop")]
+    pub sink: String,
 }
 
 impl OpArgs {
@@ -215,7 +221,16 @@ impl OpArgs {
             (None, Op::Patch) => sahara::model::ablation::Target::Z,
             (None, _) => sahara::model::ablation::Target::Q,
         };
-        Ablation::new(target, op)
+        let ablation = Ablation::new(target, op)?;
+        // `drop` acts through a q/k ablation.
+        let sink: SinkPolicy = self.sink.parse()?;
+        if sink == SinkPolicy::Drop && ablation.target == Target::Z {
+            return Err(Error::Conflict {
+                setting: Setting::Sink,
+                reason: "drop changes what a q or k ablation does to the head's attention sink; target v leaves attention as it is".into(),
+            });
+        }
+        Ok(ablation)
     }
 
     /// [`OpArgs::parse`] for the commands that take no patch (only `sahara ships` has a
@@ -229,6 +244,28 @@ impl OpArgs {
             });
         }
         Ok(a)
+    }
+
+    /// The sink policy, checked against the ablation ([`OpArgs::parse`]).
+    pub fn sink(&self) -> Result<SinkPolicy> {
+        self.parse()?;
+        self.sink.parse()
+    }
+
+    /// Sets the model's sink policy ([`OpArgs::sink`]); `drop` needs a model with sinks.
+    pub fn apply_sink(&self, model: &mut LoadedModel) -> Result<()> {
+        let sink = self.sink()?;
+        if sink == SinkPolicy::Drop && !model.cfg().attention_sinks {
+            return Err(Error::Conflict {
+                setting: Setting::Sink,
+                reason: format!(
+                    "drop needs a model with attention sinks (GPT-OSS); {} has none",
+                    model.cfg().architecture
+                ),
+            });
+        }
+        model.decoder.sink_policy = sink;
+        Ok(())
     }
 
     /// The ablations of an `L:H[,L:H…]` list, checked against the model; for k with

@@ -194,7 +194,8 @@ pub fn run(a: Args) -> Result<()> {
         }
         None => None,
     };
-    let model = a.model.load()?;
+    let mut model = a.model.load()?;
+    a.op.apply_sink(&mut model)?;
     let cfg = model.cfg().clone();
     let conditions = conditions(&a, heads_file.as_ref(), ablation, &cfg)?;
     let reasoning =

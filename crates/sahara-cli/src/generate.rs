@@ -38,7 +38,8 @@ pub fn run(a: Args) -> Result<()> {
         ));
     }
     let sampling = a.sampling.parse()?;
-    let model = a.model.load()?;
+    let mut model = a.model.load()?;
+    a.op.apply_sink(&mut model)?;
     let ablations = match &a.ablate {
         Some(h) => a.op.ablations(h, &model)?,
         None => vec![],

@@ -134,7 +134,8 @@ pub fn run(a: Args) -> Result<()> {
             return Err(Error::InvalidArgument(crate::report::NOT_A_SHARD.into()));
         }
     }
-    let model = a.model.load()?;
+    let mut model = a.model.load()?;
+    a.op.apply_sink(&mut model)?;
     let engine = a.engine.parse(&model.decoder.placement)?;
     let cfg = model.cfg().clone();
     let mut opts = ShipsOptions::new(&cfg);

@@ -56,6 +56,12 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let ablation = a.op.parse()?;
+    if a.op.sink()? == sahara::model::ablation::SinkPolicy::Drop {
+        return Err(Error::Conflict {
+            setting: sahara::error::Setting::Sink,
+            reason: "drop cannot be folded into the weights: a checkpoint's sink is one logit that every input sees, and no weight removes it from the ablated head's softmax alone; surgery folds the ablation with the sink kept (the q/k rows scaled, the sink as it is)".into(),
+        });
+    }
     let heads = match (&a.ablate, &a.heads_from) {
         (Some(h), None) => HeadSet::parse(h)?,
         (None, Some(f)) => HeadSet(

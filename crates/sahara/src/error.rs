@@ -200,6 +200,7 @@ pub enum Setting {
     Resamples,
     Source,
     Positions,
+    Sink,
     /// Where an output is written.
     Output,
 }
@@ -239,6 +240,7 @@ impl Setting {
             Setting::Resamples => "bootstrap resamples",
             Setting::Source => "patch source",
             Setting::Positions => "patched positions",
+            Setting::Sink => "sink policy",
             Setting::Output => "output",
         }
     }

@@ -19,7 +19,7 @@ use crate::methods::engine::{Engine, EngineOptions};
 use crate::methods::generate::{generate, GenerateOptions};
 use crate::methods::sahara::{final_hidden, stack_rows, step_scores, LeftSubspace, SaharaOptions};
 use crate::methods::ships::{ships_scores, HeadGrid, ShipsOptions};
-use crate::model::ablation::{Ablation, AblationPlan, HeadAblation, Op, Target};
+use crate::model::ablation::{Ablation, AblationPlan, HeadAblation, Op, SinkPolicy, Target};
 use crate::model::{Batch, ForwardSpec, Positions};
 use crate::LoadedModel;
 
@@ -181,7 +181,7 @@ fn grid_diff(a: &HeadGrid, b: &HeadGrid) -> f64 {
 pub fn check_fixture(dir: &Path, dtype: DType, device: &Device) -> Result<Vec<Check>> {
     let reference = Reference::load(dir)?;
     let source = dir.to_string_lossy();
-    let model = LoadedModel::load(&source, dtype, device)?;
+    let mut model = LoadedModel::load(&source, dtype, device)?;
     let prompts = reference.prompts(dir)?;
     let f32 = dtype == DType::F32;
     let device_name = crate::device::name(device);
@@ -210,10 +210,21 @@ pub fn check_fixture(dir: &Path, dtype: DType, device: &Device) -> Result<Vec<Ch
             )
         })
     };
-    let forward = |p: &[u32], rows: Option<&[Vec<HeadAblation>]>| -> Result<(Tensor, Tensor)> {
+    let forward = |p: &[u32],
+                   rows: Option<&[Vec<HeadAblation>]>,
+                   sink: SinkPolicy|
+     -> Result<(Tensor, Tensor)> {
         let batch = Batch::new(&[p.to_vec()], 0, device)?;
+        let placement = crate::model::decoder::DevicePlan::single(device, model.cfg().num_layers);
         let plan = match rows {
-            Some(r) => Some(AblationPlan::new(model.cfg(), r, dtype, device)?),
+            Some(r) => Some(AblationPlan::placed_with(
+                model.cfg(),
+                r,
+                dtype,
+                &placement,
+                None,
+                sink,
+            )?),
             None => None,
         };
         let mut spec = ForwardSpec::logits(Positions::All);
@@ -233,7 +244,7 @@ pub fn check_fixture(dir: &Path, dtype: DType, device: &Device) -> Result<Vec<Ch
     let comparable = f32 || model.cfg().moe.is_none();
     let (mut logits, mut hidden) = ((0f64, 0f64), (0f64, 0f64));
     for (i, p) in prompts.iter().enumerate().filter(|_| comparable) {
-        let (l, h) = forward(p, None)?;
+        let (l, h) = forward(p, None, SinkPolicy::Keep)?;
         let dl = compare(&l, reference.tensor(&format!("logits.{i}"))?)?;
         let dh = compare(&h, reference.tensor(&format!("hidden.{i}"))?)?;
         logits = (logits.0.max(dl.0), dl.1);
@@ -248,14 +259,31 @@ pub fn check_fixture(dir: &Path, dtype: DType, device: &Device) -> Result<Vec<Ch
         true => reference.ablations(dir, &model)?,
         false => Vec::new(),
     };
-    for (name, heads) in ablations {
-        let mut worst = (0f64, 0f64);
-        for (i, p) in prompts.iter().enumerate() {
-            let (l, _) = forward(p, Some(std::slice::from_ref(&heads)))?;
-            let d = compare(&l, reference.tensor(&format!("ablated.{name}.{i}"))?)?;
-            worst = (worst.0.max(d.0), d.1);
+    // A model with attention sinks also has references for its q/k ablations with the
+    // ablated heads' sinks dropped (`sink_drop`).
+    let drops: Vec<&str> = reference.json["sink_drop"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    for (name, heads) in &ablations {
+        let sinks = [
+            ("ablated", SinkPolicy::Keep),
+            ("ablated_sink_drop", SinkPolicy::Drop),
+        ];
+        for (key, sink) in sinks {
+            if sink == SinkPolicy::Drop && !drops.contains(&name.as_str()) {
+                continue;
+            }
+            let mut worst = (0f64, 0f64);
+            for (i, p) in prompts.iter().enumerate() {
+                let (l, _) = forward(p, Some(std::slice::from_ref(heads)), sink)?;
+                let d = compare(&l, reference.tensor(&format!("{key}.{name}.{i}"))?)?;
+                worst = (worst.0.max(d.0), d.1);
+            }
+            push(format!("{key}.{name}"), worst.0, worst.1);
         }
-        push(format!("ablated.{name}"), worst.0, worst.1);
     }
 
     // Greedy tokens are exact only where the logits are: float32.
@@ -297,21 +325,30 @@ pub fn check_fixture(dir: &Path, dtype: DType, device: &Device) -> Result<Vec<Ch
         ..EngineOptions::default()
     };
     let mut ships = ShipsOptions::new(model.cfg());
-    let mut grids = Vec::new();
-    for kind in [Engine::Fast, Engine::Naive] {
-        ships.engine = engine(kind);
-        grids.push(ships_scores(
-            &model.decoder,
-            &prompts[0],
-            &ships,
-            &mut |_| {},
-        )?);
+    // On a model with sinks, the engines agree with the sinks dropped too.
+    let policies: &[SinkPolicy] = match model.cfg().attention_sinks {
+        true => &[SinkPolicy::Keep, SinkPolicy::Drop],
+        false => &[SinkPolicy::Keep],
+    };
+    for &sink in policies {
+        model.decoder.sink_policy = sink;
+        let mut grids = Vec::new();
+        for kind in [Engine::Fast, Engine::Naive] {
+            ships.engine = engine(kind);
+            grids.push(ships_scores(
+                &model.decoder,
+                &prompts[0],
+                &ships,
+                &mut |_| {},
+            )?);
+        }
+        let name = match sink {
+            SinkPolicy::Keep => "ships_fast_vs_naive".to_string(),
+            SinkPolicy::Drop => "ships_fast_vs_naive_sink_drop".to_string(),
+        };
+        push(name, grid_diff(&grids[0], &grids[1]), engine_tol);
     }
-    push(
-        "ships_fast_vs_naive".into(),
-        grid_diff(&grids[0], &grids[1]),
-        engine_tol,
-    );
+    model.decoder.sink_policy = SinkPolicy::Keep;
 
     if prompts.len() >= 2 {
         let reference_space =

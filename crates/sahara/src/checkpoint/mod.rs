@@ -4,6 +4,7 @@
 pub mod gguf;
 pub mod hub;
 pub mod lora;
+pub mod mxfp4;
 pub mod random;
 pub mod safetensors;
 pub mod surgery;

@@ -254,8 +254,20 @@ impl Weights {
         })
     }
 
+    /// Whether a tensor of that name exists, stored as it is or in MXFP4 ([`super::mxfp4`]).
     pub fn contains(&self, name: &str) -> bool {
-        self.index.contains_key(name)
+        self.index.contains_key(name) || self.mxfp4_parts(name).is_some()
+    }
+
+    /// The blocks and scales of a tensor stored in MXFP4 under `{name}_blocks` and
+    /// `{name}_scales` (bytes), where it is not stored as itself.
+    fn mxfp4_parts(&self, name: &str) -> Option<(String, String)> {
+        if self.index.contains_key(name) {
+            return None;
+        }
+        let (blocks, scales) = super::mxfp4::parts(name);
+        (self.index.contains_key(&blocks) && self.index.contains_key(&scales))
+            .then_some((blocks, scales))
     }
 
     /// The file holding a tensor and its header entry.
@@ -276,6 +288,18 @@ impl Weights {
         dtype: DType,
         device: &Device,
     ) -> Result<Tensor> {
+        if let Some((blocks, scales)) = self.mxfp4_parts(name) {
+            let t = self.load_mxfp4(name, &blocks, &scales, dtype, device)?;
+            if t.dims() != shape {
+                return Err(Error::TensorShape {
+                    name: name.to_string(),
+                    path: self.locate(&blocks)?.0.path.clone(),
+                    found: t.dims().to_vec(),
+                    expected: shape.to_vec(),
+                });
+            }
+            return Ok(t);
+        }
         let (file, info) = self.locate(name)?;
         if info.shape != shape {
             return Err(Error::TensorShape {
@@ -294,6 +318,42 @@ impl Weights {
         file.release(info);
         let t = if src == dtype { t } else { t.to_dtype(dtype)? };
         Ok(t.to_device(device)?)
+    }
+}
+
+impl Weights {
+    /// A tensor dequantized from its MXFP4 blocks and scales, both stored as bytes.
+    fn load_mxfp4(
+        &self,
+        name: &str,
+        blocks: &str,
+        scales: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let bytes = |part: &str| -> Result<(&WeightFile, &TensorInfo)> {
+            let (file, info) = self.locate(part)?;
+            if info.dtype != StDtype::U8 {
+                return Err(Error::TensorDtype {
+                    name: part.to_string(),
+                    path: file.path.clone(),
+                    found: format!("{:?} (MXFP4 blocks and scales are U8)", info.dtype),
+                });
+            }
+            Ok((file, info))
+        };
+        let (bf, bi) = bytes(blocks)?;
+        let (sf, si) = bytes(scales)?;
+        let t = super::mxfp4::dequantize_tensor(
+            name,
+            (bf.bytes(bi), &bi.shape),
+            (sf.bytes(si), &si.shape),
+            dtype,
+            device,
+        )?;
+        bf.release(bi);
+        sf.release(si);
+        Ok(t)
     }
 }
 

@@ -77,6 +77,10 @@ impl RunRecord {
                 if let Some(a) = &model.adapter {
                     m.insert("adapter".into(), a.dir.display().to_string().into());
                 }
+                if model.cfg().attention_sinks {
+                    // What q/k ablations do to the sinks changes the numbers.
+                    m.insert("sink".into(), model.decoder.sink_policy.as_str().into());
+                }
                 m
             },
         })

@@ -183,6 +183,9 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     /// Special tokens passed to the template (`bos_token`, `eos_token`, …).
     specials: Vec<(String, String)>,
+    /// The instant `strftime_now` renders (Unix seconds, UTC), once pinned; `i64::MIN`: the
+    /// current time (GPT-OSS's template writes today's date into every prompt).
+    clock: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl ChatTemplate {
@@ -205,11 +208,34 @@ impl ChatTemplate {
                 Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
             },
         );
-        env.add_function("strftime_now", |fmt: String| strftime_now(&fmt));
+        let clock = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN));
+        let now = clock.clone();
+        env.add_function("strftime_now", move |fmt: String| {
+            let pinned = now.load(std::sync::atomic::Ordering::Relaxed);
+            let secs = match pinned {
+                i64::MIN => std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0),
+                pinned => pinned,
+            };
+            strftime_at(&fmt, secs)
+        });
         env.add_filter("tojson", tojson);
         env.add_template_owned("chat", source.to_string())
             .map_err(|e| Error::Template(format!("cannot parse: {}", describe(&e))))?;
-        Ok(ChatTemplate { env, specials })
+        Ok(ChatTemplate {
+            env,
+            specials,
+            clock,
+        })
+    }
+
+    /// Renders `strftime_now` at this instant (Unix seconds, UTC) from now on, instead of the
+    /// current time.
+    pub fn pin_clock(&self, unix_seconds: i64) {
+        self.clock
+            .store(unix_seconds, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Renders messages as transformers' `apply_chat_template(..., tokenize=False)` does.
@@ -446,8 +472,9 @@ fn python_json(
     Ok(())
 }
 
-/// `strftime_now(fmt)`: the current UTC date and time, for the common strftime codes.
-fn strftime_now(fmt: &str) -> String {
+/// `strftime_now(fmt)` at the instant `secs` (Unix seconds): the UTC date and time, for the
+/// common strftime codes.
+fn strftime_at(fmt: &str, secs: i64) -> String {
     const MONTHS: [&str; 12] = [
         "January",
         "February",
@@ -471,10 +498,6 @@ fn strftime_now(fmt: &str) -> String {
         "Tuesday",
         "Wednesday",
     ];
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
     let days = secs.div_euclid(86400);
     let rem = secs.rem_euclid(86400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).

@@ -121,6 +121,46 @@ impl Op {
     }
 }
 
+/// What a q/k ablation does to an ablated head's attention sink (GPT-OSS's learned per-head
+/// logit, which joins the head's softmax over the keys and takes probability mass without a
+/// value). Scaling a query by ε sends its logits over the keys to ~0 while the sink's logit
+/// s is a parameter, not a product with the query: the head then attends `e^s : 1 : … : 1`
+/// over (sink, keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkPolicy {
+    /// The sink keeps its logit: the keys share what it leaves, uniformly for a scaled query.
+    #[default]
+    Keep,
+    /// The ablated head's sink leaves its softmax: its share goes to the keys as well (a
+    /// scaled query then attends uniformly over the keys, as in a model without sinks).
+    Drop,
+}
+
+impl SinkPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkPolicy::Keep => "keep",
+            SinkPolicy::Drop => "drop",
+        }
+    }
+}
+
+impl std::str::FromStr for SinkPolicy {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "keep" => Ok(SinkPolicy::Keep),
+            "drop" => Ok(SinkPolicy::Drop),
+            other => Err(Error::bad_value(
+                Setting::Sink,
+                format!("{other:?}"),
+                "expected keep or drop",
+            )),
+        }
+    }
+}
+
 /// What an ablation does, independent of the heads it is applied to: the target tensor and
 /// the op. It owns the rule of which query heads an ablation of a head really changes.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -463,6 +503,9 @@ pub struct AblationPlan {
     layers: Vec<[Option<HeadMix>; 3]>,
     /// Indexed by layer.
     patches: Vec<Option<Patch>>,
+    /// Indexed by layer, with [`SinkPolicy::Drop`] on a model with sinks: (B, H) f32, added
+    /// to the sink logits, −∞ for each head a row's q/k ablations change, else 0.
+    sink_drops: Vec<Option<Tensor>>,
     pub rows: usize,
 }
 
@@ -472,6 +515,7 @@ impl AblationPlan {
         AblationPlan {
             layers: vec![[None, None, None]; cfg.num_layers],
             patches: vec![None; cfg.num_layers],
+            sink_drops: vec![None; cfg.num_layers],
             rows,
         }
     }
@@ -495,21 +539,25 @@ impl AblationPlan {
         dtype: DType,
         placement: &crate::model::decoder::DevicePlan,
     ) -> Result<Self> {
-        Self::placed_with(cfg, rows, dtype, placement, None)
+        Self::placed_with(cfg, rows, dtype, placement, None, SinkPolicy::Keep)
     }
 
     /// [`AblationPlan::placed`] with the source of the rows' patches ([`Op::Patch`]), which
-    /// they need.
+    /// they need, and what q/k ablations do to attention sinks (for a model with sinks).
     pub fn placed_with(
         cfg: &ModelConfig,
         rows: &[Vec<HeadAblation>],
         dtype: DType,
         placement: &crate::model::decoder::DevicePlan,
         source: Option<&PatchSource>,
+        sink: SinkPolicy,
     ) -> Result<Self> {
         let b = rows.len();
         let mut plan = AblationPlan::empty(cfg, b);
         plan.patches = Self::patches(cfg, rows, dtype, source)?;
+        if sink == SinkPolicy::Drop && cfg.attention_sinks {
+            plan.sink_drops = Self::sink_drops(cfg, rows, placement)?;
+        }
         // Every map's values go into one host buffer per part of the decoder, copied to the
         // part's device once for the whole plan (not once per layer):
         // (layer, target, is-full, offset, shape).
@@ -654,6 +702,42 @@ impl AblationPlan {
         Ok(out)
     }
 
+    /// Per layer with a q/k ablation in some row, (B, H) f32 on the layer's device: −∞ for
+    /// each query head whose sink a row drops (the heads its q/k ablations change), else 0.
+    fn sink_drops(
+        cfg: &ModelConfig,
+        rows: &[Vec<HeadAblation>],
+        placement: &crate::model::decoder::DevicePlan,
+    ) -> Result<Vec<Option<Tensor>>> {
+        let (b, nh) = (rows.len(), cfg.num_heads);
+        let mut out = vec![None; cfg.num_layers];
+        for (layer, slot) in out.iter_mut().enumerate() {
+            let qk = |a: &&HeadAblation| a.layer == layer && a.target != Target::Z;
+            if !rows.iter().any(|r| r.iter().any(|a| qk(&a))) {
+                continue;
+            }
+            let mut add = vec![0f32; b * nh];
+            for (r, row) in rows.iter().enumerate() {
+                for a in row.iter().filter(qk) {
+                    for h in a.affected_query_heads(cfg) {
+                        add[r * nh + h] = f32::NEG_INFINITY;
+                    }
+                }
+            }
+            *slot = Some(crate::device::transfers::upload(
+                add,
+                (b, nh),
+                placement.layer_device(layer),
+            )?);
+        }
+        Ok(out)
+    }
+
+    /// The additions to a layer's sink logits ([`SinkPolicy::Drop`]), (B, H) f32.
+    pub fn sink_drop(&self, layer: usize) -> Option<&Tensor> {
+        self.sink_drops.get(layer).and_then(Option::as_ref)
+    }
+
     /// The patches of a layer ([`Op::Patch`]).
     pub fn patch(&self, layer: usize) -> Option<&Patch> {
         self.patches.get(layer).and_then(Option::as_ref)
@@ -695,9 +779,15 @@ impl AblationPlan {
             .iter()
             .map(|p| p.as_ref().map(|p| p.rows(rows)).transpose())
             .collect::<Result<_>>()?;
+        let sink_drops = self
+            .sink_drops
+            .iter()
+            .map(|t| t.as_ref().map(|t| t.narrow(0, 0, rows)).transpose())
+            .collect::<candle_core::Result<_>>()?;
         Ok(AblationPlan {
             layers,
             patches,
+            sink_drops,
             rows,
         })
     }
@@ -731,9 +821,19 @@ impl AblationPlan {
             }
             layers.push(out);
         }
+        let sink_drops = self
+            .sink_drops
+            .iter()
+            .map(|t| {
+                t.as_ref()
+                    .map(|t| t.index_select(&idx.to_device(t.device())?, 0))
+                    .transpose()
+            })
+            .collect::<candle_core::Result<_>>()?;
         Ok(AblationPlan {
             layers,
             patches: self.patches.clone(),
+            sink_drops,
             rows: keep.len(),
         })
     }

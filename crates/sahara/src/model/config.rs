@@ -72,6 +72,9 @@ pub struct RawConfig {
     pub pad_token_id: Option<Value>,
     pub torch_dtype: Option<String>,
     pub dtype: Option<String>,
+    /// GPT-OSS's clamped SwiGLU: the sigmoid's gain and the clamp.
+    pub swiglu_alpha: Option<f64>,
+    pub swiglu_limit: Option<f64>,
 }
 
 pub use crate::model::family::Family;
@@ -100,14 +103,45 @@ pub enum RopeScaling {
         original_max_position_embeddings: usize,
         attention_factor: f64,
     },
+    /// YaRN (GPT-OSS): each frequency blended between its original and its value divided by
+    /// `factor` by a linear ramp over the dimensions from `beta_fast` to `beta_slow`
+    /// rotations in the original context, and cos/sin multiplied by `attention_factor`.
+    Yarn {
+        factor: f64,
+        beta_fast: f64,
+        beta_slow: f64,
+        original_max_position_embeddings: f64,
+        truncate: bool,
+        attention_factor: f64,
+    },
+}
+
+impl RopeScaling {
+    /// The factor cos and sin are multiplied by (LongRoPE, YaRN), else 1.
+    pub fn attention_factor(&self) -> f64 {
+        match self {
+            RopeScaling::LongRope {
+                attention_factor, ..
+            }
+            | RopeScaling::Yarn {
+                attention_factor, ..
+            } => *attention_factor,
+            _ => 1.0,
+        }
+    }
 }
 
 /// Hidden activation of the gated MLP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Activation {
     Silu,
     /// GELU with the tanh approximation (`gelu_pytorch_tanh`, `gelu_new`).
     GeluTanh,
+    /// GPT-OSS's experts: `(clamp(up, ±limit) + 1) · g σ(alpha g)` with `g = min(gate, limit)`.
+    ClampedSwiglu {
+        alpha: f32,
+        limit: f32,
+    },
 }
 
 /// A mixture of experts in place of the MLP, resolved.
@@ -126,6 +160,10 @@ pub struct MoeConfig {
     pub sparse_layers: Vec<bool>,
     /// Mixtral's tensor names (`block_sparse_moe.experts.{e}.w1/w3/w2`).
     pub mixtral_names: bool,
+    /// GPT-OSS: the top k of the router's logits (it has a bias) softmaxed among themselves,
+    /// and the experts stored fused as 3-D tensors with biases (see
+    /// [`crate::model::family::MoeRow::gpt_oss`]).
+    pub gpt_oss: bool,
 }
 
 /// The resolved configuration: every value the decoder needs, defaults applied.
@@ -181,6 +219,9 @@ pub struct ModelConfig {
     pub fused_projections: bool,
     /// A mixture of experts in place of the MLP (in the layers it names).
     pub moe: Option<MoeConfig>,
+    /// A learned sink logit per head joins each attention softmax and takes probability mass
+    /// without a value (GPT-OSS's `self_attn.sinks`).
+    pub attention_sinks: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     pub pad_token_id: Option<u32>,
@@ -227,15 +268,28 @@ impl ModelConfig {
         let attn = d
             .checked_mul(qkv)?
             .checked_add(q.checked_mul(d)?)?
-            .checked_add(if self.qkv_bias { qkv } else { 0 })?;
+            .checked_add(if self.qkv_bias { qkv } else { 0 })?
+            .checked_add(if self.o_bias { d } else { 0 })?
+            .checked_add(if self.attention_sinks {
+                self.num_heads
+            } else {
+                0
+            })?;
         let gated = |i: usize| d.checked_mul(i)?.checked_mul(3);
         let dense_mlp = gated(self.intermediate_size)?;
-        // A layer with experts: every expert, the router, and the shared expert and its gate.
+        // A layer with experts: every expert, the router, and the shared expert and its gate;
+        // GPT-OSS's experts and router have biases.
         let experts = match &self.moe {
             None => 0,
             Some(m) => gated(m.expert_intermediate_size)?
+                .checked_add(if m.gpt_oss {
+                    m.expert_intermediate_size.checked_mul(2)?.checked_add(d)?
+                } else {
+                    0
+                })?
                 .checked_mul(m.num_experts)?
                 .checked_add(d.checked_mul(m.num_experts)?)?
+                .checked_add(if m.gpt_oss { m.num_experts } else { 0 })?
                 .checked_add(match m.shared_intermediate_size {
                     Some(s) => gated(s)?.checked_add(d)?,
                     None => 0,
@@ -355,6 +409,20 @@ impl ModelConfig {
             .or(raw.hidden_act.as_deref())
             .unwrap_or(if gemma { "gelu_pytorch_tanh" } else { "silu" });
         let activation = match act_name {
+            // GPT-OSS's experts use their clamped SwiGLU whatever `hidden_act` says.
+            _ if fam.moe.is_some_and(|m| m.gpt_oss) => {
+                let alpha = raw.swiglu_alpha.unwrap_or(1.702);
+                let limit = raw.swiglu_limit.unwrap_or(7.0);
+                if !(alpha.is_finite() && limit.is_finite() && limit > 0.0) {
+                    return Err(format!(
+                        "swiglu_alpha ({alpha}) and swiglu_limit ({limit}) must be finite, the limit positive"
+                    ));
+                }
+                Activation::ClampedSwiglu {
+                    alpha: alpha as f32,
+                    limit: limit as f32,
+                }
+            }
             "silu" | "swish" => Activation::Silu,
             "gelu_pytorch_tanh" | "gelu_new" => Activation::GeluTanh,
             // transformers runs Gemma with the tanh approximation whatever `hidden_act` says.
@@ -379,11 +447,15 @@ impl ModelConfig {
                     .and_then(Value::as_f64)
             })
             .unwrap_or(fam.default_rope_theta);
+        let family_scaling: Option<Value> = fam
+            .default_rope_scaling
+            .map(|s| serde_json::from_str(s).expect("a family's default scaling is JSON"));
         let scaling_value = raw
             .rope_scaling
             .as_ref()
             .filter(|v| !v.is_null())
-            .or(params);
+            .or(params)
+            .or(family_scaling.as_ref());
         let rope_scaling = match scaling_value {
             None => RopeScaling::None,
             Some(v) => resolve_rope_scaling(
@@ -503,7 +575,7 @@ impl ModelConfig {
             }
         };
 
-        let attention_bias = raw.attention_bias.unwrap_or(false);
+        let attention_bias = raw.attention_bias.unwrap_or(fam.default_attention_bias);
         let (qkv_bias, o_bias) = if fam.qkv_bias {
             (raw.qkv_bias.unwrap_or(true), false)
         } else {
@@ -566,6 +638,7 @@ impl ModelConfig {
                 None => None,
                 Some(row) => Some(resolve_moe(raw, row, num_layers, intermediate_size)?),
             },
+            attention_sinks: fam.attention_sinks,
             bos_token_id,
             eos_token_ids,
             pad_token_id,
@@ -648,6 +721,7 @@ fn resolve_moe(
         shared_intermediate_size,
         sparse_layers,
         mixtral_names: row.mixtral_names,
+        gpt_oss: row.gpt_oss,
     })
 }
 
@@ -729,8 +803,51 @@ fn resolve_rope_scaling(
                 attention_factor,
             })
         }
+        "yarn" => {
+            let original = v
+                .get("original_max_position_embeddings")
+                .and_then(Value::as_f64)
+                .or(max_positions.map(|m| m as f64))
+                .ok_or("yarn needs original_max_position_embeddings")?;
+            let factor = match v.get("factor").and_then(Value::as_f64) {
+                Some(f) => f,
+                None => match max_positions {
+                    Some(m) => m as f64 / original,
+                    None => return Err("yarn lacks a numeric `factor`".into()),
+                },
+            };
+            if !(factor.is_finite() && factor > 0.0 && original > 0.0) {
+                return Err(format!(
+                    "yarn needs a positive factor and original context, got {factor} and {original}"
+                ));
+            }
+            // transformers' get_mscale: 0.1 · m · ln(factor) + 1 (1 for factor ≤ 1).
+            let mscale = |m: f64| {
+                if factor <= 1.0 {
+                    1.0
+                } else {
+                    0.1 * m * factor.ln() + 1.0
+                }
+            };
+            let opt = |key: &str| v.get(key).and_then(Value::as_f64).filter(|x| *x != 0.0);
+            let attention_factor = match v.get("attention_factor").and_then(Value::as_f64) {
+                Some(a) => a,
+                None => match (opt("mscale"), opt("mscale_all_dim")) {
+                    (Some(m), Some(all)) => mscale(m) / mscale(all),
+                    _ => mscale(1.0),
+                },
+            };
+            Ok(RopeScaling::Yarn {
+                factor,
+                beta_fast: opt("beta_fast").unwrap_or(32.0),
+                beta_slow: opt("beta_slow").unwrap_or(1.0),
+                original_max_position_embeddings: original,
+                truncate: v.get("truncate").and_then(Value::as_bool).unwrap_or(true),
+                attention_factor,
+            })
+        }
         other => Err(format!(
-            "unsupported rope scaling type {other:?}; supported: default, linear, llama3, longrope"
+            "unsupported rope scaling type {other:?}; supported: default, linear, llama3, longrope, yarn"
         )),
     }
 }
@@ -801,6 +918,21 @@ fn longrope_frequencies(cfg: &ModelConfig, long: bool) -> Vec<f32> {
         }
         RopeScaling::None => inv,
         RopeScaling::Linear { factor } => inv.iter().map(|f| f / *factor as f32).collect(),
+        &RopeScaling::Yarn {
+            factor,
+            beta_fast,
+            beta_slow,
+            original_max_position_embeddings,
+            truncate,
+            ..
+        } => yarn_frequencies(
+            dim,
+            cfg.rope_theta,
+            factor,
+            (beta_fast, beta_slow),
+            original_max_position_embeddings,
+            truncate,
+        ),
         &RopeScaling::Llama3 {
             factor,
             low_freq_factor,
@@ -834,6 +966,42 @@ fn longrope_frequencies(cfg: &ModelConfig, long: bool) -> Vec<f32> {
                 .collect()
         }
     }
+}
+
+/// YaRN's inverse frequencies, as transformers' `_compute_yarn_parameters` computes them: the
+/// correction range in f64, the frequencies and the ramp in f32.
+fn yarn_frequencies(
+    dim: usize,
+    base: f64,
+    factor: f64,
+    (beta_fast, beta_slow): (f64, f64),
+    original: f64,
+    truncate: bool,
+) -> Vec<f32> {
+    // The dimension at which a frequency makes `rotations` turns over the original context.
+    let correction = |rotations: f64| {
+        dim as f64 * (original / (rotations * 2.0 * std::f64::consts::PI)).ln() / (2.0 * base.ln())
+    };
+    let (mut low, mut high) = (correction(beta_fast), correction(beta_slow));
+    if truncate {
+        (low, high) = (low.floor(), high.ceil());
+    }
+    let (low, mut high) = (low.max(0.0), high.min(dim as f64 - 1.0));
+    if low == high {
+        high += 0.001;
+    }
+    let (low32, span) = (low as f32, (high - low) as f32);
+    let base = base as f32;
+    (0..dim / 2)
+        .map(|i| {
+            let pos = base.powf((2 * i) as f32 / dim as f32);
+            let extrapolation = 1.0 / pos;
+            let interpolation = 1.0 / (factor as f32 * pos);
+            let ramp = ((i as f32 - low32) / span).clamp(0.0, 1.0);
+            let keep = 1.0 - ramp;
+            interpolation * (1.0 - keep) + extrapolation * keep
+        })
+        .collect()
 }
 
 #[cfg(test)]

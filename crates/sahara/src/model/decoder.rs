@@ -15,7 +15,9 @@ use candle_core::{DType, Device, Tensor, D};
 use crate::checkpoint::safetensors::{TensorSource, Weights};
 use crate::device::transfers;
 use crate::error::{Error, Result};
-use crate::model::ablation::{AblationPlan, HeadAblation, HeadMix, Patch, PatchSource, Target};
+use crate::model::ablation::{
+    AblationPlan, HeadAblation, HeadMix, Patch, PatchSource, SinkPolicy, Target,
+};
 use crate::model::config::{inverse_frequencies, ModelConfig};
 use crate::model::ops::{self, contiguous};
 
@@ -168,7 +170,7 @@ pub struct Experts {
     /// `sigmoid(gate · x) · shared(x)`.
     pub shared: Option<(Mlp, Linear)>,
     pub top_k: usize,
-    pub renormalize: bool,
+    pub routing: Routing,
     /// The routing weights multiply in f32 (Mixtral); otherwise they are rounded to the
     /// model dtype first, as transformers casts them.
     pub weights_in_f32: bool,
@@ -244,34 +246,62 @@ impl FeedForward {
     }
 }
 
-/// The experts each token goes to and their weights, from router logits (N, E) row-major:
-/// the softmax over all experts (in f32), its top k (the larger probability first, the lower
-/// index first among equal ones), divided by their sum with `renormalize`. Returns, per
+/// How a router's logits become each token's experts and weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// The softmax over all experts, its top k, divided by their sum with `renormalize`
+    /// (Mixtral, Qwen MoE, OLMoE).
+    SoftmaxThenTopK { renormalize: bool },
+    /// The top k logits, softmaxed among themselves (GPT-OSS).
+    TopKThenSoftmax,
+}
+
+/// The experts each token goes to and their weights, from router logits (N, E) row-major, in
+/// f32; the top k are the larger first, the lower index first among equal ones. Returns, per
 /// expert, its (token, weight) pairs in token order.
 pub fn route(
     logits: &[f32],
     experts: usize,
     top_k: usize,
-    renormalize: bool,
+    routing: Routing,
 ) -> Vec<Vec<(u32, f32)>> {
+    let softmax = |values: &[f32]| -> Vec<f32> {
+        let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let exp: Vec<f32> = values.iter().map(|&l| (l - max).exp()).collect();
+        let sum: f32 = exp.iter().sum();
+        exp.iter().map(|e| e / sum).collect()
+    };
     let mut per_expert: Vec<Vec<(u32, f32)>> = vec![Vec::new(); experts];
     let mut order: Vec<usize> = Vec::with_capacity(experts);
     for (token, row) in logits.chunks_exact(experts).enumerate() {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let exp: Vec<f32> = row.iter().map(|&l| (l - max).exp()).collect();
-        let sum: f32 = exp.iter().sum();
-        let probs: Vec<f32> = exp.iter().map(|e| e / sum).collect();
+        // What the top k is taken of: the probabilities, or the logits themselves.
+        let ranked = match routing {
+            Routing::SoftmaxThenTopK { .. } => softmax(row),
+            Routing::TopKThenSoftmax => row.to_vec(),
+        };
         order.clear();
         order.extend(0..experts);
-        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+        order.sort_by(|&a, &b| ranked[b].total_cmp(&ranked[a]).then(a.cmp(&b)));
         let chosen = &order[..top_k];
-        let total: f32 = chosen.iter().map(|&e| probs[e]).sum();
-        for &e in chosen {
-            let w = if renormalize {
-                probs[e] / total
-            } else {
-                probs[e]
-            };
+        let weights: Vec<f32> = match routing {
+            Routing::SoftmaxThenTopK { renormalize } => {
+                let total: f32 = chosen.iter().map(|&e| ranked[e]).sum();
+                chosen
+                    .iter()
+                    .map(|&e| {
+                        if renormalize {
+                            ranked[e] / total
+                        } else {
+                            ranked[e]
+                        }
+                    })
+                    .collect()
+            }
+            Routing::TopKThenSoftmax => {
+                softmax(&chosen.iter().map(|&e| ranked[e]).collect::<Vec<_>>())
+            }
+        };
+        for (&e, w) in chosen.iter().zip(weights) {
             per_expert[e].push((token as u32, w));
         }
     }
@@ -298,7 +328,7 @@ impl Experts {
         // (N, E) in f32 on the host: routing is a per-token choice.
         let logits = self.router.forward(&flat)?.to_dtype(DType::F32)?;
         let logits: Vec<f32> = transfers::read_vec1(&logits.flatten_all()?)?;
-        let routes = route(&logits, self.experts.len(), self.top_k, self.renormalize);
+        let routes = route(&logits, self.experts.len(), self.top_k, self.routing);
         // Every (token, weight) pair, grouped by expert: (N·k,) each.
         let tokens: Vec<u32> = routes.iter().flatten().map(|r| r.0).collect();
         let weights: Vec<f32> = routes.iter().flatten().map(|r| r.1).collect();
@@ -410,6 +440,9 @@ pub struct Layer {
     /// projection, (H·D,) and (G·D,) (OLMo 2).
     pub q_norm: Option<Tensor>,
     pub k_norm: Option<Tensor>,
+    /// Each head's sink logit, (H,) f32 (its values rounded through the model dtype, as
+    /// transformers holds them): GPT-OSS.
+    pub sinks: Option<Tensor>,
     pub attn: Attention,
     pub mlp: FeedForward,
 }
@@ -616,9 +649,9 @@ pub struct Decoder {
     pub lm_head: Tensor,
     /// (D/2,) f32
     inv_freq: Tensor,
-    /// LongRoPE: frequencies for sequences longer than the original context, and the
-    /// factor cos and sin are multiplied by.
+    /// LongRoPE: frequencies for sequences longer than the original context.
     inv_freq_long: Option<(Tensor, usize)>,
+    /// The factor cos and sin are multiplied by (LongRoPE, YaRN).
     rope_attention_factor: f64,
     /// (D/2,) f32: the sliding-window layers' frequencies where they have their own base.
     inv_freq_local: Option<Tensor>,
@@ -629,6 +662,8 @@ pub struct Decoder {
     pub device: Device,
     /// Where each part is: one device, or layers split over several.
     pub placement: DevicePlan,
+    /// What q/k ablations do to the heads' attention sinks, for models that have them.
+    pub sink_policy: SinkPolicy,
 }
 
 /// Where a decoder's parts go: one device for all, or contiguous ranges of layers over
@@ -821,6 +856,11 @@ impl Decoder {
             };
             const PROJ: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
             let mlp = match &cfg.moe {
+                Some(moe) if moe.gpt_oss => {
+                    FeedForward::Experts(Box::new(gpt_oss_experts(moe, d, &p, &|name, shape| {
+                        load(name, shape, device)
+                    })?))
+                }
                 Some(moe) if moe.sparse_layers[l] => {
                     let (block, names) = if moe.mixtral_names {
                         ("block_sparse_moe", ["w1", "w3", "w2"])
@@ -856,7 +896,9 @@ impl Decoder {
                         experts,
                         shared,
                         top_k: moe.top_k,
-                        renormalize: moe.renormalize,
+                        routing: Routing::SoftmaxThenTopK {
+                            renormalize: moe.renormalize,
+                        },
                         weights_in_f32: moe.mixtral_names,
                     }))
                 }
@@ -916,6 +958,14 @@ impl Decoder {
                 },
                 q_norm: qk("q_norm", h)?,
                 k_norm: qk("k_norm", g)?,
+                sinks: if cfg.attention_sinks {
+                    Some(
+                        load(&format!("{p}.self_attn.sinks"), &[h], device)?
+                            .to_dtype(DType::F32)?,
+                    )
+                } else {
+                    None
+                },
                 attn: Attention {
                     qkv_proj: qkv_proj.with_transposed_storage()?,
                     o_proj: linear(&format!("{p}.self_attn.o_proj"), d, h * hd, cfg.o_bias)?
@@ -966,23 +1016,20 @@ impl Decoder {
             .transpose()?;
         let n_layers = cfg.num_layers;
         let inv_freq = Tensor::from_vec(inv, n, device)?;
-        let (inv_freq_long, rope_attention_factor) = match &cfg.rope_scaling {
+        let rope_attention_factor = cfg.rope_scaling.attention_factor();
+        let inv_freq_long = match &cfg.rope_scaling {
             crate::model::config::RopeScaling::LongRope {
                 original_max_position_embeddings,
-                attention_factor,
                 ..
-            } => (
-                Some((
-                    Tensor::from_vec(
-                        crate::model::config::long_inverse_frequencies(&cfg),
-                        n,
-                        device,
-                    )?,
-                    *original_max_position_embeddings,
-                )),
-                *attention_factor,
-            ),
-            _ => (None, 1.0),
+            } => Some((
+                Tensor::from_vec(
+                    crate::model::config::long_inverse_frequencies(&cfg),
+                    n,
+                    device,
+                )?,
+                *original_max_position_embeddings,
+            )),
+            _ => None,
         };
         let embed_scale = if cfg.scale_embeddings {
             // transformers rounds √hidden to the model dtype first.
@@ -1004,12 +1051,13 @@ impl Decoder {
             dtype,
             device: device.clone(),
             placement: DevicePlan::single(device, n_layers),
+            sink_policy: SinkPolicy::Keep,
         })
     }
 
     /// An ablation plan for this decoder: each layer's maps on that layer's device.
     pub fn ablation_plan(&self, rows: &[Vec<HeadAblation>]) -> Result<AblationPlan> {
-        AblationPlan::placed(&self.cfg, rows, self.dtype, &self.placement)
+        self.patch_plan(rows, None)
     }
 
     /// [`Decoder::ablation_plan`] with the source of the rows' head patches.
@@ -1018,7 +1066,14 @@ impl Decoder {
         rows: &[Vec<HeadAblation>],
         source: Option<&PatchSource>,
     ) -> Result<AblationPlan> {
-        AblationPlan::placed_with(&self.cfg, rows, self.dtype, &self.placement, source)
+        AblationPlan::placed_with(
+            &self.cfg,
+            rows,
+            self.dtype,
+            &self.placement,
+            source,
+            self.sink_policy,
+        )
     }
 
     /// Whether some projection computes with quantized weights ([`Weight::Quantized`]).
@@ -1427,11 +1482,23 @@ impl Decoder {
         };
         let mask = self.mask(ctx, tq, cfg.sliding_window[l])?;
         let z_ablation = plan.and_then(|p| p.get(l, Target::Z));
+        // (B, H) f32: each row's sink logits, −∞ where the plan drops a head's sink.
+        let sinks = match &layer.sinks {
+            None => None,
+            Some(s) => {
+                let s = s.reshape((1, nh))?;
+                Some(match plan.and_then(|p| p.sink_drop(l)) {
+                    Some(drop) => s.broadcast_add(drop)?,
+                    None => s.broadcast_as((b, nh))?.contiguous()?,
+                })
+            }
+        };
         let (z, pattern) = self.attend(
             &q,
             &k,
             &v,
             mask.as_ref(),
+            sinks.as_ref(),
             z_ablation,
             plan.and_then(|p| p.patch(l)),
             pattern_layer == Some(l),
@@ -1475,10 +1542,11 @@ impl Decoder {
         Ok(((x + mlp)?, pattern, z_out))
     }
 
-    /// Attention of queries q (B, H, Tq, D) over keys and values k, v (B, G, S, D), with the
-    /// head-output ablation `z_ablation` applied to z, then the head patches `patch`: returns
-    /// z as (B, Tq, H·D) for `o_proj`, and the probabilities (B, H, Tq, S) when
-    /// `want_pattern`.
+    /// Attention of queries q (B, H, Tq, D) over keys and values k, v (B, G, S, D), each
+    /// softmax joined by the head's sink logit where the model has sinks ((B, H) f32), with
+    /// the head-output ablation `z_ablation` applied to z, then the head patches `patch`:
+    /// returns z as (B, Tq, H·D) for `o_proj`, and the probabilities over the keys
+    /// (B, H, Tq, S; a sink's share is not among them) when `want_pattern`.
     #[allow(clippy::too_many_arguments)]
     fn attend(
         &self,
@@ -1486,6 +1554,7 @@ impl Decoder {
         k: &Tensor,
         v: &Tensor,
         mask: Option<&Tensor>,
+        sinks: Option<&Tensor>,
         z_ablation: Option<&HeadMix>,
         patch: Option<&Patch>,
         want_pattern: bool,
@@ -1500,7 +1569,15 @@ impl Decoder {
         let fused = if want_pattern {
             None
         } else {
-            crate::model::kernels::attention_f32(q, k, v, cfg.attn_scale, cfg.attn_softcap, mask)?
+            crate::model::kernels::attention_f32(
+                q,
+                k,
+                v,
+                cfg.attn_scale,
+                cfg.attn_softcap,
+                mask,
+                sinks,
+            )?
         };
         Ok(match fused {
             Some(z) => {
@@ -1532,7 +1609,15 @@ impl Decoder {
                     Some(m) => scores.broadcast_add(m)?,
                     None => scores,
                 };
-                let probs = ops::softmax_last_dim(&scores)?;
+                let probs = match sinks {
+                    // The sink as one more key (B, H, Tq, 1), dropped after the softmax.
+                    Some(sk) => {
+                        let col = sk.reshape((b, nh, 1, 1))?.broadcast_as((b, nh, tq, 1))?;
+                        let all = Tensor::cat(&[&scores, &col.contiguous()?], 3)?;
+                        contiguous(&ops::softmax_last_dim(&all)?.narrow(3, 0, s)?)?
+                    }
+                    None => ops::softmax_last_dim(&scores)?,
+                };
                 let pattern = if want_pattern {
                     Some(probs.clone())
                 } else {
@@ -1623,6 +1708,68 @@ fn transposed_storage(w: &Tensor) -> Result<Tensor> {
     Ok(crate::model::kernels::weight_copy(&w.t()?)?.t()?)
 }
 
+/// GPT-OSS's experts of layer prefix `p` (`model.layers.{l}`): stored fused, (E, d, 2I) with
+/// gate and up interleaved along the last axis and (E, I, d) for the down projection, each
+/// with biases (MXFP4 checkpoints are dequantized by the source), and a router with a bias;
+/// laid out as every other family's experts, a `[gate | up]` projection per expert.
+fn gpt_oss_experts(
+    moe: &crate::model::config::MoeConfig,
+    d: usize,
+    p: &str,
+    load: &dyn Fn(&str, &[usize]) -> Result<Tensor>,
+) -> Result<Experts> {
+    let (e, i) = (moe.num_experts, moe.expert_intermediate_size);
+    let b = format!("{p}.mlp");
+    // (E, d, 2I) -> (E, d, I, 2): [.., 0] the gate's columns, [.., 1] the up projection's
+    let gate_up =
+        load(&format!("{b}.experts.gate_up_proj"), &[e, d, 2 * i])?.reshape((e, d, i, 2))?;
+    // (E, 2I) -> (E, I, 2)
+    let gate_up_bias =
+        load(&format!("{b}.experts.gate_up_proj_bias"), &[e, 2 * i])?.reshape((e, i, 2))?;
+    // (E, I, d), (E, d)
+    let down = load(&format!("{b}.experts.down_proj"), &[e, i, d])?;
+    let down_bias = load(&format!("{b}.experts.down_proj_bias"), &[e, d])?;
+    let experts = (0..e)
+        .map(|x| -> Result<Mlp> {
+            // (d, I) each, as (out, in) = (I, d) rows: [gate | up] is (2I, d)
+            let w = gate_up.get(x)?;
+            let gate = w.narrow(2, 0, 1)?.squeeze(2)?.t()?;
+            let up = w.narrow(2, 1, 1)?.squeeze(2)?.t()?;
+            let bias = gate_up_bias.get(x)?;
+            let bias = Tensor::cat(
+                &[
+                    &bias.narrow(1, 0, 1)?.squeeze(1)?,
+                    &bias.narrow(1, 1, 1)?.squeeze(1)?,
+                ],
+                0,
+            )?;
+            Ok(Mlp {
+                gate_up_proj: Linear::dense(
+                    Tensor::cat(&[&gate, &up], 0)?.contiguous()?,
+                    Some(bias),
+                )
+                .with_transposed_storage()?,
+                // (I, d) -> (d, I) as (out, in)
+                down_proj: Linear::dense(down.get(x)?.t()?.contiguous()?, Some(down_bias.get(x)?))
+                    .with_transposed_storage()?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let router = Linear::dense(
+        load(&format!("{b}.router.weight"), &[e, d])?,
+        Some(load(&format!("{b}.router.bias"), &[e])?),
+    )
+    .with_transposed_storage()?;
+    Ok(Experts {
+        router,
+        experts,
+        shared: None,
+        top_k: moe.top_k,
+        routing: Routing::TopKThenSoftmax,
+        weights_in_f32: false,
+    })
+}
+
 /// Loads config and decoder from a local model folder.
 pub fn load_decoder(dir: &Path, dtype: DType, device: &Device) -> Result<Decoder> {
     let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
@@ -1640,7 +1787,8 @@ mod tests {
         // Two tokens, four experts. Token 0: logits 0, ln 3, ln 2, ln 2 -> probabilities
         // 1/8, 3/8, 2/8, 2/8: experts 1 and 2 (2 before 3 on the tie).
         let l = [0.0, 3f32.ln(), 2f32.ln(), 2f32.ln(), 5.0, 0.0, 0.0, 0.0];
-        let r = route(&l, 4, 2, false);
+        let plain = Routing::SoftmaxThenTopK { renormalize: false };
+        let r = route(&l, 4, 2, plain);
         let close = |a: f32, b: f32| (a - b).abs() < 1e-6;
         assert!(r[3].iter().all(|(t, _)| *t != 0));
         let w1 = r[1].iter().find(|(t, _)| *t == 0).unwrap().1;
@@ -1653,10 +1801,20 @@ mod tests {
         assert!(r[1].iter().any(|(t, _)| *t == 1));
         assert!(r[2].iter().all(|(t, _)| *t != 1) && r[3].is_empty());
         // Renormalized, token 0's two weights are 0.6 and 0.4.
-        let n = route(&l, 4, 2, true);
+        let n = route(&l, 4, 2, Routing::SoftmaxThenTopK { renormalize: true });
         let w1 = n[1].iter().find(|(t, _)| *t == 0).unwrap().1;
         let w2 = n[2].iter().find(|(t, _)| *t == 0).unwrap().1;
         assert!(close(w1, 0.6) && close(w2, 0.4), "{w1} {w2}");
+        // GPT-OSS: the same experts, weighted by the softmax of their two logits alone:
+        // ln 3 and ln 2 -> 3/5 and 2/5; token 1: e^5 / (e^5 + 1) and 1 / (e^5 + 1).
+        let g = route(&l, 4, 2, Routing::TopKThenSoftmax);
+        let w1 = g[1].iter().find(|(t, _)| *t == 0).unwrap().1;
+        let w2 = g[2].iter().find(|(t, _)| *t == 0).unwrap().1;
+        assert!(close(w1, 0.6) && close(w2, 0.4), "{w1} {w2}");
+        let top = 5f32.exp() / (5f32.exp() + 1.0);
+        assert!(g[0].len() == 1 && close(g[0][0].1, top), "{:?}", g[0]);
+        let second = g[1].iter().find(|(t, _)| *t == 1).unwrap().1;
+        assert!(close(second, 1.0 - top), "{second}");
     }
 
     fn random(shape: &[usize], seed: u64) -> Tensor {
@@ -1678,13 +1836,17 @@ mod tests {
     #[test]
     fn routed_experts_equal_every_expert_on_every_token_weighted_densely() {
         let (d, i, e, n) = (8, 6, 4, 5);
-        for (renormalize, shared) in [(false, false), (true, true)] {
+        for (routing, shared) in [
+            (Routing::SoftmaxThenTopK { renormalize: false }, false),
+            (Routing::SoftmaxThenTopK { renormalize: true }, true),
+            (Routing::TopKThenSoftmax, false),
+        ] {
             let experts = Experts {
                 router: Linear::dense(random(&[e, d], 7), None),
                 experts: (0..e).map(|k| mlp(d, i, 10 + 2 * k as u64)).collect(),
                 shared: shared.then(|| (mlp(d, 3, 50), Linear::dense(random(&[1, d], 60), None))),
                 top_k: 2,
-                renormalize,
+                routing,
                 weights_in_f32: true,
             };
             // (1, N, d)
@@ -1701,7 +1863,7 @@ mod tests {
                 .to_vec1()
                 .unwrap();
             let mut dense = vec![0f32; n * e];
-            for (k, rows) in route(&logits, e, 2, renormalize).iter().enumerate() {
+            for (k, rows) in route(&logits, e, 2, routing).iter().enumerate() {
                 for (t, w) in rows {
                     dense[*t as usize * e + k] = *w;
                 }
@@ -1732,7 +1894,7 @@ mod tests {
                 .unwrap();
             assert!(diff < 1e-6, "{diff}");
             // Every token reaches two experts, and some expert is not used by every token.
-            let routes = route(&logits, e, 2, renormalize);
+            let routes = route(&logits, e, 2, routing);
             assert_eq!(routes.iter().map(Vec::len).sum::<usize>(), 2 * n);
             assert!(routes.iter().any(|r| r.len() < n));
         }

@@ -20,6 +20,7 @@ pub enum Family {
     Qwen2Moe,
     Qwen3Moe,
     Olmoe,
+    GptOss,
 }
 
 /// Which layers use `sliding_window` when `config.json` has no `layer_types`.
@@ -60,6 +61,11 @@ pub struct MoeRow {
     pub qwen_layout: bool,
     /// A shared expert beside the routed ones, gated by a sigmoid (Qwen2-MoE).
     pub shared_expert: bool,
+    /// GPT-OSS: the experts stored fused as 3-D tensors with biases
+    /// (`mlp.experts.gate_up_proj` (E, d, 2I), gate and up interleaved, `down_proj` (E, I, d)),
+    /// a router with a bias (`mlp.router`) whose top k logits are softmaxed, and the clamped
+    /// SwiGLU.
+    pub gpt_oss: bool,
 }
 
 /// Values transformers' configuration class of a family fills in where `config.json` omits
@@ -129,6 +135,13 @@ pub struct FamilyInfo {
     pub moe: Option<MoeRow>,
     /// Phi-3: `qkv_proj` and `gate_up_proj` stored fused.
     pub fused_projections: bool,
+    /// A learned sink logit per head in every attention softmax (`self_attn.sinks`, GPT-OSS).
+    pub attention_sinks: bool,
+    /// `attention_bias` when `config.json` omits it.
+    pub default_attention_bias: bool,
+    /// `head_dim` set, `rope_scaling` absent: the family's own default scaling (GPT-OSS's
+    /// YaRN), as its configuration class fills it in.
+    pub default_rope_scaling: Option<&'static str>,
 }
 
 const BASE: FamilyInfo = FamilyInfo {
@@ -154,7 +167,13 @@ const BASE: FamilyInfo = FamilyInfo {
     post_norms: false,
     moe: None,
     fused_projections: false,
+    attention_sinks: false,
+    default_attention_bias: false,
+    default_rope_scaling: None,
 };
+
+/// GptOssConfig's rotary scaling when `config.json` has none.
+const GPT_OSS_YARN: &str = r#"{"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": false, "original_max_position_embeddings": 4096}"#;
 
 /// Every family, in the order error messages list them.
 pub const FAMILIES: &[FamilyInfo] = &[
@@ -274,6 +293,7 @@ pub const FAMILIES: &[FamilyInfo] = &[
             local_experts_key: true,
             qwen_layout: false,
             shared_expert: false,
+            gpt_oss: false,
         }),
         ..BASE
     },
@@ -290,6 +310,7 @@ pub const FAMILIES: &[FamilyInfo] = &[
             local_experts_key: false,
             qwen_layout: true,
             shared_expert: true,
+            gpt_oss: false,
         }),
         ..BASE
     },
@@ -307,6 +328,7 @@ pub const FAMILIES: &[FamilyInfo] = &[
             local_experts_key: false,
             qwen_layout: true,
             shared_expert: false,
+            gpt_oss: false,
         }),
         ..BASE
     },
@@ -326,7 +348,34 @@ pub const FAMILIES: &[FamilyInfo] = &[
             local_experts_key: false,
             qwen_layout: false,
             shared_expert: false,
+            gpt_oss: false,
         }),
+        ..BASE
+    },
+    FamilyInfo {
+        family: Family::GptOss,
+        hf_class: "GptOssForCausalLM",
+        model_type: "gpt_oss",
+        default_head_dim: Some(64),
+        default_rope_theta: 150000.0,
+        default_sliding_window: Some(128),
+        window_layers: WindowLayers::Even,
+        default_max_positions: 131072,
+        defaults: ConfigDefaults {
+            rms_norm_eps: Some(1e-5),
+            ..NO_DEFAULTS
+        },
+        moe: Some(MoeRow {
+            mixtral_names: false,
+            always_renormalize: true,
+            local_experts_key: true,
+            qwen_layout: false,
+            shared_expert: false,
+            gpt_oss: true,
+        }),
+        attention_sinks: true,
+        default_attention_bias: true,
+        default_rope_scaling: Some(GPT_OSS_YARN),
         ..BASE
     },
     FamilyInfo {
@@ -420,7 +469,7 @@ mod tests {
         }
         assert_eq!(
             FAMILIES.len(),
-            13,
+            14,
             "a new family needs its row, tests and fixture"
         );
         assert_eq!(

@@ -158,7 +158,9 @@ fn cpu_f32_slice(
 
 /// Scaled dot-product attention for float32 tensors on CPU, grouped-query aware:
 /// `softmax(cap(q kᵀ · scale) + mask) v` per query head, where query head h reads key/value
-/// head h / (H / G) and `cap(s) = c · tanh(s / c)` when `softcap` is set.
+/// head h / (H / G) and `cap(s) = c · tanh(s / c)` when `softcap` is set. With `sinks`
+/// ((B, H) f32 contiguous: a logit per row and head, −∞ for none), each softmax also has the
+/// sink's logit, whose probability goes to no value (GPT-OSS).
 ///
 /// q: (B, H, Tq, D) contiguous; k and v: (B, G, S, D) with contiguous (S, D) blocks (views
 /// of a key/value cache's larger buffers qualify); mask: (1 or B, 1, Tq, S) additive,
@@ -173,6 +175,7 @@ pub fn attention_f32(
     scale: f64,
     softcap: Option<f64>,
     mask: Option<&Tensor>,
+    sinks: Option<&Tensor>,
 ) -> Result<Option<Tensor>> {
     let contiguous = |t: &Tensor| plain_f32_cpu(t) && t.is_contiguous();
     // (S, D) blocks with contiguous rows: strides (·, ·, D, 1).
@@ -185,6 +188,14 @@ pub fn attention_f32(
     if !contiguous(q) || !blocks(k) || !blocks(v) || !mask.is_none_or(contiguous) {
         return Ok(None);
     }
+    // (B, H) sink logits, read to the host once.
+    let sinks: Option<Vec<f32>> = match sinks {
+        Some(t) if t.dims() == [q.dim(0)?, q.dim(1)?] && plain_f32_cpu(t) => {
+            Some(t.flatten_all()?.to_vec1()?)
+        }
+        Some(_) => return Ok(None),
+        None => None,
+    };
     let (Ok((b, h, tq, d)), Ok((bk, g, s, dk))) = (q.dims4(), k.dims4()) else {
         return Ok(None);
     };
@@ -267,6 +278,7 @@ pub fn attention_f32(
             // SAFETY: row < mask_rows and the mask holds mask_rows*Tq*S elements.
             unsafe { std::slice::from_raw_parts(m.get().add(row * tq * s), tq * s) }
         });
+        let sink = sinks.as_ref().map(|v| v[bh]);
         for (i, row) in scores.chunks_exact_mut(s).enumerate() {
             if let Some(c) = softcap {
                 let c = c as f32;
@@ -279,11 +291,18 @@ pub fn attention_f32(
                     *x += m;
                 }
             }
-            let max = row.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+            let mut max = row.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+            if let Some(s) = sink {
+                max = max.max(s);
+            }
             let mut sum = 0f32;
             for x in row.iter_mut() {
                 *x = (*x - max).exp();
                 sum += *x;
+            }
+            if let Some(s) = sink {
+                // The sink's share: in the sum, with no value of its own.
+                sum += (s - max).exp();
             }
             for x in row.iter_mut() {
                 *x /= sum;
@@ -477,6 +496,14 @@ pub fn gated_activation_f32(x: &Tensor, inter: usize, act: Activation) -> Result
                                 o.write(0.5 * g * (1.0 + inner.tanh()) * u);
                             }
                         }
+                        Activation::ClampedSwiglu { alpha, limit } => {
+                            // (g σ(αg)) (u + 1), g = min(gate, limit), u = clamp(up, ±limit).
+                            for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
+                                let g = g.min(limit);
+                                let u = u.clamp(-limit, limit);
+                                o.write(g / (1.0 + (-alpha * g).exp()) * (u + 1.0));
+                            }
+                        }
                     }
                 });
             // SAFETY: the chunks cover all `len` elements (len = rows × inter, since src holds
@@ -601,6 +628,7 @@ mod tests {
         scale: f64,
         softcap: Option<f64>,
         mask: Option<&Tensor>,
+        sinks: Option<&Tensor>,
     ) -> Tensor {
         let (b, h, tq, d) = q.dims4().unwrap();
         let (_, g, s, _) = k.dims4().unwrap();
@@ -618,7 +646,24 @@ mod tests {
             Some(m) => scores.broadcast_add(m).unwrap(),
             None => scores,
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores).unwrap();
+        // The sink as one more key, dropped after the softmax.
+        let probs = match sinks {
+            Some(sk) => {
+                let col = sk
+                    .reshape((b, h, 1, 1))
+                    .unwrap()
+                    .broadcast_as((b, h, tq, 1))
+                    .unwrap();
+                let all = Tensor::cat(&[&scores, &col.contiguous().unwrap()], 3).unwrap();
+                candle_nn::ops::softmax_last_dim(&all)
+                    .unwrap()
+                    .narrow(3, 0, s)
+                    .unwrap()
+                    .contiguous()
+                    .unwrap()
+            }
+            None => candle_nn::ops::softmax_last_dim(&scores).unwrap(),
+        };
         let z = probs
             .reshape((b, g, rep * tq, s))
             .unwrap()
@@ -662,16 +707,22 @@ mod tests {
                     })
                     .collect();
             let per_row = Tensor::from_vec(padded, (b, 1, tq, s), &dev).unwrap();
+            // Sink logits per row and head, one of them dropped (−∞).
+            let mut sv: Vec<f32> = (0..b * h).map(|i| (i as f32 * 0.7).sin() * 2.0).collect();
+            sv[0] = f32::NEG_INFINITY;
+            let sinks = Tensor::from_vec(sv, (b, h), &dev).unwrap();
             for mask in [None, Some(&shared), Some(&per_row)] {
                 for softcap in [None, Some(2.5)] {
-                    let scale = 1.0 / (d as f64).sqrt();
-                    let fast = attention_f32(&q, &k, &v, scale, softcap, mask)
-                        .unwrap()
-                        .expect("fast path applies");
-                    assert_eq!(fast.dims(), [b, tq, h, d]);
-                    let want = attention_reference(&q, &k, &v, scale, softcap, mask);
-                    let diff = max_abs_diff(&fast, &want);
-                    assert!(diff <= 1e-5, "{:?}: {diff}", (b, h, g, tq, s, d));
+                    for sink in [None, Some(&sinks)] {
+                        let scale = 1.0 / (d as f64).sqrt();
+                        let fast = attention_f32(&q, &k, &v, scale, softcap, mask, sink)
+                            .unwrap()
+                            .expect("fast path applies");
+                        assert_eq!(fast.dims(), [b, tq, h, d]);
+                        let want = attention_reference(&q, &k, &v, scale, softcap, mask, sink);
+                        let diff = max_abs_diff(&fast, &want);
+                        assert!(diff <= 1e-5, "{:?}: {diff}", (b, h, g, tq, s, d));
+                    }
                 }
             }
         }
@@ -711,9 +762,11 @@ mod tests {
         let vb = Tensor::randn(0f32, 1., (b, g, s + 6, d), &dev).unwrap();
         let (k, v) = (kb.narrow(2, 0, s).unwrap(), vb.narrow(2, 0, s).unwrap());
         assert!(!k.is_contiguous());
-        let fast = attention_f32(&q, &k, &v, 0.3, None, None).unwrap().unwrap();
+        let fast = attention_f32(&q, &k, &v, 0.3, None, None, None)
+            .unwrap()
+            .unwrap();
         let (kc, vc) = (k.contiguous().unwrap(), v.contiguous().unwrap());
-        let want = attention_reference(&q, &kc, &vc, 0.3, None, None);
+        let want = attention_reference(&q, &kc, &vc, 0.3, None, None, None);
         assert!(max_abs_diff(&fast, &want) <= 1e-5);
     }
 
@@ -723,29 +776,29 @@ mod tests {
         let q = Tensor::randn(0f32, 1., (1, 4, 3, 8), &dev).unwrap();
         let k = Tensor::randn(0f32, 1., (1, 2, 3, 8), &dev).unwrap();
         let q16 = q.to_dtype(DType::F16).unwrap();
-        assert!(attention_f32(&q16, &k, &k, 1.0, None, None)
+        assert!(attention_f32(&q16, &k, &k, 1.0, None, None, None)
             .unwrap()
             .is_none());
         // 4 query heads cannot share 3 key/value heads.
         let k3 = Tensor::randn(0f32, 1., (1, 3, 3, 8), &dev).unwrap();
-        assert!(attention_f32(&q, &k3, &k3, 1.0, None, None)
+        assert!(attention_f32(&q, &k3, &k3, 1.0, None, None, None)
             .unwrap()
             .is_none());
         // A mask for 2 key positions when there are 3.
         let m = Tensor::zeros((1, 1, 3, 2), DType::F32, &dev).unwrap();
-        assert!(attention_f32(&q, &k, &k, 1.0, None, Some(&m))
+        assert!(attention_f32(&q, &k, &k, 1.0, None, Some(&m), None)
             .unwrap()
             .is_none());
         // A non-contiguous query; keys whose rows are not contiguous.
         let qt = q.transpose(2, 3).unwrap();
-        assert!(attention_f32(&qt, &k, &k, 1.0, None, None)
+        assert!(attention_f32(&qt, &k, &k, 1.0, None, None, None)
             .unwrap()
             .is_none());
         let kt = Tensor::randn(0f32, 1., (1, 2, 8, 3), &dev)
             .unwrap()
             .transpose(2, 3)
             .unwrap();
-        assert!(attention_f32(&q, &kt, &kt, 1.0, None, None)
+        assert!(attention_f32(&q, &kt, &kt, 1.0, None, None, None)
             .unwrap()
             .is_none());
     }

@@ -60,6 +60,14 @@ pub fn gated_activation(x: &Tensor, inter: usize, act: Activation) -> Result<Ten
         return Ok(y);
     }
     let last = x.rank() - 1;
+    if let Activation::ClampedSwiglu { alpha, limit } = act {
+        let (alpha, limit) = (alpha as f64, limit as f64);
+        // g = min(gate, limit), u = clamp(up, ±limit): (g σ(αg)) (u + 1), as transformers.
+        let gate = x.narrow(last, 0, inter)?.minimum(limit)?;
+        let up = x.narrow(last, inter, inter)?.clamp(-limit, limit)?;
+        let sigmoid = ((gate.affine(-alpha, 0.0)?.exp()? + 1.0)?.recip())?;
+        return Ok(((gate * sigmoid)? * (up + 1.0)?)?);
+    }
     if tracks(&[x]) {
         let gate = x.narrow(last, 0, inter)?;
         let up = x.narrow(last, inter, inter)?;
@@ -67,6 +75,7 @@ pub fn gated_activation(x: &Tensor, inter: usize, act: Activation) -> Result<Ten
             // silu(g) = g / (1 + e^-g)
             Activation::Silu => (&gate / (gate.neg()?.exp()? + 1.0)?)?,
             Activation::GeluTanh => gate.gelu()?,
+            Activation::ClampedSwiglu { .. } => unreachable!("handled above"),
         };
         return Ok((a * up)?);
     }
@@ -75,6 +84,7 @@ pub fn gated_activation(x: &Tensor, inter: usize, act: Activation) -> Result<Ten
     let a = match act {
         Activation::Silu => candle_nn::ops::silu(&gate)?,
         Activation::GeluTanh => gate.gelu()?,
+        Activation::ClampedSwiglu { .. } => unreachable!("handled above"),
     };
     Ok((a * up)?)
 }

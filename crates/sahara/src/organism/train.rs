@@ -396,6 +396,7 @@ impl Params {
                 post_feedforward_layernorm: None,
                 q_norm: None,
                 k_norm: None,
+                sinks: None,
                 attn: Attention {
                     qkv_proj: lin(&l.qkv),
                     o_proj: lin(&l.o),
