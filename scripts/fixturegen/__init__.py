@@ -11,7 +11,9 @@ step) runs with the same settings as the single script it was split from:
 * ``ablation``   the head-ablation sets and the hooks that apply them;
 * ``specs``      one spec per family (tokenizer, config, generation config, seed) and the
                  rewrite of config.json to the hub layout;
-* ``checks``     the per-family structural checks (sliding windows, RoPE, Gemma, Phi-3, Qwen3);
+* ``checks``     the per-family structural checks (sliding windows, RoPE, Gemma, Phi-3, Qwen3,
+                 mixtures of experts, GPT-OSS);
+* ``mxfp4``      MXFP4 quantization in the layout of the GPT-OSS checkpoints;
 * ``build``      building one fixture folder and verifying it from disk;
 * ``surgery``    fixtures/surgery.json (ablations folded into the weights);
 * ``smollm2``    fixtures/smollm2 (a real chat model from its GGUF file);

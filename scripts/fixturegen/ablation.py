@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import contextmanager
 
 import torch
 
@@ -122,3 +123,46 @@ ABLATION_POINTS = {
         "v": "o_proj input",
     },
 }
+
+
+# ---------------------------------------------------------------------------
+# GPT-OSS attention sinks. Each query head h has a learned sink logit s_h that joins the
+# softmax of its scores (p_j = e^{x_j} / (e^{s_h} + sum_k e^{x_k})) and is then dropped, so a
+# q-ablated head (scores ~ 0) attends each visible key with 1 / (n + e^{s_h}), not 1 / n.
+# The "sink drop" variant of a q/k ablation also sets the sink of every affected query head
+# to -inf, which restores exactly uniform attention 1 / n.
+# ---------------------------------------------------------------------------
+def sink_drop_heads(model, abl: dict) -> dict[int, list[int]]:
+    """The query heads, per layer, whose sink logit the sink-drop variant of `abl` sets to
+    -inf: the ablated heads for q; for k, every query head of the ablated key/value head's
+    group (heads g*group .. (g+1)*group - 1)."""
+    cfg = model.config
+    group = cfg.num_attention_heads // cfg.num_key_value_heads
+    out: dict[int, list[int]] = defaultdict(list)
+    for layer, head in abl["heads"]:
+        if abl["target"] == "q":
+            heads = [head]
+        elif abl["target"] == "k":
+            heads = list(range(head * group, (head + 1) * group))
+        else:
+            raise ValueError(f"no sink-drop variant for target {abl['target']!r}")
+        out[layer].extend(h for h in heads if h not in out[layer])
+    return dict(sorted(out.items()))
+
+
+@contextmanager
+def sinks_dropped(model, abl: dict):
+    """Temporarily set the sink logits of sink_drop_heads(model, abl) to -inf (in place, in
+    `self_attn.sinks`), restoring the original values afterwards."""
+    saved = []
+    try:
+        with torch.no_grad():
+            for layer, heads in sink_drop_heads(model, abl).items():
+                sinks = model.model.layers[layer].self_attn.sinks
+                saved.append((sinks, sinks.detach().clone()))
+                sinks[heads] = float("-inf")
+        yield
+    finally:
+        with torch.no_grad():
+            for sinks, value in saved:
+                sinks.copy_(value)

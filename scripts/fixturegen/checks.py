@@ -9,7 +9,7 @@ from collections import defaultdict
 import torch
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from .ablation import register_ablation
+from .ablation import register_ablation, sinks_dropped
 from .common import EPSILON
 from .modelling import forward_logits
 from .specs import PHI3_LONG_FACTOR, PHI3_SHORT_FACTOR
@@ -91,20 +91,44 @@ def check_uniform_attention(model, raw_ids) -> None:
             h.remove()
     t = len(ids)
     layer_types = getattr(cfg, "layer_types", None) or ["full_attention"] * cfg.num_hidden_layers
-    worst = 0.0
-    for layer, head in heads:
-        w = out.attentions[layer][0, head]
+
+    def expected(layer, head, with_sink):
+        # uniform over the visible keys; with an attention sink (GPT-OSS) the sink logit s joins
+        # the softmax and is dropped: each of the n keys gets 1 / (n + e^s)
         window = cfg.sliding_window if layer_types[layer] == "sliding_attention" else None
+        sinks = getattr(model.model.layers[layer].self_attn, "sinks", None)
+        extra = float(torch.exp(sinks[head].detach().double())) if (with_sink and sinks is not None) else 0.0
         expect = torch.zeros(t, t)
         for i in range(t):
             lo = 0 if window is None else max(0, i - window + 1)
-            expect[i, lo:i + 1] = 1.0 / (i + 1 - lo)
+            expect[i, lo:i + 1] = 1.0 / (i + 1 - lo + extra)
+        return expect
+
+    worst = 0.0
+    for layer, head in heads:
+        w = out.attentions[layer][0, head]
+        expect = expected(layer, head, with_sink=True)
         worst = max(worst, _max_diff(w, expect))
         # and an unablated head of the same layer is far from uniform
         other = (head + 1) % cfg.num_attention_heads
         assert _max_diff(out.attentions[layer][0, other], expect) > 1e-2
     print(f"  q scaled by eps at the ablation point -> attention rows uniform within {worst:.2e}")
     assert worst < 1e-4, worst
+    if hasattr(model.model.layers[0].self_attn, "sinks"):
+        # the sink takes a share of every row: the rows sum to n / (n + e^s), not 1; dropping the
+        # ablated heads' sinks (-inf) gives exactly 1 / n
+        handles = register_ablation(model, abl, EPSILON)
+        try:
+            with sinks_dropped(model, abl), torch.no_grad():
+                dropped = model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False, output_attentions=True)
+        finally:
+            for h in handles:
+                h.remove()
+        worst_sink = max(_max_diff(out.attentions[l][0, h], expected(l, h, with_sink=False)) for l, h in heads)
+        worst_drop = max(_max_diff(dropped.attentions[l][0, h], expected(l, h, with_sink=False)) for l, h in heads)
+        print(f"  with the sinks: rows are 1/(n + e^s) (off 1/n by up to {worst_sink:.3f}); "
+              f"sink dropped: 1/n within {worst_drop:.2e}")
+        assert worst_sink > 1e-2 and worst_drop < 1e-4, (worst_sink, worst_drop)
 
 
 def check_gemma(spec, model, raw_ids, logits, vocab_len) -> dict:
@@ -211,19 +235,27 @@ def check_moe(spec, model, raw_ids, logits, vocab_len) -> dict:
     """The routing of every prompt token: which experts each layer's router picks, and the
     smallest margin between a token's k-th and (k+1)-th expert probabilities (a margin near
     float rounding would make the fixture's routing, hence its logits, fragile). Every
-    expert of a sparse layer gets some token."""
+    expert of a sparse layer gets some token.
+
+    GPT-OSS's router (`mlp.router`) takes the top-k of its raw logits (bias included) and
+    softmaxes only those k values, so there the margin is between the k-th and (k+1)-th
+    logits, and its threshold is 1e-3 (logits are ~10x larger than probabilities)."""
     cfg = model.config
     k = cfg.num_experts_per_tok
     margins, used = [], {}
     handles = []
+    on_logits = False
     for i, layer in enumerate(model.model.layers):
-        router = getattr(getattr(layer, "mlp", None), "gate", None)
+        mlp = getattr(layer, "mlp", None)
+        router = getattr(mlp, "gate", None) or getattr(mlp, "router", None)
         if router is None or not hasattr(router, "top_k"):
             continue
+        raw = type(router).__name__ == "GptOssTopKRouter"
+        on_logits = on_logits or raw
 
-        def hook(m, args, out, i=i):
-            probs = torch.softmax(out[0].float(), dim=-1)
-            top = torch.sort(probs, dim=-1, descending=True).values
+        def hook(m, args, out, i=i, raw=raw):
+            scores = out[0].float() if raw else torch.softmax(out[0].float(), dim=-1)
+            top = torch.sort(scores, dim=-1, descending=True).values
             margins.append(float((top[:, k - 1] - top[:, k]).min()))
             used.setdefault(i, set()).update(out[2].flatten().tolist())
         handles.append(router.register_forward_hook(hook))
@@ -237,9 +269,14 @@ def check_moe(spec, model, raw_ids, logits, vocab_len) -> dict:
     n = getattr(cfg, "num_local_experts", None) or cfg.num_experts
     for i, experts in used.items():
         assert experts == set(range(n)), (i, experts)
-    print(f"  moe: sparse layers {sorted(used)}, every expert used; smallest top-{k} margin {min(margins):.2e}")
-    assert min(margins) > 1e-4, min(margins)
-    return {"sparse_layers": sorted(used), "min_router_margin": min(margins)}
+    what = "router logits" if on_logits else "expert probabilities"
+    print(f"  moe: sparse layers {sorted(used)}, every expert used; smallest top-{k} margin of the {what} "
+          f"{min(margins):.2e}")
+    assert min(margins) > (1e-3 if on_logits else 1e-4), min(margins)
+    extra = {"sparse_layers": sorted(used), "min_router_margin": min(margins)}
+    if on_logits:
+        extra["router_margin_of"] = "logits"
+    return extra
 
 
 def check_phi3(spec, model, raw_ids, logits, vocab_len, greedy_records) -> dict:
@@ -378,3 +415,95 @@ def check_qwen3(spec, model, raw_ids, logits, vocab_len) -> dict:
           f"before q_norm changes the unablated logits by only {d_tenth:.1e}")
     assert d_pre_post > 1e-3 and d_att > 1e-3 and d_tenth < 1e-3
     return {}
+
+
+def check_gpt_oss(spec, model, raw_ids, logits, vocab_len) -> dict:
+    """What the GPT-OSS fixtures exercise, each shown to matter on the longest prompt: the
+    attention sinks, the sliding window of the even layers, YaRN with truncate false, the
+    clamped SwiGLU (how often the clamp is hit is counted) on interleaved gate/up columns."""
+    cfg = model.config
+    longest = max(range(len(raw_ids)), key=lambda i: len(raw_ids[i]))
+    ids = raw_ids[longest]
+    w = cfg.sliding_window
+    assert len(ids) > 3 * w, (len(ids), w)
+    assert cfg.layer_types == ["sliding_attention", "full_attention"] * (cfg.num_hidden_layers // 2), cfg.layer_types
+    diffs = {}
+
+    # YaRN: 1 frequency kept, 1 blended, the rest divided by the factor; cos/sin scaled.
+    rp = cfg.rope_parameters
+    inv, attention_factor = ROPE_INIT_FUNCTIONS["yarn"](cfg, torch.device("cpu"))
+    d = cfg.head_dim
+    base = 1.0 / (rp["rope_theta"] ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+    ratio = (inv / base).tolist()
+    kept = sum(abs(r - 1.0) < 1e-6 for r in ratio)
+    scaled = sum(abs(r - 1.0 / rp["factor"]) < 1e-6 for r in ratio)
+    blended = len(ratio) - kept - scaled
+    mscale = 0.1 * math.log(rp["factor"]) + 1.0
+    assert model.model.rotary_emb.attention_scaling == attention_factor and abs(attention_factor - mscale) < 1e-12
+    assert kept > 0 and blended > 0 and scaled > 0, ratio
+    print(f"  gpt_oss: yarn inv_freq ratios {[round(r, 4) for r in ratio]} ({kept} kept, {blended} blended, "
+          f"{scaled} scaled), cos/sin x {attention_factor:.6f}")
+
+    variants = {
+        "no sliding window": dict(layer_types=["full_attention"] * cfg.num_hidden_layers),
+        "yarn truncate true": dict(truncate=True),
+        "no SwiGLU clamp": dict(swiglu_limit=float("inf")),
+    }
+    full = None
+    for label, kw in variants.items():
+        other = _clone_with_config(spec, model, spec["config"](vocab_len, **kw))
+        out = forward_logits(other, ids)
+        diffs[label] = _max_diff(out, logits[longest])
+        if label == "no sliding window":
+            full = out
+    # window semantics, as for Mistral: query i sees keys i-w < j <= i
+    torch.testing.assert_close(full[:w], logits[longest][:w], rtol=1e-6, atol=1e-6)
+    assert _max_diff(full[w], logits[longest][w]) > 1e-3
+
+    # the sinks: all of them at -inf is attention without sinks
+    saved = [layer.self_attn.sinks.detach().clone() for layer in model.model.layers]
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.sinks.fill_(float("-inf"))
+    try:
+        diffs["no sinks"] = _max_diff(forward_logits(model, ids), logits[longest])
+    finally:
+        with torch.no_grad():
+            for layer, value in zip(model.model.layers, saved):
+                layer.self_attn.sinks.copy_(value)
+
+    # gate = even columns of gate_up, up = odd ones (not the two halves)
+    experts_cls = type(model.model.layers[0].mlp.experts)
+    apply_gate = experts_cls._apply_gate
+    counts = {"gate_above": 0, "up_outside": 0, "values": 0}
+
+    def halves(self, gate_up):
+        g, u = gate_up.chunk(2, dim=-1)
+        return apply_gate(self, torch.stack([g, u], dim=-1).flatten(-2))
+
+    def counting(self, gate_up):
+        gate, up = gate_up[..., ::2], gate_up[..., 1::2]
+        counts["gate_above"] += int((gate > self.limit).sum())
+        counts["up_outside"] += int((up.abs() > self.limit).sum())
+        counts["values"] += gate.numel()
+        return apply_gate(self, gate_up)
+
+    try:
+        experts_cls._apply_gate = halves
+        diffs["gate/up as halves"] = _max_diff(forward_logits(model, ids), logits[longest])
+        experts_cls._apply_gate = counting
+        for i, p in enumerate(raw_ids):
+            torch.testing.assert_close(forward_logits(model, p), logits[i], rtol=0, atol=0)
+    finally:
+        experts_cls._apply_gate = apply_gate
+    torch.testing.assert_close(forward_logits(model, ids), logits[longest], rtol=0, atol=0)
+    for label, diff in diffs.items():
+        assert diff > 1e-3, (label, diff)
+    sinks = torch.stack(saved)
+    print("  gpt_oss: max |Δlogit| on the longest prompt (" + str(len(ids)) + " tokens) with "
+          + ", ".join(f"{k}: {v:.3f}" for k, v in diffs.items()))
+    print(f"  gpt_oss: sinks in [{float(sinks.min()):.2f}, {float(sinks.max()):.2f}]; SwiGLU clamp ({cfg.swiglu_limit}) "
+          f"on all prompts: {counts['gate_above']} gate values above it, {counts['up_outside']} up values outside "
+          f"±{cfg.swiglu_limit}, of {counts['values']} each (routed token-expert pairs x intermediate size)")
+    assert counts["gate_above"] > 0 and counts["up_outside"] > 0, counts
+    return {"layer_types": list(cfg.layer_types), "swiglu_clamp": {"limit": cfg.swiglu_limit, **counts}}

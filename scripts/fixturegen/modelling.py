@@ -9,16 +9,24 @@ from .common import MAX_NEW_TOKENS
 # ---------------------------------------------------------------------------
 # Models
 # ---------------------------------------------------------------------------
-def reinit_(model: torch.nn.Module, seed: int, std: float, norm_center: float = 1.0) -> None:
+def reinit_(
+    model: torch.nn.Module, seed: int, std: float, norm_center: float = 1.0, param_std: dict | None = None
+) -> None:
     """Well-spread random weights: N(0, std) for matrices and embeddings,
     N(0, 0.1) for biases, 1 + N(0, 0.1) for RMSNorm weights (so a missing norm
     weight is detectable).  Gemma's RMSNorm multiplies by (1 + weight), so its
     weights are drawn around 0 instead (norm_center=0): forgetting the +1 then
-    shrinks every normalised vector about tenfold."""
+    shrinks every normalised vector about tenfold.  `param_std` maps a name suffix
+    to the std of N(0, std) for the parameters whose names end with it (GPT-OSS:
+    the attention sinks, the experts' fused matrices and their `*_proj_bias`)."""
     g = torch.Generator().manual_seed(seed)
+    param_std = param_std or {}
     with torch.no_grad():
         for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
-            if "norm" in name:
+            override = next((s for suffix, s in param_std.items() if name.endswith(suffix)), None)
+            if override is not None:
+                p.copy_(override * torch.randn(p.shape, generator=g))
+            elif "norm" in name:
                 p.copy_(norm_center + 0.1 * torch.randn(p.shape, generator=g))
             elif name.endswith(".bias"):
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))

@@ -11,6 +11,8 @@ from transformers import (
     GemmaConfig,
     GemmaForCausalLM,
     GenerationConfig,
+    GptOssConfig,
+    GptOssForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
@@ -37,6 +39,7 @@ from .common import NEW_MIN_TOP2_GAP
 from .templates import GEMMA2_CHAT_TEMPLATE, GEMMA3_CHAT_TEMPLATE, GEMMA_CHAT_TEMPLATE, LLAMA2_CHAT_TEMPLATE, MISTRAL_CHAT_TEMPLATE
 from .toks import (
     make_gemma_tokenizer,
+    make_gpt_oss_tokenizer,
     make_llama3_tokenizer,
     make_olmo2_tokenizer,
     make_phi3_tokenizer,
@@ -445,6 +448,81 @@ def spec_olmoe():
                 pad=pad, min_gap=NEW_MIN_TOP2_GAP)
 
 
+# ---------------------------------------------------------------------------
+# GPT-OSS: attention sinks, q/k/v/o biases, sliding-window layers alternating with full ones,
+# YaRN, a router that softmaxes only its top-k logits, experts with biases and a clamped
+# SwiGLU on interleaved gate/up columns. gpt_oss_mxfp4 is the same model with its experts
+# stored in MXFP4 (see mxfp4.py), as the released checkpoints store them.
+# ---------------------------------------------------------------------------
+GPT_OSS_TEMPLATE_NOW = "2025-08-05T12:00:00Z"  # the chat template's strftime_now, pinned
+
+
+def spec_gpt_oss(mxfp4: bool = False):
+    tok = make_gpt_oss_tokenizer(base_vocab=400)
+    bos = tok.convert_tokens_to_ids("<|startoftext|>")
+    eot = tok.convert_tokens_to_ids("<|endoftext|>")
+    ret = tok.convert_tokens_to_ids("<|return|>")
+    call = tok.convert_tokens_to_ids("<|call|>")
+
+    def config(vocab_size, layer_types=None, truncate=False, swiglu_limit=7.0):
+        # Like openai/gpt-oss-20b (201088 rows for 200019 tokens) the embedding matrix is
+        # padded past the tokenizer's vocabulary, here to a multiple of 32.
+        padded = (vocab_size + 31) // 32 * 32
+        return GptOssConfig(
+            vocab_size=padded,
+            hidden_size=64,
+            intermediate_size=64,  # a multiple of 32: MXFP4 blocks run along the input dimension
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            sliding_window=4,  # layers 0 and 2 (the default layer_types); prompts are up to 21 tokens
+            layer_types=layer_types,
+            attention_bias=True,
+            # YaRN as in gpt-oss (factor 32, beta_fast 32, beta_slow 1, truncate false). Like the real
+            # 131072 = 4096 * 32, max_position_embeddings = original * factor: transformers warns when
+            # they disagree (GPT-OSS reads max_position_embeddings nowhere else).
+            rope_parameters={
+                "rope_type": "yarn",
+                "rope_theta": 150000.0,
+                "factor": 32.0,
+                "beta_fast": 32.0,
+                "beta_slow": 1.0,
+                "truncate": truncate,
+                "original_max_position_embeddings": 64,
+            },
+            max_position_embeddings=64 * 32,
+            rms_norm_eps=1e-5,
+            swiglu_limit=swiglu_limit,
+            tie_word_embeddings=False,
+            bos_token_id=None,
+            eos_token_id=ret,
+            pad_token_id=eot,
+            initializer_range=0.15,
+        )
+
+    gen = GenerationConfig(bos_token_id=bos, eos_token_id=[ret, eot, call], pad_token_id=eot)
+    # reinit_ overrides: the attention sinks N(0, 1), so that they matter (a sink of s takes
+    # e^s / (e^s + sum_j e^score_j) of a row); the expert biases N(0, 0.1) like every bias; the
+    # expert matrices N(0, 0.3), so that some gate/up values pass the SwiGLU clamp (7.0).
+    param_std = {
+        ".sinks": 1.0,
+        ".gate_up_proj_bias": 0.1,
+        ".down_proj_bias": 0.1,
+        ".gate_up_proj": 0.3,
+        ".down_proj": 0.3,
+    }
+    return dict(cls=GptOssForCausalLM, tok=tok, config=config, gen=gen, seed=14000, std=0.15, hub_style=True,
+                pad=eot, min_gap=NEW_MIN_TOP2_GAP, param_std=param_std, template_now=GPT_OSS_TEMPLATE_NOW,
+                mxfp4=mxfp4)
+
+
+def spec_gpt_oss_mxfp4():
+    return spec_gpt_oss(mxfp4=True)
+
+
 PHI3_SHORT_FACTOR = [1.0, 1.02, 1.05, 1.1, 1.2, 1.35, 1.5, 1.7]
 PHI3_LONG_FACTOR = [1.0, 1.5, 2.2, 3.0, 4.0, 5.0, 6.5, 8.0]
 
@@ -536,6 +614,8 @@ SPECS = {
     "olmoe": spec_olmoe,
     "phi3": spec_phi3,
     "qwen3": spec_qwen3,
+    "gpt_oss": spec_gpt_oss,
+    "gpt_oss_mxfp4": spec_gpt_oss_mxfp4,
 }
 
 
@@ -607,4 +687,26 @@ def to_hub_style(cfg: dict, name: str) -> dict:
     if name == "qwen3":
         assert cfg.pop("layer_types") == ["full_attention"] * cfg["num_hidden_layers"]
         assert cfg["use_sliding_window"] is False and cfg["sliding_window"] is None
+    if name in ("gpt_oss", "gpt_oss_mxfp4"):
+        # openai/gpt-oss-20b: top-level rope_theta and rope_scaling (yarn, with truncate false),
+        # the explicit layer_types, no swiglu_alpha (transformers' default 1.702, which its MXFP4
+        # experts hard-code), and two keys of OpenAI's own format that transformers ignores:
+        # experts_per_token (= num_experts_per_tok) and initial_context_length (= the YaRN
+        # original_max_position_embeddings). The MXFP4 folder adds the hub's quantization_config.
+        scaling = cfg["rope_scaling"]
+        assert scaling["rope_type"] == "yarn" and scaling["truncate"] is False, scaling
+        assert cfg.pop("swiglu_alpha") == 1.702
+        assert cfg["layer_types"] == ["sliding_attention", "full_attention"] * (cfg["num_hidden_layers"] // 2)
+        cfg["experts_per_token"] = cfg["num_experts_per_tok"]
+        cfg["initial_context_length"] = scaling["original_max_position_embeddings"]
+        if name == "gpt_oss_mxfp4":
+            cfg["quantization_config"] = {
+                "modules_to_not_convert": [
+                    "model.layers.*.self_attn",
+                    "model.layers.*.mlp.router",
+                    "model.embed_tokens",
+                    "lm_head",
+                ],
+                "quant_method": "mxfp4",
+            }
     return dict(sorted(cfg.items()))

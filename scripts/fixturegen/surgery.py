@@ -17,6 +17,10 @@ SURGERY_CASES = [
     ("mistral", [[1, 0]], "v", "scale"),
     # OLMo 2's q norm spans the whole projection: the fold scales the head's slice of its weight.
     ("olmo2", [[0, 0], [0, 3], [1, 1], [1, 2]], "q", "scale"),
+    # GPT-OSS: q/k rows and biases scaled, the attention sinks kept (`--sink keep`); from the
+    # MXFP4 checkpoint too (transformers dequantizes its experts at load).
+    ("gpt_oss", [[1, 2], [3, 0]], "q", "scale"),
+    ("gpt_oss_mxfp4", [[0, 1], [2, 3]], "k", "scale"),
 ]
 
 

@@ -19,6 +19,12 @@ LLAMA3_SPLIT_REGEX = (
 QWEN2_SPLIT_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# o200k (tiktoken's o200k_base; GPT-OSS's o200k_harmony uses the same pattern).
+O200K_SPLIT_REGEX = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 # ---------------------------------------------------------------------------
 # Built-in training corpus for the tokenizers (plain English, a few digits,
@@ -372,3 +378,54 @@ def make_olmo2_tokenizer(base_vocab: int) -> PreTrainedTokenizerFast:
         model_input_names=["input_ids", "attention_mask"],
         chat_template=OLMO2_CHAT_TEMPLATE,
     )
+
+
+# GPT-OSS's Harmony special tokens, in the order of their ids in o200k_harmony
+# (199998, 199999, 200002, 200003, 200005, 200006, 200007, 200008, 200012; the gaps are
+# reserved tokens, left out here).
+GPT_OSS_SPECIALS = [
+    "<|startoftext|>",
+    "<|endoftext|>",
+    "<|return|>",
+    "<|constrain|>",
+    "<|channel|>",
+    "<|start|>",
+    "<|end|>",
+    "<|message|>",
+    "<|call|>",
+]
+
+
+def make_gpt_oss_tokenizer(base_vocab: int) -> PreTrainedTokenizerFast:
+    """GPT-OSS style (o200k_harmony): byte-level BPE with the o200k split regex, no
+    normalizer, no BOS added to plain text (the chat template writes none either), the
+    Harmony special tokens appended after the BPE vocabulary; bos `<|startoftext|>`, eos
+    `<|return|>`, pad `<|endoftext|>` as in openai/gpt-oss-20b's tokenizer_config.json
+    (tokenizer_class PreTrainedTokenizerFast)."""
+    from .templates import GPT_OSS_CHAT_TEMPLATE
+    vocab, merges = _train_bytelevel(base_vocab, O200K_SPLIT_REGEX, nfc=False)
+    n = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+    tok.normalizer = None
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(O200K_SPLIT_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel(add_prefix_space=True, trim_offsets=True, use_regex=True)
+    tok.post_processor = processors.ByteLevel(add_prefix_space=True, trim_offsets=False, use_regex=True)
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in GPT_OSS_SPECIALS])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|startoftext|>",
+        eos_token="<|return|>",
+        pad_token="<|endoftext|>",
+        clean_up_tokenization_spaces=False,
+        model_input_names=["input_ids", "attention_mask"],
+        chat_template=GPT_OSS_CHAT_TEMPLATE,
+    )
+    ids = [fast.convert_tokens_to_ids(s) for s in GPT_OSS_SPECIALS]
+    if ids != list(range(n, n + len(GPT_OSS_SPECIALS))) or len(fast) != n + len(GPT_OSS_SPECIALS):
+        raise RuntimeError(f"unexpected GPT-OSS special ids {ids} (base vocab {n}, len {len(fast)})")
+    return fast

@@ -466,7 +466,7 @@ pub fn run_record(
     ablation: Ablation,
 ) -> Result<RunRecord> {
     let mut r = RunRecord::new(command, model, &data.data, queries)?;
-    r.set_template(template, system)
+    r.set_template(model, template, system)
         .set_ablation(ablation)
         .set("dtype", sahara::device::dtype_name(model.decoder.dtype));
     Ok(r)

@@ -309,7 +309,7 @@ pub fn run(a: Args) -> Result<()> {
             benign.as_deref().map(queries_fingerprint),
         )
         .set("benign_queries", benign.as_ref().map(Vec::len))
-        .set_template(&template, &a.template.system)
+        .set_template(&model, &template, &a.template.system)
         .set_ablation(ablation)
         .set("max_new_tokens", max_new_tokens)
         .set("sampling", &sampling_record)

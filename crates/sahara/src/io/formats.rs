@@ -111,10 +111,14 @@ impl RunRecord {
         self
     }
 
-    /// The template: its name, the system message, and its chat-template variables (only
-    /// when there are any, so that records of runs without them stay as they were).
+    /// The template: its name, the system message, its chat-template variables (only when
+    /// there are any, so that records of runs without them stay as they were), and for a chat
+    /// template that writes the date into its prompts (GPT-OSS's `strftime_now`), the date it
+    /// rendered (`template_date`): a run resumed on another day would prompt differently, and
+    /// its record then differs from the first run's, which refuses the resume.
     pub fn set_template(
         &mut self,
+        model: &crate::LoadedModel,
         template: &crate::io::prompt::Template,
         system: &Option<String>,
     ) -> &mut Self {
@@ -122,6 +126,16 @@ impl RunRecord {
         let args = template.args_record();
         if !args.is_empty() {
             self.set("template_args", args);
+        }
+        if matches!(template, crate::io::prompt::Template::Chat { .. }) {
+            let date = model
+                .prompts
+                .chat_template()
+                .ok()
+                .and_then(|t| t.rendered_date());
+            if let Some(date) = date {
+                self.set("template_date", date);
+            }
         }
         self
     }

@@ -186,6 +186,8 @@ pub struct ChatTemplate {
     /// The instant `strftime_now` renders (Unix seconds, UTC), once pinned; `i64::MIN`: the
     /// current time (GPT-OSS's template writes today's date into every prompt).
     clock: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    /// Whether the source calls `strftime_now`: its prompts depend on the date.
+    uses_clock: bool,
 }
 
 impl ChatTemplate {
@@ -213,10 +215,7 @@ impl ChatTemplate {
         env.add_function("strftime_now", move |fmt: String| {
             let pinned = now.load(std::sync::atomic::Ordering::Relaxed);
             let secs = match pinned {
-                i64::MIN => std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs() as i64)
-                    .unwrap_or(0),
+                i64::MIN => now_seconds(),
                 pinned => pinned,
             };
             strftime_at(&fmt, secs)
@@ -228,7 +227,21 @@ impl ChatTemplate {
             env,
             specials,
             clock,
+            uses_clock: source.contains("strftime_now"),
         })
+    }
+
+    /// The UTC date (`YYYY-MM-DD`) a template that calls `strftime_now` renders now, `None`
+    /// for a template whose prompts do not depend on the date.
+    pub fn rendered_date(&self) -> Option<String> {
+        if !self.uses_clock {
+            return None;
+        }
+        let secs = match self.clock.load(std::sync::atomic::Ordering::Relaxed) {
+            i64::MIN => now_seconds(),
+            pinned => pinned,
+        };
+        Some(strftime_at("%Y-%m-%d", secs))
     }
 
     /// Renders `strftime_now` at this instant (Unix seconds, UTC) from now on, instead of the
@@ -470,6 +483,14 @@ fn python_json(
         other => out.push_str(&serde_json::to_string(other).unwrap_or_default()),
     }
     Ok(())
+}
+
+/// The current time in Unix seconds.
+fn now_seconds() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// `strftime_now(fmt)` at the instant `secs` (Unix seconds): the UTC date and time, for the

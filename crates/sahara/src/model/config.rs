@@ -1249,4 +1249,57 @@ mod tests {
             ModelConfig::resolve(&raw(r#"{"architectures": ["LlamaForCausalLM"]}"#)).unwrap_err();
         assert!(e.contains("hidden_size"), "{e}");
     }
+
+    #[test]
+    fn gpt_oss_fills_in_its_config_class_defaults_yarn_included() {
+        let c = ModelConfig::resolve(&raw(
+            r#"{"architectures": ["GptOssForCausalLM"], "hidden_size": 64, "intermediate_size": 64,
+                "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "vocab_size": 100, "num_local_experts": 4, "num_experts_per_tok": 2}"#,
+        ))
+        .unwrap();
+        assert_eq!(c.family, Family::GptOss);
+        assert_eq!((c.head_dim, c.rope_theta), (64, 150000.0));
+        assert!(c.attention_sinks && c.qkv_bias && c.o_bias);
+        assert_eq!(
+            c.sliding_window,
+            vec![Some(128), None, Some(128), None],
+            "sliding on even layers"
+        );
+        assert_eq!(
+            c.activation,
+            Activation::ClampedSwiglu {
+                alpha: 1.702,
+                limit: 7.0
+            }
+        );
+        let m = c.moe.as_ref().unwrap();
+        assert!(m.gpt_oss && m.sparse_layers.iter().all(|s| *s));
+        // GptOssConfig's YaRN: factor 32, β 32 and 1, original context 4096, not truncated;
+        // its attention factor 0.1 ln 32 + 1.
+        match c.rope_scaling {
+            RopeScaling::Yarn {
+                factor,
+                beta_fast,
+                beta_slow,
+                original_max_position_embeddings,
+                truncate,
+                attention_factor,
+            } => {
+                assert_eq!((factor, beta_fast, beta_slow), (32.0, 32.0, 1.0));
+                assert_eq!(original_max_position_embeddings, 4096.0);
+                assert!(!truncate);
+                assert!((attention_factor - (0.1 * 32f64.ln() + 1.0)).abs() < 1e-12);
+            }
+            ref other => panic!("{other:?}"),
+        }
+        // The highest frequencies are kept, the lowest divided by the factor.
+        let plain: Vec<f32> = (0..32)
+            .map(|i| 1.0 / 150000f32.powf((2 * i) as f32 / 64.0))
+            .collect();
+        let yarn = inverse_frequencies(&c);
+        assert_eq!(yarn[0], plain[0]);
+        assert!((yarn[31] * 32.0 / plain[31] - 1.0).abs() < 1e-6);
+        assert!(yarn.iter().zip(&plain).all(|(y, p)| y <= p));
+    }
 }
