@@ -459,6 +459,101 @@ pub fn judge_cmd(a: JudgeArgs) -> Result<()> {
     Ok(())
 }
 
+#[derive(ClapArgs, Debug)]
+pub struct ExpertsArgs {
+    /// Hidden size (the benchmark model's 768).
+    #[arg(long, default_value_t = 768)]
+    pub hidden: usize,
+    /// One expert's intermediate size (the benchmark model's MLP, 2048).
+    #[arg(long, default_value_t = 2048)]
+    pub intermediate: usize,
+    #[arg(long, default_value_t = 8)]
+    pub experts: usize,
+    #[arg(long, default_value_t = 2)]
+    pub top_k: usize,
+    /// Tokens per call (the forward benchmark's 8 × 64).
+    #[arg(long, default_value_t = 512)]
+    pub tokens: usize,
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+}
+
+/// Times one layer of random experts (Mixtral's routing, float32) on `tokens` random hidden
+/// states: the routed path the decoder runs against the dense product of every expert on every
+/// token, and checks that they agree.
+pub fn experts_cmd(a: ExpertsArgs) -> Result<()> {
+    use candle_core::{DType, Device, Tensor};
+    use sahara::model::config::Activation;
+    use sahara::model::decoder::{Experts, Linear, Mlp, Routing};
+    if [
+        a.hidden,
+        a.intermediate,
+        a.experts,
+        a.top_k,
+        a.tokens,
+        a.iters,
+    ]
+    .contains(&0)
+        || a.top_k > a.experts
+    {
+        return Err(Error::InvalidArgument(
+            "sizes must be positive, --top-k at most --experts".into(),
+        ));
+    }
+    let dev = Device::Cpu;
+    let (d, i) = (a.hidden, a.intermediate);
+    let random = |shape: (usize, usize), std: f64| -> Result<Tensor> {
+        Ok(Tensor::randn(0f32, std as f32, shape, &dev)?)
+    };
+    let std = 1.0 / (d as f64).sqrt();
+    let experts = Experts {
+        router: Linear::dense(random((a.experts, d), std)?, None).with_transposed_storage()?,
+        experts: (0..a.experts)
+            .map(|_| -> Result<Mlp> {
+                Ok(Mlp {
+                    gate_up_proj: Linear::dense(random((2 * i, d), std)?, None)
+                        .with_transposed_storage()?,
+                    down_proj: Linear::dense(random((d, i), 1.0 / (i as f64).sqrt())?, None)
+                        .with_transposed_storage()?,
+                })
+            })
+            .collect::<Result<_>>()?,
+        shared: None,
+        top_k: a.top_k,
+        routing: Routing::SoftmaxThenTopK { renormalize: true },
+        weights_in_f32: true,
+    };
+    // (1, N, d)
+    let x = Tensor::randn(0f32, 1.0, (1, a.tokens, d), &dev)?;
+    let time = |dense: bool| -> Result<(f64, Tensor)> {
+        let run = || match dense {
+            true => experts.forward_dense(&x, Activation::Silu),
+            false => experts.forward(&x, Activation::Silu),
+        };
+        let y = run()?;
+        let start = Instant::now();
+        for _ in 0..a.iters {
+            run()?;
+        }
+        Ok((start.elapsed().as_secs_f64() / a.iters as f64, y))
+    };
+    let (routed, y_routed) = time(false)?;
+    let (dense, y_dense) = time(true)?;
+    let diff: f32 = (y_routed - y_dense)?
+        .abs()?
+        .max_all()?
+        .to_dtype(DType::F32)?
+        .to_scalar()?;
+    println!(
+        "{}",
+        json!({"name": "experts_sahara", "routed_seconds": routed, "dense_seconds": dense,
+               "dense_over_routed": dense / routed, "max_abs_difference": diff,
+               "hidden": d, "intermediate": i, "experts": a.experts, "top_k": a.top_k,
+               "tokens": a.tokens, "iters": a.iters, "threads": rayon_threads()})
+    );
+    Ok(())
+}
+
 fn rayon_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }

@@ -77,6 +77,9 @@ enum Command {
     /// Time Llama Guard judging on a random 1B-shaped judge (benchmark harness).
     #[command(hide = true)]
     BenchJudge(bench::JudgeArgs),
+    /// Time a layer's routed experts against every expert on every token (benchmark harness).
+    #[command(hide = true)]
+    BenchExperts(bench::ExpertsArgs),
 }
 
 fn main() -> ExitCode {
@@ -122,6 +125,7 @@ fn main() -> ExitCode {
         Command::Organism(a) => organism::run(a),
         Command::Selftest(a) => selftest::run(a),
         Command::BenchForward(a) => bench::forward(a),
+        Command::BenchExperts(a) => bench::experts_cmd(a),
         Command::BenchGenerate(a) => bench::generate_cmd(a),
         Command::BenchShips(a) => bench::ships_cmd(a),
         Command::BenchSaharaStep(a) => bench::sahara_step_cmd(a),

@@ -368,6 +368,55 @@ impl Experts {
     }
 }
 
+impl Experts {
+    /// The naive path the routed [`Experts::forward`] is checked against (and timed against,
+    /// `sahara bench-experts`): every expert on every token, weighted by a dense (N, E)
+    /// routing matrix that is 0 off each token's top k, then the shared expert. x (…, d) ->
+    /// (…, d), in f32 sums.
+    pub fn forward_dense(
+        &self,
+        x: &Tensor,
+        activation: crate::model::config::Activation,
+    ) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let d = *dims.last().expect("a hidden axis");
+        let n = x.elem_count() / d;
+        let e = self.experts.len();
+        // (N, d)
+        let flat = x.reshape((n, d))?;
+        let logits: Vec<f32> = transfers::read_vec1(
+            &self
+                .router
+                .forward(&flat)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?,
+        )?;
+        // (N, E) row-major
+        let mut dense = vec![0f32; n * e];
+        for (k, rows) in route(&logits, e, self.top_k, self.routing)
+            .iter()
+            .enumerate()
+        {
+            for &(t, w) in rows {
+                dense[t as usize * e + k] = w;
+            }
+        }
+        let dense = transfers::upload(dense, (n, e), x.device())?;
+        let mut out = Tensor::zeros((n, d), DType::F32, x.device())?;
+        for (k, m) in self.experts.iter().enumerate() {
+            // (N, d) times the expert's column (N, 1)
+            let y = m.forward(&flat, activation)?.to_dtype(DType::F32)?;
+            out = (out + y.broadcast_mul(&dense.narrow(1, k, 1)?)?)?;
+        }
+        let mut out = out.to_dtype(x.dtype())?;
+        if let Some((shared, gate)) = &self.shared {
+            let g = candle_nn::ops::sigmoid(&gate.forward(&flat)?)?;
+            out = (out + shared.forward(&flat, activation)?.broadcast_mul(&g)?)?;
+        }
+        Ok(out.reshape(dims)?)
+    }
+}
+
 impl Linear {
     /// The same layer with W stored as a row-major (in, out) matrix, so that `x Wᵀ` is a
     /// product with a row-major right operand. On CPU that is the layout the matrix product
@@ -1853,6 +1902,7 @@ mod tests {
             let x = random(&[1, n, d], 3);
             let got = experts.forward(&x, Activation::Silu).unwrap();
             // The naive path: all experts on all tokens, times a dense (N, E) routing matrix.
+            let naive = experts.forward_dense(&x, Activation::Silu).unwrap();
             let flat = x.reshape((n, d)).unwrap();
             let logits: Vec<f32> = experts
                 .router
@@ -1893,6 +1943,15 @@ mod tests {
                 .to_scalar()
                 .unwrap();
             assert!(diff < 1e-6, "{diff}");
+            let diff: f32 = (got - naive)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar()
+                .unwrap();
+            assert!(diff < 1e-6, "forward_dense: {diff}");
             // Every token reaches two experts, and some expert is not used by every token.
             let routes = route(&logits, e, 2, routing);
             assert_eq!(routes.iter().map(Vec::len).sum::<usize>(), 2 * n);

@@ -280,6 +280,9 @@ pub const FAMILIES: &[FamilyInfo] = &[
         family: Family::Mixtral,
         hf_class: "MixtralForCausalLM",
         model_type: "mixtral",
+        // llama.cpp writes Mixtral as `llama` with expert tensors (see
+        // `GgufFile::family`), its q/k rows permuted as Llama's.
+        gguf_permuted_qk: true,
         default_rope_theta: 1_000_000.0,
         window_layers: WindowLayers::All,
         default_max_positions: 4096 * 32,
@@ -318,6 +321,7 @@ pub const FAMILIES: &[FamilyInfo] = &[
         family: Family::Qwen3Moe,
         hf_class: "Qwen3MoeForCausalLM",
         model_type: "qwen3_moe",
+        gguf_architecture: Some("qwen3moe"),
         default_rope_theta: 1_000_000.0,
         window_layers: WindowLayers::AllWhenEnabled,
         default_max_positions: 32768,
@@ -474,7 +478,7 @@ mod tests {
         );
         assert_eq!(
             supported_gguf_architectures(),
-            "llama, qwen2, qwen3, gemma3"
+            "llama, qwen2, qwen3, gemma3, qwen3moe"
         );
     }
 }

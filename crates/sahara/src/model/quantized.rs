@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::model::decoder::{Decoder, Weight};
 
 /// Bytes of one row of a (rows, cols) matrix in `dtype`.
-fn row_bytes(dtype: GgmlDType, cols: usize) -> Result<usize> {
+pub(crate) fn row_bytes(dtype: GgmlDType, cols: usize) -> Result<usize> {
     let block = dtype.block_size();
     if !cols.is_multiple_of(block) {
         return Err(Error::InvalidArgument(format!(

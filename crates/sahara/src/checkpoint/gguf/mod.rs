@@ -336,8 +336,19 @@ impl GgufFile {
         }
     }
 
-    /// The family of the architecture, or an error naming it.
+    /// The number of experts (`{arch}.expert_count`), 0 without a mixture of experts.
+    pub fn expert_count(&self) -> Result<u64> {
+        Ok(self
+            .opt_u64(&format!("{}.expert_count", self.architecture))?
+            .unwrap_or(0))
+    }
+
+    /// The family of the architecture, or an error naming it: llama.cpp writes Mixtral as
+    /// `llama` with experts.
     pub fn family(&self) -> Result<&'static FamilyInfo> {
+        if self.architecture == "llama" && self.expert_count()? > 0 {
+            return Ok(Family::Mixtral.info());
+        }
         Family::from_gguf_architecture(&self.architecture)
             .map(Family::info)
             .ok_or_else(|| Error::UnsupportedArchitecture {
@@ -355,14 +366,93 @@ impl GgufFile {
         self.family().is_ok_and(|f| f.gemma2_attention)
     }
 
-    /// The GGUF name of a Hugging Face tensor name, in this file's family's layout.
+    /// Whether the file's family names its experts as Mixtral does
+    /// (`block_sparse_moe.experts.{e}.w1`).
+    fn mixtral_names(&self) -> bool {
+        self.family()
+            .is_ok_and(|f| f.moe.is_some_and(|m| m.mixtral_names))
+    }
+
+    /// The GGUF name of a Hugging Face tensor name, in this file's family's layout (an
+    /// expert's projection is a slice of a 3-D tensor: [`GgufFile::expert_slice`]).
     pub fn gguf_name(&self, hf: &str) -> Option<String> {
+        if let Some((layer, _)) = router_layer(hf) {
+            return Some(format!("blk.{layer}.ffn_gate_inp.weight"));
+        }
         translate(hf, true, self.sandwich_norms())
     }
 
-    /// The Hugging Face name of one of this file's GGUF tensor names.
+    /// The Hugging Face name of one of this file's GGUF tensor names (`None` for the 3-D
+    /// expert tensors, which hold many: [`GgufWeights::hf_names`] lists them).
     pub fn hf_name(&self, g: &str) -> Option<String> {
+        if let Some(layer) = g
+            .strip_prefix("blk.")
+            .and_then(|r| r.strip_suffix(".ffn_gate_inp.weight"))
+        {
+            let block = match self.mixtral_names() {
+                true => "block_sparse_moe",
+                false => "mlp",
+            };
+            return Some(format!("model.layers.{layer}.{block}.gate.weight"));
+        }
         translate(g, false, self.sandwich_norms())
+    }
+
+    /// An expert's projection (`model.layers.{l}.mlp.experts.{e}.gate_proj.weight`, or
+    /// Mixtral's `block_sparse_moe.experts.{e}.w1.weight`) as (the 3-D GGUF tensor that
+    /// stacks every expert's, `blk.{l}.ffn_gate_exps.weight`, and e).
+    pub fn expert_slice(&self, hf: &str) -> Option<(String, usize)> {
+        let rest = hf.strip_prefix("model.layers.")?;
+        let (layer, rest) = rest.split_once('.')?;
+        let layer: usize = layer.parse().ok()?;
+        let names: [(&str, &str); 3] = match self.mixtral_names() {
+            true => [("w1", "gate"), ("w3", "up"), ("w2", "down")],
+            false => [
+                ("gate_proj", "gate"),
+                ("up_proj", "up"),
+                ("down_proj", "down"),
+            ],
+        };
+        let block = match self.mixtral_names() {
+            true => "block_sparse_moe",
+            false => "mlp",
+        };
+        let rest = rest.strip_prefix(block)?.strip_prefix(".experts.")?;
+        let (e, proj) = rest.split_once('.')?;
+        let e: usize = e.parse().ok()?;
+        let proj = proj.strip_suffix(".weight")?;
+        let (_, g) = names.iter().find(|(hf, _)| *hf == proj)?;
+        Some((format!("blk.{layer}.ffn_{g}_exps.weight"), e))
+    }
+
+    /// The Hugging Face names of one 3-D expert tensor's experts, in expert order; `None`
+    /// for other tensors.
+    fn expert_names(&self, g: &str) -> Option<Vec<String>> {
+        let rest = g.strip_prefix("blk.")?;
+        let (layer, module) = rest.split_once('.')?;
+        let which = module.strip_prefix("ffn_")?.strip_suffix("_exps.weight")?;
+        let (block, proj) = match (self.mixtral_names(), which) {
+            (true, "gate") => ("block_sparse_moe", "w1"),
+            (true, "up") => ("block_sparse_moe", "w3"),
+            (true, "down") => ("block_sparse_moe", "w2"),
+            (false, "gate") => ("mlp", "gate_proj"),
+            (false, "up") => ("mlp", "up_proj"),
+            (false, "down") => ("mlp", "down_proj"),
+            _ => return None,
+        };
+        let experts = self
+            .content
+            .tensor_infos
+            .get(g)?
+            .shape
+            .dims()
+            .first()
+            .copied()?;
+        Some(
+            (0..experts)
+                .map(|e| format!("model.layers.{layer}.{block}.experts.{e}.{proj}.weight"))
+                .collect(),
+        )
     }
 
     /// Whether llama.cpp's converter stored the norm weights as 1 + w (the Gemma families,
@@ -388,10 +478,11 @@ impl GgufFile {
         let kv_heads = self
             .opt_u64(&k("attention.head_count_kv"))?
             .unwrap_or(heads);
-        if let Some(e) = self.opt_u64(&k("expert_count"))?.filter(|&e| e > 0) {
+        let experts = self.expert_count()?;
+        if experts > 0 && fam.moe.is_none() {
             return Err(gguf_err(
                 &self.path,
-                format!("{a}.expert_count is {e}: a mixture of experts in GGUF (ffn_*_exps tensors) is not read; use the Hugging Face checkpoint"),
+                format!("{a}.expert_count is {experts}: a mixture of experts in GGUF is read for qwen3moe and Mixtral (llama with experts); use the Hugging Face checkpoint"),
             ));
         }
         let inter = self.u64(&k("feed_forward_length"))?;
@@ -459,10 +550,13 @@ impl GgufFile {
                 );
                 o.insert("mlp_bias".into(), json!(false));
             }
-            Family::Qwen2 | Family::Qwen3 => {
+            Family::Qwen2 | Family::Qwen3 | Family::Qwen3Moe => {
                 o.insert("use_sliding_window".into(), json!(false));
                 o.insert("sliding_window".into(), Json::Null);
                 o.insert("attention_bias".into(), json!(fam.qkv_bias));
+            }
+            Family::Mixtral => {
+                o.insert("sliding_window".into(), Json::Null);
             }
             Family::Gemma3 => {
                 // What llama.cpp assumes of a gemma3 file (none of it is in the metadata):
@@ -485,6 +579,26 @@ impl GgufFile {
                 o.insert("attention_bias".into(), json!(false));
             }
             _ => {}
+        }
+        if experts > 0 {
+            // llama.cpp's experts: every layer has them; Qwen3-MoE's top-k weights are
+            // renormalized (its `norm_w`), Mixtral's always are.
+            let used = self.u64(&k("expert_used_count"))?;
+            let key = match fam.moe.is_some_and(|m| m.local_experts_key) {
+                true => "num_local_experts",
+                false => "num_experts",
+            };
+            o.insert(key.into(), json!(experts));
+            o.insert("num_experts_per_tok".into(), json!(used));
+            if fam.family == Family::Qwen3Moe {
+                let size = self
+                    .opt_u64(&k("expert_feed_forward_length"))?
+                    .unwrap_or(inter);
+                o.insert("moe_intermediate_size".into(), json!(size));
+                o.insert("norm_topk_prob".into(), json!(true));
+                o.insert("decoder_sparse_step".into(), json!(1));
+                o.insert("mlp_only_layers".into(), json!([]));
+            }
         }
         o.insert("rope_scaling".into(), self.rope_scaling(head_dim as usize)?);
         let id =
@@ -649,6 +763,19 @@ pub(crate) fn gguf_err(path: &Path, message: impl Into<String>) -> Error {
     }
 }
 
+/// The layer of a router's Hugging Face name (`model.layers.{l}.mlp.gate.weight`, Mixtral's
+/// `block_sparse_moe.gate.weight`), and whether it has Mixtral's name.
+fn router_layer(hf: &str) -> Option<(usize, bool)> {
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, module) = rest.split_once('.')?;
+    let layer = layer.parse().ok()?;
+    match module {
+        "mlp.gate.weight" => Some((layer, false)),
+        "block_sparse_moe.gate.weight" => Some((layer, true)),
+        _ => None,
+    }
+}
+
 /// Tensor names outside the layers: (Hugging Face, GGUF).
 const GLOBAL_NAMES: &[(&str, &str)] = &[
     ("model.embed_tokens.weight", "token_embd.weight"),
@@ -775,7 +902,8 @@ impl<'a> GgufWeights<'a> {
             .iter()
             .map(|(g, info)| {
                 let n = info.shape.elem_count();
-                let projection = self.file.hf_name(g).is_some_and(|h| h.contains("_proj."));
+                let projection = self.file.hf_name(g).is_some_and(|h| h.contains("_proj."))
+                    || g.ends_with("_exps.weight");
                 if self.keep_quantized && projection && is_quantized(info.ggml_dtype) {
                     n / info.ggml_dtype.block_size() * info.ggml_dtype.type_size()
                 } else {
@@ -788,6 +916,18 @@ impl<'a> GgufWeights<'a> {
     /// A projection's weight in its block format on `device`, rows in Hugging Face order;
     /// `None` for one stored as plain floats.
     fn load_quantized(&self, name: &str, device: &Device) -> Result<Option<QTensor>> {
+        if let Some((g, e)) = self.file.expert_slice(name) {
+            let quantized = self
+                .file
+                .content
+                .tensor_infos
+                .get(&g)
+                .is_some_and(|i| is_quantized(i.ggml_dtype));
+            return match quantized {
+                true => Ok(Some(self.expert_matrix(&g, e, device)?)),
+                false => Ok(None),
+            };
+        }
         let Some(g) = self.file.gguf_name(name) else {
             return Ok(None);
         };
@@ -837,14 +977,55 @@ impl<'a> GgufWeights<'a> {
         for (g, info) in &self.file.content.tensor_infos {
             if let Some(hf) = self.file.hf_name(g) {
                 out.push((hf, info.offset));
+            } else if let Some(experts) = self.file.expert_names(g) {
+                // One name per expert, in expert order, at the 3-D tensor's place.
+                out.extend(experts.into_iter().map(|n| (n, info.offset)));
             }
         }
+        // Stable: the experts of one tensor keep their order.
         out.sort_by_key(|(_, o)| *o);
         out.into_iter().map(|(n, _)| n).collect()
     }
 
+    /// One expert's (rows, cols) matrix of a 3-D expert tensor `g` (E, rows, cols), in its
+    /// block format on `device`: the expert's bytes, contiguous in the file.
+    fn expert_matrix(&self, g: &str, e: usize, device: &Device) -> Result<QTensor> {
+        let info = self
+            .file
+            .content
+            .tensor_infos
+            .get(g)
+            .ok_or_else(|| Error::MissingTensor {
+                name: g.to_string(),
+                dir: self.file.path.clone(),
+            })?;
+        let (experts, rows, cols) = info
+            .shape
+            .dims3()
+            .map_err(|err| gguf_err(&self.file.path, format!("tensor `{g}`: {err}")))?;
+        if e >= experts {
+            return Err(gguf_err(
+                &self.file.path,
+                format!("tensor `{g}` holds {experts} experts; expert {e} was asked for"),
+            ));
+        }
+        let dtype = info.ggml_dtype;
+        let per = rows * crate::model::quantized::row_bytes(dtype, cols)?;
+        let start = self.file.content.tensor_data_offset as usize + info.offset as usize + e * per;
+        // Inside the file: `check_extents` checked the whole tensor at open.
+        let bytes = &self.file.mmap[start..start + per];
+        crate::model::quantized::from_bytes(bytes, dtype, rows, cols, device)
+    }
+
     /// Loads a tensor by its Hugging Face name as f32 on the CPU, rows in Hugging Face order.
     pub fn load_f32(&self, name: &str) -> Result<Tensor> {
+        if let Some((g, e)) = self.file.expert_slice(name) {
+            let q = self.expert_matrix(&g, e, &Device::Cpu)?;
+            let t = q.dequantize(&Device::Cpu).map_err(|err| {
+                gguf_err(&self.file.path, format!("tensor `{g}` expert {e}: {err}"))
+            })?;
+            return Ok(t.to_dtype(DType::F32)?);
+        }
         let g = self
             .file
             .gguf_name(name)
@@ -877,12 +1058,32 @@ impl<'a> GgufWeights<'a> {
 
 impl TensorSource for GgufWeights<'_> {
     fn contains(&self, name: &str) -> bool {
+        if let Some((g, e)) = self.file.expert_slice(name) {
+            return self
+                .file
+                .content
+                .tensor_infos
+                .get(&g)
+                .is_some_and(|i| i.shape.dims().first().is_some_and(|&n| e < n));
+        }
         self.file
             .gguf_name(name)
             .is_some_and(|g| self.file.content.tensor_infos.contains_key(&g))
     }
 
     fn load(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+        if let Some((g, _)) = self.file.expert_slice(name) {
+            let t = self.load_f32(name)?;
+            if t.dims() != shape {
+                return Err(Error::TensorShape {
+                    name: format!("{g} ({name})"),
+                    path: self.file.path.clone(),
+                    found: t.dims().to_vec(),
+                    expected: shape.to_vec(),
+                });
+            }
+            return Ok(t.to_dtype(dtype)?.to_device(device)?);
+        }
         let g = self.file.gguf_name(name);
         if let Some(info) = g
             .as_ref()
