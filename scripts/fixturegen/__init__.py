@@ -18,6 +18,8 @@ step) runs with the same settings as the single script it was split from:
 * ``surgery``    fixtures/surgery.json (ablations folded into the weights);
 * ``smollm2``    fixtures/smollm2 (a real chat model from its GGUF file);
 * ``gguf_tiny``  fixtures/gguf_tiny (a tiny random Llama written as GGUF);
+* ``gguf_moe``   fixtures/gguf_qwen3moe and fixtures/gguf_mixtral (tiny mixtures of experts
+                 written as llama.cpp's converter writes them);
 * ``cli``        ``main(argv)``, the command line of ``scripts/make_fixtures.py``.
 """
 

@@ -31,6 +31,14 @@ def main(argv: list[str]) -> None:
     if argv == ["gguf_tiny"]:
         gguf_tiny_fixture()
         return
+    if argv == ["gguf_qwen3moe"]:
+        from .gguf_moe import gguf_qwen3moe_fixture
+        gguf_qwen3moe_fixture()
+        return
+    if argv == ["gguf_mixtral"]:
+        from .gguf_moe import gguf_mixtral_fixture
+        gguf_mixtral_fixture()
+        return
     if argv == ["paper_kl"]:
         paper_kl_fixture()
         return

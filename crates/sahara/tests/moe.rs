@@ -57,3 +57,31 @@ fn an_olmoe_config_with_clamped_projections_is_refused() {
         .to_string();
     assert!(e.contains("clip_qkv"), "{e}");
 }
+
+#[test]
+fn the_parameter_count_is_the_number_of_stored_values_of_every_float_fixture() {
+    // The memory plan counts parameters from the configuration: biases, sinks and every
+    // expert included (MXFP4 fixtures store packed bytes and are left out).
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+    let mut checked = Vec::new();
+    for dir in sahara::selftest::fixture_dirs(&root).unwrap() {
+        let cfg = sahara::model::config::ModelConfig::from_file(&dir.join("config.json")).unwrap();
+        let w = Weights::open_dir(&dir).unwrap();
+        let mut stored = 0usize;
+        let mut packed = false;
+        for f in &w.files {
+            for (name, info) in &f.tensors {
+                packed |= name.ends_with("_blocks");
+                stored += info.shape.iter().product::<usize>();
+            }
+        }
+        // A tied head is the embedding itself, stored once.
+        if packed {
+            continue;
+        }
+        assert_eq!(cfg.num_parameters(), stored, "{}", dir.display());
+        checked.push(dir.file_name().unwrap().to_string_lossy().into_owned());
+    }
+    assert!(checked.iter().any(|n| n == "gpt_oss"), "{checked:?}");
+    assert!(checked.len() >= 10, "{checked:?}");
+}

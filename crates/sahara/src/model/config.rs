@@ -299,7 +299,16 @@ impl ModelConfig {
             .moe
             .as_ref()
             .map_or(0, |m| m.sparse_layers.iter().filter(|s| **s).count());
-        let per_layer = attn.checked_add(d.checked_mul(2)?)?;
+        // Norms: two of d (OLMo 2's two output norms in place of Llama's), four with Gemma 2
+        // and 3's sandwich norms, and the q/k norms, per head or over the whole projection.
+        let norms = d
+            .checked_mul(if self.sandwich_norms { 4 } else { 2 })?
+            .checked_add(match (self.qk_norm, self.qk_norm_whole) {
+                (false, _) => 0,
+                (true, false) => self.head_dim.checked_mul(2)?,
+                (true, true) => q.checked_add(kv)?,
+            })?;
+        let per_layer = attn.checked_add(norms)?;
         let emb = self.vocab_size.checked_mul(d)?;
         self.num_layers
             .checked_mul(per_layer)?
