@@ -217,15 +217,17 @@ pub struct Placement {
     pub bytes: Vec<usize>,
 }
 
-/// Bytes of one decoder layer's weights in `dtype`, and of the embedding and the head (final
-/// norm and unembedding, 0 more when tied).
-pub fn part_bytes(cfg: &ModelConfig, dtype: DType) -> (usize, usize, usize) {
+/// Bytes of each decoder layer's weights in `dtype` (layers with experts hold more than
+/// dense ones), and of the embedding and the head (final norm and unembedding, 0 more when
+/// tied).
+pub fn part_bytes(cfg: &ModelConfig, dtype: DType) -> (Vec<usize>, usize, usize) {
     let e = dtype.size_in_bytes();
     let emb = cfg.vocab_size * cfg.hidden_size * e;
-    let total = weight_bytes(cfg, dtype);
     let head = cfg.hidden_size * e + if cfg.tie_word_embeddings { 0 } else { emb };
-    let layer = (total - emb - head) / cfg.num_layers.max(1);
-    (layer, emb, head)
+    let layers = (0..cfg.num_layers)
+        .map(|l| cfg.layer_parameters(l).saturating_mul(e))
+        .collect();
+    (layers, emb, head)
 }
 
 /// Places `cfg`'s layers on devices with `free` bytes each, keeping `per_device_reserve`
@@ -243,7 +245,8 @@ pub fn place_layers(
     let (layer, emb, head) = part_bytes(cfg, dtype);
     let n = cfg.num_layers;
     let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
-    let need = emb + head + n * layer;
+    let layers_total: usize = layer.iter().sum();
+    let need = emb + head + layers_total;
     let have: usize = free
         .iter()
         .map(|f| f.saturating_sub(per_device_reserve))
@@ -254,7 +257,7 @@ pub fn place_layers(
         message: format!(
             "the model needs {:.1} GiB for its weights in {dtype:?} ({n} layers of {:.2} GiB, embedding {:.2} GiB, head {:.2} GiB) but the devices have {:.1} GiB free after keeping {:.1} GiB each for activations",
             gib(need),
-            gib(layer),
+            gib(layers_total / n.max(1)),
             gib(emb),
             gib(head),
             gib(have),
@@ -286,9 +289,9 @@ pub fn place_layers(
             used += emb;
         }
         let start = next;
-        while next < n && budget >= layer {
-            budget -= layer;
-            used += layer;
+        while next < n && budget >= layer[next] {
+            budget -= layer[next];
+            used += layer[next];
             next += 1;
         }
         if next == n {
@@ -301,7 +304,7 @@ pub fn place_layers(
             } else {
                 // No room for the head: the last layer moves to the next device with it.
                 next -= 1;
-                used -= layer;
+                used -= layer[next];
             }
         }
         layers.push(start..next);
@@ -613,6 +616,31 @@ mod tests {
     }
 
     #[test]
+    fn layers_with_experts_weigh_more_than_dense_ones_in_the_placement() {
+        // Qwen2-MoE with dense layers 0 and 1 (`mlp_only_layers`) and 60 experts elsewhere.
+        let raw: crate::model::config::RawConfig = serde_json::from_str(
+            r#"{"architectures": ["Qwen2MoeForCausalLM"], "hidden_size": 2048, "intermediate_size": 5632,
+                "num_hidden_layers": 24, "num_attention_heads": 16, "vocab_size": 151936,
+                "num_experts": 60, "num_experts_per_tok": 4, "moe_intermediate_size": 1408,
+                "shared_expert_intermediate_size": 5632, "mlp_only_layers": [0, 1]}"#,
+        )
+        .unwrap();
+        let cfg = ModelConfig::resolve(&raw).unwrap();
+        let (layers, emb, head) = part_bytes(&cfg, DType::BF16);
+        assert!(layers[2] > 5 * layers[0], "{layers:?}");
+        assert_eq!(
+            emb + head + layers.iter().sum::<usize>(),
+            weight_bytes(&cfg, DType::BF16)
+        );
+        // Room for the embedding, the two dense layers and one sparse one on the first device:
+        // the split falls after layer 2, where the bytes say, not after an average layer.
+        let free0 = emb + layers[0] + layers[1] + layers[2] + layers[3] / 2;
+        let rest = layers[3..].iter().sum::<usize>() + head;
+        let p = place_layers(&cfg, DType::BF16, &[free0, rest], 0).unwrap();
+        assert_eq!(p.layers, vec![0..3, 3..24]);
+    }
+
+    #[test]
     fn layers_are_placed_on_devices_by_their_free_memory() {
         // GPUs are sold in decimal gigabytes (an H200's 141 GB are 131 GiB).
         let gb = 1_000_000_000usize;
@@ -624,12 +652,10 @@ mod tests {
             for per_device in [80 * gb, 141 * gb] {
                 for n in [1, 2, 4, 8] {
                     let free = vec![per_device; n];
-                    let (layer, emb, head) = part_bytes(cfg, DType::BF16);
+                    let (layers, emb, head) = part_bytes(cfg, DType::BF16);
+                    let layer = layers[0];
                     let need = weight_bytes(cfg, DType::BF16);
-                    assert_eq!(
-                        emb + head + cfg.num_layers * layer,
-                        need - (need - emb - head) % cfg.num_layers
-                    );
+                    assert_eq!(emb + head + layers.iter().sum::<usize>(), need);
                     let fits = need <= n * (per_device - reserve);
                     match place_layers(cfg, DType::BF16, &free, reserve) {
                         Ok(p) => {
@@ -641,10 +667,7 @@ mod tests {
                                 p.bytes.iter().all(|&b| b <= per_device - reserve),
                                 "{name} {n}"
                             );
-                            assert_eq!(
-                                p.bytes.iter().sum::<usize>(),
-                                emb + head + cfg.num_layers * layer
-                            );
+                            assert_eq!(p.bytes.iter().sum::<usize>(), need);
                         }
                         Err(e) => {
                             // Only a model that does not fit, or nearly (whole layers), fails.

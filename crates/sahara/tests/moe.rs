@@ -85,3 +85,21 @@ fn the_parameter_count_is_the_number_of_stored_values_of_every_float_fixture() {
     assert!(checked.iter().any(|n| n == "gpt_oss"), "{checked:?}");
     assert!(checked.len() >= 10, "{checked:?}");
 }
+
+#[test]
+fn the_activation_estimate_counts_each_tokens_k_experts() {
+    use sahara::methods::engine::feed_forward_width;
+    use sahara::model::config::ModelConfig;
+    let cfg = |name: &str| ModelConfig::from_file(&fixture(name).join("config.json")).unwrap();
+    // GPT-OSS: top 2 of 4 experts of 64, hidden 64, every layer sparse.
+    let g = cfg("gpt_oss");
+    assert_eq!(feed_forward_width(&g), 2 * (3 * 64 + 2 * 64) + 4);
+    // A dense model: gate, up and their product.
+    let l = cfg("llama_gqa");
+    assert_eq!(feed_forward_width(&l), 3 * l.intermediate_size);
+    // Qwen2-MoE's shared expert counts beside the routed ones.
+    let q = cfg("qwen2_moe");
+    let m = q.moe.as_ref().unwrap();
+    let shared = 3 * m.shared_intermediate_size.unwrap();
+    assert!(feed_forward_width(&q) >= shared + m.top_k * 3 * m.expert_intermediate_size);
+}

@@ -113,12 +113,29 @@ pub fn bytes_per_row(model: &Decoder, t: usize) -> usize {
     let c = &model.cfg;
     let width = c.hidden_size * 4
         + 2 * c.num_kv_heads * c.head_dim
-        + 3 * c.intermediate_size
+        + feed_forward_width(c)
         + c.num_heads * c.head_dim * 2;
     // Residual streams, projections, MLP, and f32 attention scores and probabilities; at the
     // end the f32 logits and the f64 log-probabilities of the KL scores.
     let elem = model.dtype.size_in_bytes();
     t * width * elem + 3 * c.num_heads * t * t * 4 + c.vocab_size * (4 + 3 * 8)
+}
+
+/// Activation values per token of the widest feed-forward part: a dense MLP's gate, up and
+/// product (3 I); with experts, each of a token's k experts' (3 I_e) and its gathered input
+/// and weighted output (2 d), the router's logits, and the shared expert's (3 I_s).
+pub fn feed_forward_width(c: &crate::model::config::ModelConfig) -> usize {
+    let dense = 3 * c.intermediate_size;
+    match &c.moe {
+        None => dense,
+        Some(m) => {
+            let sparse = m.top_k * (3 * m.expert_intermediate_size + 2 * c.hidden_size)
+                + m.num_experts
+                + m.shared_intermediate_size.map_or(0, |s| 3 * s);
+            let any_dense = m.sparse_layers.iter().any(|s| !s);
+            sparse.max(if any_dense { dense } else { 0 })
+        }
+    }
 }
 
 /// Rows per batch for a prompt of `t` tokens.

@@ -260,6 +260,23 @@ impl ModelConfig {
     /// Total number of parameters, `None` when it does not fit in a `usize`. Every tensor
     /// shape of the decoder is a term of this sum, so none of them overflows either.
     pub fn checked_num_parameters(&self) -> Option<usize> {
+        let emb = self.vocab_size.checked_mul(self.hidden_size)?;
+        let mut total = emb
+            .checked_add(self.hidden_size)?
+            .checked_add(if self.tie_word_embeddings { 0 } else { emb })?;
+        for l in 0..self.num_layers {
+            total = total.checked_add(self.checked_layer_parameters(l)?)?;
+        }
+        Some(total)
+    }
+
+    /// Parameters of decoder layer `l` (`usize::MAX` past it): a layer with experts holds
+    /// more than a dense one (Qwen2-MoE's `mlp_only_layers`, `decoder_sparse_step`).
+    pub fn layer_parameters(&self, l: usize) -> usize {
+        self.checked_layer_parameters(l).unwrap_or(usize::MAX)
+    }
+
+    fn checked_layer_parameters(&self, l: usize) -> Option<usize> {
         let d = self.hidden_size;
         let q = self.num_heads.checked_mul(self.head_dim)?;
         let kv = self.num_kv_heads.checked_mul(self.head_dim)?;
@@ -275,30 +292,6 @@ impl ModelConfig {
             } else {
                 0
             })?;
-        let gated = |i: usize| d.checked_mul(i)?.checked_mul(3);
-        let dense_mlp = gated(self.intermediate_size)?;
-        // A layer with experts: every expert, the router, and the shared expert and its gate;
-        // GPT-OSS's experts and router have biases.
-        let experts = match &self.moe {
-            None => 0,
-            Some(m) => gated(m.expert_intermediate_size)?
-                .checked_add(if m.gpt_oss {
-                    m.expert_intermediate_size.checked_mul(2)?.checked_add(d)?
-                } else {
-                    0
-                })?
-                .checked_mul(m.num_experts)?
-                .checked_add(d.checked_mul(m.num_experts)?)?
-                .checked_add(if m.gpt_oss { m.num_experts } else { 0 })?
-                .checked_add(match m.shared_intermediate_size {
-                    Some(s) => gated(s)?.checked_add(d)?,
-                    None => 0,
-                })?,
-        };
-        let sparse = self
-            .moe
-            .as_ref()
-            .map_or(0, |m| m.sparse_layers.iter().filter(|s| **s).count());
         // Norms: two of d (OLMo 2's two output norms in place of Llama's), four with Gemma 2
         // and 3's sandwich norms, and the q/k norms, per head or over the whole projection.
         let norms = d
@@ -308,15 +301,28 @@ impl ModelConfig {
                 (true, false) => self.head_dim.checked_mul(2)?,
                 (true, true) => q.checked_add(kv)?,
             })?;
-        let per_layer = attn.checked_add(norms)?;
-        let emb = self.vocab_size.checked_mul(d)?;
-        self.num_layers
-            .checked_mul(per_layer)?
-            .checked_add(dense_mlp.checked_mul(self.num_layers - sparse)?)?
-            .checked_add(experts.checked_mul(sparse)?)?
-            .checked_add(d)?
-            .checked_add(emb)?
-            .checked_add(if self.tie_word_embeddings { 0 } else { emb })
+        let gated = |i: usize| d.checked_mul(i)?.checked_mul(3);
+        // The dense MLP, or every expert, the router, and the shared expert and its gate;
+        // GPT-OSS's experts and router have biases.
+        let feed_forward = match &self.moe {
+            Some(m) if m.sparse_layers.get(l).copied().unwrap_or(false) => {
+                gated(m.expert_intermediate_size)?
+                    .checked_add(if m.gpt_oss {
+                        m.expert_intermediate_size.checked_mul(2)?.checked_add(d)?
+                    } else {
+                        0
+                    })?
+                    .checked_mul(m.num_experts)?
+                    .checked_add(d.checked_mul(m.num_experts)?)?
+                    .checked_add(if m.gpt_oss { m.num_experts } else { 0 })?
+                    .checked_add(match m.shared_intermediate_size {
+                        Some(s) => gated(s)?.checked_add(d)?,
+                        None => 0,
+                    })?
+            }
+            _ => gated(self.intermediate_size)?,
+        };
+        attn.checked_add(norms)?.checked_add(feed_forward)
     }
 
     /// Resolves a raw configuration; the error is a message about the value at fault.
