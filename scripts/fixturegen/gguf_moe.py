@@ -16,7 +16,6 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     GenerationConfig,
-    MixtralConfig,
     MixtralForCausalLM,
     Qwen3MoeConfig,
     Qwen3MoeForCausalLM,
@@ -25,6 +24,7 @@ from transformers import (
 from .checks import check_moe
 from .common import CHAT_CASES, FIXTURES, MAX_NEW_TOKENS, MIN_TOP2_GAP, NEW_MIN_TOP2_GAP, PROMPTS, max_folder_bytes
 from .modelling import forward_logits, greedy, reinit_
+from .specs import spec_mixtral
 
 # ---------------------------------------------------------------------------
 # What llama.cpp's converter does to a Hugging Face checkpoint (convert_hf_to_gguf.py)
@@ -197,26 +197,8 @@ class Mixtral(Family):
     WHICH = {"gate": "w1", "down": "w2", "up": "w3"}
 
     def config(self):
-        # spec_mixtral's configuration
-        return MixtralConfig(
-            vocab_size=440,
-            hidden_size=64,
-            intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-            max_position_embeddings=256,
-            rms_norm_eps=1e-5,
-            rope_theta=1000000.0,
-            sliding_window=None,
-            num_local_experts=4,
-            num_experts_per_tok=2,
-            tie_word_embeddings=False,
-            bos_token_id=1,
-            eos_token_id=2,
-            initializer_range=0.15,
-        )
+        # spec_mixtral's configuration (its vocabulary of 440)
+        return spec_mixtral()["config"](440)
 
     def expert_name(self, layer, expert, which):
         return f"model.layers.{layer}.block_sparse_moe.experts.{expert}.{self.WHICH[which]}.weight"

@@ -325,10 +325,7 @@ impl Experts {
         let dtype = x.dtype();
         // (N, d)
         let flat = x.reshape((n, d))?;
-        // (N, E) in f32 on the host: routing is a per-token choice.
-        let logits = self.router.forward(&flat)?.to_dtype(DType::F32)?;
-        let logits: Vec<f32> = transfers::read_vec1(&logits.flatten_all()?)?;
-        let routes = route(&logits, self.experts.len(), self.top_k, self.routing);
+        let routes = self.routes(&flat)?;
         // Every (token, weight) pair, grouped by expert: (N·k,) each.
         let tokens: Vec<u32> = routes.iter().flatten().map(|r| r.0).collect();
         let weights: Vec<f32> = routes.iter().flatten().map(|r| r.1).collect();
@@ -356,15 +353,35 @@ impl Experts {
             at += k;
         }
         // (N·k, d) added into (N, d) in f32, once.
-        let mut out = Tensor::zeros((n, d), DType::F32, x.device())?
+        let out = Tensor::zeros((n, d), DType::F32, x.device())?
             .index_add(&tokens, &Tensor::cat(&outputs, 0)?, 0)?
             .to_dtype(dtype)?;
-        if let Some((shared, gate)) = &self.shared {
-            // (N, 1) sigmoid gate times the shared expert (N, d)
-            let g = candle_nn::ops::sigmoid(&gate.forward(&flat)?)?;
-            out = (out + shared.forward(&flat, activation)?.broadcast_mul(&g)?)?;
+        Ok(self.add_shared(out, &flat, activation)?.reshape(dims)?)
+    }
+
+    /// Each expert's (token, weight) pairs of the rows of `flat` (N, d): the router's logits
+    /// (N, E) read to the host in f32 once (routing is a per-token choice), then [`route`].
+    fn routes(&self, flat: &Tensor) -> Result<Vec<Vec<(u32, f32)>>> {
+        let logits = self.router.forward(flat)?.to_dtype(DType::F32)?;
+        let logits: Vec<f32> = transfers::read_vec1(&logits.flatten_all()?)?;
+        Ok(route(&logits, self.experts.len(), self.top_k, self.routing))
+    }
+
+    /// `out` (N, d) plus Qwen2-MoE's shared expert on `flat` (N, d), times its sigmoid gate.
+    fn add_shared(
+        &self,
+        out: Tensor,
+        flat: &Tensor,
+        activation: crate::model::config::Activation,
+    ) -> Result<Tensor> {
+        match &self.shared {
+            Some((shared, gate)) => {
+                // (N, 1) sigmoid gate times the shared expert (N, d)
+                let g = candle_nn::ops::sigmoid(&gate.forward(flat)?)?;
+                Ok((out + shared.forward(flat, activation)?.broadcast_mul(&g)?)?)
+            }
+            None => Ok(out),
         }
-        Ok(out.reshape(dims)?)
     }
 }
 
@@ -384,19 +401,9 @@ impl Experts {
         let e = self.experts.len();
         // (N, d)
         let flat = x.reshape((n, d))?;
-        let logits: Vec<f32> = transfers::read_vec1(
-            &self
-                .router
-                .forward(&flat)?
-                .to_dtype(DType::F32)?
-                .flatten_all()?,
-        )?;
         // (N, E) row-major
         let mut dense = vec![0f32; n * e];
-        for (k, rows) in route(&logits, e, self.top_k, self.routing)
-            .iter()
-            .enumerate()
-        {
+        for (k, rows) in self.routes(&flat)?.iter().enumerate() {
             for &(t, w) in rows {
                 dense[t as usize * e + k] = w;
             }
@@ -408,12 +415,8 @@ impl Experts {
             let y = m.forward(&flat, activation)?.to_dtype(DType::F32)?;
             out = (out + y.broadcast_mul(&dense.narrow(1, k, 1)?)?)?;
         }
-        let mut out = out.to_dtype(x.dtype())?;
-        if let Some((shared, gate)) = &self.shared {
-            let g = candle_nn::ops::sigmoid(&gate.forward(&flat)?)?;
-            out = (out + shared.forward(&flat, activation)?.broadcast_mul(&g)?)?;
-        }
-        Ok(out.reshape(dims)?)
+        let out = out.to_dtype(x.dtype())?;
+        Ok(self.add_shared(out, &flat, activation)?.reshape(dims)?)
     }
 }
 
