@@ -49,7 +49,15 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--attn", default="eager", choices=["eager", "sdpa"], help="attention implementation (default eager)")
+    p.add_argument("--template", default="{query}",
+                   help="format string of the prompt, as sahara's --template FORMAT: {query} replaced by the "
+                        "query, the escapes \\n and \\t read as newline and tab (default: the query alone)")
     return p
+
+
+def prompt(template: str, query: str) -> str:
+    """The prompt of a query under a --template format string, as sahara renders it."""
+    return template.replace("\\n", "\n").replace("\\t", "\t").replace("{query}", query)
 
 
 def load_queries(data: str | None, n: int | None, number_cycled: bool = False) -> list[str]:

@@ -2,7 +2,7 @@
 # Benchmarks of sahara against straightforward transformers baselines on the same model,
 # queries and thread count. See bench/README.md.
 #
-#   bash bench/run.sh [forward|ships|attribute|generate|all]      (default: all)
+#   bash bench/run.sh [forward|ships|attribute|generate|paper|all]      (default: all)
 #
 # Environment:
 #   THREADS=2         threads of both sides (torch.set_num_threads, RAYON/OMP/MKL_NUM_THREADS)
@@ -13,6 +13,8 @@
 #   SKIP_BUILD=1      do not run cargo build
 #   SAHARA_BIN=target/release/sahara   the sahara binary to time
 #   BENCH_OUT=bench/out                where the model (default), query subset and results go
+#   PAPER_DATA=../shared/datasets/MaliciousInstruct.txt   the paper mode's queries (one a line)
+#   PAPER_TEMPLATE='## Query:{query}\n## Answer:'        the paper mode's prompt format
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -20,9 +22,9 @@ cd "$ROOT"
 
 MODE=${1:-all}
 case "$MODE" in
-forward | ships | attribute | generate | all) ;;
+forward | ships | attribute | generate | paper | all) ;;
 *)
-    echo "usage: bash bench/run.sh [forward|ships|attribute|generate|all]" >&2
+    echo "usage: bash bench/run.sh [forward|ships|attribute|generate|paper|all]" >&2
     exit 2
     ;;
 esac
@@ -139,7 +141,55 @@ run_generate() {
     done
 }
 
+# The paper's two rows like for like: Ships on 5 and one Sahara step on 20 of the same
+# queries in the same prompt format, whole processes (model load and start-up included) on
+# both sides, ROUNDS rounds with the sides alternating; prints each row's per-round ratios and
+# the ratio of the median rounds, and the seconds per query of each side.
+run_paper() {
+    local data=${PAPER_DATA:-$ROOT/../shared/datasets/MaliciousInstruct.txt}
+    local template=${PAPER_TEMPLATE:-'## Query:{query}\n## Answer:'}
+    [ -f "$data" ] || { echo "error: PAPER_DATA $data does not exist" >&2; return 1; }
+    head -n 5 "$data" >"$OUT/paper5.txt"
+    head -n 20 "$data" >"$OUT/paper20.txt"
+    local r
+    rm -f "$RES"/paper_*
+    for r in $(seq 1 "$ROUNDS"); do
+        timed "paper_ships_r$r" python $PY bench/ships_hf.py --model "$MODEL" --threads "$THREADS" \
+            --data "$OUT/paper5.txt" --template "$template"
+        timed "paper_ships_r$r" sahara "$BIN" ships --model "$MODEL" --data "$OUT/paper5.txt" \
+            --template "$template" --out "$OUT/paper_ships_r$r.jsonl" --quiet
+        timed "paper_step_r$r" python $PY bench/sahara_step_hf.py --model "$MODEL" --threads "$THREADS" \
+            --data "$OUT/paper20.txt" --n 0 --template "$template"
+        timed "paper_step_r$r" sahara "$BIN" attribute --model "$MODEL" --data "$OUT/paper20.txt" \
+            --template "$template" --steps 1 --out "$OUT/paper_step_r$r.json" --quiet
+        rm -f "$OUT/paper_ships_r$r.jsonl"* "$OUT/paper_step_r$r.json"*
+    done
+    $PY - "$RES" "$ROUNDS" <<'EOF2' || true
+import json, statistics, sys
+from pathlib import Path
+res, rounds = Path(sys.argv[1]), int(sys.argv[2])
+def wall(name, side, r):
+    try:
+        rec = json.loads((res / f"{name}_r{r}.{side}.json").read_text())
+        return rec["wall_seconds"] if rec["rc"] == 0 else None
+    except Exception:
+        return None
+for name, label, queries in (("paper_ships", "Ships, 5 queries", 5), ("paper_step", "one Sahara step, 20 queries", 20)):
+    py = [wall(name, "python", r) for r in range(1, rounds + 1)]
+    sa = [wall(name, "sahara", r) for r in range(1, rounds + 1)]
+    per = [p / s for p, s in zip(py, sa) if p and s]
+    if not per:
+        print(f"{label}: no complete round", file=sys.stderr)
+        continue
+    mp, ms = statistics.median(x for x in py if x), statistics.median(x for x in sa if x)
+    print(f"{label}: paper's code {mp:.1f} s ({mp / queries:.2f} s/query), sahara {ms:.1f} s "
+          f"({ms / queries:.2f} s/query), ratio {mp / ms:.1f}x (per round: "
+          + " ".join(f"{x:.1f}x" for x in per) + ")")
+EOF2
+}
+
 case "$MODE" in
+paper) run_paper ;;
 forward) run_forward ;;
 ships) run_ships ;;
 attribute) run_attribute ;;
@@ -157,6 +207,7 @@ echo "threads=$THREADS  model=$MODEL  ($(getconf _NPROCESSORS_ONLN) cores, $(una
 case "$MODE" in
 all) NAMES="forward ships attribute generate_b1 generate_b20" ;;
 generate) NAMES="generate_b1 generate_b20" ;;
+paper) exit 0 ;;
 *) NAMES=$MODE ;;
 esac
 # shellcheck disable=SC2086

@@ -43,7 +43,7 @@ def main() -> None:
     with torch.no_grad():
         model, tokenizer = C.load_model(a.model)
         n_layers, n_heads, head_dim = C.geometry(model)
-        encoded = [C.encode(tokenizer, q) for q in queries]
+        encoded = [C.encode(tokenizer, C.prompt(a.template, q)) for q in queries]
         decoder = model.model
 
         # Warm-up, and the check of what hidden_states[-1] is.

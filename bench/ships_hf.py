@@ -59,7 +59,7 @@ def main() -> None:
         model, tokenizer = C.load_model(a.model)
         n_layers, n_heads, head_dim = C.geometry(model)
         scored_layers = min(a.layers or n_layers, n_layers)
-        encoded = [C.encode(tokenizer, q) for q in queries]
+        encoded = [C.encode(tokenizer, C.prompt(a.template, q)) for q in queries]
 
         last_logprobs(model, encoded[0])  # warm-up
 
