@@ -1246,9 +1246,10 @@ mod tests {
         )))
         .unwrap();
         assert!(c.qk_norm_whole && !c.post_norms);
-        // Its parameters count every expert: 4 layers of attention (4 · 64 · 64), norms and 4
-        // experts (3 · 64 · 128 each) with the router (4 · 64), plus the embeddings.
-        let attn = 4 * 64 * 64 + 2 * 64;
+        // Its parameters count every expert: 4 layers of attention (4 · 64 · 64), norms (two of
+        // 64, and the q and k norms over the whole projections, 64 each) and 4 experts
+        // (3 · 64 · 128 each) with the router (4 · 64), plus the embeddings.
+        let attn = 4 * 64 * 64 + 2 * 64 + 2 * 64;
         let experts = 4 * 3 * 64 * 128 + 4 * 64;
         assert_eq!(c.num_parameters(), 4 * (attn + experts) + 64 + 2 * 100 * 64);
     }
