@@ -366,17 +366,34 @@ impl GgufFile {
         self.family().is_ok_and(|f| f.gemma2_attention)
     }
 
-    /// Whether the file's family names its experts as Mixtral does
-    /// (`block_sparse_moe.experts.{e}.w1`).
-    fn mixtral_names(&self) -> bool {
-        self.family()
+    /// How this file's family names its mixture of experts: the block holding the router and
+    /// the experts (`mlp`, or Mixtral's `block_sparse_moe`), and each expert projection's
+    /// Hugging Face name beside the `ffn_{…}_exps` tensor that stacks it.
+    fn expert_layout(&self) -> (&'static str, [(&'static str, &'static str); 3]) {
+        if self
+            .family()
             .is_ok_and(|f| f.moe.is_some_and(|m| m.mixtral_names))
+        {
+            (
+                "block_sparse_moe",
+                [("w1", "gate"), ("w3", "up"), ("w2", "down")],
+            )
+        } else {
+            (
+                "mlp",
+                [
+                    ("gate_proj", "gate"),
+                    ("up_proj", "up"),
+                    ("down_proj", "down"),
+                ],
+            )
+        }
     }
 
     /// The GGUF name of a Hugging Face tensor name, in this file's family's layout (an
     /// expert's projection is a slice of a 3-D tensor: [`GgufFile::expert_slice`]).
     pub fn gguf_name(&self, hf: &str) -> Option<String> {
-        if let Some((layer, _)) = router_layer(hf) {
+        if let Some(layer) = router_layer(hf) {
             return Some(format!("blk.{layer}.ffn_gate_inp.weight"));
         }
         translate(hf, true, self.sandwich_norms())
@@ -389,10 +406,7 @@ impl GgufFile {
             .strip_prefix("blk.")
             .and_then(|r| r.strip_suffix(".ffn_gate_inp.weight"))
         {
-            let block = match self.mixtral_names() {
-                true => "block_sparse_moe",
-                false => "mlp",
-            };
+            let (block, _) = self.expert_layout();
             return Some(format!("model.layers.{layer}.{block}.gate.weight"));
         }
         translate(g, false, self.sandwich_norms())
@@ -405,18 +419,7 @@ impl GgufFile {
         let rest = hf.strip_prefix("model.layers.")?;
         let (layer, rest) = rest.split_once('.')?;
         let layer: usize = layer.parse().ok()?;
-        let names: [(&str, &str); 3] = match self.mixtral_names() {
-            true => [("w1", "gate"), ("w3", "up"), ("w2", "down")],
-            false => [
-                ("gate_proj", "gate"),
-                ("up_proj", "up"),
-                ("down_proj", "down"),
-            ],
-        };
-        let block = match self.mixtral_names() {
-            true => "block_sparse_moe",
-            false => "mlp",
-        };
+        let (block, names) = self.expert_layout();
         let rest = rest.strip_prefix(block)?.strip_prefix(".experts.")?;
         let (e, proj) = rest.split_once('.')?;
         let e: usize = e.parse().ok()?;
@@ -431,15 +434,8 @@ impl GgufFile {
         let rest = g.strip_prefix("blk.")?;
         let (layer, module) = rest.split_once('.')?;
         let which = module.strip_prefix("ffn_")?.strip_suffix("_exps.weight")?;
-        let (block, proj) = match (self.mixtral_names(), which) {
-            (true, "gate") => ("block_sparse_moe", "w1"),
-            (true, "up") => ("block_sparse_moe", "w3"),
-            (true, "down") => ("block_sparse_moe", "w2"),
-            (false, "gate") => ("mlp", "gate_proj"),
-            (false, "up") => ("mlp", "up_proj"),
-            (false, "down") => ("mlp", "down_proj"),
-            _ => return None,
-        };
+        let (block, names) = self.expert_layout();
+        let (proj, _) = names.iter().find(|(_, g)| *g == which)?;
         let experts = self
             .content
             .tensor_infos
@@ -763,15 +759,13 @@ pub(crate) fn gguf_err(path: &Path, message: impl Into<String>) -> Error {
     }
 }
 
-/// The layer of a router's Hugging Face name (`model.layers.{l}.mlp.gate.weight`, Mixtral's
-/// `block_sparse_moe.gate.weight`), and whether it has Mixtral's name.
-fn router_layer(hf: &str) -> Option<(usize, bool)> {
+/// The layer of a router's Hugging Face name (`model.layers.{l}.mlp.gate.weight`, or
+/// Mixtral's `block_sparse_moe.gate.weight`).
+fn router_layer(hf: &str) -> Option<usize> {
     let rest = hf.strip_prefix("model.layers.")?;
     let (layer, module) = rest.split_once('.')?;
-    let layer = layer.parse().ok()?;
     match module {
-        "mlp.gate.weight" => Some((layer, false)),
-        "block_sparse_moe.gate.weight" => Some((layer, true)),
+        "mlp.gate.weight" | "block_sparse_moe.gate.weight" => layer.parse().ok(),
         _ => None,
     }
 }
