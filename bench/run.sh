@@ -164,10 +164,23 @@ run_paper() {
             --template "$template" --steps 1 --out "$OUT/paper_step_r$r.json" --quiet
         rm -f "$OUT/paper_ships_r$r.jsonl"* "$OUT/paper_step_r$r.json"*
     done
+    # The work each row needs, and the float32 matrix-product peak of this machine: the ratio
+    # that all the needed work at that peak would give is the row's ceiling.
+    $PY bench/flops.py ships --model "$MODEL" --data "$OUT/paper5.txt" --template "$template" \
+        >"$RES/paper_ships.flops.json" || true
+    $PY bench/flops.py step --model "$MODEL" --data "$OUT/paper20.txt" --template "$template" \
+        >"$RES/paper_step.flops.json" || true
+    $PY bench/flops.py peak --threads "$THREADS" >"$RES/paper_peak.json" || true
     $PY - "$RES" "$ROUNDS" <<'EOF2' || true
 import json, statistics, sys
 from pathlib import Path
 res, rounds = Path(sys.argv[1]), int(sys.argv[2])
+def load(name):
+    try:
+        return json.loads((res / name).read_text())
+    except Exception:
+        return None
+peak = (load("paper_peak.json") or {}).get("gflops_per_second")
 def wall(name, side, r):
     try:
         rec = json.loads((res / f"{name}_r{r}.{side}.json").read_text())
@@ -185,6 +198,12 @@ for name, label, queries in (("paper_ships", "Ships, 5 queries", 5), ("paper_ste
     print(f"{label}: paper's code {mp:.1f} s ({mp / queries:.2f} s/query), sahara {ms:.1f} s "
           f"({ms / queries:.2f} s/query), ratio {mp / ms:.1f}x (per round: "
           + " ".join(f"{x:.1f}x" for x in per) + ")")
+    fl = load(f"{name}.flops.json")
+    if fl and peak:
+        need = fl["flops"]
+        print(f"  needed work {need / 1e12:.2f} TFLOP ({fl['naive_flops'] / need:.2f}x less than the "
+              f"paper's code does): sahara {need / ms / 1e9:.0f} GFLOP/s; at this machine's float32 "
+              f"peak ({peak:.0f} GFLOP/s) {need / peak / 1e9:.1f} s, a ceiling of {mp / (need / peak / 1e9):.1f}x")
 EOF2
 }
 

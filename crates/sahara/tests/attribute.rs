@@ -137,3 +137,42 @@ fn too_few_queries_or_a_bad_rank_or_step_count_are_refused() {
         Err(sahara::Error::OutOfRange { setting: sahara::error::Setting::Steps, ref value, .. }) if value == "13"
     ));
 }
+
+#[test]
+fn a_step_held_in_small_windows_of_candidates_equals_one_held_whole() {
+    use sahara::methods::sahara::window_size;
+    let (_d, m) = model("LlamaForCausalLM");
+    let prompts: Vec<Vec<u32>> = (0..5u32)
+        .map(|q| (0..(5 + q)).map(|i| 3 + (i * 5 + q * 13) % 40).collect())
+        .collect();
+    let reference = LeftSubspace::of(&stack_rows(
+        &final_hidden(&m.decoder, &prompts, &[]).unwrap(),
+    ))
+    .unwrap();
+    let whole = opts(Target::Q, Op::Scale(1e-5), Engine::Fast, 2);
+    let mut small = whole.clone();
+    // Room for the final states of 3 candidates: N × d f32 values each.
+    small.engine.memory_budget = 3 * prompts.len() * m.cfg().hidden_size * 4;
+    let heads = m.cfg().num_layers * m.cfg().num_heads;
+    assert_eq!(
+        window_size(&small.engine, prompts.len(), m.cfg().hidden_size),
+        3
+    );
+    assert!(window_size(&whole.engine, prompts.len(), m.cfg().hidden_size) >= heads);
+    let mut seen = Vec::new();
+    let a = step_scores(&m.decoder, &prompts, &[], &reference, &whole, &mut |_| {}).unwrap();
+    let b = step_scores(&m.decoder, &prompts, &[], &reference, &small, &mut |n| {
+        seen.push(n)
+    })
+    .unwrap();
+    // Each window is its own batch of the same rows: the same scores to rounding.
+    for (ra, rb) in a.iter().zip(&b) {
+        for (x, y) in ra.iter().zip(rb) {
+            let (x, y) = (x.unwrap(), y.unwrap());
+            assert!((x - y).abs() <= 1e-9, "{x} vs {y}");
+        }
+    }
+    // Progress counts (query, candidate) runs, never backwards, to the end.
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    assert_eq!(seen.last(), Some(&(heads * prompts.len())));
+}

@@ -331,6 +331,17 @@ pub fn step_chunks(
     chunks(n, opts.chunk.unwrap_or(n))
 }
 
+/// Candidates whose final states a step holds at once: as many as fit N × d f32 values each
+/// in the engine's memory budget, capped at [`crate::device::CPU_DEFAULT_BUDGET`] (the states
+/// are held in host memory, and a GPU's budget is its own), and at least one. A step's memory
+/// then grows with N · d and the budget, not with the number of heads (L · H · N · d); the
+/// price is one base forward pass per query and window.
+pub fn window_size(engine: &EngineOptions, queries: usize, hidden_size: usize) -> usize {
+    let held = engine.memory_budget.min(crate::device::CPU_DEFAULT_BUDGET);
+    let per_candidate = queries.max(1) * hidden_size.max(1) * std::mem::size_of::<f32>();
+    (held / per_candidate).max(1)
+}
+
 /// One head's score at a step.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct HeadScore {
@@ -387,41 +398,49 @@ fn chunk_run(
         .iter()
         .map(|u| vec![opts.ablation.at(u.layer, u.head)])
         .collect();
-    // Hidden states per candidate, per query: [candidate][query] -> d values.
-    let mut hidden: Vec<Vec<Vec<f32>>> = vec![Vec::with_capacity(prompts.len()); units.len()];
-    for (qi, p) in prompts.iter().enumerate() {
-        let base_n = qi * units.len();
-        let out = run_variants(
-            model,
-            p,
-            &base,
-            &variants,
-            Output::Hidden,
-            &opts.engine,
-            &mut |n| progress(base_n + n),
-        )
-        .map_err(|e| e.context(format!("query {}", qi + 1)))?;
-        for (c, v) in out.variants.into_iter().enumerate() {
-            hidden[c].push(v);
-        }
-    }
+    // Candidate-major in windows: every query's variants of one window of candidates, then
+    // that window's scores, so that only one window's final states are held (see
+    // [`window_size`]). Each query's base forward runs once per window.
+    let window = window_size(&opts.engine, prompts.len(), cfg.hidden_size);
     let mut scores = Vec::new();
     let mut grams = Vec::new();
-    for (c, u) in units.iter().enumerate() {
-        let m = stack_rows(&hidden[c]);
-        if keep_grams {
-            grams.push((u.clone(), gram(&m)));
+    for (w, wv) in variants.chunks(window).enumerate() {
+        let first = w * window;
+        // Final hidden states of this window's candidates: [candidate][query] -> d values.
+        let mut hidden: Vec<Vec<Vec<f32>>> = vec![Vec::with_capacity(prompts.len()); wv.len()];
+        for (qi, p) in prompts.iter().enumerate() {
+            let before = first * prompts.len() + qi * wv.len();
+            let out = run_variants(
+                model,
+                p,
+                &base,
+                wv,
+                Output::Hidden,
+                &opts.engine,
+                &mut |n| progress(before + n),
+            )
+            .map_err(|e| e.context(format!("query {}", qi + 1)))?;
+            for (c, v) in out.variants.into_iter().enumerate() {
+                hidden[c].push(v);
+            }
         }
-        let sub = LeftSubspace::of(&m)?;
-        let score = principal_angle_score(reference, &sub, opts.rank)?;
-        for &h in &u.heads {
-            scores.push(HeadScore {
-                layer: u.layer,
-                head: h,
-                score,
-            });
+        for (c, h) in hidden.into_iter().enumerate() {
+            let u = &units[first + c];
+            let m = stack_rows(&h);
+            drop(h);
+            if keep_grams {
+                grams.push((u.clone(), gram(&m)));
+            }
+            let sub = LeftSubspace::of(&m)?;
+            let score = principal_angle_score(reference, &sub, opts.rank)?;
+            for &h in &u.heads {
+                scores.push(HeadScore {
+                    layer: u.layer,
+                    head: h,
+                    score,
+                });
+            }
         }
-        hidden[c] = Vec::new();
     }
     Ok((scores, grams))
 }

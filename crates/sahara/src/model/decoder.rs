@@ -1500,23 +1500,25 @@ impl Decoder {
             Some(w) => self.qk_norm(&q, w)?,
             None => q,
         };
-        let mut q = contiguous(&q.transpose(1, 2)?)?;
+        let q = q.transpose(1, 2)?;
         // (B, T, G, D) -> (B, G, T, D)
         let k = qkv.narrow(2, nh, ng)?;
         let k = match &layer.k_norm {
             Some(w) => self.qk_norm(&k, w)?,
             None => k,
         };
-        let mut k = contiguous(&k.transpose(1, 2)?)?;
-        let v = contiguous(&qkv.narrow(2, nh + ng, ng)?.transpose(1, 2)?)?;
-        if let Some(plan) = plan {
-            if let Some(m) = plan.get(l, Target::Q) {
-                q = contiguous(&m.apply(&q)?)?;
-            }
-            if let Some(m) = plan.get(l, Target::K) {
-                k = contiguous(&m.apply(&k)?)?;
-            }
-        }
+        let k = k.transpose(1, 2)?;
+        // Views of the projection's output: the rotary embedding below writes q and k out
+        // contiguously, and attention reads v's rows where they are. An ablation acts on a
+        // contiguous copy.
+        let v = qkv.narrow(2, nh + ng, ng)?.transpose(1, 2)?;
+        let ablate = |target: Target, x: Tensor| -> Result<Tensor> {
+            Ok(match plan.and_then(|p| p.get(l, target)) {
+                Some(m) => contiguous(&m.apply(&contiguous(&x)?)?)?,
+                None => x,
+            })
+        };
+        let (q, k) = (ablate(Target::Q, q)?, ablate(Target::K, k)?);
         let (cos_q, sin_q) = if only_last {
             (
                 cos.narrow(1, t - 1, 1)?.contiguous()?,

@@ -162,8 +162,9 @@ fn cpu_f32_slice(
 /// ((B, H) f32 contiguous: a logit per row and head, −∞ for none), each softmax also has the
 /// sink's logit, whose probability goes to no value (GPT-OSS).
 ///
-/// q: (B, H, Tq, D) contiguous; k and v: (B, G, S, D) with contiguous (S, D) blocks (views
-/// of a key/value cache's larger buffers qualify); mask: (1 or B, 1, Tq, S) additive,
+/// q: (B, H, Tq, D) contiguous; k and v: (B, G, S, D) whose rows are contiguous, with any
+/// other strides (views of the fused q/k/v projection's output or of a key/value cache's
+/// larger buffers qualify); mask: (1 or B, 1, Tq, S) additive,
 /// contiguous. Returns z: (B, Tq, H, D), the layout `o_proj` reads, so no transposition
 /// follows. The (batch row, head) pairs run in parallel, each with its own score matrix; the
 /// two products are single-threaded gemm calls and the softmax is candle's (max, exp, sum,
@@ -178,13 +179,8 @@ pub fn attention_f32(
     sinks: Option<&Tensor>,
 ) -> Result<Option<Tensor>> {
     let contiguous = |t: &Tensor| plain_f32_cpu(t) && t.is_contiguous();
-    // (S, D) blocks with contiguous rows: strides (·, ·, D, 1).
-    let blocks = |t: &Tensor| {
-        plain_f32_cpu(t) && t.rank() == 4 && {
-            let st = t.stride();
-            st[3] == 1 && (st[2] == t.dims()[3] || t.dims()[2] == 1)
-        }
-    };
+    // (S, D) blocks of rows each contiguous: strides (·, ·, any, 1).
+    let blocks = |t: &Tensor| plain_f32_cpu(t) && t.rank() == 4 && t.stride()[3] == 1;
     if !contiguous(q) || !blocks(k) || !blocks(v) || !mask.is_none_or(contiguous) {
         return Ok(None);
     }
@@ -217,8 +213,11 @@ pub fn attention_f32(
     let (ks, kl) = k.storage_and_layout();
     let (vs, vl) = v.storage_and_layout();
     // Element span of k and v from their first element: the last block's last row ends it.
-    let span = |st: &[usize]| (b - 1) * st[0] + (g - 1) * st[1] + s * d;
+    let span = |st: &[usize]| (b - 1) * st[0] + (g - 1) * st[1] + (s - 1) * st[2] + d;
     let (k_st, v_st) = (kl.stride().to_vec(), vl.stride().to_vec());
+    // Row strides of the (S, D) blocks: D for contiguous keys and values, more for views of
+    // the fused projection's output or of a cache's buffers.
+    let (k_row, v_row) = (k_st[2] as isize, v_st[2] as isize);
     let (Some(qp), Some(kp), Some(vp)) = (
         cpu_f32_slice(&qs, ql, q.elem_count()),
         cpu_f32_slice(&ks, kl, span(&k_st)),
@@ -247,9 +246,9 @@ pub fn attention_f32(
         // (Tq, S) scores of this row and head.
         let mut scores = vec![0f32; tq * s];
         // SAFETY: q's block (bi, hi) is the (Tq, D) row-major matrix at (bi*H + hi)*Tq*D, k's
-        // and v's block (bi, gi) the (S, D) row-major matrices at bi*st[0] + gi*st[1], all
-        // inside their storage (spans checked); kᵀ is read with row stride 1 and column
-        // stride D. The storage guards keep them alive and unchanged.
+        // and v's block (bi, gi) the (S, D) matrices at bi*st[0] + gi*st[1] with row stride
+        // st[2], all inside their storage (spans checked); kᵀ is read with row stride 1 and
+        // column stride k's st[2]. The storage guards keep them alive and unchanged.
         unsafe {
             gemm::gemm(
                 tq,
@@ -263,7 +262,7 @@ pub fn attention_f32(
                 1,
                 d as isize,
                 kp.get().add(bi * k_st[0] + gi * k_st[1]),
-                d as isize,
+                k_row,
                 1,
                 0.0,
                 scale as f32,
@@ -324,7 +323,7 @@ pub fn attention_f32(
                 s as isize,
                 vp.get().add(bi * v_st[0] + gi * v_st[1]),
                 1,
-                d as isize,
+                v_row,
                 0.0,
                 1.0,
                 false,
@@ -460,6 +459,76 @@ fn collapse_huge_pages<T>(buf: &mut [T]) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = buf;
+}
+
+/// Rotary embedding, halves rotated, of x (B, n, T, D) with any strides whose last one is 1
+/// (a transposed view of the fused q/k/v projection's output qualifies), and cos/sin
+/// (B, T, D/2) contiguous: the contiguous (B, n, T, D) result in one pass, written without
+/// zero-filling, each element computed as candle's CPU kernel computes it (the same values,
+/// bit for bit). `None` where it does not apply.
+pub fn rope_f32(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Tensor>> {
+    use rayon::prelude::*;
+    let tables = |t: &Tensor| plain_f32_cpu(t) && t.is_contiguous();
+    if !plain_f32_cpu(x) || !tables(cos) || !tables(sin) || x.rank() != 4 {
+        return Ok(None);
+    }
+    let (b, n, t, d) = x.dims4()?;
+    let st = x.stride().to_vec();
+    let half = d / 2;
+    if st[3] != 1 || d % 2 != 0 || cos.dims() != [b, t, half] || sin.dims() != [b, t, half] {
+        return Ok(None);
+    }
+    if b * n * t * d == 0 {
+        return Ok(None);
+    }
+    let (xs, xl) = x.storage_and_layout();
+    let (cs, cl) = cos.storage_and_layout();
+    let (ss, sl) = sin.storage_and_layout();
+    let span = (b - 1) * st[0] + (n - 1) * st[1] + (t - 1) * st[2] + d;
+    let (Some(xp), Some(cp), Some(sp)) = (
+        cpu_f32_slice(&xs, xl, span),
+        cpu_f32_slice(&cs, cl, b * t * half),
+        cpu_f32_slice(&ss, sl, b * t * half),
+    ) else {
+        return Ok(None);
+    };
+    let (xp, cp, sp) = (
+        SendPtr(xp as *mut f32),
+        SendPtr(cp as *mut f32),
+        SendPtr(sp as *mut f32),
+    );
+    let mut out: Vec<f32> = Vec::with_capacity(b * n * t * d);
+    out.spare_capacity_mut()[..b * n * t * d]
+        .par_chunks_mut(t * d)
+        .enumerate()
+        .for_each(|(bn, dst)| {
+            let (bi, ni) = (bn / n, bn % n);
+            for (ti, row) in dst.chunks_exact_mut(d).enumerate() {
+                // SAFETY: row (bi, ni, ti) of x lies at bi*st0 + ni*st1 + ti*st2, D elements with
+                // stride 1, inside the span checked above; the tables' row (bi, ti) holds D/2
+                // elements inside their B*T*D/2. The storage guards keep them alive.
+                let (src, c, s) = unsafe {
+                    (
+                        std::slice::from_raw_parts(
+                            xp.get().add(bi * st[0] + ni * st[1] + ti * st[2]),
+                            d,
+                        ),
+                        std::slice::from_raw_parts(cp.get().add((bi * t + ti) * half), half),
+                        std::slice::from_raw_parts(sp.get().add((bi * t + ti) * half), half),
+                    )
+                };
+                let (x1, x2) = src.split_at(half);
+                let (o1, o2) = row.split_at_mut(half);
+                for i in 0..half {
+                    o1[i].write(x1[i] * c[i] - x2[i] * s[i]);
+                    o2[i].write(x1[i] * s[i] + x2[i] * c[i]);
+                }
+            }
+        });
+    // SAFETY: the chunks cover all B*n*T*D elements and each row was written above.
+    unsafe { out.set_len(b * n * t * d) };
+    drop((xs, cs, ss));
+    Ok(Some(Tensor::from_vec(out, (b, n, t, d), x.device())?))
 }
 
 /// `act(gate) * up` where `x` (..., 2I) holds `[gate | up]` in its last dimension:
@@ -768,6 +837,59 @@ mod tests {
         let (kc, vc) = (k.contiguous().unwrap(), v.contiguous().unwrap());
         let want = attention_reference(&q, &kc, &vc, 0.3, None, None, None);
         assert!(max_abs_diff(&fast, &want) <= 1e-5);
+    }
+
+    #[test]
+    fn attention_f32_reads_keys_and_values_from_the_fused_projection_output() {
+        // qkv: (B, T, H + 2G, D) as the fused projection writes it; k and v are views
+        // (B, G, T, D) whose rows lie (H + 2G)·D apart.
+        let dev = Device::Cpu;
+        let (b, h, g, t, d) = (2, 4, 2, 6, 8);
+        let qkv = Tensor::randn(0f32, 1., (b, t, h + 2 * g, d), &dev).unwrap();
+        let q = qkv
+            .narrow(2, 0, h)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        let k = qkv.narrow(2, h, g).unwrap().transpose(1, 2).unwrap();
+        let v = qkv.narrow(2, h + g, g).unwrap().transpose(1, 2).unwrap();
+        assert_eq!(v.stride()[2], (h + 2 * g) * d);
+        let fast = attention_f32(&q, &k, &v, 0.3, None, None, None)
+            .unwrap()
+            .expect("fast path applies to strided rows");
+        let (kc, vc) = (k.contiguous().unwrap(), v.contiguous().unwrap());
+        let want = attention_reference(&q, &kc, &vc, 0.3, None, None, None);
+        assert!(max_abs_diff(&fast, &want) <= 1e-5);
+    }
+
+    #[test]
+    fn rope_f32_equals_candle_rope_bit_for_bit_on_strided_views() {
+        let dev = Device::Cpu;
+        let (b, n, t, d) = (3, 5, 7, 16);
+        let cos = Tensor::randn(0f32, 1., (b, t, d / 2), &dev).unwrap();
+        let sin = Tensor::randn(0f32, 1., (b, t, d / 2), &dev).unwrap();
+        // A contiguous input, the transposed view of a fused projection, and one position.
+        let x = Tensor::randn(0f32, 1., (b, n, t, d), &dev).unwrap();
+        let fused = Tensor::randn(0f32, 1., (b, t, n + 2, d), &dev).unwrap();
+        let view = fused.narrow(2, 1, n).unwrap().transpose(1, 2).unwrap();
+        let last = Tensor::randn(0f32, 1., (b, n, 1, d), &dev).unwrap();
+        let (c1, s1) = (
+            cos.narrow(1, t - 1, 1).unwrap().contiguous().unwrap(),
+            sin.narrow(1, t - 1, 1).unwrap().contiguous().unwrap(),
+        );
+        for (x, c, s) in [(&x, &cos, &sin), (&view, &cos, &sin), (&last, &c1, &s1)] {
+            let fast = rope_f32(x, c, s).unwrap().expect("applies");
+            assert!(fast.is_contiguous());
+            let want = candle_nn::rotary_emb::rope(&x.contiguous().unwrap(), c, s).unwrap();
+            assert_eq!(fast.dims(), want.dims());
+            assert_eq!(max_abs_diff(&fast, &want), 0.0);
+        }
+        // Declined: another dtype, tables of the wrong shape.
+        let x16 = x.to_dtype(DType::F16).unwrap();
+        assert!(rope_f32(&x16, &cos, &sin).unwrap().is_none());
+        assert!(rope_f32(&x, &c1, &s1).unwrap().is_none());
     }
 
     #[test]

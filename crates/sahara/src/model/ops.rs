@@ -29,8 +29,12 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(candle_nn::ops::rms_norm(&x.contiguous()?, w, eps as f32)?)
 }
 
-/// Rotary embedding of x (B, n, T, D) with cos/sin (B, T, D/2), halves rotated.
+/// Rotary embedding of x (B, n, T, D) with cos/sin (B, T, D/2), halves rotated; x may be a
+/// strided view (the result is contiguous).
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    if let Some(y) = kernels::rope_f32(x, cos, sin)? {
+        return Ok(y);
+    }
     if tracks(&[x, cos, sin]) {
         let half = x.dim(3)? / 2;
         // (B, T, D/2) -> (B, 1, T, D)
@@ -42,7 +46,7 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         )?;
         return Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?);
     }
-    Ok(candle_nn::rotary_emb::rope(x, cos, sin)?)
+    Ok(candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)?)
 }
 
 /// Softmax over the last dimension.
