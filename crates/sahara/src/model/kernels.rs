@@ -393,6 +393,32 @@ fn strided_copy(t: &Tensor, out: &mut Vec<f32>) {
     let strides = layout.stride().to_vec();
     let s_last = *strides.last().unwrap_or(&1);
     let offset = layout.start_offset();
+    if dims.len() == 2 && strides == [1, dims[0]] && dims[0] > 1 {
+        // The transpose of a contiguous (c, r) matrix, as every weight is stored at load:
+        // copied in tiles of TILE × TILE, so that each run read from the source (TILE values
+        // of one of its rows) is used whole instead of one value per cache line.
+        const TILE: usize = 32;
+        let (r, c) = (dims[0], dims[1]);
+        out.spare_capacity_mut()[..n]
+            .par_chunks_mut(TILE * c)
+            .enumerate()
+            .for_each(|(block, chunk)| {
+                let i0 = block * TILE;
+                let rows = chunk.len() / c;
+                for j0 in (0..c).step_by(TILE) {
+                    for j in j0..(j0 + TILE).min(c) {
+                        // Output rows i0..i0+rows of column j: the source's row j, contiguous.
+                        let at = offset + j * r + i0;
+                        for (ii, &v) in src[at..at + rows].iter().enumerate() {
+                            chunk[ii * c + j].write(v);
+                        }
+                    }
+                }
+            });
+        // SAFETY: the chunks cover out[..n] (r rows of c) and every element was written.
+        unsafe { out.set_len(n) };
+        return;
+    }
     // Rows (all dims but the last) in parallel, in blocks of about 16 KiB.
     let rows_per_block = (4096 / last).max(1);
     out.spare_capacity_mut()[..n]
