@@ -335,7 +335,7 @@ pub fn step_chunks(
 /// in the engine's memory budget, capped at [`crate::device::CPU_DEFAULT_BUDGET`] (the states
 /// are held in host memory, and a GPU's budget is its own), and at least one. A step's memory
 /// then grows with N · d and the budget, not with the number of heads (L · H · N · d); the
-/// price is one base forward pass per query and window.
+/// price is one more base forward pass per query for each window after the first.
 pub fn window_size(engine: &EngineOptions, queries: usize, hidden_size: usize) -> usize {
     let held = engine.memory_budget.min(crate::device::CPU_DEFAULT_BUDGET);
     let per_candidate = queries.max(1) * hidden_size.max(1) * std::mem::size_of::<f32>();
@@ -400,7 +400,7 @@ fn chunk_run(
         .collect();
     // Candidate-major in windows: every query's variants of one window of candidates, then
     // that window's scores, so that only one window's final states are held (see
-    // [`window_size`]). Each query's base forward runs once per window.
+    // [`window_size`]). Each query's base forward pass runs once per window.
     let window = window_size(&opts.engine, prompts.len(), cfg.hidden_size);
     let mut scores = Vec::new();
     let mut grams = Vec::new();
