@@ -21,6 +21,8 @@ pub fn flag(s: Setting) -> &'static str {
         Setting::Target => "--target",
         Setting::Mode => "--mode",
         Setting::Engine => "--engine",
+        Setting::VerifyTop => "--verify-top",
+        Setting::ScreenTokens => "--screen-tokens",
         Setting::BatchSize => "--batch-size",
         Setting::MemoryBudget => "--memory-gb",
         Setting::Dtype => "--dtype",
@@ -333,7 +335,9 @@ pub fn progress_bar(total: u64, quiet: bool, what: &str) -> indicatif::ProgressB
 /// Parsed engine options.
 #[derive(Args, Debug, Clone)]
 pub struct EngineArgs {
-    /// fast (shared prefix, batched variants, last position only) or naive (one full forward per head).
+    /// fast (shared prefix, batched variants, last position only), naive (one full forward
+    /// per head), or, for `sahara ships`, screen (every head estimated from a few backward
+    /// passes, the top ones then scored by fast: --screen-tokens, --verify-top).
     #[arg(long, default_value = "fast")]
     pub engine: String,
     /// Ablation variants per batch (default: planned from the memory budget).

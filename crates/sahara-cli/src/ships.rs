@@ -4,12 +4,13 @@ use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
 use sahara::error::Setting;
-use sahara::io::formats::{schema, ShipsLine, ShipsSummary};
+use sahara::io::formats::{schema, ScreenLine, ShipsLine, ShipsSummary};
 use sahara::io::fs::write_json;
 use sahara::io::runlog::{sibling, Lines};
+use sahara::methods::screen::{Linearize, ScreenOptions, DEFAULT_TOKENS};
 use sahara::methods::ships::{
-    parse_range, patch_scores, ships_scores, summarize, top_heads, PatchPositions, ShipsOptions,
-    Summary,
+    parse_range, patch_scores, screened_ships, ships_scores, summarize, top_heads, PatchPositions,
+    ShipsOptions, Summary, VerifyTop,
 };
 use sahara::{Error, Result};
 
@@ -76,6 +77,15 @@ pub struct Args {
     pub report: Option<PathBuf>,
     #[command(flatten)]
     pub engine: EngineArgs,
+    /// --engine screen: how many of the most likely next tokens the screen's estimate
+    /// averages over (one backward pass each) [default: 8].
+    #[arg(long, value_name = "M")]
+    pub screen_tokens: Option<usize>,
+    /// --engine screen: how many of the screen's top heads are then scored exactly, a count
+    /// K or a percentage P% of the scored heads [default: 10%]. The others keep their
+    /// estimates: a head the screen ranks below them is never scored exactly.
+    #[arg(long, value_name = "K|P%")]
+    pub verify_top: Option<String>,
     #[command(flatten)]
     pub shard: ShardArgs,
     /// No progress bar.
@@ -134,9 +144,52 @@ pub fn run(a: Args) -> Result<()> {
             return Err(Error::InvalidArgument(crate::report::NOT_A_SHARD.into()));
         }
     }
+    let screening = a.engine.engine == "screen";
+    if !screening {
+        if a.screen_tokens.is_some() {
+            return Err(Error::Conflict {
+                setting: Setting::ScreenTokens,
+                reason: "is for --engine screen".into(),
+            });
+        }
+        if a.verify_top.is_some() {
+            return Err(Error::Conflict {
+                setting: Setting::VerifyTop,
+                reason: "is for --engine screen".into(),
+            });
+        }
+    }
+    if screening && patching {
+        return Err(Error::Conflict {
+            setting: Setting::Engine,
+            reason: "screen estimates ablations; --mode patch is scored with fast or naive".into(),
+        });
+    }
+    let verify: VerifyTop = match &a.verify_top {
+        Some(v) => v.parse()?,
+        None => VerifyTop::DEFAULT,
+    };
+    let screen_tokens = a.screen_tokens.unwrap_or(DEFAULT_TOKENS);
+    if screen_tokens == 0 {
+        return Err(Error::out_of_range(
+            Setting::ScreenTokens,
+            0,
+            "must be at least 1",
+        ));
+    }
     let mut model = a.model.load()?;
     a.op.apply_sink(&mut model)?;
-    let engine = a.engine.parse(&model.decoder.placement)?;
+    // The screen verifies its top heads with the fast engine.
+    let mut engine_args = a.engine.clone();
+    if screening {
+        engine_args.engine = "fast".into();
+    }
+    let engine = engine_args.parse(&model.decoder.placement)?;
+    let screen = ScreenOptions {
+        tokens: screen_tokens,
+        linearize: Linearize::DEFAULT,
+        memory_budget: engine.memory_budget,
+    };
     let cfg = model.cfg().clone();
     let mut opts = ShipsOptions::new(&cfg);
     opts.ablation = ablation;
@@ -186,6 +239,17 @@ pub fn run(a: Args) -> Result<()> {
         .set("heads", [opts.heads.start, opts.heads.end])
         .set("top", a.top)
         .set("kl", opts.kl.as_str());
+    if screening {
+        // Part of the record, so that a run is resumed only with the same screen.
+        record.set("engine", "screen").set(
+            "screen",
+            serde_json::json!({
+                "tokens": screen.tokens,
+                "linearize": screen.linearize.name(),
+                "verify_top": verify.name(),
+            }),
+        );
+    }
     if let Some(s) = &sources {
         record
             .set("source_data", &a.source_data)
@@ -236,13 +300,35 @@ pub fn run(a: Args) -> Result<()> {
             .is_some_and(|p| positions == PatchPositions::All && p.positions != positions)
     };
     let mut fell_back = lines.done().iter().filter(|l| fell_back_in(l)).count();
-    let per_query = opts.variants_per_query(&cfg);
+    let per_query = match screening {
+        true => verify.count(opts.variants_per_query(&cfg)),
+        false => opts.variants_per_query(&cfg),
+    };
     let remaining = &queries[range.start + grids.len()..range.end];
     let pb = progress_bar((remaining.len() * per_query) as u64, a.quiet, "ships");
     for (qi, q) in remaining.iter().enumerate() {
         let base = (qi * per_query) as u64;
         let mut progress = |n: usize| pb.set_position(base + n as u64);
+        let mut screened = None;
         let (grid, patch) = match &sources {
+            None if screening => {
+                let s = screened_ships(
+                    &model.decoder,
+                    &q.tokens,
+                    &opts,
+                    &screen,
+                    verify,
+                    &mut progress,
+                );
+                (
+                    s.map(|s| {
+                        let grid = s.scores.clone();
+                        screened = Some(s);
+                        grid
+                    }),
+                    None,
+                )
+            }
             None => (
                 ships_scores(&model.decoder, &q.tokens, &opts, &mut progress),
                 None,
@@ -283,6 +369,12 @@ pub fn run(a: Args) -> Result<()> {
             top: top_heads(&grid, a.top),
             scores: grid,
             patch,
+            screen: screened.map(|s| ScreenLine {
+                exact: s.exact,
+                estimates: s.estimates,
+                tokens: s.tokens,
+                mass: s.mass,
+            }),
         };
         lines.push(&line)?;
         fell_back += usize::from(fell_back_in(&line));
@@ -314,6 +406,7 @@ pub fn run(a: Args) -> Result<()> {
         ablation,
         kl: opts.kl.as_str(),
         cfg: &cfg,
+        screened: screening,
         // Not in the run record: the lines do not depend on it, so a finished run can be
         // summarized again with other resamples.
         bootstrap: a.bootstrap.map(|b| (b, a.seed)),
@@ -325,6 +418,9 @@ pub fn run(a: Args) -> Result<()> {
     }
 }
 
+/// The summary's note on a run of `--engine screen`.
+const SCREENED_NOTE: &str = "gradient screen: each query's scores are exact for its verified heads (`screen.exact` in its line) and estimates elsewhere";
+
 /// What a whole run writes after its lines: the summary (beside `out`, or on stdout), the
 /// table, the plot. One home for a single run and a merged sharded one.
 struct Outputs<'a> {
@@ -333,6 +429,8 @@ struct Outputs<'a> {
     ablation: sahara::model::ablation::Ablation,
     kl: &'a str,
     cfg: &'a sahara::ModelConfig,
+    /// Scored by the gradient screen: exact for each query's verified heads only.
+    screened: bool,
     /// Resamples and seed of `--bootstrap`.
     bootstrap: Option<(usize, u64)>,
 }
@@ -360,9 +458,15 @@ impl Outputs<'_> {
                 mode: ablation.op.mode_str().into(),
                 epsilon: ablation.op.epsilon(),
                 kl: self.kl.into(),
-                note: ablation
-                    .shared_note(self.cfg)
-                    .map(|n| format!("{n}; every head of a group has the group's score")),
+                note: {
+                    let notes: Vec<String> = ablation
+                        .shared_note(self.cfg)
+                        .map(|n| format!("{n}; every head of a group has the group's score"))
+                        .into_iter()
+                        .chain(self.screened.then(|| SCREENED_NOTE.to_string()))
+                        .collect();
+                    (!notes.is_empty()).then(|| notes.join("; "))
+                },
             };
             write_json(&sibling(out, "summary.json"), &file)?;
         }
@@ -433,6 +537,7 @@ pub fn merge(
         ablation,
         kl: &kl,
         cfg: &cfg,
+        screened: setting("engine").as_str() == Some("screen"),
         bootstrap: None,
     };
     outputs.write(&grids, top, Some(out), plot)

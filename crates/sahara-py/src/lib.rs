@@ -882,6 +882,7 @@ impl Ships {
                 scores: g.clone(),
                 top: top_heads(g, top),
                 patch: None,
+                screen: None,
             };
             text.push_str(&serde_json::to_string(&line).expect("lines serialize"));
             text.push('\n');

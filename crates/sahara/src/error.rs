@@ -201,6 +201,10 @@ pub enum Setting {
     Source,
     Positions,
     Sink,
+    /// How many of the gradient screen's top heads are scored exactly.
+    VerifyTop,
+    /// How many next tokens the gradient screen's expectation runs over.
+    ScreenTokens,
     /// Where an output is written.
     Output,
 }
@@ -218,6 +222,8 @@ impl Setting {
             Setting::Target => "target",
             Setting::Mode => "mode",
             Setting::Engine => "engine",
+            Setting::VerifyTop => "verified heads",
+            Setting::ScreenTokens => "screen tokens",
             Setting::BatchSize => "batch size",
             Setting::MemoryBudget => "memory budget",
             Setting::Dtype => "dtype",

@@ -223,6 +223,22 @@ pub struct ShipsLine {
     /// ([`crate::methods::ships::PatchScores`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patch: Option<PatchLine>,
+    /// Gradient screening (`--engine screen`): which scores are exact, and the estimates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screen: Option<ScreenLine>,
+}
+
+/// What a ships line of the gradient screen adds: `scores` are exact where `exact` is true
+/// (the screen's top heads, verified) and the screen's estimates elsewhere.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScreenLine {
+    /// `[layer][head]`: whether the head's score is exact (else screened).
+    pub exact: Vec<Vec<bool>>,
+    /// The screen's estimate of every scored head (nats), `[layer][head]`.
+    pub estimates: HeadGrid,
+    /// The next tokens the estimate's expectation ran over, and their total probability.
+    pub tokens: usize,
+    pub mass: f64,
 }
 
 /// What a ships line of mode patch adds.

@@ -2,6 +2,8 @@
 //!
 //! - [`engine`]: many ablation variants of one prompt, scored at its last position.
 //! - [`ships`]: per-query Ships (KL of the next-token distribution per ablated head).
+//! - [`screen`]: every head's Ships estimated from a few backward passes (gradient
+//!   screening), to choose which heads to score exactly.
 //! - [`sahara`]: generalized Ships (principal angles of final hidden states) and the greedy
 //!   Sahara search over a dataset (`sahara attribute`).
 //! - [`metrics`]: KL divergence, log-softmax, Wilson intervals.
@@ -19,5 +21,6 @@ pub mod judge;
 pub mod metrics;
 pub mod perplexity;
 pub mod sahara;
+pub mod screen;
 pub mod ships;
 pub mod stats;

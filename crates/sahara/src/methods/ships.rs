@@ -129,6 +129,133 @@ pub fn ships_scores(
     Ok(grid)
 }
 
+/// How many of the screen's top units [`screened_ships`] scores exactly.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum VerifyTop {
+    /// This many units.
+    Count(usize),
+    /// This percentage of the units, rounded up.
+    Percent(f64),
+}
+
+impl VerifyTop {
+    /// The default: the top 10% of the heads.
+    pub const DEFAULT: VerifyTop = VerifyTop::Percent(10.0);
+
+    /// How many of `n` units are verified.
+    pub fn count(self, n: usize) -> usize {
+        match self {
+            VerifyTop::Count(k) => k.min(n),
+            VerifyTop::Percent(p) => ((p / 100.0 * n as f64).ceil() as usize).min(n),
+        }
+    }
+
+    /// The setting as it is written: `K` or `P%`.
+    pub fn name(self) -> String {
+        match self {
+            VerifyTop::Count(k) => k.to_string(),
+            VerifyTop::Percent(p) => format!("{p}%"),
+        }
+    }
+}
+
+impl std::str::FromStr for VerifyTop {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = |why: &str| Error::bad_value(Setting::VerifyTop, format!("{s:?}"), why);
+        match s.trim().strip_suffix('%') {
+            Some(p) => {
+                let p: f64 = p.trim().parse().map_err(|_| bad("expected K or P%"))?;
+                if !(0.0..=100.0).contains(&p) {
+                    return Err(bad("a percentage from 0 to 100"));
+                }
+                Ok(VerifyTop::Percent(p))
+            }
+            None => Ok(VerifyTop::Count(
+                s.trim().parse().map_err(|_| bad("expected K or P%"))?,
+            )),
+        }
+    }
+}
+
+/// Ships from the gradient screen: every head's estimate, and the exact score of the
+/// screen's top units.
+#[derive(Debug, Clone)]
+pub struct Screened {
+    /// Exact where verified, the estimate elsewhere.
+    pub scores: HeadGrid,
+    /// The screen's estimate of every scored head.
+    pub estimates: HeadGrid,
+    /// Whether each head's score is exact.
+    pub exact: Vec<Vec<bool>>,
+    /// How many next tokens the screen's expectation ran over, and their probability mass.
+    pub tokens: usize,
+    pub mass: f64,
+}
+
+/// Ships of every selected head for one prompt by gradient screening
+/// ([`crate::methods::screen`]): the estimate of every unit, then the top `verify` units by
+/// estimate scored exactly by `opts.engine`. A unit the screen ranks below them keeps its
+/// estimate. `progress` counts the verified units done.
+pub fn screened_ships(
+    model: &Decoder,
+    tokens: &[u32],
+    opts: &ShipsOptions,
+    screen_opts: &crate::methods::screen::ScreenOptions,
+    verify: VerifyTop,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Screened> {
+    let cfg = &model.cfg;
+    opts.validate(cfg)?;
+    let units = opts.units(cfg);
+    let screen = crate::methods::screen::screen(model, tokens, opts.ablation, &units, screen_opts)?;
+    let mut order: Vec<usize> = (0..units.len()).collect();
+    order.sort_by(|&a, &b| {
+        screen.estimates[b]
+            .total_cmp(&screen.estimates[a])
+            .then(a.cmp(&b))
+    });
+    order.truncate(verify.count(units.len()));
+    let variants: Vec<Vec<HeadAblation>> = order
+        .iter()
+        .map(|&i| vec![opts.ablation.at(units[i].layer, units[i].head)])
+        .collect();
+    let exact = if variants.is_empty() {
+        Vec::new()
+    } else {
+        run_kl(
+            model,
+            tokens,
+            &[],
+            &variants,
+            opts.kl,
+            &opts.engine,
+            progress,
+        )?
+    };
+    let mut out = Screened {
+        scores: vec![vec![None; cfg.num_heads]; cfg.num_layers],
+        estimates: vec![vec![None; cfg.num_heads]; cfg.num_layers],
+        exact: vec![vec![false; cfg.num_heads]; cfg.num_layers],
+        tokens: screen.tokens.len(),
+        mass: screen.mass,
+    };
+    for (u, &e) in units.iter().zip(&screen.estimates) {
+        for &h in &u.heads {
+            out.scores[u.layer][h] = Some(e);
+            out.estimates[u.layer][h] = Some(e);
+        }
+    }
+    for (&i, &kl) in order.iter().zip(&exact) {
+        let u = &units[i];
+        for &h in &u.heads {
+            out.scores[u.layer][h] = Some(kl);
+            out.exact[u.layer][h] = true;
+        }
+    }
+    Ok(out)
+}
+
 /// Where a head patch replaces the head's output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

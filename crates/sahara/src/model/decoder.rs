@@ -568,6 +568,31 @@ pub struct ForwardSpec<'a> {
     /// Every layer's attention output before `o_proj` (`blocks.{l}.attn.hook_z`), after the
     /// plan's v ablations and patches, at the positions the layer computes.
     pub z: bool,
+    /// Tensors added to activations: what a gradient is taken with respect to (zeros held in
+    /// `Var`s), or a perturbation.
+    pub shifts: Option<&'a Shifts>,
+}
+
+/// Additions to a forward pass's activations, by layer; `None` adds nothing there. A batch
+/// that starts at a later layer skips the entries before it.
+#[derive(Debug, Clone, Default)]
+pub struct Shifts {
+    /// Index l < L: added to the residual stream entering layer l (`blocks.{l}.hook_resid_pre`),
+    /// (B, T, d); index L: to the one leaving the last layer, (B, T', d) with T' the returned
+    /// positions.
+    pub resid: Vec<Option<Tensor>>,
+    /// Index l: added to layer l's attention output before `o_proj` (`hook_z`, heads
+    /// concatenated), (B, T'', H·D) with T'' the positions the layer computes.
+    pub z: Vec<Option<Tensor>>,
+}
+
+impl Shifts {
+    fn resid(&self, l: usize) -> Option<&Tensor> {
+        self.resid.get(l).and_then(Option::as_ref)
+    }
+    fn z(&self, l: usize) -> Option<&Tensor> {
+        self.z.get(l).and_then(Option::as_ref)
+    }
 }
 
 impl<'a> ForwardSpec<'a> {
@@ -580,6 +605,7 @@ impl<'a> ForwardSpec<'a> {
             resid: false,
             pattern_layer: None,
             z: false,
+            shifts: None,
         }
     }
     pub fn with_ablations(mut self, plan: &'a AblationPlan) -> Self {
@@ -645,6 +671,13 @@ pub struct Join {
 }
 
 /// Per-call positional context: rotary tables and attention masks.
+/// What one layer returns besides its output, and the shift added to its z.
+struct LayerOut<'a> {
+    pattern: bool,
+    z: bool,
+    z_shift: Option<&'a Tensor>,
+}
+
 struct Context {
     /// (B, T, D/2) in the model dtype.
     cos: Tensor,
@@ -1191,6 +1224,42 @@ impl Decoder {
         )
     }
 
+    /// Layer `l` alone on the residual stream `x` (B, T, d) entering it, positions 0..T
+    /// without padding, ablated by `plan`: the residual stream leaving it (B, T, d) and its
+    /// attention output z (B, H, T, D) (`hook_z`, after the plan's z ablations). What an
+    /// ablation at layer l changes there, computed from a stream computed once.
+    pub fn run_layer(
+        &self,
+        l: usize,
+        x: &Tensor,
+        plan: Option<&AblationPlan>,
+    ) -> Result<(Tensor, Tensor)> {
+        if l >= self.cfg.num_layers {
+            return Err(Error::InvalidArgument(format!(
+                "layer {l} of a model with {} layers",
+                self.cfg.num_layers
+            )));
+        }
+        let (b, t, _) = x.dims3()?;
+        if plan.is_some_and(|p| p.rows != b) {
+            return Err(Error::InvalidArgument(
+                "the ablation plan does not cover the rows".into(),
+            ));
+        }
+        let mut ctx = self.context(&vec![0; b], t, 0)?;
+        let dev = self.placement.layer_device(l);
+        if !dev.same_device(&ctx.device) {
+            ctx = ctx.to_device(dev)?;
+        }
+        let want = LayerOut {
+            pattern: false,
+            z: true,
+            z_shift: None,
+        };
+        let (y, _, z) = self.layer(l, x, &ctx, plan, want, Positions::All, None)?;
+        Ok((y, z.expect("z was asked for")))
+    }
+
     fn check_length(&self, n: usize) -> Result<()> {
         if n > self.cfg.max_position_embeddings {
             return Err(Error::Prompt(format!(
@@ -1362,7 +1431,10 @@ impl Decoder {
                 plan = Some(&j.plan);
                 next += 1;
             }
-            let xs = x.take().expect("the first layer has rows");
+            let mut xs = x.take().expect("the first layer has rows");
+            if let Some(s) = spec.shifts.and_then(|s| s.resid(l)) {
+                xs = xs.broadcast_add(s)?;
+            }
             if plan.is_some_and(|p| p.rows != xs.dim(0).unwrap_or(0)) {
                 return Err(Error::InvalidArgument(
                     "a join's ablation plan does not cover the rows so far".into(),
@@ -1382,8 +1454,11 @@ impl Decoder {
                 &xs,
                 &ctx,
                 plan,
-                spec.pattern_layer,
-                spec.z,
+                LayerOut {
+                    pattern: spec.pattern_layer == Some(l),
+                    z: spec.z,
+                    z_shift: spec.shifts.and_then(|s| s.z(l)),
+                },
                 positions,
                 layer_cache,
             )?;
@@ -1397,7 +1472,10 @@ impl Decoder {
             c.len += t;
         }
         // The head is on the last layer's part.
-        let x = x.expect("the model has layers");
+        let mut x = x.expect("the model has layers");
+        if let Some(s) = spec.shifts.and_then(|s| s.resid(self.cfg.num_layers)) {
+            x = x.broadcast_add(s)?;
+        }
         if spec.resid {
             out.resid.push(x.clone());
         }
@@ -1465,8 +1543,7 @@ impl Decoder {
         x: &Tensor,
         ctx: &Context,
         plan: Option<&AblationPlan>,
-        pattern_layer: Option<usize>,
-        want_z: bool,
+        want: LayerOut,
         positions: Positions,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
@@ -1555,10 +1632,14 @@ impl Decoder {
             sinks.as_ref(),
             z_ablation,
             plan.and_then(|p| p.patch(l)),
-            pattern_layer == Some(l),
+            want.pattern,
         )?;
+        let z = match want.z_shift {
+            Some(s) => z.broadcast_add(s)?,
+            None => z,
+        };
         // (B, Tq, H*D) -> (B, H, Tq, D)
-        let z_out = match want_z {
+        let z_out = match want.z {
             true => Some(contiguous(&z.reshape((b, tq, nh, hd))?.transpose(1, 2)?)?),
             false => None,
         };

@@ -24,5 +24,5 @@ pub mod quantized;
 
 pub use decoder::{
     load_decoder, Attention, Batch, Decoder, Experts, FeedForward, ForwardOutput, ForwardSpec,
-    Join, KvCache, Layer, Linear, Mlp, Positions, Weight,
+    Join, KvCache, Layer, Linear, Mlp, Positions, Shifts, Weight,
 };

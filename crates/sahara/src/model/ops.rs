@@ -2,9 +2,9 @@
 //!
 //! 1. the CPU fast kernel of [`crate::model::kernels`], where it applies (float32 on CPU, no
 //!    gradient tracking: each kernel answers `None` otherwise);
-//! 2. else, when a tensor tracks gradients (training with candle's autograd), operations
-//!    composed of ones that record a backward pass — candle's fused norm, softmax and rotary
-//!    ops record none;
+//! 2. else, when a tensor tracks gradients (training, gradient screening) or is float64
+//!    (finite-difference tests), operations composed of ones that record a backward pass —
+//!    candle's fused norm, softmax and rotary ops record none and have no float64 kernels;
 //! 3. else candle's fused operation.
 //!
 //! The decoder calls these functions and never chooses itself.
@@ -15,9 +15,11 @@ use crate::error::Result;
 use crate::model::config::Activation;
 use crate::model::kernels;
 
-/// Whether any of `ts` records operations for a backward pass.
+/// Whether any of `ts` records operations for a backward pass, or is float64: the composed
+/// path.
 fn tracks(ts: &[&Tensor]) -> bool {
-    ts.iter().any(|t| t.track_op())
+    ts.iter()
+        .any(|t| t.track_op() || t.dtype() == candle_core::DType::F64)
 }
 
 /// RMSNorm: x (..., d) normalized in f32-or-wider, times the weight (d,).
