@@ -241,6 +241,121 @@ pub fn ships_cmd(a: MethodArgs) -> Result<()> {
     Ok(())
 }
 
+/// Times the gradient screen of Ships (default settings) against the exact sweep over `n`
+/// queries after the model is loaded, with one warm-up query, and counts both in forward
+/// passes of the prompt: one JSON line, and on stderr the counts extrapolated to 7B- and
+/// 70B-shaped models.
+pub fn screen_cmd(a: MethodArgs) -> Result<()> {
+    use sahara::methods::screen::{screen, ScreenOptions};
+    use sahara::methods::ships::{ships_scores, ShipsOptions, VerifyTop};
+    let model = a.model.load()?;
+    let cfg = model.cfg().clone();
+    let mut opts = ShipsOptions::new(&cfg);
+    opts.engine = a.engine.parse(&model.decoder.placement)?;
+    let sopts = ScreenOptions {
+        memory_budget: opts.engine.memory_budget,
+        ..Default::default()
+    };
+    let prompts = bench_prompts(&model, &a.data, a.n)?;
+    let d = &model.decoder;
+    let heads: Vec<(usize, usize)> = (0..cfg.num_layers)
+        .flat_map(|l| (0..cfg.num_heads).map(move |h| (l, h)))
+        .collect();
+    let units = opts.ablation.units(&cfg, &heads);
+    let k = VerifyTop::DEFAULT.count(units.len());
+    // Warm-up.
+    ships_scores(d, &prompts[0], &opts, &mut |_| {})?;
+    screen(d, &prompts[0], opts.ablation, &units, &sopts)?;
+    let (mut forward, mut exact, mut verify, mut depth) = (0.0, 0.0, 0.0, 0.0);
+    let mut parts = sahara::methods::screen::ScreenSeconds::default();
+    let mut rows = 0;
+    for p in &prompts {
+        // One forward pass of the prompt, the unit of the counts (best of 3).
+        let b = Batch::new(std::slice::from_ref(p), 0, &d.device)?;
+        let mut best = f64::INFINITY;
+        for _ in 0..3 {
+            let t = Instant::now();
+            d.forward(&b, &ForwardSpec::logits(Positions::Last), None)?;
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        forward += best;
+        let t = Instant::now();
+        ships_scores(d, p, &opts, &mut |_| {})?;
+        exact += t.elapsed().as_secs_f64();
+        let s = screen(d, p, opts.ablation, &units, &sopts)?;
+        parts.clean += s.seconds.clean;
+        parts.gradients += s.seconds.gradients;
+        parts.deltas += s.seconds.deltas;
+        rows += s.tokens.len();
+        let mut order: Vec<usize> = (0..units.len()).collect();
+        order.sort_by(|&x, &y| s.estimates[y].total_cmp(&s.estimates[x]).then(x.cmp(&y)));
+        order.truncate(k);
+        let variants: Vec<Vec<sahara::HeadAblation>> = order
+            .iter()
+            .map(|&i| vec![opts.ablation.at(units[i].layer, units[i].head)])
+            .collect();
+        // The layers a verified head runs, as a share of the model.
+        depth += order
+            .iter()
+            .map(|&i| (cfg.num_layers - units[i].layer) as f64 / cfg.num_layers as f64)
+            .sum::<f64>()
+            / k as f64;
+        let t = Instant::now();
+        sahara::methods::engine::run_kl(d, p, &[], &variants, opts.kl, &opts.engine, &mut |_| {})?;
+        verify += t.elapsed().as_secs_f64();
+    }
+    let n = prompts.len() as f64;
+    let (forward, exact, verify, depth) = (forward / n, exact / n, verify / n, depth / n);
+    let screen_s = (parts.clean + parts.gradients + parts.deltas) / n;
+    // A gradient row (its forward and backward pass on the autograd path) in forward passes.
+    let backward_factor = parts.gradients / rows as f64 / forward;
+    let m = rows as f64 / n;
+    println!(
+        "{}",
+        json!({"name": "screen_sahara", "queries": prompts.len(),
+               "prompt_tokens": prompts.iter().map(Vec::len).collect::<Vec<_>>(),
+               "units": units.len(), "verified": k, "screen_tokens": m,
+               "seconds_per_query": {"forward": forward, "exact": exact, "screen": screen_s,
+                   "screen_clean": parts.clean / n, "screen_gradients": parts.gradients / n,
+                   "screen_deltas": parts.deltas / n, "verify": verify,
+                   "screen_and_verify": screen_s + verify},
+               "forward_passes_per_query": {"exact": exact / forward, "screen": screen_s / forward,
+                   "verify": verify / forward},
+               "gradient_row_in_forward_passes": backward_factor,
+               "verified_depth": depth,
+               "ratio_exact_over_screen_and_verify": exact / (screen_s + verify),
+               "device": d.placement.name(), "dtype": sahara::device::dtype_name(d.dtype)})
+    );
+    // Counted in forward passes of the prompt, by shape (L layers, H heads): the exact sweep
+    // runs each head from its layer, H (L + 1) / 2 + 1; the screen is one forward, m
+    // gradient rows and each head's own layer (H + 1 rows through one layer per layer);
+    // verifying K heads runs each from its layer, K × the measured depth.
+    let count = |l: f64, h: f64| -> (f64, f64, f64) {
+        let exact = h * (l + 1.0) / 2.0 + 1.0;
+        let screen = 1.0 + m * backward_factor + (h + 1.0);
+        let verify = (VerifyTop::DEFAULT.count((l * h) as usize) as f64) * depth;
+        (exact, screen, verify)
+    };
+    eprintln!("counted in forward passes (gradient row = {backward_factor:.2} forward passes, measured; verified heads run {:.0}% of the layers, measured):", depth * 100.0);
+    eprintln!(
+        "{:<22} {:>8} {:>8} {:>8} {:>10}",
+        "shape", "exact", "screen", "verify", "ratio"
+    );
+    for (name, l, h) in [
+        (
+            format!("this model ({}x{})", cfg.num_layers, cfg.num_heads),
+            cfg.num_layers as f64,
+            cfg.num_heads as f64,
+        ),
+        ("7B (32x32)".to_string(), 32.0, 32.0),
+        ("70B (80x64)".to_string(), 80.0, 64.0),
+    ] {
+        let (e, s, v) = count(l, h);
+        eprintln!("{name:<22} {e:>8.0} {s:>8.1} {v:>8.1} {:>9.3}", (s + v) / e);
+    }
+    Ok(())
+}
+
 /// Times one Sahara step (every head as a candidate, against the unmodified model's
 /// subspace) over `n` queries after the model is loaded: one JSON line.
 pub fn sahara_step_cmd(a: MethodArgs) -> Result<()> {

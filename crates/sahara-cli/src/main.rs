@@ -68,6 +68,9 @@ enum Command {
     /// Time Ships after the model is loaded (benchmark harness).
     #[command(hide = true)]
     BenchShips(bench::MethodArgs),
+    /// Time the gradient screen of Ships against the exact sweep (benchmark harness).
+    #[command(hide = true)]
+    BenchScreen(bench::MethodArgs),
     /// Time one Sahara step after the model is loaded (benchmark harness).
     #[command(hide = true)]
     BenchSaharaStep(bench::MethodArgs),
@@ -128,6 +131,7 @@ fn main() -> ExitCode {
         Command::BenchExperts(a) => bench::experts_cmd(a),
         Command::BenchGenerate(a) => bench::generate_cmd(a),
         Command::BenchShips(a) => bench::ships_cmd(a),
+        Command::BenchScreen(a) => bench::screen_cmd(a),
         Command::BenchSaharaStep(a) => bench::sahara_step_cmd(a),
         Command::BenchBootstrap(a) => bench::bootstrap_cmd(a),
         Command::BenchJudge(a) => bench::judge_cmd(a),

@@ -801,3 +801,166 @@ fn a_model_split_over_a_device_list_scores_as_on_one_device() {
         &["--device", "tpu"],
     );
 }
+
+// --- gradient screening (--engine screen) ---------------------------------------------------
+
+#[test]
+fn ships_screen_marks_verified_heads_exact_with_the_fast_engines_scores() {
+    let fx = Fixture::new();
+    let data = text_file(&fx, "q.txt", &queries(2, 6));
+    let out = fx.path("screen.jsonl");
+    ok(fx
+        .ships(&["--engine", "screen", "--verify-top", "5"])
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out));
+    let fast: Vec<Value> = ok(fx.ships(&[]).arg("--data").arg(&data))
+        .lines()
+        .map(parse_json)
+        .collect();
+    let lines = jsonl(&out);
+    assert_eq!(lines.len(), 2);
+    for (line, f) in lines.iter().zip(&fast) {
+        let s = &line["screen"];
+        assert_eq!(s["tokens"], 8, "{s}");
+        let mass = s["mass"].as_f64().unwrap();
+        assert!(mass > 0.0 && mass <= 1.0 + 1e-9, "{s}");
+        let exact: Vec<Vec<bool>> = serde_json::from_value(s["exact"].clone()).unwrap();
+        let estimates: Vec<Vec<f64>> = serde_json::from_value(s["estimates"].clone()).unwrap();
+        let (scores, want) = (grid(line), grid(f));
+        let mut verified = Vec::new();
+        for l in 0..scores.len() {
+            for h in 0..scores[l].len() {
+                let got = scores[l][h].unwrap();
+                if exact[l][h] {
+                    verified.push(estimates[l][h]);
+                    assert!(
+                        close(got, want[l][h].unwrap(), 1e-5),
+                        "{l}:{h}: {got} vs fast {want:?}"
+                    );
+                } else {
+                    assert_eq!(got, estimates[l][h], "{l}:{h} keeps its estimate");
+                }
+            }
+        }
+        // The five verified heads are the screen's top five.
+        assert_eq!(verified.len(), 5, "{s}");
+        let floor = verified.iter().cloned().fold(f64::INFINITY, f64::min);
+        let above = estimates.iter().flatten().filter(|&&e| e > floor).count();
+        assert!(
+            above <= 4,
+            "{above} unverified heads are estimated above a verified one"
+        );
+    }
+    let summary =
+        parse_json(&std::fs::read_to_string(fx.path("screen.jsonl.summary.json")).unwrap());
+    assert!(
+        summary["note"]
+            .as_str()
+            .unwrap()
+            .contains("gradient screen"),
+        "{summary}"
+    );
+    let record = parse_json(&std::fs::read_to_string(fx.path("screen.jsonl.run.json")).unwrap());
+    assert_eq!(record["settings"]["engine"], "screen", "{record}");
+    assert_eq!(record["settings"]["screen"]["verify_top"], "5", "{record}");
+    // Resuming with another screen is refused; the same command finds the run finished.
+    fails(
+        fx.ships(&["--engine", "screen", "--verify-top", "10%"])
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(&out),
+        &["screen.jsonl"],
+    );
+    let before = std::fs::read(&out).unwrap();
+    ok(fx
+        .ships(&["--engine", "screen", "--verify-top", "5"])
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out));
+    assert_eq!(std::fs::read(&out).unwrap(), before);
+}
+
+#[test]
+fn ships_screen_verifying_every_head_equals_the_fast_engine() {
+    let fx = Fixture::new();
+    let data = text_file(&fx, "q.txt", &queries(1, 5));
+    let screened = ok(fx
+        .ships(&[
+            "--engine",
+            "screen",
+            "--verify-top",
+            "100%",
+            "--screen-tokens",
+            "3",
+        ])
+        .arg("--data")
+        .arg(&data));
+    let fast = ok(fx.ships(&[]).arg("--data").arg(&data));
+    let (s, f) = (
+        parse_json(screened.lines().next().unwrap()),
+        parse_json(fast.lines().next().unwrap()),
+    );
+    assert_eq!(s["screen"]["tokens"], 3);
+    assert_grids_close(&grid(&s), &grid(&f), 1e-5, "screen verifying 100% vs fast");
+    assert!(s["screen"]["exact"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .all(|b| b == true));
+}
+
+#[test]
+fn ships_screen_settings_are_refused_where_they_do_not_apply() {
+    let fx = Fixture::new();
+    let data = text_file(&fx, "q.txt", &queries(1, 4));
+    ships_fails(
+        &fx,
+        &data,
+        &["--verify-top", "5"],
+        &["--verify-top", "--engine screen"],
+    );
+    ships_fails(
+        &fx,
+        &data,
+        &["--screen-tokens", "4"],
+        &["--screen-tokens", "--engine screen"],
+    );
+    ships_fails(
+        &fx,
+        &data,
+        &["--engine", "screen", "--verify-top", "5x"],
+        &["--verify-top", "K or P%"],
+    );
+    ships_fails(
+        &fx,
+        &data,
+        &["--engine", "screen", "--verify-top", "150%"],
+        &["--verify-top", "100"],
+    );
+    ships_fails(
+        &fx,
+        &data,
+        &["--engine", "screen", "--screen-tokens", "0"],
+        &["--screen-tokens", "at least 1"],
+    );
+    let src = text_file(&fx, "src.txt", &queries(1, 4));
+    let m = ships_fails(
+        &fx,
+        &data,
+        &[
+            "--engine",
+            "screen",
+            "--mode",
+            "patch",
+            "--source-data",
+            src.to_str().unwrap(),
+        ],
+        &["--engine"],
+    );
+    assert!(m.contains("patch"), "{m}");
+}

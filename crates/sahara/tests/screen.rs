@@ -2,8 +2,8 @@
 //! differences on a tiny model, and the screen against the exact sweep on the organism
 //! (20 queries) and SmolLM2-135M-Instruct (5 queries).
 //!
-//! `SAHARA_SCREEN_LINEARIZE=z|resid+N` and `SAHARA_SCREEN_TOKENS=M` measure other settings
-//! (numbers printed with `--nocapture`).
+//! `SAHARA_SCREEN_ALSO` measures other settings beside the defaults (see [`settings`];
+//! numbers printed with `--nocapture`).
 
 use candle_core::{DType, Device, Tensor};
 use sahara::io::data::load_queries;
@@ -14,19 +14,26 @@ use sahara::model::ablation::{Ablation, Op, Target, Unit};
 use sahara::model::Shifts;
 use sahara::{Batch, ForwardSpec, LoadedModel, Positions, Template};
 
-/// Settings under test, from the environment where given.
-fn screen_options() -> ScreenOptions {
-    let mut o = ScreenOptions::default();
-    if let Ok(s) = std::env::var("SAHARA_SCREEN_TOKENS") {
-        o.tokens = s.parse().unwrap();
+/// The settings measured: the defaults (asserted), then those of `SAHARA_SCREEN_ALSO`
+/// (printed only), each `LINEARIZE/TOKENS` with LINEARIZE `z` or `resid+N`, separated by
+/// spaces.
+fn settings() -> Vec<ScreenOptions> {
+    let mut all = vec![ScreenOptions::default()];
+    for item in std::env::var("SAHARA_SCREEN_ALSO")
+        .unwrap_or_default()
+        .split_whitespace()
+    {
+        let parts: Vec<&str> = item.split('/').collect();
+        all.push(ScreenOptions {
+            linearize: match parts[0].strip_prefix("resid+") {
+                Some(n) => Linearize::After(n.parse().unwrap()),
+                None => Linearize::HeadOutput,
+            },
+            tokens: parts[1].parse().unwrap(),
+            ..Default::default()
+        });
     }
-    if let Ok(s) = std::env::var("SAHARA_SCREEN_LINEARIZE") {
-        o.linearize = match s.strip_prefix("resid+") {
-            Some(n) => Linearize::After(n.parse().unwrap()),
-            None => Linearize::HeadOutput,
-        };
-    }
-    o
+    all
 }
 
 /// Every scored head's value, in (layer, head) order.
@@ -50,58 +57,67 @@ struct Agreement {
     after: f64,
 }
 
-fn agreement(model: &LoadedModel, prompts: &[Vec<u32>], verify: VerifyTop) -> Agreement {
+/// The agreement of each of [`settings`], the defaults first.
+fn agreement(model: &LoadedModel, prompts: &[Vec<u32>], verify: VerifyTop) -> Vec<Agreement> {
     let opts = ShipsOptions::new(model.cfg());
-    let sopts = screen_options();
-    let (mut rho, mut recall, mut after) = (0.0, 0.0, 0.0);
+    let all = settings();
+    let mut sums = vec![(0.0, 0.0, 0.0); all.len()];
     for (i, p) in prompts.iter().enumerate() {
         let exact = flat(&ships_scores(&model.decoder, p, &opts, &mut |_| {}).unwrap());
-        let s = screened_ships(&model.decoder, p, &opts, &sopts, verify, &mut |_| {}).unwrap();
-        let (est, fin) = (flat(&s.estimates), flat(&s.scores));
         let want = top(&exact, 10);
-        let r = spearman(&est, &exact).unwrap();
-        let a = top(&est, 10).iter().filter(|h| want.contains(h)).count();
-        let b = top(&fin, 10).iter().filter(|h| want.contains(h)).count();
-        let nh = model.cfg().num_heads;
-        let missed: Vec<String> = want
-            .iter()
-            .filter(|h| !top(&fin, 10).contains(h))
-            .map(|&h| {
-                format!(
-                    "{}:{} exact {:.3} est {:.3} (rank {})",
-                    h / nh,
-                    h % nh,
-                    exact[h],
-                    est[h],
-                    top(&est, est.len()).iter().position(|&x| x == h).unwrap() + 1
-                )
-            })
-            .collect();
-        eprintln!(
-            "query {i}: spearman {r:.3}, screen top-10 recall {a}/10, after verifying {b}/10, mass {:.3}; missed {missed:?}",
-            s.mass
-        );
-        rho += r;
-        recall += a as f64;
-        after += b as f64;
+        for (k, sopts) in all.iter().enumerate() {
+            let s = screened_ships(&model.decoder, p, &opts, sopts, verify, &mut |_| {}).unwrap();
+            let (est, fin) = (flat(&s.estimates), flat(&s.scores));
+            let r = spearman(&est, &exact).unwrap();
+            let a = top(&est, 10).iter().filter(|h| want.contains(h)).count();
+            let b = top(&fin, 10).iter().filter(|h| want.contains(h)).count();
+            let nh = model.cfg().num_heads;
+            let ranked = top(&est, est.len());
+            let missed: Vec<String> = want
+                .iter()
+                .filter(|h| !top(&fin, 10).contains(h))
+                .map(|&h| {
+                    format!(
+                        "{}:{} exact {:.3} est {:.3} (rank {})",
+                        h / nh,
+                        h % nh,
+                        exact[h],
+                        est[h],
+                        ranked.iter().position(|&x| x == h).unwrap() + 1
+                    )
+                })
+                .collect();
+            eprintln!(
+                "query {i} {:?} {}: spearman {r:.3}, screen top-10 recall {a}/10, after verifying {b}/10, mass {:.3}; missed {missed:?}",
+                sopts.linearize, sopts.tokens, s.mass
+            );
+            sums[k].0 += r;
+            sums[k].1 += a as f64;
+            sums[k].2 += b as f64;
+        }
     }
     let n = prompts.len() as f64;
-    let g = Agreement {
-        spearman: rho / n,
-        recall: recall / n,
-        after: after / n,
-    };
-    eprintln!(
-        "mean over {} queries ({:?}, {} tokens): spearman {:.3}, screen top-10 recall {:.2}/10, after verifying {:?}: {:.2}/10",
-        prompts.len(),
-        sopts.linearize,
-        sopts.tokens,
-        g.spearman,
-        g.recall,
-        verify,
-        g.after
-    );
-    g
+    all.iter()
+        .zip(sums)
+        .map(|(sopts, (r, a, b))| {
+            let g = Agreement {
+                spearman: r / n,
+                recall: a / n,
+                after: b / n,
+            };
+            eprintln!(
+                "mean over {} queries ({:?}, {} tokens): spearman {:.3}, screen top-10 recall {:.2}/10, after verifying {:?}: {:.2}/10",
+                prompts.len(),
+                sopts.linearize,
+                sopts.tokens,
+                g.spearman,
+                g.recall,
+                verify,
+                g.after
+            );
+            g
+        })
+        .collect()
 }
 
 #[test]
@@ -114,7 +130,7 @@ fn on_the_organism_the_screen_ranks_like_ships_and_verification_finds_the_top_te
         .iter()
         .map(|q| model.prompts.encode_query(&chat, &q.text).unwrap().1)
         .collect();
-    let g = agreement(&model, &prompts, VerifyTop::DEFAULT);
+    let g = &agreement(&model, &prompts, VerifyTop::DEFAULT)[0];
     assert!(g.spearman >= 0.85, "Spearman {}", g.spearman);
     assert!(g.after >= 9.0, "{} of the exact top 10", g.after);
 }
@@ -160,7 +176,7 @@ fn on_smollm2_the_screen_ranks_like_ships_and_verification_finds_the_top_ten() {
         .iter()
         .map(|q| model.prompts.encode_query(&chat, q).unwrap().1)
         .collect();
-    let g = agreement(&model, &prompts, VerifyTop::DEFAULT);
+    let g = &agreement(&model, &prompts, VerifyTop::DEFAULT)[0];
     assert!(g.spearman >= 0.85, "Spearman {}", g.spearman);
     assert!(g.after >= 9.0, "{} of the exact top 10", g.after);
 }

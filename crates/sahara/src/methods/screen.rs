@@ -91,6 +91,19 @@ pub struct Screen {
     pub probs: Vec<f64>,
     /// Their total probability: the share of the expectation covered.
     pub mass: f64,
+    /// Wall seconds of its parts (on a GPU, approximate: work is queued).
+    pub seconds: ScreenSeconds,
+}
+
+/// Where a screen's time went.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ScreenSeconds {
+    /// The clean forward pass.
+    pub clean: f64,
+    /// The gradient passes (forward and backward, one row per token).
+    pub gradients: f64,
+    /// Every unit's change at the point linearised at, and the estimates.
+    pub deltas: f64,
 }
 
 /// The estimated Ships of each of `units` (ablated by `ablation`) for the prompt `tokens`.
@@ -129,6 +142,8 @@ pub fn screen(
             u.layer
         )));
     }
+    let clock = std::time::Instant::now();
+    let mut seconds = ScreenSeconds::default();
     // The clean pass: the residual stream entering every layer, (1, T, d) each, and the
     // next-token distribution.
     let batch = Batch::new(&[tokens.to_vec()], 0, &model.device)?;
@@ -167,7 +182,9 @@ pub fn screen(
     points.sort();
     points.dedup();
 
+    seconds.clean = clock.elapsed().as_secs_f64();
     let grads = gradients(model, tokens, &ys, &points, opts.memory_budget)?;
+    seconds.gradients = clock.elapsed().as_secs_f64() - seconds.clean;
 
     // Per unit: the m dot products of the gradients with its Δ.
     let mut estimates = vec![0f64; units.len()];
@@ -193,6 +210,7 @@ pub fn screen(
             .matmul(&delta.to_dtype(wide)?.t()?)?;
         let dots: Vec<Vec<f64>> = dots.to_dtype(DType::F64)?.to_vec2()?;
         for (j, &i) in idx.iter().enumerate() {
+            // ½ Σ_y p(y) s_y², s_y = ∂ log p(y)/∂x · Δ
             let e: f64 = dots
                 .iter()
                 .zip(&probs)
@@ -208,8 +226,10 @@ pub fn screen(
             estimates[i] = e;
         }
     }
+    seconds.deltas = clock.elapsed().as_secs_f64() - seconds.clean - seconds.gradients;
     Ok(Screen {
         estimates,
+        seconds,
         mass: probs.iter().sum(),
         tokens: ys,
         probs,
