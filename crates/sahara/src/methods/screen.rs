@@ -16,12 +16,15 @@
 //! weighted by their probabilities (each term is ≥ 0, so the left-out mass can only make
 //! the estimate smaller; [`Screen::mass`] reports what it covered).
 //!
-//! The quadratic term is exact as the ablation shrinks ([`ScreenOptions`]'s tests measure
-//! it against finite differences), but an ablation that matters much saturates the layers
-//! after it, and the plain estimate (at the head's output) underrates exactly the heads
-//! that matter most. Computing the head's own layer exactly and linearising after it
-//! ([`Linearize::After`]) is the remedy the screen uses by default; the exact scores of the
-//! screen's top heads ([`crate::methods::ships::screened_ships`]) catch the rest.
+//! The quadratic term is exact as the ablation shrinks (tests compare it with finite
+//! differences and with the exact KL), but an ablation that matters much changes what later
+//! layers attend to, and the plain estimate (linearised at the head's own output) underrates
+//! exactly the heads that matter most. Computing the head's own layer exactly, attention and
+//! MLP, and linearising after it ([`Linearize::After`]) is the remedy the screen uses by
+//! default (on SmolLM2 it halved the top heads lost; linearising one layer later still, or
+//! averaging over more tokens, changed little); the exact scores of the screen's top heads
+//! ([`crate::methods::ships::screened_ships`]) catch most of the rest, and a head ranked
+//! below them keeps its estimate.
 
 use candle_core::{DType, Tensor, Var, D};
 
