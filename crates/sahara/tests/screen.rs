@@ -189,12 +189,12 @@ fn on_smollm2_the_screen_ranks_like_ships_and_verification_finds_the_top_ten() {
     assert!(g.after >= 9.0, "{} of the exact top 10", g.after);
 }
 
-/// A tiny random Llama in float64 (finite differences need the digits).
-fn tiny() -> (tempfile::TempDir, LoadedModel) {
+/// A tiny random Llama in `dtype` (finite differences need float64's digits).
+fn tiny(dtype: DType) -> (tempfile::TempDir, LoadedModel) {
     use sahara::checkpoint::random::{write_random_model, RandomModel};
     let dir = tempfile::tempdir().unwrap();
     write_random_model(dir.path(), &RandomModel::tiny("LlamaForCausalLM")).unwrap();
-    let m = LoadedModel::load(dir.path().to_str().unwrap(), DType::F64, &Device::Cpu).unwrap();
+    let m = LoadedModel::load(dir.path().to_str().unwrap(), dtype, &Device::Cpu).unwrap();
     (dir, m)
 }
 
@@ -244,7 +244,7 @@ fn all_units(model: &LoadedModel) -> Vec<Unit> {
 
 #[test]
 fn the_estimate_is_half_the_fisher_form_of_the_finite_difference_logit_change() {
-    let (_dir, model) = tiny();
+    let (_dir, model) = tiny(DType::F64);
     let c = model.cfg().clone();
     let tokens: Vec<u32> = vec![1, 17, 42, 99, 3, 250, 8, 61];
     let t = tokens.len();
@@ -356,7 +356,7 @@ fn the_estimate_is_half_the_fisher_form_of_the_finite_difference_logit_change() 
 
 #[test]
 fn the_estimate_approaches_the_exact_kl_as_the_ablation_shrinks() {
-    let (_dir, model) = tiny();
+    let (_dir, model) = tiny(DType::F64);
     let c = model.cfg().clone();
     let tokens: Vec<u32> = vec![1, 17, 42, 99, 3, 250, 8, 61];
     let units = all_units(&model);
@@ -385,4 +385,42 @@ fn the_estimate_approaches_the_exact_kl_as_the_ablation_shrinks() {
         worst_prev = worst;
     }
     assert!(worst_prev < 1e-2, "at ε = 0.999: {worst_prev}");
+}
+
+#[test]
+fn the_screen_refuses_models_it_cannot_differentiate() {
+    let ablation = Ablation::new(Target::Q, Op::Scale(1e-5)).unwrap();
+    let tokens: Vec<u32> = vec![1, 17, 42, 99];
+    // Kept quantized: the quantized product has no backward pass.
+    let (_dir, mut model) = tiny(DType::F32);
+    let units = all_units(&model);
+    sahara::model::quantized::quantize_projections(
+        &mut model.decoder,
+        sahara::model::quantized::parse_format("q8_0").unwrap(),
+    )
+    .unwrap();
+    let e = screen(
+        &model.decoder,
+        &tokens,
+        ablation,
+        &units,
+        &ScreenOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("quantized"), "{e}");
+    // A mixture of experts: routing weights are chosen on the host, out of the backward pass.
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/mixtral");
+    let moe = LoadedModel::load(dir.to_str().unwrap(), DType::F32, &Device::Cpu).unwrap();
+    let units = all_units(&moe);
+    let e = screen(
+        &moe.decoder,
+        &tokens,
+        ablation,
+        &units,
+        &ScreenOptions::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("mixture of experts"), "{e}");
 }

@@ -139,6 +139,13 @@ pub fn screen(
             "the gradient screen needs a backward pass, which quantized matrix products do not have: load the model dequantized".into(),
         ));
     }
+    if cfg.moe.is_some() {
+        // Expert routes and their weights are chosen on the host, so a backward pass would
+        // not see how the weights move: a gradient that silently leaves out a path.
+        return Err(Error::InvalidArgument(
+            "the gradient screen does not differentiate through a mixture of experts' routing; score this model with the exact sweep".into(),
+        ));
+    }
     if let Some(u) = units.iter().find(|u| u.layer >= nl) {
         return Err(Error::InvalidArgument(format!(
             "unit at layer {} of a model with {nl} layers",
