@@ -33,7 +33,7 @@ use crate::methods::engine::bytes_per_row;
 use crate::methods::metrics::log_softmax;
 use crate::model::ablation::{Ablation, HeadAblation, Op, Unit};
 use crate::model::decoder::Shifts;
-use crate::model::finite::all_finite;
+use crate::model::finite::{check_output, describe};
 use crate::model::{Batch, Decoder, ForwardSpec, Positions};
 
 /// Where the screen linearises the model.
@@ -166,11 +166,7 @@ pub fn screen(
         .expect("logits were asked for")
         .flatten_all()?
         .to_vec1()?;
-    if !all_finite(&logits) {
-        return Err(Error::InvalidArgument(
-            "the unablated model's next-token logits are not finite".into(),
-        ));
-    }
+    check_output(model, tokens, &[], &logits, || describe(&[]), None)?;
     let logp = log_softmax(&logits);
     let mut order: Vec<usize> = (0..logp.len()).collect();
     order.sort_by(|&a, &b| logp[b].total_cmp(&logp[a]).then(a.cmp(&b)));
@@ -187,6 +183,7 @@ pub fn screen(
         }
     };
     let mut layers: Vec<usize> = units.iter().map(|u| u.layer).collect();
+    layers.sort_unstable();
     layers.dedup();
     let mut points: Vec<Point> = layers.iter().map(|&l| point(l)).collect();
     points.sort();
@@ -228,10 +225,15 @@ pub fn screen(
                 .sum::<f64>()
                 / 2.0;
             if !e.is_finite() {
-                return Err(Error::InvalidArgument(format!(
-                    "the screen's estimate of layer {l} head {} is not finite",
-                    units[i].head
-                )));
+                return Err(Error::NonFiniteActivation {
+                    item: format!(
+                        "the gradient screen's estimate of head {l}:{}",
+                        units[i].head
+                    ),
+                    row: None,
+                    site: "its backward pass or the head's change where it is linearised".into(),
+                    note: String::new(),
+                });
             }
             estimates[i] = e;
         }

@@ -179,6 +179,28 @@ mod tests {
     }
 
     #[test]
+    fn the_gradient_screen_stops_at_an_overflowing_layer_and_names_it() {
+        let (_d, mut m) = tiny();
+        overflow_layer(&mut m, 1);
+        let opts = ShipsOptions::new(m.cfg());
+        let e = crate::methods::ships::screened_ships(
+            &m.decoder,
+            &PROMPT,
+            &opts,
+            &crate::methods::screen::ScreenOptions::default(),
+            crate::methods::ships::VerifyTop::DEFAULT,
+            &mut |_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("the unablated model: the model computed NaN or an infinite value")
+                && e.contains("first in layer 1"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn an_overflowing_layer_is_named_and_no_score_computed() {
         let (_d, mut m) = tiny();
         overflow_layer(&mut m, 1);
