@@ -287,9 +287,7 @@ pub fn screen_cmd(a: MethodArgs) -> Result<()> {
         parts.gradients += s.seconds.gradients;
         parts.deltas += s.seconds.deltas;
         rows += s.tokens.len();
-        let mut order: Vec<usize> = (0..units.len()).collect();
-        order.sort_by(|&x, &y| s.estimates[y].total_cmp(&s.estimates[x]).then(x.cmp(&y)));
-        order.truncate(k);
+        let order = sahara::methods::ships::screen_top(&s.estimates, k);
         let variants: Vec<Vec<sahara::HeadAblation>> = order
             .iter()
             .map(|&i| vec![opts.ablation.at(units[i].layer, units[i].head)])

@@ -178,6 +178,15 @@ impl std::str::FromStr for VerifyTop {
     }
 }
 
+/// The `k` units the screen ranks highest by their `estimates` (ties: the earlier unit),
+/// highest first: the ones [`screened_ships`] verifies.
+pub fn screen_top(estimates: &[f64], k: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..estimates.len()).collect();
+    order.sort_by(|&a, &b| estimates[b].total_cmp(&estimates[a]).then(a.cmp(&b)));
+    order.truncate(k);
+    order
+}
+
 /// Ships from the gradient screen: every head's estimate, and the exact score of the
 /// screen's top units.
 #[derive(Debug, Clone)]
@@ -209,13 +218,7 @@ pub fn screened_ships(
     opts.validate(cfg)?;
     let units = opts.units(cfg);
     let screen = crate::methods::screen::screen(model, tokens, opts.ablation, &units, screen_opts)?;
-    let mut order: Vec<usize> = (0..units.len()).collect();
-    order.sort_by(|&a, &b| {
-        screen.estimates[b]
-            .total_cmp(&screen.estimates[a])
-            .then(a.cmp(&b))
-    });
-    order.truncate(verify.count(units.len()));
+    let order = screen_top(&screen.estimates, verify.count(units.len()));
     let variants: Vec<Vec<HeadAblation>> = order
         .iter()
         .map(|&i| vec![opts.ablation.at(units[i].layer, units[i].head)])
